@@ -1,0 +1,4 @@
+//! portcullis: a per-pod sidecar authorization proxy.
+
+pub mod identity;
+pub mod metrics;
