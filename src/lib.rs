@@ -1,4 +1,6 @@
 //! portcullis: a per-pod sidecar authorization proxy.
 
+pub mod config;
+pub mod decision_log;
 pub mod identity;
 pub mod metrics;

@@ -1,1 +1,89 @@
-fn main() {}
+//! The `portcullis` command line: parse arguments, then call the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use portcullis::commands;
+
+#[derive(Parser)]
+#[command(name = "portcullis", version, about = "Sidecar authorization proxy: SPIFFE mTLS, JWT and Rego")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the sidecar.
+    Run {
+        /// YAML configuration file; without it, built-in defaults (development CA identity).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Validate the configuration and exit.
+        #[arg(long)]
+        check_config: bool,
+    },
+    /// Run a whole mesh on localhost: echo app, sidecar, dev CA, example policies.
+    Demo(commands::DemoArgs),
+    /// The development certificate authority.
+    Ca {
+        #[command(subcommand)]
+        command: CaCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum CaCommand {
+    /// Create a root CA (ECDSA P-256) for a trust domain.
+    Init {
+        #[arg(long)]
+        trust_domain: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Issue an X.509-SVID (tls.crt, tls.key, ca.crt) from a CA made by `ca init`.
+    Issue {
+        #[arg(long)]
+        ca: PathBuf,
+        #[arg(long)]
+        spiffe_id: String,
+        /// Lifetime, e.g. 24h, 90m.
+        #[arg(long, default_value = "24h")]
+        ttl: String,
+        #[arg(long)]
+        out: PathBuf,
+        /// Extra DNS SANs (for clients such as curl that check host names).
+        #[arg(long)]
+        dns: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run {
+            config,
+            check_config,
+        } => commands::run(config.as_deref(), check_config),
+        Command::Demo(args) => commands::demo(args),
+        Command::Ca { command } => match command {
+            CaCommand::Init { trust_domain, out } => commands::ca_init(&trust_domain, &out),
+            CaCommand::Issue {
+                ca,
+                spiffe_id,
+                ttl,
+                out,
+                dns,
+            } => commands::ca_issue(&ca, &spiffe_id, &ttl, &out, &dns),
+        },
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

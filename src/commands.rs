@@ -1,0 +1,85 @@
+//! The command implementations behind `main.rs`: each parses what it needs from
+//! plain arguments and reports errors as `anyhow` chains for the terminal.
+
+use std::path::Path;
+
+use anyhow::{bail, Context};
+
+use crate::config::Config;
+use crate::identity::dev_ca::DevCa;
+use crate::identity::{SpiffeId, TrustDomain};
+
+pub use crate::demo::DemoArgs;
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+/// `portcullis run [--config FILE] [--check-config]`.
+pub fn run(config: Option<&Path>, check_only: bool) -> anyhow::Result<()> {
+    let cfg = match config {
+        Some(p) => Config::load(p)?,
+        None => Config::default(),
+    };
+    if check_only {
+        println!(
+            "configuration OK{}",
+            config
+                .map(|p| format!(": {}", p.display()))
+                .unwrap_or_else(|| " (built-in defaults)".to_owned())
+        );
+        return Ok(());
+    }
+    runtime()?.block_on(crate::run::run(cfg))
+}
+
+/// `portcullis demo`.
+pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
+    runtime()?.block_on(crate::demo::demo(args))
+}
+
+/// `portcullis ca init --trust-domain TD --out DIR`.
+pub fn ca_init(trust_domain: &str, out: &Path) -> anyhow::Result<()> {
+    let td = TrustDomain::parse(trust_domain)
+        .with_context(|| format!("--trust-domain {trust_domain:?}"))?;
+    DevCa::init(&td, out).with_context(|| format!("--out {}", out.display()))?;
+    println!(
+        "created CA for trust domain {td}: {}/ca.crt, {}/ca.key",
+        out.display(),
+        out.display()
+    );
+    Ok(())
+}
+
+/// `portcullis ca issue --ca DIR --spiffe-id ID [--ttl 24h] --out DIR`.
+pub fn ca_issue(ca: &Path, spiffe_id: &str, ttl: &str, out: &Path, dns: &[String]) -> anyhow::Result<()> {
+    let id = SpiffeId::parse(spiffe_id).with_context(|| format!("--spiffe-id {spiffe_id:?}"))?;
+    let ttl = humantime::parse_duration(ttl).with_context(|| format!("--ttl {ttl:?}"))?;
+    if ttl.is_zero() {
+        bail!("--ttl must be greater than zero");
+    }
+    let ca_dir = DevCa::load(ca).with_context(|| format!("--ca {}", ca.display()))?;
+    if id.trust_domain_name() != ca_dir.trust_domain().as_str() {
+        bail!(
+            "--spiffe-id {id} is outside the CA's trust domain {}",
+            ca_dir.trust_domain()
+        );
+    }
+    let issued = ca_dir
+        .issue_with_dns(&id, ttl, dns)
+        .with_context(|| format!("issuing {id}"))?;
+    issued
+        .write(out)
+        .with_context(|| format!("--out {}", out.display()))?;
+    println!(
+        "issued {id} (valid {}): {}/tls.crt, {}/tls.key, {}/ca.crt",
+        humantime::format_duration(ttl),
+        out.display(),
+        out.display(),
+        out.display()
+    );
+    Ok(())
+}

@@ -1,0 +1,188 @@
+//! Decision logs: one JSON line per decision, written off the request path.
+//!
+//! Entries go through an unbounded channel to a writer task (stdout or a file), so
+//! a slow disk never stalls a request. Secrets are masked before an entry is queued:
+//! `authorization`, `cookie`, `proxy-authorization` and configured header names.
+//! Allowed decisions can be sampled; denies are always logged.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use http::HeaderMap;
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+const MASK: &str = "***";
+const ALWAYS_MASKED: &[&str] = &["authorization", "cookie", "proxy-authorization", "set-cookie"];
+
+/// One decision, as logged.
+#[derive(Debug, Serialize)]
+pub struct DecisionEntry {
+    pub decision_id: String,
+    pub time: String,
+    pub direction: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source_principal: Option<String>,
+    pub source_address: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub destination_principal: Option<String>,
+    pub destination_address: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// `allow`, `deny` or `dry_run_deny`.
+    pub decision: &'static str,
+    pub status: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub policy_revision: String,
+    pub eval_ns: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub headers: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+/// Where decision logs go and what they hide.
+#[derive(Clone)]
+pub struct DecisionLog {
+    tx: Option<mpsc::UnboundedSender<String>>,
+    masked: std::sync::Arc<Vec<String>>,
+    sample_allows: f64,
+}
+
+impl DecisionLog {
+    /// A log that drops everything.
+    pub fn disabled() -> Self {
+        DecisionLog {
+            tx: None,
+            masked: Default::default(),
+            sample_allows: 0.0,
+        }
+    }
+
+    /// Starts the writer task. `file: None` writes to stdout.
+    pub fn start(
+        file: Option<PathBuf>,
+        mask: &[String],
+        sample_allows: f64,
+    ) -> std::io::Result<Self> {
+        let mut out: Box<dyn Write + Send> = match &file {
+            Some(p) => Box::new(std::io::BufWriter::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)?,
+            )),
+            None => Box::new(std::io::BufWriter::new(std::io::stdout())),
+        };
+        let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+        std::thread::Builder::new()
+            .name("decision-log".into())
+            .spawn(move || {
+                while let Some(line) = rx.blocking_recv() {
+                    let _ = out.write_all(line.as_bytes());
+                    let _ = out.write_all(b"\n");
+                    // Flush when the queue is drained: batches under load, prompt when idle.
+                    if rx.is_empty() {
+                        let _ = out.flush();
+                    }
+                }
+                let _ = out.flush();
+            })?;
+        let mut masked: Vec<String> = mask.iter().map(|m| m.to_ascii_lowercase()).collect();
+        masked.extend(ALWAYS_MASKED.iter().map(|s| s.to_string()));
+        Ok(DecisionLog {
+            tx: Some(tx),
+            masked: std::sync::Arc::new(masked),
+            sample_allows,
+        })
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.tx.is_some()
+    }
+
+    /// Whether an allowed decision should be logged (sampling); denies always are.
+    pub fn wants(&self, allowed: bool) -> bool {
+        if self.tx.is_none() {
+            return false;
+        }
+        if !allowed || self.sample_allows >= 1.0 {
+            return true;
+        }
+        let mut b = [0u8; 4];
+        if aws_lc_rs::rand::fill(&mut b).is_err() {
+            return true;
+        }
+        (u32::from_le_bytes(b) as f64 / u32::MAX as f64) < self.sample_allows
+    }
+
+    /// Headers as a JSON object with secrets masked.
+    pub fn masked_headers(&self, headers: &HeaderMap) -> serde_json::Map<String, serde_json::Value> {
+        let mut map = serde_json::Map::new();
+        for name in headers.keys() {
+            let key = name.as_str();
+            let value = if self.masked.iter().any(|m| m == key) {
+                MASK.to_owned()
+            } else {
+                headers
+                    .get_all(name)
+                    .iter()
+                    .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            };
+            map.insert(key.to_owned(), serde_json::Value::String(value));
+        }
+        map
+    }
+
+    /// Queues an entry; never blocks.
+    pub fn log(&self, entry: &DecisionEntry) {
+        if let Some(tx) = &self.tx {
+            match serde_json::to_string(entry) {
+                Ok(line) => {
+                    let _ = tx.send(line);
+                }
+                Err(e) => tracing::error!(error = %e, "decision log entry not serialisable"),
+            }
+        }
+    }
+}
+
+/// RFC 3339 time with milliseconds, UTC.
+pub fn now_rfc3339() -> String {
+    let now = time::OffsetDateTime::now_utc();
+    let fmt = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
+    now.format(&fmt).unwrap_or_else(|_| now.unix_timestamp().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_masked() {
+        let log = DecisionLog {
+            tx: None,
+            masked: std::sync::Arc::new(vec!["authorization".into(), "x-api-key".into()]),
+            sample_allows: 1.0,
+        };
+        let mut h = HeaderMap::new();
+        h.insert("authorization", "Bearer secret".parse().unwrap());
+        h.insert("x-api-key", "k".parse().unwrap());
+        h.insert("accept", "*/*".parse().unwrap());
+        let m = log.masked_headers(&h);
+        assert_eq!(m["authorization"], "***");
+        assert_eq!(m["x-api-key"], "***");
+        assert_eq!(m["accept"], "*/*");
+    }
+
+    #[test]
+    fn time_format() {
+        let t = now_rfc3339();
+        assert!(t.ends_with('Z') && t.len() == 24, "{t}");
+    }
+}

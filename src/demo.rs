@@ -1,0 +1,275 @@
+//! `portcullis demo`: a whole mesh on localhost with zero configuration.
+//!
+//! It creates a development CA, issues SVIDs for the sidecar (`sa/demo`) and two
+//! clients (`sa/frontend`, allowed to read and write; `sa/reporting`, read only),
+//! starts a built-in echo app and a strict-mTLS sidecar in front of it with the
+//! example policies, and prints `curl` commands that show an allowed call, a denied
+//! call with its reason, and a refused plaintext call. `--check` makes those calls
+//! itself and exits non-zero if any answer is not the expected one.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::config::{Config, FilesIdentity, IdentityConfig, LogFormat, MtlsMode};
+use crate::identity::dev_ca::DevCa;
+use crate::identity::{SpiffeId, TrustDomain};
+
+/// Arguments of `portcullis demo`.
+#[derive(Debug, clap::Args)]
+pub struct DemoArgs {
+    /// Working directory for the CA, certificates, policies and decision log.
+    #[arg(long, default_value = ".portcullis/demo")]
+    pub dir: PathBuf,
+    /// Inbound (mTLS) listener of the sidecar.
+    #[arg(long, default_value = "127.0.0.1:15006")]
+    pub listen: SocketAddr,
+    /// Admin listener (metrics, readiness).
+    #[arg(long, default_value = "127.0.0.1:15000")]
+    pub admin: SocketAddr,
+    /// Where the built-in echo app listens.
+    #[arg(long, default_value = "127.0.0.1:18080")]
+    pub app: SocketAddr,
+    /// Policy directory; defaults to the bundled example policies.
+    #[arg(long)]
+    pub policies: Option<PathBuf>,
+    /// Make the three demo calls, print the results and exit (non-zero on a surprise).
+    #[arg(long)]
+    pub check: bool,
+}
+
+const TRUST_DOMAIN: &str = "cluster.local";
+const SERVER_ID: &str = "spiffe://cluster.local/ns/default/sa/demo";
+const CLIENTS: &[(&str, &str)] = &[
+    ("frontend", "spiffe://cluster.local/ns/default/sa/frontend"),
+    ("reporting", "spiffe://cluster.local/ns/default/sa/reporting"),
+];
+
+/// The example policies, bundled so the demo works from any directory.
+const BUNDLED_POLICIES: &[(&str, &str)] = &[
+    ("authz.rego", include_str!("../policies/authz.rego")),
+    ("outbound.rego", include_str!("../policies/outbound.rego")),
+    ("data.yaml", include_str!("../policies/data.yaml")),
+];
+
+/// Runs the demo until Ctrl-C (or, with `--check`, until the checks are done).
+pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
+    let set_level = crate::run::init_logging(LogFormat::Text, "warn");
+    let td = TrustDomain::parse(TRUST_DOMAIN)?;
+    let dir = &args.dir;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let ca = DevCa::load_or_init(&td, &dir.join("ca"))
+        .with_context(|| format!("development CA in {}", dir.join("ca").display()))?;
+
+    let server_id = SpiffeId::parse(SERVER_ID)?;
+    ca.issue_with_dns(&server_id, Duration::from_secs(24 * 3600), &["localhost".to_owned()])?
+        .write(&dir.join("server"))?;
+    for (name, id) in CLIENTS {
+        ca.issue(&SpiffeId::parse(id)?, Duration::from_secs(24 * 3600))?
+            .write(&dir.join(name))?;
+    }
+
+    let policy_dir = match &args.policies {
+        Some(p) => p.clone(),
+        None => {
+            let p = dir.join("policies");
+            std::fs::create_dir_all(&p)?;
+            for (name, text) in BUNDLED_POLICIES {
+                std::fs::write(p.join(name), text)?;
+            }
+            p
+        }
+    };
+
+    let app_listener = TcpListener::bind(args.app)
+        .await
+        .with_context(|| format!("echo app: cannot listen on {}", args.app))?;
+    tokio::spawn(serve_echo(app_listener));
+
+    let mut cfg = Config::default();
+    cfg.trust_domain = td;
+    cfg.identity = IdentityConfig::Files(FilesIdentity {
+        cert: dir.join("server/tls.crt"),
+        key: dir.join("server/tls.key"),
+        bundle: dir.join("server/ca.crt"),
+        ..FilesIdentity::default()
+    });
+    cfg.inbound.listen = args.listen;
+    cfg.inbound.app = args.app;
+    cfg.inbound.mtls = MtlsMode::Strict;
+    cfg.admin.listen = args.admin;
+    cfg.policy.dir = policy_dir.clone();
+    cfg.log.decision_file = Some(dir.join("decisions.log"));
+    let running = crate::run::start(cfg, set_level).await?;
+
+    let d = dir.display();
+    let port = running.inbound_addr.port();
+    let admin = running.admin_addr;
+    println!("portcullis demo is running");
+    println!("  sidecar (strict mTLS)  https://localhost:{port}  as {SERVER_ID}");
+    println!("  echo app               http://{}", args.app);
+    println!("  admin                  http://{admin}/metrics");
+    println!("  policies               {}", policy_dir.display());
+    println!("  decision log           {d}/decisions.log");
+    println!();
+    println!("# allowed: frontend reads orders");
+    println!("curl --cacert {d}/frontend/ca.crt --cert {d}/frontend/tls.crt --key {d}/frontend/tls.key https://localhost:{port}/api/orders");
+    println!();
+    println!("# denied (403 with the reason): reporting may only read");
+    println!("curl -i --cacert {d}/reporting/ca.crt --cert {d}/reporting/tls.crt --key {d}/reporting/tls.key -X POST https://localhost:{port}/api/orders");
+    println!();
+    println!("# refused: plaintext under strict mTLS (the connection is closed)");
+    println!("curl http://localhost:{port}/api/orders");
+    println!();
+
+    if args.check {
+        let result = check(dir, running.inbound_addr).await;
+        running.shutdown();
+        running.wait().await;
+        return result;
+    }
+    println!("Ctrl-C stops the demo.");
+    tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+    running.shutdown();
+    running.wait().await;
+    Ok(())
+}
+
+/// Makes the three demo calls and checks each answer.
+async fn check(dir: &Path, addr: SocketAddr) -> anyhow::Result<()> {
+    let frontend = client_tls(dir, "frontend")?;
+    let (status, body) = https_request(&frontend, addr, "GET", "/api/orders").await?;
+    println!("allowed call:   {status} {}", first_line(&body));
+    if status != StatusCode::OK {
+        bail!("the allowed call got {status}");
+    }
+    let reporting = client_tls(dir, "reporting")?;
+    let (status, body) = https_request(&reporting, addr, "POST", "/api/orders").await?;
+    println!("denied call:    {status} {}", first_line(&body));
+    if status != StatusCode::FORBIDDEN {
+        bail!("the denied call got {status}");
+    }
+    let refused = plaintext_request(addr, "/api/orders").await;
+    match refused {
+        Ok(status) => bail!("the plaintext call was answered with {status}"),
+        Err(e) => println!("plaintext call: refused ({e})"),
+    }
+    Ok(())
+}
+
+fn first_line(body: &str) -> &str {
+    body.lines().next().unwrap_or("")
+}
+
+/// A rustls client config with the demo client's certificate, trusting the demo CA
+/// the way curl does (standard web PKI verification of `localhost`).
+pub fn client_tls(dir: &Path, who: &str) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    let read = |f: &str| {
+        std::fs::read(dir.join(who).join(f)).with_context(|| format!("{}/{who}/{f}", dir.display()))
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut &read("ca.crt")?[..]) {
+        roots.add(cert?)?;
+    }
+    let chain = rustls_pemfile::certs(&mut &read("tls.crt")?[..]).collect::<Result<Vec<_>, _>>()?;
+    let key = rustls_pemfile::private_key(&mut &read("tls.key")?[..])?
+        .context("no private key")?;
+    let provider = crate::identity::source::crypto_provider();
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)?;
+    Ok(Arc::new(config))
+}
+
+/// One HTTPS request to `localhost` at `addr`; returns status and body text.
+pub async fn https_request(
+    config: &Arc<rustls::ClientConfig>,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+) -> anyhow::Result<(StatusCode, String)> {
+    let tcp = TcpStream::connect(addr).await?;
+    let name = rustls_pki_types::ServerName::try_from("localhost")?;
+    let tls = tokio_rustls::TlsConnector::from(config.clone())
+        .connect(name, tcp)
+        .await?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
+    tokio::spawn(conn);
+    let req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", format!("localhost:{}", addr.port()))
+        .body(Full::new(Bytes::new()))?;
+    let resp = sender.send_request(req).await?;
+    let status = resp.status();
+    let body = resp.into_body().collect().await?.to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+async fn plaintext_request(addr: SocketAddr, path: &str) -> anyhow::Result<StatusCode> {
+    let tcp = TcpStream::connect(addr).await?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
+    tokio::spawn(conn);
+    let req = Request::builder()
+        .uri(path)
+        .header("host", "localhost")
+        .body(Full::new(Bytes::new()))?;
+    Ok(sender.send_request(req).await?.status())
+}
+
+/// The echo app: answers every request with a JSON description of it, including the
+/// `x-forwarded-client-cert` header the sidecar set.
+pub async fn serve_echo(listener: TcpListener) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(async move {
+            let builder =
+                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+            let _ = builder
+                .serve_connection(TokioIo::new(stream), hyper::service::service_fn(echo))
+                .await;
+        });
+    }
+}
+
+async fn echo(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    let (parts, body) = req.into_parts();
+    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let headers: serde_json::Map<String, serde_json::Value> = parts
+        .headers
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_owned(),
+                serde_json::Value::String(String::from_utf8_lossy(v.as_bytes()).into_owned()),
+            )
+        })
+        .collect();
+    let doc = serde_json::json!({
+        "method": parts.method.as_str(),
+        "path": parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"),
+        "version": format!("{:?}", parts.version),
+        "headers": headers,
+        "body_bytes": body.len(),
+    });
+    let mut resp = Response::new(Full::new(Bytes::from(format!("{doc}\n"))));
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    Ok(resp)
+}

@@ -1,0 +1,367 @@
+//! Where the sidecar's own SVID comes from, and the atomically swapped current identity.
+//!
+//! A source (files on disk, the development CA, later the SPIFFE Workload API)
+//! produces [`Svid`]s; [`Identity`] holds the current one behind an `ArcSwap`
+//! together with the TLS configurations built from it, so the request path only
+//! loads a pointer. A candidate that does not verify (mismatched key, half-written
+//! file, certificate outside the bundle) is refused and the current one kept.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwapOption;
+use rustls::crypto::CryptoProvider;
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use tokio::sync::watch;
+
+use super::dev_ca::DevCa;
+use super::svid::{leaf_info, verify_svid, TrustBundles};
+use super::tls::TlsConfigs;
+use super::{SpiffeId, TrustDomain};
+use crate::metrics;
+
+/// Why a candidate identity was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error("{path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}: no PEM certificate found")]
+    NoCertificate(String),
+    #[error("{0}: no PEM private key (PKCS#8, SEC1 or PKCS#1) found")]
+    NoKey(String),
+    #[error("{what}: malformed PEM: {source}")]
+    Pem {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("private key is not usable: {0}")]
+    Key(rustls::Error),
+    #[error("private key does not match the certificate")]
+    KeyMismatch,
+    #[error("bundle: {0}")]
+    Bundle(String),
+    #[error("own certificate is not a valid SVID: {0}")]
+    NotAnSvid(String),
+    #[error("own SPIFFE ID {id} is outside the trust domain {td}")]
+    WrongTrustDomain { id: SpiffeId, td: TrustDomain },
+    #[error("development CA: {0}")]
+    DevCa(String),
+    #[error("TLS configuration: {0}")]
+    Tls(String),
+}
+
+/// The process-wide crypto provider; passed explicitly everywhere (STACK.md).
+pub fn crypto_provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// A verified identity: certificate chain, key, bundles and facts about the leaf.
+pub struct Svid {
+    pub id: SpiffeId,
+    pub certified_key: Arc<CertifiedKey>,
+    pub bundles: Arc<TrustBundles>,
+    pub not_after: SystemTime,
+    pub serial: Vec<u8>,
+}
+
+impl std::fmt::Debug for Svid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Svid")
+            .field("id", &self.id)
+            .field("serial", &hex::encode(&self.serial))
+            .field("not_after", &self.not_after)
+            .finish_non_exhaustive()
+    }
+}
+
+/// PEM inputs for one identity: chain, key, own bundle and federated bundles.
+pub struct SvidPem<'a> {
+    pub cert: &'a [u8],
+    pub key: &'a [u8],
+    pub bundle: &'a [u8],
+    pub federated: &'a [(TrustDomain, Vec<u8>)],
+}
+
+impl Svid {
+    /// Builds and verifies an identity: the key must match the leaf, the leaf must be a
+    /// valid X.509-SVID of `td` that chains to the bundle. Nothing is installed on error.
+    pub fn from_pem(
+        pem: &SvidPem<'_>,
+        td: &TrustDomain,
+        provider: &CryptoProvider,
+    ) -> Result<Svid, IdentityError> {
+        let chain = parse_certs(pem.cert, "certificate")?;
+        let key = parse_key(pem.key)?;
+        let mut bundles = TrustBundles::from_pem(td.clone(), pem.bundle)
+            .map_err(|e| IdentityError::Bundle(e.to_string()))?;
+        for (fed_td, fed_pem) in pem.federated {
+            bundles
+                .add_pem(fed_td.clone(), fed_pem)
+                .map_err(|e| IdentityError::Bundle(format!("{fed_td}: {e}")))?;
+        }
+        let signing_key = provider
+            .key_provider
+            .load_private_key(key)
+            .map_err(IdentityError::Key)?;
+        let certified = CertifiedKey::new(chain.clone(), signing_key);
+        match certified.keys_match() {
+            Ok(()) => {}
+            Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {}
+            Err(_) => return Err(IdentityError::KeyMismatch),
+        }
+        let id = verify_svid(&chain, &bundles, UnixTime::now())
+            .map_err(|r| IdentityError::NotAnSvid(r.to_string()))?;
+        if id.trust_domain_name() != td.as_str() {
+            return Err(IdentityError::WrongTrustDomain {
+                id,
+                td: td.clone(),
+            });
+        }
+        let info = leaf_info(&chain[0]).map_err(|r| IdentityError::NotAnSvid(r.to_string()))?;
+        Ok(Svid {
+            id,
+            certified_key: Arc::new(certified),
+            bundles: Arc::new(bundles),
+            not_after: info.not_after,
+            serial: info.serial,
+        })
+    }
+}
+
+fn parse_certs(pem: &[u8], what: &str) -> Result<Vec<CertificateDer<'static>>, IdentityError> {
+    let certs = rustls_pemfile::certs(&mut &pem[..])
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|source| IdentityError::Pem {
+            what: what.to_owned(),
+            source,
+        })?;
+    if certs.is_empty() {
+        return Err(IdentityError::NoCertificate(what.to_owned()));
+    }
+    Ok(certs)
+}
+
+fn parse_key(pem: &[u8]) -> Result<PrivateKeyDer<'static>, IdentityError> {
+    rustls_pemfile::private_key(&mut &pem[..])
+        .map_err(|source| IdentityError::Pem {
+            what: "private key".to_owned(),
+            source,
+        })?
+        .ok_or_else(|| IdentityError::NoKey("private key".to_owned()))
+}
+
+/// The loaded identity plus the TLS configurations built from it.
+pub struct Loaded {
+    pub svid: Svid,
+    pub tls: TlsConfigs,
+}
+
+/// The current identity, swapped atomically on rotation.
+pub struct Identity {
+    current: ArcSwapOption<Loaded>,
+    provider: Arc<CryptoProvider>,
+    /// Ticks on every successful install; the value is the number of installs.
+    installs: watch::Sender<u64>,
+    /// Trust domains whose peers are accepted in addition to the bundle's own.
+    pub require_client_cert: bool,
+}
+
+impl Identity {
+    pub fn new(provider: Arc<CryptoProvider>) -> Arc<Identity> {
+        Arc::new(Identity {
+            current: ArcSwapOption::empty(),
+            provider,
+            installs: watch::channel(0).0,
+            require_client_cert: true,
+        })
+    }
+
+    /// The current identity, or `None` before the first successful load.
+    pub fn current(&self) -> Option<Arc<Loaded>> {
+        self.current.load_full()
+    }
+
+    pub fn provider(&self) -> &Arc<CryptoProvider> {
+        &self.provider
+    }
+
+    /// Subscribes to installs (for readiness and tests).
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.installs.subscribe()
+    }
+
+    /// Builds TLS configs for `svid` and makes it current. Connections already
+    /// established keep the config they were accepted with.
+    pub fn install(&self, svid: Svid) -> Result<(), IdentityError> {
+        let tls = TlsConfigs::build(&svid, &self.provider)?;
+        let not_after = svid
+            .not_after
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        tracing::info!(
+            spiffe_id = %svid.id,
+            serial = %hex::encode(&svid.serial),
+            not_after,
+            "identity installed"
+        );
+        metrics::global().identity_cert_expiry.set(not_after);
+        self.current.store(Some(Arc::new(Loaded { svid, tls })));
+        self.installs.send_modify(|n| *n += 1);
+        Ok(())
+    }
+}
+
+/// Records a refused candidate: log line and metric, the current identity stays.
+fn refuse(source: &str, err: &IdentityError) {
+    tracing::warn!(source, error = %err, "identity update refused; keeping the current one");
+    metrics::global()
+        .identity_reloads
+        .with_label_values(&["error"])
+        .inc();
+}
+
+fn accepted() {
+    metrics::global()
+        .identity_reloads
+        .with_label_values(&["success"])
+        .inc();
+}
+
+/// Identity files as cert-manager's csi-driver-spiffe writes them.
+#[derive(Debug, Clone)]
+pub struct FileSource {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub bundle: PathBuf,
+    pub federated: Vec<(TrustDomain, PathBuf)>,
+    pub trust_domain: TrustDomain,
+    pub poll_interval: Duration,
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, IdentityError> {
+    std::fs::read(path).map_err(|source| IdentityError::Read {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+impl FileSource {
+    /// Reads every file once; returns the raw bytes for change detection.
+    fn read_all(&self) -> Result<Vec<Vec<u8>>, IdentityError> {
+        let mut out = vec![read(&self.cert)?, read(&self.key)?, read(&self.bundle)?];
+        for (_, p) in &self.federated {
+            out.push(read(p)?);
+        }
+        Ok(out)
+    }
+
+    fn build(&self, files: &[Vec<u8>], provider: &CryptoProvider) -> Result<Svid, IdentityError> {
+        let federated: Vec<(TrustDomain, Vec<u8>)> = self
+            .federated
+            .iter()
+            .zip(files.iter().skip(3))
+            .map(|((td, _), pem)| (td.clone(), pem.clone()))
+            .collect();
+        Svid::from_pem(
+            &SvidPem {
+                cert: &files[0],
+                key: &files[1],
+                bundle: &files[2],
+                federated: &federated,
+            },
+            &self.trust_domain,
+            provider,
+        )
+    }
+
+    /// Loads the files once; the error names the file or the rule that failed.
+    pub fn load(&self, identity: &Identity) -> Result<(), IdentityError> {
+        let files = self.read_all()?;
+        let svid = self.build(&files, identity.provider())?;
+        identity.install(svid)?;
+        accepted();
+        Ok(())
+    }
+
+    /// Polls the files and installs every new valid version. Polling (not inotify)
+    /// also follows the `..data` symlink swaps Kubernetes volumes use.
+    pub async fn watch(self, identity: Arc<Identity>) {
+        let mut last: Option<Vec<Vec<u8>>> = self.read_all().ok();
+        let mut ticker = tokio::time::interval(self.poll_interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            let files = match self.read_all() {
+                Ok(f) => f,
+                Err(e) => {
+                    // A file missing mid-rotation: keep what we have, report once per change.
+                    if last.is_some() {
+                        refuse("files", &e);
+                        last = None;
+                    }
+                    continue;
+                }
+            };
+            if last.as_ref() == Some(&files) {
+                continue;
+            }
+            let result = self
+                .build(&files, identity.provider())
+                .and_then(|svid| identity.install(svid));
+            match result {
+                Ok(()) => accepted(),
+                Err(e) => refuse("files", &e),
+            }
+            last = Some(files);
+        }
+    }
+}
+
+/// The built-in development CA: issues the sidecar's own short-lived SVID and
+/// renews it at half-life.
+pub struct DevCaSource {
+    pub ca: DevCa,
+    pub id: SpiffeId,
+    pub ttl: Duration,
+}
+
+impl DevCaSource {
+    /// Issues and installs a fresh SVID.
+    pub fn issue(&self, identity: &Identity) -> Result<(), IdentityError> {
+        let issued = self
+            .ca
+            .issue(&self.id, self.ttl)
+            .map_err(|e| IdentityError::DevCa(e.to_string()))?;
+        let svid = Svid::from_pem(
+            &SvidPem {
+                cert: issued.cert_pem.as_bytes(),
+                key: issued.key_pem.as_bytes(),
+                bundle: issued.bundle_pem.as_bytes(),
+                federated: &[],
+            },
+            self.ca.trust_domain(),
+            identity.provider(),
+        )?;
+        identity.install(svid)?;
+        accepted();
+        Ok(())
+    }
+
+    /// Renews at half of the TTL, forever.
+    pub async fn renew(self, identity: Arc<Identity>) {
+        loop {
+            tokio::time::sleep(self.ttl / 2).await;
+            if let Err(e) = self.issue(&identity) {
+                refuse("dev_ca", &e);
+                // Retry soon rather than waiting another half-life.
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+        }
+    }
+}

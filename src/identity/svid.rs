@@ -1,0 +1,642 @@
+//! X.509-SVID validation: trust bundles per trust domain, the leaf rules of the
+//! X.509-SVID specification, and chain verification with rustls-webpki against the
+//! anchors of the leaf ID's own trust domain only.
+//!
+//! The leaf rules are checked first (with x509-parser) so that every rejection has a
+//! precise reason; path building, signatures and the validity window are then left to
+//! webpki.
+
+use std::collections::HashMap;
+use std::sync::LazyLock;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{
+    CertificateDer, PrivateKeyDer, SignatureVerificationAlgorithm, TrustAnchor, UnixTime,
+};
+use webpki::{ExtendedKeyUsageValidator, KeyPurposeId, KeyPurposeIdIter, KeyUsage};
+use x509_parser::extensions::GeneralName;
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+use super::spiffe_id::{SpiffeId, TrustDomain};
+
+/// Trust anchors (CA certificates) per trust domain: our own bundle plus federated ones.
+#[derive(Debug, Clone, Default)]
+pub struct TrustBundles {
+    domains: HashMap<TrustDomain, Bundle>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Bundle {
+    certs: Vec<CertificateDer<'static>>,
+    /// Anchors parsed once from `certs`; certificates that do not parse are left out.
+    anchors: Vec<TrustAnchor<'static>>,
+}
+
+impl Bundle {
+    fn extend(&mut self, certs: Vec<CertificateDer<'static>>) {
+        for cert in certs {
+            match webpki::anchor_from_trusted_cert(&cert) {
+                Ok(anchor) => self.anchors.push(anchor.to_owned()),
+                Err(e) => tracing::warn!(error = %e, "trust anchor does not parse; ignored"),
+            }
+            self.certs.push(cert);
+        }
+    }
+}
+
+impl TrustBundles {
+    /// An empty set: every SVID is rejected with `UntrustedTrustDomain`.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds `anchors` to the bundle of `td` (appending if the domain is already present).
+    /// Anchors that do not parse as certificates are logged and never match.
+    pub fn add(&mut self, td: TrustDomain, anchors: Vec<CertificateDer<'static>>) {
+        self.domains.entry(td).or_default().extend(anchors);
+    }
+
+    /// Builds the bundles from one trust domain's PEM bundle file (`ca.crt`).
+    pub fn from_pem(td: TrustDomain, pem: &[u8]) -> Result<Self, SvidError> {
+        let mut bundles = Self::new();
+        bundles.add_pem(td, pem)?;
+        Ok(bundles)
+    }
+
+    /// Adds a (federated) trust domain's PEM bundle. Every certificate must parse as a
+    /// trust anchor; nothing is added on error.
+    pub fn add_pem(&mut self, td: TrustDomain, pem: &[u8]) -> Result<(), SvidError> {
+        let certs = certs_from_pem(pem)?;
+        for (index, cert) in certs.iter().enumerate() {
+            webpki::anchor_from_trusted_cert(cert)
+                .map_err(|source| SvidError::InvalidAnchor { index, source })?;
+        }
+        self.add(td, certs);
+        Ok(())
+    }
+
+    /// The configured trust domains, in no particular order.
+    pub fn trust_domains(&self) -> impl Iterator<Item = &TrustDomain> {
+        self.domains.keys()
+    }
+
+    /// The anchor certificates of one trust domain.
+    pub fn get(&self, td: &TrustDomain) -> Option<&[CertificateDer<'static>]> {
+        self.domains.get(td).map(|b| b.certs.as_slice())
+    }
+
+    fn anchors_for(&self, td_name: &str) -> Option<&[TrustAnchor<'static>]> {
+        // TrustDomain is a validated newtype; the name from a parsed SpiffeId is valid.
+        let td = TrustDomain::parse(td_name).ok()?;
+        self.domains.get(&td).map(|b| b.anchors.as_slice())
+    }
+}
+
+/// Errors reading certificate, key or bundle files (PEM).
+#[derive(Debug, thiserror::Error)]
+pub enum SvidError {
+    #[error("invalid PEM: {0}")]
+    Pem(#[from] rustls_pki_types::pem::Error),
+    #[error("no CERTIFICATE block found in PEM input")]
+    NoCertificates,
+    #[error("no private key (PKCS#8, PKCS#1 or SEC1) found in PEM input")]
+    NoPrivateKey,
+    #[error("certificate #{index} of the bundle is not a usable trust anchor: {source}")]
+    InvalidAnchor {
+        index: usize,
+        #[source]
+        source: webpki::Error,
+    },
+    #[error("certificate is not an acceptable X.509-SVID: {0}")]
+    Rejected(#[from] SvidRejection),
+}
+
+/// Why a presented certificate chain is not an acceptable X.509-SVID.
+/// Each variant is a distinct reason with its own metric label ([`SvidRejection::reason`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SvidRejection {
+    #[error("no certificate presented")]
+    NoCertificate,
+    #[error("certificate is not valid DER X.509")]
+    Malformed,
+    #[error("leaf has no URI SAN")]
+    NoUriSan,
+    #[error("leaf has more than one URI SAN")]
+    MultipleUriSans,
+    #[error("leaf URI SAN is not a valid SPIFFE ID")]
+    InvalidSpiffeId,
+    #[error("leaf SPIFFE ID has no path (names a trust domain, not a workload)")]
+    RootPathId,
+    #[error("leaf is a CA certificate (basicConstraints CA:TRUE)")]
+    LeafIsCa,
+    #[error("leaf has no keyUsage extension")]
+    NoKeyUsage,
+    #[error("leaf keyUsage lacks digitalSignature")]
+    NoDigitalSignature,
+    #[error("leaf keyUsage has keyCertSign")]
+    KeyCertSign,
+    #[error("leaf keyUsage has cRLSign")]
+    CrlSign,
+    #[error("leaf extendedKeyUsage does not allow this TLS role")]
+    WrongExtendedKeyUsage,
+    #[error("the leaf's trust domain has no configured bundle")]
+    UntrustedTrustDomain,
+    #[error("chain does not lead to an anchor of the leaf's trust domain")]
+    UnknownIssuer,
+    #[error("certificate expired")]
+    Expired,
+    #[error("certificate not yet valid")]
+    NotYetValid,
+    #[error("certificate signature is invalid")]
+    BadSignature,
+    #[error("certificate uses an unsupported signature algorithm")]
+    UnsupportedSignatureAlgorithm,
+    #[error("certificate chain is invalid")]
+    InvalidChain,
+    #[error("peer SPIFFE ID is not authorized")]
+    NotAuthorized,
+}
+
+impl SvidRejection {
+    /// A snake_case label for metrics and logs.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::NoCertificate => "no_certificate",
+            Self::Malformed => "malformed",
+            Self::NoUriSan => "no_uri_san",
+            Self::MultipleUriSans => "multiple_uri_sans",
+            Self::InvalidSpiffeId => "invalid_spiffe_id",
+            Self::RootPathId => "root_path_id",
+            Self::LeafIsCa => "leaf_is_ca",
+            Self::NoKeyUsage => "no_key_usage",
+            Self::NoDigitalSignature => "no_digital_signature",
+            Self::KeyCertSign => "key_cert_sign",
+            Self::CrlSign => "crl_sign",
+            Self::WrongExtendedKeyUsage => "wrong_extended_key_usage",
+            Self::UntrustedTrustDomain => "untrusted_trust_domain",
+            Self::UnknownIssuer => "unknown_issuer",
+            Self::Expired => "expired",
+            Self::NotYetValid => "not_yet_valid",
+            Self::BadSignature => "bad_signature",
+            Self::UnsupportedSignatureAlgorithm => "unsupported_signature_algorithm",
+            Self::InvalidChain => "invalid_chain",
+            Self::NotAuthorized => "not_authorized",
+        }
+    }
+}
+
+/// What the leaf of an SVID says about itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeafInfo {
+    pub id: SpiffeId,
+    pub not_after: SystemTime,
+    /// The serial number's big-endian bytes, as encoded.
+    pub serial: Vec<u8>,
+}
+
+impl LeafInfo {
+    /// `not_after` as Unix seconds (for the expiry metric).
+    pub fn not_after_unix(&self) -> i64 {
+        match self.not_after.duration_since(UNIX_EPOCH) {
+            Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+            Err(e) => -i64::try_from(e.duration().as_secs()).unwrap_or(i64::MAX),
+        }
+    }
+}
+
+/// The TLS role the SVID is verified for (extended key usage, when the leaf has one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SvidUsage {
+    /// A client certificate, checked by a server: id-kp-clientAuth if EKU is present.
+    ClientAuth,
+    /// A server certificate, checked by a client: id-kp-serverAuth if EKU is present.
+    ServerAuth,
+    /// Either role: EKU absent, or containing serverAuth or clientAuth.
+    AnyTls,
+}
+
+const EKU_SERVER_AUTH: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x01];
+const EKU_CLIENT_AUTH: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x02];
+
+impl ExtendedKeyUsageValidator for SvidUsage {
+    fn validate(&self, iter: KeyPurposeIdIter<'_, '_>) -> Result<(), webpki::Error> {
+        match self {
+            Self::ClientAuth => KeyUsage::client_auth().validate(iter),
+            Self::ServerAuth => KeyUsage::server_auth().validate(iter),
+            Self::AnyTls => {
+                let server = KeyPurposeId::new(EKU_SERVER_AUTH);
+                let client = KeyPurposeId::new(EKU_CLIENT_AUTH);
+                let mut empty = true;
+                for id in iter {
+                    empty = false;
+                    let id = id?;
+                    if id == server || id == client {
+                        return Ok(());
+                    }
+                }
+                if empty {
+                    Ok(())
+                } else {
+                    #[allow(deprecated)]
+                    Err(webpki::Error::RequiredEkuNotFound)
+                }
+            }
+        }
+    }
+}
+
+/// The aws-lc-rs signature algorithms, used when no provider is given.
+static DEFAULT_ALGS: LazyLock<rustls::crypto::WebPkiSupportedAlgorithms> = LazyLock::new(|| {
+    rustls::crypto::aws_lc_rs::default_provider().signature_verification_algorithms
+});
+
+/// Verifies `chain` (leaf first, then intermediates) as an X.509-SVID at time `now`:
+/// leaf checks per the X.509-SVID spec, then path building with webpki to the anchors
+/// of the leaf ID's OWN trust domain only. Either TLS role is accepted (see
+/// [`SvidUsage::AnyTls`]); the rustls verifiers use [`verify_svid_with`] with their role.
+pub fn verify_svid(
+    chain: &[CertificateDer<'_>],
+    bundles: &TrustBundles,
+    now: UnixTime,
+) -> Result<SpiffeId, SvidRejection> {
+    let (leaf, intermediates) = chain.split_first().ok_or(SvidRejection::NoCertificate)?;
+    verify_svid_with(
+        leaf,
+        intermediates,
+        bundles,
+        now,
+        SvidUsage::AnyTls,
+        DEFAULT_ALGS.all,
+    )
+}
+
+/// [`verify_svid`] with an explicit TLS role and signature algorithms (from the
+/// crypto provider's `signature_verification_algorithms.all`).
+pub fn verify_svid_with(
+    leaf: &CertificateDer<'_>,
+    intermediates: &[CertificateDer<'_>],
+    bundles: &TrustBundles,
+    now: UnixTime,
+    usage: SvidUsage,
+    algs: &[&'static dyn SignatureVerificationAlgorithm],
+) -> Result<SpiffeId, SvidRejection> {
+    let info = leaf_info(leaf)?;
+    let anchors = bundles
+        .anchors_for(info.id.trust_domain_name())
+        .ok_or(SvidRejection::UntrustedTrustDomain)?;
+    if anchors.is_empty() {
+        return Err(SvidRejection::UnknownIssuer);
+    }
+    let ee = webpki::EndEntityCert::try_from(leaf).map_err(|_| SvidRejection::Malformed)?;
+    ee.verify_for_usage(algs, anchors, intermediates, now, usage, None, None)
+        .map_err(|e| map_webpki_error(&e))?;
+    Ok(info.id)
+}
+
+/// Maps a webpki path-building error to the rejection reason.
+fn map_webpki_error(e: &webpki::Error) -> SvidRejection {
+    use webpki::Error as E;
+    #[allow(deprecated)]
+    match e {
+        E::CertExpired { .. } => SvidRejection::Expired,
+        E::CertNotValidYet { .. } => SvidRejection::NotYetValid,
+        E::UnknownIssuer => SvidRejection::UnknownIssuer,
+        E::InvalidSignatureForPublicKey => SvidRejection::BadSignature,
+        E::CaUsedAsEndEntity => SvidRejection::LeafIsCa,
+        E::RequiredEkuNotFound | E::RequiredEkuNotFoundContext(_) | E::EmptyEkuExtension => {
+            SvidRejection::WrongExtendedKeyUsage
+        }
+        E::UnsupportedSignatureAlgorithm
+        | E::UnsupportedSignatureAlgorithmContext(_)
+        | E::UnsupportedSignatureAlgorithmForPublicKey
+        | E::UnsupportedSignatureAlgorithmForPublicKeyContext(_) => {
+            SvidRejection::UnsupportedSignatureAlgorithm
+        }
+        E::BadDer | E::BadDerTime | E::TrailingData(_) | E::MalformedExtensions => {
+            SvidRejection::Malformed
+        }
+        _ => SvidRejection::InvalidChain,
+    }
+}
+
+/// Parses the leaf of an SVID and applies the X.509-SVID leaf rules; returns its SPIFFE
+/// ID, not-after and serial. Used for our own SVID on load and for a verified peer's ID.
+/// It does not check the validity window or the chain.
+pub fn leaf_info(leaf: &CertificateDer<'_>) -> Result<LeafInfo, SvidRejection> {
+    let (rest, cert) =
+        X509Certificate::from_der(leaf.as_ref()).map_err(|_| SvidRejection::Malformed)?;
+    if !rest.is_empty() {
+        return Err(SvidRejection::Malformed);
+    }
+    let id = check_leaf(&cert)?;
+    let not_after = unix_to_system_time(cert.validity().not_after.timestamp());
+    Ok(LeafInfo {
+        id,
+        not_after,
+        serial: cert.raw_serial().to_vec(),
+    })
+}
+
+fn unix_to_system_time(secs: i64) -> SystemTime {
+    let magnitude = Duration::from_secs(secs.unsigned_abs());
+    if secs >= 0 {
+        UNIX_EPOCH.checked_add(magnitude)
+    } else {
+        UNIX_EPOCH.checked_sub(magnitude)
+    }
+    .unwrap_or(UNIX_EPOCH)
+}
+
+/// The X.509-SVID leaf rules; returns the leaf's SPIFFE ID.
+fn check_leaf(cert: &X509Certificate<'_>) -> Result<SpiffeId, SvidRejection> {
+    let san = cert
+        .subject_alternative_name()
+        .map_err(|_| SvidRejection::Malformed)?
+        .ok_or(SvidRejection::NoUriSan)?;
+    let mut uris = san.value.general_names.iter().filter_map(|n| match n {
+        GeneralName::URI(uri) => Some(*uri),
+        _ => None,
+    });
+    let uri = uris.next().ok_or(SvidRejection::NoUriSan)?;
+    if uris.next().is_some() {
+        return Err(SvidRejection::MultipleUriSans);
+    }
+    let id = SpiffeId::parse(uri).map_err(|_| SvidRejection::InvalidSpiffeId)?;
+    if id.is_root() {
+        return Err(SvidRejection::RootPathId);
+    }
+
+    let bc = cert
+        .basic_constraints()
+        .map_err(|_| SvidRejection::Malformed)?;
+    if bc.is_some_and(|bc| bc.value.ca) {
+        return Err(SvidRejection::LeafIsCa);
+    }
+
+    let ku = cert
+        .key_usage()
+        .map_err(|_| SvidRejection::Malformed)?
+        .ok_or(SvidRejection::NoKeyUsage)?;
+    if !ku.value.digital_signature() {
+        return Err(SvidRejection::NoDigitalSignature);
+    }
+    if ku.value.key_cert_sign() {
+        return Err(SvidRejection::KeyCertSign);
+    }
+    if ku.value.crl_sign() {
+        return Err(SvidRejection::CrlSign);
+    }
+    Ok(id)
+}
+
+/// Every CERTIFICATE block of a PEM file, in order (a `tls.crt` chain or a bundle).
+pub fn certs_from_pem(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, SvidError> {
+    let certs = CertificateDer::pem_slice_iter(pem).collect::<Result<Vec<_>, _>>()?;
+    if certs.is_empty() {
+        return Err(SvidError::NoCertificates);
+    }
+    Ok(certs)
+}
+
+/// The first private key of a PEM file (`tls.key`).
+pub fn private_key_from_pem(pem: &[u8]) -> Result<PrivateKeyDer<'static>, SvidError> {
+    PrivateKeyDer::from_pem_slice(pem).map_err(|e| match e {
+        rustls_pki_types::pem::Error::NoItemsFound => SvidError::NoPrivateKey,
+        other => SvidError::Pem(other),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::dev_ca::testing::LeafOptions;
+    use crate::identity::dev_ca::DevCa;
+
+    fn td(s: &str) -> TrustDomain {
+        TrustDomain::parse(s).unwrap()
+    }
+
+    fn id(s: &str) -> SpiffeId {
+        SpiffeId::parse(s).unwrap()
+    }
+
+    fn now() -> UnixTime {
+        UnixTime::now()
+    }
+
+    fn setup() -> (DevCa, TrustBundles) {
+        let ca = DevCa::generate(&td("example.org")).unwrap();
+        let bundles =
+            TrustBundles::from_pem(td("example.org"), ca.ca_cert_pem().as_bytes()).unwrap();
+        (ca, bundles)
+    }
+
+    fn verify_opts(
+        ca: &DevCa,
+        bundles: &TrustBundles,
+        opts: LeafOptions,
+    ) -> Result<SpiffeId, SvidRejection> {
+        let leaf = ca.issue_custom(&opts).unwrap();
+        verify_svid(&[leaf.cert_der], bundles, now())
+    }
+
+    #[test]
+    fn valid_svid_verifies_and_leaf_info_matches() {
+        let (ca, bundles) = setup();
+        let svid = ca
+            .issue(
+                &id("spiffe://example.org/ns/a/sa/b"),
+                Duration::from_secs(3600),
+            )
+            .unwrap();
+        let chain = certs_from_pem(svid.cert_pem.as_bytes()).unwrap();
+        assert_eq!(verify_svid(&chain, &bundles, now()).unwrap(), svid.id);
+        let info = leaf_info(&chain[0]).unwrap();
+        assert_eq!(info.id, svid.id);
+        assert_eq!(info.not_after, svid.not_after);
+        assert!(!info.serial.is_empty());
+        for usage in [SvidUsage::ClientAuth, SvidUsage::ServerAuth] {
+            let algs = DEFAULT_ALGS.all;
+            assert!(verify_svid_with(&chain[0], &[], &bundles, now(), usage, algs).is_ok());
+        }
+    }
+
+    #[test]
+    fn leaf_rules() {
+        let (ca, b) = setup();
+        let good = id("spiffe://example.org/w");
+        let cases: Vec<(LeafOptions, SvidRejection)> = vec![
+            (
+                LeafOptions::for_id(&good).extra_uri("spiffe://example.org/x"),
+                SvidRejection::MultipleUriSans,
+            ),
+            (
+                LeafOptions::for_id(&good).no_uri_san(),
+                SvidRejection::NoUriSan,
+            ),
+            (
+                LeafOptions::for_id(&good).no_uri_san().dns("w.example.org"),
+                SvidRejection::NoUriSan,
+            ),
+            (
+                LeafOptions::for_uri("https://example.org/w"),
+                SvidRejection::InvalidSpiffeId,
+            ),
+            (
+                LeafOptions::for_uri("spiffe://example.org"),
+                SvidRejection::RootPathId,
+            ),
+            (LeafOptions::for_id(&good).ca(), SvidRejection::LeafIsCa),
+            (
+                LeafOptions::for_id(&good).no_key_usage(),
+                SvidRejection::NoKeyUsage,
+            ),
+            (
+                LeafOptions::for_id(&good).no_digital_signature(),
+                SvidRejection::NoDigitalSignature,
+            ),
+            (
+                LeafOptions::for_id(&good).key_cert_sign(),
+                SvidRejection::KeyCertSign,
+            ),
+            (
+                LeafOptions::for_id(&good).crl_sign(),
+                SvidRejection::CrlSign,
+            ),
+            (
+                LeafOptions::for_id(&id("spiffe://other.org/w")),
+                SvidRejection::UntrustedTrustDomain,
+            ),
+            (
+                LeafOptions::for_id(&good).validity(
+                    SystemTime::now() - Duration::from_secs(7200),
+                    SystemTime::now() - Duration::from_secs(3600),
+                ),
+                SvidRejection::Expired,
+            ),
+            (
+                LeafOptions::for_id(&good).validity(
+                    SystemTime::now() + Duration::from_secs(3600),
+                    SystemTime::now() + Duration::from_secs(7200),
+                ),
+                SvidRejection::NotYetValid,
+            ),
+        ];
+        for (opts, want) in cases {
+            let desc = format!("{opts:?}");
+            assert_eq!(verify_opts(&ca, &b, opts), Err(want), "{desc}");
+        }
+        // Distinct reasons have distinct labels.
+        let mut labels: Vec<_> = [
+            SvidRejection::NoCertificate,
+            SvidRejection::MultipleUriSans,
+            SvidRejection::Expired,
+        ]
+        .iter()
+        .map(|r| r.reason())
+        .collect();
+        labels.dedup();
+        assert_eq!(labels.len(), 3);
+    }
+
+    #[test]
+    fn chain_rules() {
+        let (ca, bundles) = setup();
+        let other_ca = DevCa::generate(&td("example.org")).unwrap();
+        let svid = other_ca
+            .issue_custom(&LeafOptions::for_id(&id("spiffe://example.org/w")))
+            .unwrap();
+        assert_eq!(
+            verify_svid(&[svid.cert_der], &bundles, now()),
+            Err(SvidRejection::UnknownIssuer)
+        );
+        assert_eq!(
+            verify_svid(&[], &bundles, now()),
+            Err(SvidRejection::NoCertificate)
+        );
+        assert_eq!(
+            verify_svid(
+                &[CertificateDer::from(vec![0x30, 0x03, 1, 2, 3])],
+                &bundles,
+                now()
+            ),
+            Err(SvidRejection::Malformed)
+        );
+        // A domain configured with no anchors trusts nothing.
+        let mut empty = TrustBundles::new();
+        empty.add(td("example.org"), vec![]);
+        let good = ca
+            .issue_custom(&LeafOptions::for_id(&id("spiffe://example.org/w")))
+            .unwrap();
+        assert_eq!(
+            verify_svid(std::slice::from_ref(&good.cert_der), &empty, now()),
+            Err(SvidRejection::UnknownIssuer)
+        );
+        // An anchor of a federated domain does not vouch for our domain's IDs.
+        let mut crossed = TrustBundles::new();
+        crossed.add(td("example.org"), vec![other_ca.ca_cert_der().clone()]);
+        crossed.add(td("other.org"), vec![ca.ca_cert_der().clone()]);
+        assert_eq!(
+            verify_svid(&[good.cert_der], &crossed, now()),
+            Err(SvidRejection::UnknownIssuer)
+        );
+    }
+
+    #[test]
+    fn eku_is_enforced_per_role() {
+        let (ca, bundles) = setup();
+        let leaf = ca
+            .issue_custom(&LeafOptions::for_id(&id("spiffe://example.org/w")).server_auth_only())
+            .unwrap();
+        let algs = DEFAULT_ALGS.all;
+        assert!(verify_svid_with(
+            &leaf.cert_der,
+            &[],
+            &bundles,
+            now(),
+            SvidUsage::ServerAuth,
+            algs
+        )
+        .is_ok());
+        assert_eq!(
+            verify_svid_with(
+                &leaf.cert_der,
+                &[],
+                &bundles,
+                now(),
+                SvidUsage::ClientAuth,
+                algs
+            ),
+            Err(SvidRejection::WrongExtendedKeyUsage)
+        );
+    }
+
+    #[test]
+    fn pem_errors() {
+        assert!(matches!(
+            TrustBundles::from_pem(td("a"), b"not pem"),
+            Err(SvidError::NoCertificates)
+        ));
+        let bad = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+        assert!(matches!(
+            TrustBundles::from_pem(td("a"), bad.as_bytes()),
+            Err(SvidError::InvalidAnchor { index: 0, .. })
+        ));
+        assert!(matches!(
+            private_key_from_pem(b"nothing"),
+            Err(SvidError::NoPrivateKey)
+        ));
+        let (ca, _) = setup();
+        let mut b = TrustBundles::new();
+        b.add_pem(td("example.org"), ca.ca_cert_pem().as_bytes())
+            .unwrap();
+        b.add_pem(td("other.org"), ca.ca_cert_pem().as_bytes())
+            .unwrap();
+        let mut names: Vec<_> = b.trust_domains().map(|t| t.as_str().to_owned()).collect();
+        names.sort();
+        assert_eq!(names, ["example.org", "other.org"]);
+        assert_eq!(b.get(&td("example.org")).map(|c| c.len()), Some(1));
+        assert!(b.get(&td("nope.org")).is_none());
+    }
+}

@@ -1,0 +1,111 @@
+//! rustls configurations built from an SVID, once per certificate rotation.
+//!
+//! The server side always requires a client SVID when TLS is used (plaintext is a
+//! separate, permissive-only path); the client side verifies the server as an SVID
+//! and never looks at DNS names. Both advertise `h2` and `http/1.1`.
+
+use std::sync::Arc;
+
+use rustls::crypto::CryptoProvider;
+use rustls::{ClientConfig, ServerConfig};
+
+use super::source::{IdentityError, Svid};
+use super::verifier::{PeerAuthorization, SvidClientVerifier, SvidServerVerifier};
+
+/// ALPN protocols offered and accepted, in preference order.
+pub const ALPN: &[&[u8]] = &[b"h2", b"http/1.1"];
+
+/// TLS configurations for the current identity.
+pub struct TlsConfigs {
+    /// Inbound: terminates mTLS, accepting any valid SVID of a trusted domain.
+    pub server: Arc<ServerConfig>,
+    /// Outbound: originates mTLS to any valid SVID of a trusted domain.
+    pub client: Arc<ClientConfig>,
+}
+
+impl TlsConfigs {
+    pub fn build(svid: &Svid, provider: &Arc<CryptoProvider>) -> Result<TlsConfigs, IdentityError> {
+        Ok(TlsConfigs {
+            server: Arc::new(server_config(
+                svid,
+                provider,
+                PeerAuthorization::AnyTrusted,
+                "inbound",
+            )?),
+            client: Arc::new(client_config(
+                svid,
+                provider,
+                PeerAuthorization::AnyTrusted,
+                ALPN,
+            )?),
+        })
+    }
+}
+
+/// A server config presenting `svid` and requiring client SVIDs allowed by `authz`.
+pub fn server_config(
+    svid: &Svid,
+    provider: &Arc<CryptoProvider>,
+    authz: PeerAuthorization,
+    direction: &'static str,
+) -> Result<ServerConfig, IdentityError> {
+    let verifier = SvidClientVerifier::new(
+        svid.bundles.clone(),
+        authz,
+        true,
+        provider.clone(),
+        direction,
+    );
+    let mut config = ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| IdentityError::Tls(e.to_string()))?
+        .with_client_cert_verifier(Arc::new(verifier))
+        .with_cert_resolver(Arc::new(SingleCert(svid.certified_key.clone())));
+    config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
+    Ok(config)
+}
+
+/// A client config presenting `svid` and accepting servers allowed by `authz`.
+pub fn client_config(
+    svid: &Svid,
+    provider: &Arc<CryptoProvider>,
+    authz: PeerAuthorization,
+    alpn: &[&[u8]],
+) -> Result<ClientConfig, IdentityError> {
+    let verifier = SvidServerVerifier::new(svid.bundles.clone(), authz, provider.clone(), "outbound");
+    let mut config = ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| IdentityError::Tls(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_client_cert_resolver(Arc::new(SingleCert(svid.certified_key.clone())));
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(config)
+}
+
+/// Presents one certified key, on either side of the handshake.
+#[derive(Debug)]
+struct SingleCert(Arc<rustls::sign::CertifiedKey>);
+
+impl rustls::server::ResolvesServerCert for SingleCert {
+    fn resolve(
+        &self,
+        _hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.0.clone())
+    }
+}
+
+impl rustls::client::ResolvesClientCert for SingleCert {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.0.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}

@@ -1,0 +1,194 @@
+//! The decision step shared by inbound and outbound: build the input, evaluate,
+//! fail closed, apply dry-run, count and log.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::StatusCode;
+
+use crate::decision_log::{now_rfc3339, DecisionEntry, DecisionLog};
+use crate::metrics;
+use crate::policy::store::PolicyStore;
+use crate::policy::{build_input, Decision, DecisionError, InputFacts};
+
+/// What the data path does with a request.
+#[derive(Debug)]
+pub enum Verdict {
+    /// Forward, applying the decision's header changes (if the result was an object).
+    Allow(Decision),
+    /// Answer locally.
+    Deny(Denial),
+}
+
+/// A local answer for a denied request.
+#[derive(Debug)]
+pub struct Denial {
+    pub status: StatusCode,
+    pub body: String,
+    pub headers: Vec<(String, String)>,
+    pub reason: String,
+}
+
+/// Everything the decision step needs for one direction.
+#[derive(Clone)]
+pub struct Decider {
+    pub direction: &'static str,
+    pub query: usize,
+    pub policy: Arc<PolicyStore>,
+    pub dry_run: bool,
+    pub log: DecisionLog,
+}
+
+/// What is left to record once the response status is known.
+pub struct Ticket {
+    /// `allow`, `deny` or `dry_run_deny`.
+    pub label: &'static str,
+    entry: Option<DecisionEntry>,
+}
+
+impl Ticket {
+    /// A request refused before any decision (bad path, bad token, limits).
+    pub fn refused() -> Ticket {
+        Ticket {
+            label: "deny",
+            entry: None,
+        }
+    }
+}
+
+impl Decider {
+    /// Evaluates the policy for `facts`. Never allows by accident: no policy,
+    /// undefined, an error, a timeout or a wrongly shaped result is a deny.
+    pub fn decide(&self, facts: &InputFacts<'_>) -> (Verdict, Ticket) {
+        let m = metrics::global();
+        let start = Instant::now();
+        let (result, revision) = match self.policy.current() {
+            Some(set) => {
+                let input = build_input(facts);
+                (set.evaluate(self.query, input), set.revision().to_owned())
+            }
+            None => (Err(DecisionError::NoPolicy), "none".to_owned()),
+        };
+        let elapsed = start.elapsed();
+        m.policy_eval_duration
+            .with_label_values(&[self.direction])
+            .observe(elapsed.as_secs_f64());
+        let eval_ns = elapsed.as_nanos() as u64;
+
+        let denial = match result {
+            Ok(d) if d.allowed => {
+                let reason = d.reason.clone();
+                let ticket = self.ticket("allow", reason, revision, eval_ns, facts);
+                return (Verdict::Allow(d), ticket);
+            }
+            Ok(d) => {
+                let reason = d
+                    .reason
+                    .clone()
+                    .or_else(|| d.body.clone())
+                    .unwrap_or_else(|| "denied by policy".to_owned());
+                let status = d
+                    .http_status
+                    .and_then(|s| StatusCode::from_u16(s).ok())
+                    .unwrap_or(StatusCode::FORBIDDEN);
+                Denial {
+                    status,
+                    body: d
+                        .body
+                        .clone()
+                        .unwrap_or_else(|| format!("access denied: {reason}\n")),
+                    headers: d.response_headers_to_add.clone(),
+                    reason,
+                }
+            }
+            Err(e) => {
+                m.policy_errors
+                    .with_label_values(&[self.direction, e.reason()])
+                    .inc();
+                tracing::warn!(direction = self.direction, reason = e.reason(), error = %e, "policy failed closed");
+                let status = match e {
+                    DecisionError::NoPolicy => StatusCode::SERVICE_UNAVAILABLE,
+                    _ => StatusCode::FORBIDDEN,
+                };
+                Denial {
+                    status,
+                    // Details stay in the log: policy internals are not for clients.
+                    body: format!("access denied: policy {}\n", e.reason()),
+                    headers: Vec::new(),
+                    reason: format!("{}: {e}", e.reason()),
+                }
+            }
+        };
+        if self.dry_run {
+            tracing::info!(direction = self.direction, reason = %denial.reason, "dry-run: deny let through");
+            let ticket = self.ticket(
+                "dry_run_deny",
+                Some(denial.reason),
+                revision,
+                eval_ns,
+                facts,
+            );
+            return (Verdict::Allow(Decision::allow()), ticket);
+        }
+        let ticket = self.ticket(
+            "deny",
+            Some(denial.reason.clone()),
+            revision,
+            eval_ns,
+            facts,
+        );
+        (Verdict::Deny(denial), ticket)
+    }
+
+    fn ticket(
+        &self,
+        label: &'static str,
+        reason: Option<String>,
+        policy_revision: String,
+        eval_ns: u64,
+        facts: &InputFacts<'_>,
+    ) -> Ticket {
+        if !self.log.wants(label == "allow") {
+            return Ticket { label, entry: None };
+        }
+        let http = facts.http.as_ref();
+        let entry = DecisionEntry {
+            decision_id: http
+                .map(|h| h.id.to_owned())
+                .unwrap_or_else(crate::proxy::headers::random_id),
+            time: now_rfc3339(),
+            direction: self.direction,
+            source_principal: facts.source_principal.map(str::to_owned),
+            source_address: facts.source_address.to_string(),
+            destination_principal: facts.destination_principal.map(str::to_owned),
+            destination_address: facts.destination_address.to_string(),
+            method: http.map(|h| h.method.to_owned()),
+            path: http.map(|h| h.path.to_owned()),
+            decision: label,
+            status: 0,
+            reason,
+            policy_revision,
+            eval_ns,
+            headers: http.map(|h| self.log.masked_headers(h.headers)),
+        };
+        Ticket {
+            label,
+            entry: Some(entry),
+        }
+    }
+
+    /// Counts the request and writes the decision log entry once the status is known.
+    pub fn finish(&self, ticket: Ticket, status: u16, started: Instant) {
+        let m = metrics::global();
+        m.requests
+            .with_label_values(&[self.direction, ticket.label, metrics::status_class(status)])
+            .inc();
+        m.request_duration
+            .with_label_values(&[self.direction])
+            .observe(started.elapsed().as_secs_f64());
+        if let Some(mut entry) = ticket.entry {
+            entry.status = status;
+            self.log.log(&entry);
+        }
+    }
+}

@@ -1,0 +1,188 @@
+//! Header hygiene: spoofable identity headers, hop-by-hop headers, request IDs, XFCC.
+//!
+//! Everything a client could use to impersonate an identity the sidecar vouches
+//! for is removed before the policy sees the request and before the app gets it.
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+/// The header carrying the verified peer identity to the app (Envoy's format).
+pub const XFCC: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
+/// The request ID header.
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// Prefix of every header the sidecar itself sets; never accepted from clients.
+pub const OWN_PREFIX: &str = "x-portcullis-";
+
+/// Removes client-supplied identity headers: XFCC, every `x-portcullis-*` header, and
+/// the `extra` names (e.g. headers JWT claims are copied into).
+pub fn strip_spoofable(headers: &mut HeaderMap, extra: &[HeaderName]) {
+    headers.remove(&XFCC);
+    let own: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| k.as_str().starts_with(OWN_PREFIX))
+        .cloned()
+        .collect();
+    for name in own {
+        headers.remove(&name);
+    }
+    for name in extra {
+        headers.remove(name);
+    }
+}
+
+/// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1).
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Removes hop-by-hop headers and any header listed in `Connection`.
+/// `upgrade` keeps `Connection: upgrade` + `Upgrade` for protocol upgrades;
+/// `TE: trailers` survives because gRPC over HTTP/2 needs it end to end.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .filter(|n| !(upgrade && n == header::UPGRADE))
+        .collect();
+    for name in listed {
+        headers.remove(&name);
+    }
+    let te_trailers = headers
+        .get_all(header::TE)
+        .iter()
+        .any(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    let upgrade_value = headers.get(header::UPGRADE).cloned();
+    for name in HOP_BY_HOP {
+        headers.remove(*name);
+    }
+    if te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    if upgrade {
+        if let Some(v) = upgrade_value {
+            headers.insert(header::UPGRADE, v);
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        }
+    }
+}
+
+/// True for an HTTP/1.1 upgrade request (WebSocket and others).
+pub fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// Keeps a well-formed client `x-request-id` (≤128 visible ASCII characters) or sets
+/// a fresh random one; returns the ID.
+pub fn ensure_request_id(headers: &mut HeaderMap) -> String {
+    if let Some(v) = headers.get(&REQUEST_ID) {
+        let b = v.as_bytes();
+        if !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_graphic()) {
+            return String::from_utf8_lossy(b).into_owned();
+        }
+    }
+    let id = random_id();
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        headers.insert(REQUEST_ID, v);
+    }
+    id
+}
+
+/// A random UUID (version 4) string.
+pub fn random_id() -> String {
+    let mut b = [0u8; 16];
+    if aws_lc_rs::rand::fill(&mut b).is_err() {
+        // The system RNG failing is not recoverable in any useful way; fall back to time.
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        b = t.to_le_bytes();
+    }
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h = hex::encode(b);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+/// `x-forwarded-client-cert` for the app: `By=<own ID>;Hash=<sha256 of peer cert>;URI=<peer ID>`.
+pub fn xfcc_value(by: &str, hash_hex: &str, uri: &str) -> Option<HeaderValue> {
+    HeaderValue::from_str(&format!("By={by};Hash={hash_hex};URI={uri}")).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_identity_headers() {
+        let mut h = HeaderMap::new();
+        h.insert(XFCC, HeaderValue::from_static("URI=spiffe://evil/x"));
+        h.insert("x-portcullis-role", HeaderValue::from_static("admin"));
+        h.insert("x-user", HeaderValue::from_static("alice"));
+        h.insert("accept", HeaderValue::from_static("*/*"));
+        strip_spoofable(&mut h, &[HeaderName::from_static("x-user")]);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("accept"));
+    }
+
+    #[test]
+    fn hop_by_hop_removed_listed_too() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", HeaderValue::from_static("keep-alive, x-secret"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("te", HeaderValue::from_static("trailers"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        remove_hop_by_hop(&mut h, false);
+        assert!(!h.contains_key("x-secret"));
+        assert!(!h.contains_key("keep-alive"));
+        assert!(!h.contains_key("connection"));
+        assert_eq!(h.get("te").unwrap(), "trailers");
+        assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn upgrade_kept_when_asked() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", HeaderValue::from_static("Upgrade"));
+        h.insert("upgrade", HeaderValue::from_static("websocket"));
+        assert!(is_upgrade(&h));
+        remove_hop_by_hop(&mut h, true);
+        assert_eq!(h.get("upgrade").unwrap(), "websocket");
+        assert_eq!(h.get("connection").unwrap(), "upgrade");
+    }
+
+    #[test]
+    fn request_id_kept_or_generated() {
+        let mut h = HeaderMap::new();
+        let id = ensure_request_id(&mut h);
+        assert_eq!(id.len(), 36);
+        assert_eq!(h.get(&REQUEST_ID).unwrap(), id.as_str());
+        let mut h = HeaderMap::new();
+        h.insert(REQUEST_ID, HeaderValue::from_static("abc-123"));
+        assert_eq!(ensure_request_id(&mut h), "abc-123");
+    }
+}

@@ -1,0 +1,325 @@
+//! The inbound data path (`:15006`): accept → sniff → mTLS → HTTP → hygiene →
+//! authn → input → decide → forward to the local app.
+//!
+//! Plaintext is served only in `permissive` mode. Ports listed as opaque are
+//! decided once per connection and then copied both ways (see [`super::tcp`]).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::header::{HeaderName, HeaderValue, HOST};
+use http::{Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsAcceptor;
+
+use super::decide::{Decider, Ticket, Verdict};
+use super::forward::{text_response, AppClients, ProxyBody};
+use super::listener::{ConnGuard, HttpServer};
+use super::{body, headers, path, tcp, ConnInfo};
+use crate::config::{BodyConfig, MtlsMode};
+use crate::identity::source::Identity;
+use crate::identity::svid::leaf_info;
+use crate::metrics;
+use crate::policy::{HttpFacts, InputFacts};
+
+/// A header a peer sidecar sets to say which HTTP version the calling app used, so
+/// requests carried over HTTP/2 between sidecars reach the app as they were sent.
+pub const ORIG_PROTO: HeaderName = HeaderName::from_static("x-portcullis-orig-proto");
+
+/// Settings and shared state of the inbound listener.
+pub struct Inbound {
+    pub identity: Arc<Identity>,
+    pub decider: Decider,
+    pub clients: AppClients,
+    pub app: SocketAddr,
+    pub original_destination: bool,
+    pub mtls: MtlsMode,
+    pub opaque_ports: Vec<u16>,
+    pub body: BodyConfig,
+    pub http: HttpServer,
+    /// Extra header names stripped from every request (JWT claim headers).
+    pub strip_extra: Vec<HeaderName>,
+}
+
+/// The first byte of a TLS handshake record.
+const TLS_HANDSHAKE: u8 = 0x16;
+
+impl Inbound {
+    /// Handles one accepted connection until it closes.
+    pub async fn serve_connection(self: Arc<Self>, stream: TcpStream, peer: SocketAddr, guard: ConnGuard) {
+        let _guard = guard;
+        let local = match stream.local_addr() {
+            Ok(a) => a,
+            Err(_) => return,
+        };
+        // Where the client meant to go: the original destination when intercepted,
+        // else the configured app.
+        let (app, dest) = if self.original_destination {
+            match super::orig_dst::original_destination(&stream, local) {
+                Ok(d) => (SocketAddr::new(loopback_for(d), d.port()), d),
+                Err(e) => {
+                    tracing::warn!(%peer, error = %e, "no original destination; closing");
+                    return;
+                }
+            }
+        } else {
+            (self.app, SocketAddr::new(local.ip(), self.app.port()))
+        };
+
+        let mut first = [0u8; 1];
+        let sniff = tokio::time::timeout(self.http.header_timeout, stream.peek(&mut first)).await;
+        match sniff {
+            Ok(Ok(1)) => {}
+            _ => return, // closed, error or silent client
+        }
+
+        if first[0] == TLS_HANDSHAKE {
+            let Some(loaded) = self.identity.current() else {
+                record_tls_failure("no_identity");
+                return;
+            };
+            let acceptor = TlsAcceptor::from(loaded.tls.server.clone());
+            let tls = match tokio::time::timeout(self.http.header_timeout, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    // Counted once: SVID rejections by the verifier, the rest here.
+                    crate::identity::record_handshake_io_failure("inbound", &e);
+                    tracing::debug!(%peer, error = %e, "inbound TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    record_tls_failure("timeout");
+                    return;
+                }
+            };
+            metrics::global().tls_handshakes.with_label_values(&["inbound"]).inc();
+            let (_, session) = tls.get_ref();
+            let leaf = session.peer_certificates().and_then(|c| c.first()).cloned();
+            let Some(leaf) = leaf else {
+                record_tls_failure("no_client_certificate");
+                return;
+            };
+            let peer_id = match leaf_info(&leaf) {
+                Ok(info) => info.id,
+                Err(_) => return,
+            };
+            let conn = Arc::new(ConnInfo {
+                peer,
+                dest,
+                app,
+                peer_id: Some(peer_id),
+                peer_cert_hash: Some(hex::encode(aws_lc_rs::digest::digest(
+                    &aws_lc_rs::digest::SHA256,
+                    &leaf,
+                ))),
+                local_id: Some(loaded.svid.id.to_string()),
+                tls: true,
+            });
+            drop(loaded);
+            if self.opaque_ports.contains(&app.port()) {
+                tcp::relay(&self.decider, &conn, tls).await;
+            } else {
+                let this = self.clone();
+                self.http
+                    .serve(tls, move |req| this.clone().handle(conn.clone(), req))
+                    .await;
+            }
+            return;
+        }
+
+        if self.mtls == MtlsMode::Strict {
+            record_tls_failure("plaintext");
+            tracing::debug!(%peer, "plaintext connection refused (strict mTLS)");
+            return;
+        }
+        let conn = Arc::new(ConnInfo {
+            peer,
+            dest,
+            app,
+            peer_id: None,
+            peer_cert_hash: None,
+            local_id: self.identity.current().map(|l| l.svid.id.to_string()),
+            tls: false,
+        });
+        if self.opaque_ports.contains(&app.port()) {
+            tcp::relay(&self.decider, &conn, stream).await;
+        } else {
+            let this = self.clone();
+            self.http
+                .serve(stream, move |req| this.clone().handle(conn.clone(), req))
+                .await;
+        }
+    }
+
+    /// One HTTP request, top to bottom.
+    async fn handle(
+        self: Arc<Self>,
+        conn: Arc<ConnInfo>,
+        req: Request<Incoming>,
+    ) -> Result<Response<ProxyBody>, Infallible> {
+        let started = Instant::now();
+        let (mut parts, body) = req.into_parts();
+
+        // 1. Hygiene: nothing a client sends may claim an identity the sidecar vouches for.
+        let orig_proto = conn
+            .peer_id
+            .as_ref()
+            .and_then(|_| parts.headers.get(&ORIG_PROTO).cloned());
+        headers::strip_spoofable(&mut parts.headers, &self.strip_extra);
+
+        // 2. One normalised path: the policy decides on exactly what the app receives.
+        let raw_pq = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
+        let path = match path::normalize_path_and_query(raw_pq) {
+            Ok(p) => p,
+            Err(e) => return Ok(self.refuse(StatusCode::BAD_REQUEST, &format!("bad request path: {e}\n"), "bad_path", started)),
+        };
+        if let Ok(uri) = rebuild_uri(&parts.uri, &path) {
+            parts.uri = uri;
+        }
+
+        // 3. Request ID for correlation across logs and the app.
+        let request_id = headers::ensure_request_id(&mut parts.headers);
+
+        // 4. Body for the policy, bounded, only when configured.
+        let (prefix, truncated, body) = if self.body.enabled {
+            match body::buffer_prefix(body, self.body.max_bytes).await {
+                Ok(b) => (Some(b.prefix), b.truncated, b.body),
+                Err(_) => return Ok(self.refuse(StatusCode::BAD_REQUEST, "request body could not be read\n", "body_read", started)),
+            }
+        } else {
+            (None, false, http_body_util::BodyExt::boxed_unsync(http_body_util::BodyExt::map_err(body, super::forward::BoxError::from)))
+        };
+
+        // 5. Decide.
+        let host = parts
+            .headers
+            .get(HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_owned)
+            .or_else(|| parts.uri.authority().map(|a| a.to_string()))
+            .unwrap_or_default();
+        let protocol = match parts.version {
+            Version::HTTP_2 => "HTTP/2",
+            Version::HTTP_10 => "HTTP/1.0",
+            _ => "HTTP/1.1",
+        };
+        let peer_id = conn.peer_id.as_ref().map(|p| p.as_str());
+        let size = parts
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let content_type = parts
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let (verdict, ticket) = {
+            let facts = InputFacts {
+                source_address: conn.peer,
+                source_principal: peer_id,
+                destination_address: conn.dest,
+                destination_principal: conn.local_id.as_deref(),
+                http: Some(HttpFacts {
+                    id: &request_id,
+                    method: parts.method.as_str(),
+                    path: &path,
+                    host: &host,
+                    scheme: if conn.tls { "https" } else { "http" },
+                    protocol,
+                    headers: &parts.headers,
+                    size,
+                    body: prefix.as_deref(),
+                    truncated_body: truncated,
+                    content_type: content_type.as_deref(),
+                }),
+                jwt: None,
+            };
+            self.decider.decide(&facts)
+        };
+
+        // 6. Deny: answer locally.
+        let decision = match verdict {
+            Verdict::Deny(denial) => {
+                let mut resp = text_response(denial.status, denial.body);
+                add_headers(resp.headers_mut(), &denial.headers);
+                self.decider.finish(ticket, resp.status().as_u16(), started);
+                return Ok(resp);
+            }
+            Verdict::Allow(d) => d,
+        };
+
+        // 7. Allow: the policy's header changes, the identity for the app, forward.
+        for name in &decision.request_headers_to_remove {
+            parts.headers.remove(name.as_str());
+        }
+        add_headers(&mut parts.headers, &decision.headers);
+        if let (Some(id), Some(hash), Some(by)) = (peer_id, &conn.peer_cert_hash, &conn.local_id) {
+            if let Some(v) = headers::xfcc_value(by, hash, id) {
+                parts.headers.insert(headers::XFCC, v);
+            }
+        }
+        let to_http2 = parts.version == Version::HTTP_2
+            && orig_proto.as_ref().map(|v| v.as_bytes()) != Some(b"HTTP/1.1");
+        let authority = conn.app.to_string();
+        let req = Request::from_parts(parts, body);
+        let mut resp = self.clients.send("inbound", &authority, to_http2, req).await;
+        add_headers(resp.headers_mut(), &decision.response_headers_to_add);
+        self.decider.finish(ticket, resp.status().as_u16(), started);
+        Ok(resp)
+    }
+
+    /// A request refused before the policy (malformed), counted as such.
+    fn refuse(&self, status: StatusCode, body: &str, reason: &'static str, started: Instant) -> Response<ProxyBody> {
+        metrics::global()
+            .rejected_requests
+            .with_label_values(&["inbound", reason])
+            .inc();
+        self.decider.finish(Ticket::refused(), status.as_u16(), started);
+        text_response(status, body.to_owned())
+    }
+}
+
+fn record_tls_failure(reason: &str) {
+    metrics::global()
+        .tls_handshake_failures
+        .with_label_values(&["inbound", reason])
+        .inc();
+}
+
+/// Loopback of the same family as the original destination: apps listen on localhost.
+fn loopback_for(d: SocketAddr) -> std::net::IpAddr {
+    match d {
+        SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+        SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+    }
+}
+
+/// The request URI with its path-and-query replaced by the normalised one.
+fn rebuild_uri(uri: &Uri, pq: &str) -> Result<Uri, http::Error> {
+    let mut b = Uri::builder();
+    if let Some(s) = uri.scheme() {
+        b = b.scheme(s.clone());
+    }
+    if let Some(a) = uri.authority() {
+        b = b.authority(a.clone());
+    }
+    b.path_and_query(pq).build()
+}
+
+/// Adds (replacing) headers a policy returned; invalid names or values were
+/// rejected when the decision was parsed, so failures here are skipped.
+pub fn add_headers(map: &mut http::HeaderMap, add: &[(String, String)]) {
+    for (k, v) in add {
+        if let (Ok(name), Ok(value)) = (HeaderName::from_bytes(k.as_bytes()), HeaderValue::from_str(v)) {
+            map.insert(name, value);
+        }
+    }
+}

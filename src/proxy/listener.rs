@@ -1,0 +1,213 @@
+//! Accepting connections and serving HTTP on them: connection limits, TCP_NODELAY,
+//! protocol limits, and draining on shutdown.
+//!
+//! Draining: the accept loop stops, every HTTP connection is told to finish its
+//! in-flight requests and close (`graceful_shutdown`), and the caller waits until
+//! every connection permit is back or the grace period ends.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+
+use super::forward::ProxyBody;
+use crate::config::LimitsConfig;
+use crate::metrics;
+
+/// Signals the start of draining to every listener and connection.
+#[derive(Clone)]
+pub struct Drain {
+    rx: watch::Receiver<bool>,
+}
+
+/// The sending side of [`Drain`].
+pub struct DrainTrigger {
+    tx: watch::Sender<bool>,
+}
+
+impl DrainTrigger {
+    pub fn new() -> (DrainTrigger, Drain) {
+        let (tx, rx) = watch::channel(false);
+        (DrainTrigger { tx }, Drain { rx })
+    }
+
+    /// Starts draining everywhere.
+    pub fn trigger(&self) {
+        let _ = self.tx.send(true);
+    }
+
+    pub fn drain(&self) -> Drain {
+        Drain {
+            rx: self.tx.subscribe(),
+        }
+    }
+}
+
+impl Drain {
+    /// Resolves once draining has started (immediately if it already has).
+    pub async fn signaled(&mut self) {
+        let _ = self.rx.wait_for(|d| *d).await;
+    }
+
+    pub fn is_draining(&self) -> bool {
+        *self.rx.borrow()
+    }
+}
+
+/// Held for the life of a connection: a connection-limit permit and the open gauge.
+pub struct ConnGuard {
+    _permit: OwnedSemaphorePermit,
+    direction: &'static str,
+}
+
+impl ConnGuard {
+    fn new(permit: OwnedSemaphorePermit, direction: &'static str) -> Self {
+        metrics::global()
+            .open_connections
+            .with_label_values(&[direction])
+            .inc();
+        ConnGuard {
+            _permit: permit,
+            direction,
+        }
+    }
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        metrics::global()
+            .open_connections
+            .with_label_values(&[self.direction])
+            .dec();
+    }
+}
+
+/// Bounds the number of open connections of one listener.
+#[derive(Clone)]
+pub struct ConnLimit {
+    sem: Arc<Semaphore>,
+    max: usize,
+}
+
+impl ConnLimit {
+    pub fn new(max: usize) -> Self {
+        ConnLimit {
+            sem: Arc::new(Semaphore::new(max)),
+            max,
+        }
+    }
+
+    /// Waits until every connection has closed, at most `grace`. True if all closed.
+    pub async fn wait_idle(&self, grace: Duration) -> bool {
+        let max = u32::try_from(self.max).unwrap_or(u32::MAX);
+        tokio::time::timeout(grace, self.sem.acquire_many(max))
+            .await
+            .is_ok()
+    }
+}
+
+/// Accepts connections until draining starts; each gets TCP_NODELAY and a permit.
+/// Connections over the limit are closed at once and counted.
+pub async fn accept_loop<F, Fut>(
+    listener: TcpListener,
+    direction: &'static str,
+    limit: ConnLimit,
+    mut drain: Drain,
+    on_conn: F,
+) where
+    F: Fn(TcpStream, SocketAddr, ConnGuard) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    loop {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = drain.signaled() => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of file descriptors or similar: back off instead of spinning.
+                tracing::warn!(direction, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        match limit.sem.clone().try_acquire_owned() {
+            Ok(permit) => {
+                tokio::spawn(on_conn(stream, peer, ConnGuard::new(permit, direction)));
+            }
+            Err(_) => {
+                metrics::global()
+                    .rejected_requests
+                    .with_label_values(&[direction, "max_connections"])
+                    .inc();
+                drop(stream);
+            }
+        }
+    }
+}
+
+/// HTTP/1.1 + HTTP/2 server settings shared by every connection of a listener.
+#[derive(Clone)]
+pub struct HttpServer {
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    pub header_timeout: Duration,
+    drain: Drain,
+}
+
+impl HttpServer {
+    pub fn new(limits: &LimitsConfig, drain: Drain) -> Self {
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_timeout)
+            .max_buf_size(limits.max_header_bytes.max(8192))
+            .keep_alive(true);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(limits.max_concurrent_streams)
+            .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+            .keep_alive_interval(Some(Duration::from_secs(30)));
+        HttpServer {
+            builder: Arc::new(builder),
+            header_timeout: limits.header_timeout,
+            drain,
+        }
+    }
+
+    /// Serves HTTP/1.1 (with upgrades) or HTTP/2 on `io` until it closes or drains.
+    pub async fn serve<I, F, Fut>(&self, io: I, handler: F)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        F: Fn(Request<Incoming>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Response<ProxyBody>, std::convert::Infallible>> + Send + 'static,
+    {
+        let conn = self
+            .builder
+            .serve_connection_with_upgrades(TokioIo::new(io), service_fn(handler));
+        tokio::pin!(conn);
+        let mut drain = self.drain.clone();
+        let result = tokio::select! {
+            r = conn.as_mut() => r,
+            _ = drain.signaled() => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        };
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "connection ended with an error");
+        }
+    }
+}

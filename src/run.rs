@@ -1,0 +1,258 @@
+//! `portcullis run`: start every part of the sidecar from a [`Config`], serve until
+//! SIGTERM/SIGINT or `POST /shutdown`, then drain.
+//!
+//! Start-up is strict: an identity or policy that does not load stops start-up with
+//! an error naming the file. After start-up, bad updates keep the last good state.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+
+use crate::admin::Admin;
+use crate::config::{Config, IdentityConfig, LogFormat};
+use crate::decision_log::DecisionLog;
+use crate::identity::dev_ca::DevCa;
+use crate::identity::source::{crypto_provider, DevCaSource, FileSource, Identity};
+use crate::policy::store::{PolicyStore, INBOUND};
+use crate::policy::EvalLimits;
+use crate::proxy::decide::Decider;
+use crate::proxy::forward::AppClients;
+use crate::proxy::inbound::Inbound;
+use crate::proxy::listener::{accept_loop, ConnLimit, DrainTrigger, HttpServer};
+
+type LevelSetter = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+
+/// Installs the global tracing subscriber; returns a function that changes the level.
+pub fn init_logging(format: LogFormat, level: &str) -> LevelSetter {
+    use tracing_subscriber::prelude::*;
+    use tracing_subscriber::{reload, EnvFilter};
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let (filter, handle) = reload::Layer::new(filter);
+    let registry = tracing_subscriber::registry().with(filter);
+    // Logs go to stderr; stdout carries decision logs.
+    let result = match format {
+        LogFormat::Json => registry
+            .with(tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr))
+            .try_init(),
+        LogFormat::Text => registry
+            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .try_init(),
+    };
+    if result.is_err() {
+        // Already installed (tests, demo): keep the existing subscriber.
+    }
+    Box::new(move |l: &str| {
+        let f = EnvFilter::try_new(l).map_err(|e| format!("bad level {l:?}: {e}"))?;
+        handle.reload(f).map_err(|e| e.to_string())
+    })
+}
+
+/// Starts the identity source named by the configuration and loads the first SVID.
+pub async fn start_identity(cfg: &Config) -> anyhow::Result<Arc<Identity>> {
+    let identity = Identity::new(crypto_provider());
+    match &cfg.identity {
+        IdentityConfig::Files(f) => {
+            let source = FileSource {
+                cert: f.cert.clone(),
+                key: f.key.clone(),
+                bundle: f.bundle.clone(),
+                federated: f
+                    .federated_bundles
+                    .iter()
+                    .map(|(td, p)| (td.clone(), p.clone()))
+                    .collect(),
+                trust_domain: cfg.trust_domain.clone(),
+                poll_interval: f.poll_interval,
+            };
+            source
+                .load(&identity)
+                .with_context(|| format!("identity files ({})", f.cert.display()))?;
+            tokio::spawn(source.watch(identity.clone()));
+        }
+        IdentityConfig::DevCa(d) => {
+            let id = cfg
+                .dev_ca_spiffe_id()
+                .context("identity.dev_ca.spiffe_id could not be derived")?;
+            let ca = DevCa::load_or_init(&cfg.trust_domain, &d.dir)
+                .with_context(|| format!("identity.dev_ca: CA directory {}", d.dir.display()))?;
+            let source = DevCaSource {
+                ca,
+                id,
+                ttl: d.ttl,
+            };
+            source.issue(&identity).context("identity.dev_ca: issuing the SVID")?;
+            tokio::spawn(source.renew(identity.clone()));
+        }
+        IdentityConfig::WorkloadApi(w) => {
+            bail!(
+                "identity.workload_api ({}): the SPIFFE Workload API source is not available in this build yet; use identity.files or identity.dev_ca",
+                w.socket
+            );
+        }
+    }
+    Ok(identity)
+}
+
+/// Loads the policy directory (start-up: an error stops start-up).
+pub fn start_policy(cfg: &Config) -> anyhow::Result<Arc<PolicyStore>> {
+    let store = PolicyStore::load(
+        cfg.policy.dir.clone(),
+        cfg.policy.inbound_query.clone(),
+        cfg.policy.outbound_query.clone(),
+        EvalLimits {
+            timeout: cfg.policy.eval_timeout,
+            max_instructions: cfg.policy.max_instructions,
+        },
+    )
+    .with_context(|| format!("policy.dir {}", cfg.policy.dir.display()))?;
+    Ok(store)
+}
+
+async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("{what}: cannot listen on {addr}"))
+}
+
+/// The running sidecar's handles, for callers that embed it (demo, tests).
+pub struct Running {
+    pub inbound_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub identity: Arc<Identity>,
+    pub policy: Arc<PolicyStore>,
+    shutdown: Arc<Notify>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Asks the sidecar to drain and stop (like SIGTERM).
+    pub fn shutdown(&self) {
+        self.shutdown.notify_one();
+    }
+
+    /// Waits until the sidecar has drained and stopped.
+    pub async fn wait(self) {
+        let _ = self.task.await;
+    }
+}
+
+/// Starts every listener; returns once they are bound.
+pub async fn start(cfg: Config, set_log_level: LevelSetter) -> anyhow::Result<Running> {
+    let identity = start_identity(&cfg).await?;
+    let policy = start_policy(&cfg)?;
+    let log = if cfg.log.decisions {
+        DecisionLog::start(cfg.log.decision_file.clone(), &cfg.log.mask, cfg.log.sample_allows)
+            .context("log.decision_file")?
+    } else {
+        DecisionLog::disabled()
+    };
+
+    let (data_trigger, data_drain) = DrainTrigger::new();
+    let (admin_trigger, admin_drain) = DrainTrigger::new();
+    let shutdown = Arc::new(Notify::new());
+
+    let admin_listener = bind(cfg.admin.listen, "admin.listen").await?;
+    let inbound_listener = bind(cfg.inbound.listen, "inbound.listen").await?;
+    let admin_addr = admin_listener.local_addr()?;
+    let inbound_addr = inbound_listener.local_addr()?;
+
+    let admin = Arc::new(Admin {
+        identity: identity.clone(),
+        policy: policy.clone(),
+        shutdown: shutdown.clone(),
+        set_log_level,
+    });
+    tokio::spawn(admin.serve(
+        admin_listener,
+        HttpServer::new(&cfg.limits, admin_drain.clone()),
+        admin_drain,
+        data_drain.clone(),
+    ));
+
+    let inbound = Arc::new(Inbound {
+        identity: identity.clone(),
+        decider: Decider {
+            direction: "inbound",
+            query: INBOUND,
+            policy: policy.clone(),
+            dry_run: cfg.policy.dry_run.inbound,
+            log: log.clone(),
+        },
+        clients: AppClients::new(
+            cfg.limits.connect_timeout,
+            cfg.limits.upstream_timeout,
+            cfg.limits.idle_timeout,
+        ),
+        app: cfg.inbound.app,
+        original_destination: cfg.inbound.original_destination,
+        mtls: cfg.inbound.mtls,
+        opaque_ports: cfg.inbound.opaque_ports.clone(),
+        body: cfg.policy.body.clone(),
+        http: HttpServer::new(&cfg.limits, data_drain.clone()),
+        strip_extra: Vec::new(),
+    });
+    let inbound_limit = ConnLimit::new(cfg.limits.max_connections);
+    tokio::spawn(accept_loop(
+        inbound_listener,
+        "inbound",
+        inbound_limit.clone(),
+        data_drain.clone(),
+        move |stream, peer, guard| inbound.clone().serve_connection(stream, peer, guard),
+    ));
+
+    tracing::info!(%inbound_addr, %admin_addr, "portcullis started");
+    let grace = cfg.shutdown.grace_period;
+    let notify = shutdown.clone();
+    let task = tokio::spawn(async move {
+        notify.notified().await;
+        tracing::info!(grace_ms = grace.as_millis() as u64, "draining");
+        data_trigger.trigger();
+        if !inbound_limit.wait_idle(grace).await {
+            tracing::warn!("grace period over with connections still open");
+        }
+        admin_trigger.trigger();
+    });
+    Ok(Running {
+        inbound_addr,
+        admin_addr,
+        identity,
+        policy,
+        shutdown,
+        task,
+    })
+}
+
+/// Runs the sidecar until a signal or `/shutdown`, then drains. `SIGHUP` reloads policy.
+pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    let setter = init_logging(cfg.log.format, &cfg.log.level);
+    let running = start(cfg, setter).await?;
+    let policy = running.policy.clone();
+    let shutdown = running.shutdown.clone();
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::hangup()),
+        ) else {
+            tracing::error!("cannot install signal handlers");
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = term.recv() => { tracing::info!("SIGTERM"); shutdown.notify_one(); }
+                _ = int.recv() => { tracing::info!("SIGINT"); shutdown.notify_one(); }
+                _ = hup.recv() => {
+                    tracing::info!("SIGHUP: reloading policy");
+                    let _ = policy.reload();
+                }
+            }
+        }
+    });
+    running.wait().await;
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,298 @@
+//! The real binary as a child process: the demo with curl as the client, a 100 MB
+//! upload with bounded sidecar memory, `promtool check metrics`, and the command
+//! line's configuration errors.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
+
+fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn have(tool: &str) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .stdout(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// Kills the child when dropped, so a failing test leaves no process behind.
+struct Proc(Child);
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_ready(admin: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if let Ok(out) = Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+            .arg(format!("http://{admin}/ready"))
+            .output()
+        {
+            if out.stdout == b"200" {
+                return;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("sidecar at {admin} never became ready");
+}
+
+fn curl(args: &[&str]) -> (String, String) {
+    let out = Command::new("curl").args(args).output().unwrap();
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn demo_with_curl_as_the_client() {
+    if !have("curl") {
+        eprintln!("SKIP demo_with_curl_as_the_client: curl is not installed (apt-get install curl)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (port, admin, app) = (free_port(), free_port(), free_port());
+    let d = dir.path().to_str().unwrap();
+    let child = Command::new(BIN)
+        .args(["demo", "--dir", d])
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--admin", &format!("127.0.0.1:{admin}")])
+        .args(["--app", &format!("127.0.0.1:{app}")])
+        .current_dir(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut child = Proc(child);
+    wait_ready(format!("127.0.0.1:{admin}").parse().unwrap());
+    // The printed commands are the ones a user pastes: run them as printed.
+    let stdout = child.0.stdout.take().unwrap();
+    let lines: Vec<String> = BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .take_while(|l| !l.starts_with("Ctrl-C"))
+        .collect();
+    let commands: Vec<&String> = lines.iter().filter(|l| l.starts_with("curl ")).collect();
+    assert_eq!(commands.len(), 3, "{lines:#?}");
+    let run = |cmd: &str| {
+        let out = Command::new("sh").arg("-c").arg(format!("{cmd} -s -S -w '\\n%{{http_code}}'")).output().unwrap();
+        (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (allowed, err) = run(commands[0]);
+    assert!(allowed.trim_end().ends_with("200"), "{allowed} {err}");
+    assert!(allowed.contains("x-forwarded-client-cert"), "{allowed}");
+    assert!(allowed.contains("URI=spiffe://cluster.local/ns/default/sa/frontend"));
+    let (denied, err) = run(commands[1]);
+    assert!(denied.trim_end().ends_with("403"), "{denied} {err}");
+    assert!(denied.to_lowercase().contains("denied") || denied.contains("not"), "{denied}");
+    let (plain, err) = run(commands[2]);
+    assert!(plain.trim_end().ends_with("000"), "{plain} {err}");
+
+    // Without a client certificate the TLS handshake is refused.
+    let (out, err) = curl(&[
+        "-s", "-S", "--cacert", &format!("{d}/frontend/ca.crt"),
+        &format!("https://localhost:{port}/api/orders"),
+    ]);
+    assert!(out.is_empty(), "{out}");
+    assert!(!err.is_empty());
+}
+
+#[test]
+fn demo_check_mode_passes() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args(["demo", "--check", "--dir", dir.path().to_str().unwrap()])
+        .args(["--listen", &format!("127.0.0.1:{}", free_port())])
+        .args(["--admin", &format!("127.0.0.1:{}", free_port())])
+        .args(["--app", &format!("127.0.0.1:{}", free_port())])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("allowed call:   200"));
+    assert!(stdout.contains("denied call:    403"));
+    assert!(stdout.contains("plaintext call: refused"));
+}
+
+fn write_config(dir: &Path, pki: &Pki, policies: &Path, inbound: u16, admin: u16, app: SocketAddr) -> std::path::PathBuf {
+    let p = dir.join("portcullis.yaml");
+    let text = format!(
+        "trust_domain: cluster.local\n\
+         identity:\n  files:\n    cert: {s}/tls.crt\n    key: {s}/tls.key\n    bundle: {s}/ca.crt\n\
+         inbound:\n  listen: 127.0.0.1:{inbound}\n  app: {app}\n\
+         admin:\n  listen: 127.0.0.1:{admin}\n\
+         policy:\n  dir: {policies}\n\
+         log:\n  decisions: false\n",
+        s = pki.path("server").display(),
+        policies = policies.display(),
+    );
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+/// Peak resident memory of a process, in KiB.
+fn vm_hwm_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upload_of_100_mb_streams_with_bounded_memory_and_metrics_pass_promtool() {
+    let pki = Pki::new();
+    pki.issue("frontend", FRONTEND);
+    let policies = policy_dir(&pki, &[("authz.rego", "package envoy.authz\nimport rego.v1\ndefault allow := true\n")]);
+    let app = echo_app().await;
+    let (inbound, admin) = (free_port(), free_port());
+    let cfg = write_config(pki.dir.path(), &pki, &policies, inbound, admin, app);
+    let child = Command::new(BIN)
+        .args(["run", "--config", cfg.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let child = Proc(child);
+    let admin_addr: SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
+    tokio::task::spawn_blocking(move || wait_ready(admin_addr)).await.unwrap();
+    let idle_kib = vm_hwm_kib(child.0.id());
+
+    // 100 MiB in 64 KiB chunks, streamed.
+    const CHUNK: usize = 64 * 1024;
+    const CHUNKS: usize = 1600;
+    let c = pki.client("frontend", &[b"http/1.1"]);
+    let frames = (0..CHUNKS).map(|_| {
+        Ok::<_, std::convert::Infallible>(http_body::Frame::data(bytes::Bytes::from_static(&[b'z'; CHUNK])))
+    });
+    let body = http_body_util::StreamBody::new(futures_util::stream::iter(frames));
+    let r = http::Request::builder()
+        .method("POST")
+        .uri("/upload")
+        .header("host", "backend")
+        .body(body)
+        .unwrap();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", inbound)).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(c)
+        .connect(rustls_pki_types::ServerName::try_from("backend").unwrap(), tcp)
+        .await
+        .unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await.unwrap();
+    tokio::spawn(conn);
+    let resp = sender.send_request(r).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let (_, body) = split(resp).await;
+    let echoed: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(echoed["body_bytes"], (CHUNK * CHUNKS) as u64);
+    let peak_kib = vm_hwm_kib(child.0.id());
+    eprintln!("sidecar peak RSS: idle {idle_kib} KiB, after 100 MiB upload {peak_kib} KiB");
+    assert!(
+        peak_kib < idle_kib + 32 * 1024,
+        "sidecar memory grew by {} KiB for a streamed upload",
+        peak_kib - idle_kib
+    );
+
+    // The exposition passes promtool's linter.
+    let (_, metrics_text) = admin_get(admin_addr, "/metrics").await;
+    assert!(metrics_text.contains("portcullis_requests_total{"));
+    if !have("promtool") {
+        eprintln!("SKIP promtool check: promtool is not installed (Debian package prometheus; .ci/run installs it)");
+        return;
+    }
+    let mut p = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    p.stdin.take().unwrap().write_all(metrics_text.as_bytes()).unwrap();
+    let out = p.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn check_config_names_file_line_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("bad.yaml");
+    std::fs::write(&p, "inbound:\n  listen: 0.0.0.0:15006\n  mtls: strickt\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["run", "--check-config", "--config", p.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.yaml:3:"), "{err}");
+    assert!(err.contains("inbound.mtls"), "{err}");
+    assert!(err.contains("strickt"), "{err}");
+
+    let good = dir.path().join("good.yaml");
+    std::fs::write(&good, "inbound:\n  mtls: permissive\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["run", "--check-config", "--config", good.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn ca_commands_issue_svids_and_reject_bad_arguments() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca");
+    let ok = Command::new(BIN)
+        .args(["ca", "init", "--trust-domain", "example.org", "--out", ca.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let issue = |id: &str, ttl: &str| {
+        Command::new(BIN)
+            .args(["ca", "issue", "--ca", ca.to_str().unwrap(), "--spiffe-id", id, "--ttl", ttl])
+            .args(["--out", dir.path().join("web").to_str().unwrap()])
+            .output()
+            .unwrap()
+    };
+    let out = issue("spiffe://example.org/ns/default/sa/web", "24h");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for f in ["tls.crt", "tls.key", "ca.crt"] {
+        assert!(dir.path().join("web").join(f).exists());
+    }
+    for (id, ttl, needle) in [
+        ("spiffe://Example.org/x", "1h", "--spiffe-id"),
+        ("spiffe://other.org/ns/a/sa/b", "1h", "trust domain"),
+        ("spiffe://example.org/ns/a/sa/b", "0s", "--ttl"),
+        ("not-an-id", "1h", "--spiffe-id"),
+    ] {
+        let out = issue(id, ttl);
+        assert!(!out.status.success(), "{id} {ttl}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{id} {ttl}: {err}");
+    }
+}
