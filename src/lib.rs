@@ -1,6 +1,23 @@
 //! portcullis: a per-pod sidecar authorization proxy.
+//!
+//! The library holds everything; `main.rs` only parses the command line.
+//! Each module owns one concern:
+//!
+//! - [`config`]: the YAML model, defaults and validation with field paths.
+//! - [`identity`]: SPIFFE IDs, X.509-SVID verification, certificate sources, the dev CA.
+//! - [`policy`]: the Rego engine, the OPA-Envoy input document and decision results.
+//! - [`proxy`]: the data path (TLS sniffing, HTTP, decisions, forwarding, opaque TCP).
+//! - [`admin`], [`metrics`], [`decision_log`]: operating the sidecar.
+//! - [`run`]: start-up, signals and draining; [`demo`]: the zero-configuration quick start.
+//! - [`commands`]: what the command line calls.
 
+pub mod admin;
+pub mod commands;
 pub mod config;
 pub mod decision_log;
+pub mod demo;
 pub mod identity;
 pub mod metrics;
+pub mod policy;
+pub mod proxy;
+pub mod run;

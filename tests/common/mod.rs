@@ -138,7 +138,7 @@ pub async fn h1(
     let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
         .await
         .unwrap();
-    tokio::spawn(conn);
+    tokio::spawn(conn.with_upgrades());
     sender
 }
 

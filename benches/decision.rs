@@ -1,0 +1,103 @@
+//! Policy decision micro-benchmarks: one inbound decision for the example RBAC
+//! policy (`policies/`), as the proxy makes it: build the OPA-Envoy input from a
+//! realistic request, then evaluate `data.envoy.authz.allow`.
+//!
+//! Run: `cargo bench --bench decision -- --warm-up-time 1 --measurement-time 3`
+
+use std::hint::black_box;
+use std::path::Path;
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use http::{HeaderMap, HeaderValue};
+use portcullis::policy::{
+    build_input, EvalLimits, HttpFacts, InputFacts, PolicyOptions, PolicySet,
+};
+
+fn headers() -> HeaderMap {
+    let mut h = HeaderMap::new();
+    for (k, v) in [
+        ("host", "demo:8080"),
+        (
+            "user-agent",
+            "Mozilla/5.0 (X11; Linux x86_64) portcullis-bench/1.0",
+        ),
+        ("accept", "application/json"),
+        ("accept-encoding", "gzip, deflate, br"),
+        (
+            "authorization",
+            "Bearer eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2ln",
+        ),
+        ("x-request-id", "3f1c6a0e-8a55-4a4e-9d3e-4c2b7f1f0c11"),
+        (
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        ),
+        ("content-length", "0"),
+    ] {
+        h.append(k, HeaderValue::from_static(v));
+    }
+    h
+}
+
+fn load(force_interpreter: bool) -> PolicySet {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    let queries = ["data.envoy.authz.allow".to_string()];
+    let options = PolicyOptions {
+        limits: EvalLimits::default(),
+        force_interpreter,
+        extensions: None,
+    };
+    match PolicySet::load_dir(&dir, &queries, options) {
+        Ok(ps) => ps,
+        Err(e) => panic!("loading policies/: {e}"),
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    let headers = headers();
+    let claims = serde_json::json!({"iss": "https://idp.example", "sub": "alice", "aud": "orders", "role": "viewer"});
+    let facts = InputFacts {
+        source_address: "10.1.0.7:35568".parse().unwrap_or_else(|e| panic!("{e}")),
+        source_principal: Some("spiffe://cluster.local/ns/default/sa/frontend"),
+        destination_address: "10.1.0.9:8080".parse().unwrap_or_else(|e| panic!("{e}")),
+        destination_principal: Some("spiffe://cluster.local/ns/default/sa/demo"),
+        http: Some(HttpFacts {
+            id: "3f1c6a0e-8a55-4a4e-9d3e-4c2b7f1f0c11",
+            method: "GET",
+            path: "/api/orders/42?fields=id,total&lang=en",
+            host: "demo:8080",
+            scheme: "https",
+            protocol: "HTTP/2",
+            headers: &headers,
+            size: Some(0),
+            body: None,
+            truncated_body: false,
+            content_type: None,
+        }),
+        jwt: Some(("jwt_payload", &claims)),
+    };
+
+    let rvm = load(false);
+    let interp = load(true);
+    let input = build_input(&facts);
+    match rvm.evaluate(0, input.clone()) {
+        Ok(d) if d.allowed => {}
+        other => panic!("bench request should be allowed: {other:?}"),
+    }
+
+    c.bench_function("build_input", |b| {
+        b.iter(|| black_box(build_input(black_box(&facts))))
+    });
+    c.bench_function("decision/rvm (build_input + evaluate)", |b| {
+        b.iter(|| black_box(rvm.evaluate(0, build_input(black_box(&facts)))))
+    });
+    c.bench_function("evaluate/rvm", |b| {
+        b.iter(|| black_box(rvm.evaluate(0, black_box(input.clone()))))
+    });
+    c.bench_function("evaluate/interpreter", |b| {
+        b.iter(|| black_box(interp.evaluate(0, black_box(input.clone()))))
+    });
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -1,0 +1,11 @@
+//! Policy: loading and evaluating Rego with regorus, the OPA-Envoy input
+//! document, the decision result, and the store holding the active revision.
+
+pub mod decision;
+pub mod engine;
+pub mod input;
+pub mod store;
+
+pub use decision::{decision_from_value, Decision, DecisionError};
+pub use engine::{EvalLimits, EvaluatorKind, ExtensionHook, PolicyError, PolicyOptions, PolicySet};
+pub use input::{build_input, HttpFacts, InputFacts};
