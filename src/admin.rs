@@ -16,6 +16,9 @@ use crate::policy::store::PolicyStore;
 use crate::proxy::forward::{text_response, ProxyBody};
 use crate::proxy::listener::{accept_loop, ConnLimit, Drain, HttpServer};
 
+/// Changes the log filter at run time; errors say why the level is invalid.
+pub type LevelSetter = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+
 /// What the admin endpoints look at and act on.
 pub struct Admin {
     pub identity: Arc<Identity>,
@@ -23,7 +26,7 @@ pub struct Admin {
     /// Notified by `POST /shutdown`.
     pub shutdown: Arc<Notify>,
     /// Changes the log filter (`POST /logging?level=debug`).
-    pub set_log_level: Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>,
+    pub set_log_level: LevelSetter,
 }
 
 impl Admin {
@@ -41,7 +44,12 @@ impl Admin {
         Ok(())
     }
 
-    fn handle(&self, peer: SocketAddr, req: &Request<Incoming>, drain: &Drain) -> Response<ProxyBody> {
+    fn handle(
+        &self,
+        peer: SocketAddr,
+        req: &Request<Incoming>,
+        drain: &Drain,
+    ) -> Response<ProxyBody> {
         let local_only = peer.ip().is_loopback();
         match (req.method(), req.uri().path()) {
             (&Method::GET, "/metrics") => {
@@ -55,7 +63,10 @@ impl Admin {
             (&Method::GET, "/live") => text_response(StatusCode::OK, "live\n"),
             (&Method::GET, "/ready") => match self.ready(drain) {
                 Ok(()) => text_response(StatusCode::OK, "ready\n"),
-                Err(why) => text_response(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")),
+                Err(why) => text_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("not ready: {why}\n"),
+                ),
             },
             (_, "/shutdown") | (_, "/logging") if !local_only => {
                 text_response(StatusCode::FORBIDDEN, "only from localhost\n")
@@ -94,20 +105,26 @@ impl Admin {
     ) {
         let limit = ConnLimit::new(256);
         let drain = data_drain;
-        accept_loop(listener, "admin", limit, admin_drain, move |stream, peer, guard| {
-            let this = self.clone();
-            let server = server.clone();
-            let drain = drain.clone();
-            async move {
-                let _guard = guard;
-                server
-                    .serve(stream, move |req| {
-                        let resp = this.handle(peer, &req, &drain);
-                        async move { Ok::<_, Infallible>(resp) }
-                    })
-                    .await;
-            }
-        })
+        accept_loop(
+            listener,
+            "admin",
+            limit,
+            admin_drain,
+            move |stream, peer, guard| {
+                let this = self.clone();
+                let server = server.clone();
+                let drain = drain.clone();
+                async move {
+                    let _guard = guard;
+                    server
+                        .serve(stream, move |req| {
+                            let resp = this.handle(peer, &req, &drain);
+                            async move { Ok::<_, Infallible>(resp) }
+                        })
+                        .await;
+                }
+            },
+        )
         .await;
     }
 }

@@ -55,7 +55,13 @@ pub fn ca_init(trust_domain: &str, out: &Path) -> anyhow::Result<()> {
 }
 
 /// `portcullis ca issue --ca DIR --spiffe-id ID [--ttl 24h] --out DIR`.
-pub fn ca_issue(ca: &Path, spiffe_id: &str, ttl: &str, out: &Path, dns: &[String]) -> anyhow::Result<()> {
+pub fn ca_issue(
+    ca: &Path,
+    spiffe_id: &str,
+    ttl: &str,
+    out: &Path,
+    dns: &[String],
+) -> anyhow::Result<()> {
     let id = SpiffeId::parse(spiffe_id).with_context(|| format!("--spiffe-id {spiffe_id:?}"))?;
     let ttl = humantime::parse_duration(ttl).with_context(|| format!("--ttl {ttl:?}"))?;
     if ttl.is_zero() {

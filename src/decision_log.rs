@@ -13,7 +13,12 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 
 const MASK: &str = "***";
-const ALWAYS_MASKED: &[&str] = &["authorization", "cookie", "proxy-authorization", "set-cookie"];
+const ALWAYS_MASKED: &[&str] = &[
+    "authorization",
+    "cookie",
+    "proxy-authorization",
+    "set-cookie",
+];
 
 /// One decision, as logged.
 #[derive(Debug, Serialize)]
@@ -118,7 +123,10 @@ impl DecisionLog {
     }
 
     /// Headers as a JSON object with secrets masked.
-    pub fn masked_headers(&self, headers: &HeaderMap) -> serde_json::Map<String, serde_json::Value> {
+    pub fn masked_headers(
+        &self,
+        headers: &HeaderMap,
+    ) -> serde_json::Map<String, serde_json::Value> {
         let mut map = serde_json::Map::new();
         for name in headers.keys() {
             let key = name.as_str();
@@ -156,7 +164,8 @@ pub fn now_rfc3339() -> String {
     let fmt = time::macros::format_description!(
         "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
     );
-    now.format(&fmt).unwrap_or_else(|_| now.unix_timestamp().to_string())
+    now.format(&fmt)
+        .unwrap_or_else(|_| now.unix_timestamp().to_string())
 }
 
 #[cfg(test)]

@@ -52,7 +52,10 @@ const TRUST_DOMAIN: &str = "cluster.local";
 const SERVER_ID: &str = "spiffe://cluster.local/ns/default/sa/demo";
 const CLIENTS: &[(&str, &str)] = &[
     ("frontend", "spiffe://cluster.local/ns/default/sa/frontend"),
-    ("reporting", "spiffe://cluster.local/ns/default/sa/reporting"),
+    (
+        "reporting",
+        "spiffe://cluster.local/ns/default/sa/reporting",
+    ),
 ];
 
 /// The example policies, bundled so the demo works from any directory.
@@ -72,8 +75,12 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         .with_context(|| format!("development CA in {}", dir.join("ca").display()))?;
 
     let server_id = SpiffeId::parse(SERVER_ID)?;
-    ca.issue_with_dns(&server_id, Duration::from_secs(24 * 3600), &["localhost".to_owned()])?
-        .write(&dir.join("server"))?;
+    ca.issue_with_dns(
+        &server_id,
+        Duration::from_secs(24 * 3600),
+        &["localhost".to_owned()],
+    )?
+    .write(&dir.join("server"))?;
     for (name, id) in CLIENTS {
         ca.issue(&SpiffeId::parse(id)?, Duration::from_secs(24 * 3600))?
             .write(&dir.join(name))?;
@@ -96,14 +103,16 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         .with_context(|| format!("echo app: cannot listen on {}", args.app))?;
     tokio::spawn(serve_echo(app_listener));
 
-    let mut cfg = Config::default();
-    cfg.trust_domain = td;
-    cfg.identity = IdentityConfig::Files(FilesIdentity {
-        cert: dir.join("server/tls.crt"),
-        key: dir.join("server/tls.key"),
-        bundle: dir.join("server/ca.crt"),
-        ..FilesIdentity::default()
-    });
+    let mut cfg = Config {
+        trust_domain: td,
+        identity: IdentityConfig::Files(FilesIdentity {
+            cert: dir.join("server/tls.crt"),
+            key: dir.join("server/tls.key"),
+            bundle: dir.join("server/ca.crt"),
+            ..FilesIdentity::default()
+        }),
+        ..Config::default()
+    };
     cfg.inbound.listen = args.listen;
     cfg.inbound.app = args.app;
     cfg.inbound.mtls = MtlsMode::Strict;
@@ -139,7 +148,9 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         return result;
     }
     println!("Ctrl-C stops the demo.");
-    tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+    tokio::signal::ctrl_c()
+        .await
+        .context("waiting for Ctrl-C")?;
     running.shutdown();
     running.wait().await;
     Ok(())
@@ -182,8 +193,7 @@ pub fn client_tls(dir: &Path, who: &str) -> anyhow::Result<Arc<rustls::ClientCon
         roots.add(cert?)?;
     }
     let chain = rustls_pemfile::certs(&mut &read("tls.crt")?[..]).collect::<Result<Vec<_>, _>>()?;
-    let key = rustls_pemfile::private_key(&mut &read("tls.key")?[..])?
-        .context("no private key")?;
+    let key = rustls_pemfile::private_key(&mut &read("tls.key")?[..])?.context("no private key")?;
     let provider = crate::identity::source::crypto_provider();
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
@@ -248,7 +258,11 @@ pub async fn serve_echo(listener: TcpListener) {
 
 async fn echo(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
     let (parts, body) = req.into_parts();
-    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
     let headers: serde_json::Map<String, serde_json::Value> = parts
         .headers
         .iter()

@@ -8,7 +8,11 @@ use clap::{Parser, Subcommand};
 use portcullis::commands;
 
 #[derive(Parser)]
-#[command(name = "portcullis", version, about = "Sidecar authorization proxy: SPIFFE mTLS, JWT and Rego")]
+#[command(
+    name = "portcullis",
+    version,
+    about = "Sidecar authorization proxy: SPIFFE mTLS, JWT and Rego"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

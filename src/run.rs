@@ -23,7 +23,7 @@ use crate::proxy::forward::AppClients;
 use crate::proxy::inbound::Inbound;
 use crate::proxy::listener::{accept_loop, ConnLimit, DrainTrigger, HttpServer};
 
-type LevelSetter = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+pub use crate::admin::LevelSetter;
 
 /// Installs the global tracing subscriber; returns a function that changes the level.
 pub fn init_logging(format: LogFormat, level: &str) -> LevelSetter {
@@ -35,7 +35,11 @@ pub fn init_logging(format: LogFormat, level: &str) -> LevelSetter {
     // Logs go to stderr; stdout carries decision logs.
     let result = match format {
         LogFormat::Json => registry
-            .with(tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_writer(std::io::stderr),
+            )
             .try_init(),
         LogFormat::Text => registry
             .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
@@ -78,12 +82,10 @@ pub async fn start_identity(cfg: &Config) -> anyhow::Result<Arc<Identity>> {
                 .context("identity.dev_ca.spiffe_id could not be derived")?;
             let ca = DevCa::load_or_init(&cfg.trust_domain, &d.dir)
                 .with_context(|| format!("identity.dev_ca: CA directory {}", d.dir.display()))?;
-            let source = DevCaSource {
-                ca,
-                id,
-                ttl: d.ttl,
-            };
-            source.issue(&identity).context("identity.dev_ca: issuing the SVID")?;
+            let source = DevCaSource { ca, id, ttl: d.ttl };
+            source
+                .issue(&identity)
+                .context("identity.dev_ca: issuing the SVID")?;
             tokio::spawn(source.renew(identity.clone()));
         }
         IdentityConfig::WorkloadApi(w) => {
@@ -144,8 +146,12 @@ pub async fn start(cfg: Config, set_log_level: LevelSetter) -> anyhow::Result<Ru
     let identity = start_identity(&cfg).await?;
     let policy = start_policy(&cfg)?;
     let log = if cfg.log.decisions {
-        DecisionLog::start(cfg.log.decision_file.clone(), &cfg.log.mask, cfg.log.sample_allows)
-            .context("log.decision_file")?
+        DecisionLog::start(
+            cfg.log.decision_file.clone(),
+            &cfg.log.mask,
+            cfg.log.sample_allows,
+        )
+        .context("log.decision_file")?
     } else {
         DecisionLog::disabled()
     };

@@ -76,7 +76,12 @@ async fn decisions_by_principal_method_path_and_header() {
     let (r, _) = call(&frontend, addr, req("GET", "/private", &[], "")).await;
     assert_eq!(r.status(), 403);
     // Header-based allow.
-    let (r, _) = call(&reporting, addr, req("DELETE", "/any", &[("x-magic", "please")], "")).await;
+    let (r, _) = call(
+        &reporting,
+        addr,
+        req("DELETE", "/any", &[("x-magic", "please")], ""),
+    )
+    .await;
     assert_eq!(r.status(), 200);
     // The path decided on is the normalised path the app receives.
     let (r, body) = call(&frontend, addr, req("GET", "/private/../public/y", &[], "")).await;
@@ -128,14 +133,18 @@ async fn policy_error_fails_closed_and_is_counted() {
 async fn spoofed_xfcc_never_reaches_policy_or_app() {
     let (pki, sidecar) = setup().await;
     let c = pki.client("reporting", &[b"http/1.1"]);
-    let spoof = "By=spiffe://cluster.local/ns/x/sa/y;URI=spiffe://cluster.local/ns/default/sa/admin";
+    let spoof =
+        "By=spiffe://cluster.local/ns/x/sa/y;URI=spiffe://cluster.local/ns/default/sa/admin";
     let (r, body) = call(
         &c,
         sidecar.inbound_addr,
         req(
             "GET",
             "/echo",
-            &[("x-forwarded-client-cert", spoof), ("x-portcullis-peer", "admin")],
+            &[
+                ("x-forwarded-client-cert", spoof),
+                ("x-portcullis-peer", "admin"),
+            ],
             "",
         ),
     )
@@ -143,7 +152,9 @@ async fn spoofed_xfcc_never_reaches_policy_or_app() {
     // Allowed means the policy saw no XFCC header.
     assert_eq!(r.status(), 200, "{body}");
     let echoed: serde_json::Value = serde_json::from_str(&body).unwrap();
-    let xfcc = echoed["headers"]["x-forwarded-client-cert"].as_str().unwrap();
+    let xfcc = echoed["headers"]["x-forwarded-client-cert"]
+        .as_str()
+        .unwrap();
     assert!(xfcc.starts_with(&format!("By={SERVER_ID};Hash=")), "{xfcc}");
     assert!(xfcc.ends_with(&format!(";URI={REPORTING}")), "{xfcc}");
     assert!(!xfcc.contains("admin"));
@@ -159,12 +170,17 @@ async fn readiness_and_plaintext_refused_in_strict_mode() {
     let (status, _) = admin_get(sidecar.admin_addr, "/live").await;
     assert_eq!(status, 200);
     // Plain HTTP to the inbound port gets no HTTP answer at all.
-    let tcp = tokio::net::TcpStream::connect(sidecar.inbound_addr).await.unwrap();
+    let tcp = tokio::net::TcpStream::connect(sidecar.inbound_addr)
+        .await
+        .unwrap();
     let (mut s, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
         .await
         .unwrap();
     tokio::spawn(conn);
-    assert!(s.send_request(req("GET", "/public", &[], "")).await.is_err());
+    assert!(s
+        .send_request(req("GET", "/public", &[], ""))
+        .await
+        .is_err());
     let text = admin_get(sidecar.admin_addr, "/metrics").await.1;
     assert!(
         metric(
@@ -182,9 +198,14 @@ async fn untrusted_client_rejected() {
     let other = Pki::new();
     other.issue("frontend", FRONTEND);
     let c = other.client("frontend", &[b"http/1.1"]);
-    let tcp = tokio::net::TcpStream::connect(sidecar.inbound_addr).await.unwrap();
+    let tcp = tokio::net::TcpStream::connect(sidecar.inbound_addr)
+        .await
+        .unwrap();
     let result = tokio_rustls::TlsConnector::from(c)
-        .connect(rustls_pki_types::ServerName::try_from("backend").unwrap(), tcp)
+        .connect(
+            rustls_pki_types::ServerName::try_from("backend").unwrap(),
+            tcp,
+        )
         .await;
     // The client does not trust the server either; both directions fail.
     assert!(result.is_err());
@@ -194,17 +215,28 @@ async fn untrusted_client_rejected() {
 async fn http2_streaming_upload_reaches_app_whole() {
     let (pki, sidecar) = setup().await;
     let c = pki.client("frontend", &[b"h2"]);
-    let tcp = tokio::net::TcpStream::connect(sidecar.inbound_addr).await.unwrap();
+    let tcp = tokio::net::TcpStream::connect(sidecar.inbound_addr)
+        .await
+        .unwrap();
     let tls = tokio_rustls::TlsConnector::from(c)
-        .connect(rustls_pki_types::ServerName::try_from("backend").unwrap(), tcp)
+        .connect(
+            rustls_pki_types::ServerName::try_from("backend").unwrap(),
+            tcp,
+        )
         .await
         .unwrap();
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
-    let (mut s, conn) = hyper::client::conn::http2::handshake(executor(), hyper_util::rt::TokioIo::new(tls))
-        .await
-        .unwrap();
+    let (mut s, conn) =
+        hyper::client::conn::http2::handshake(executor(), hyper_util::rt::TokioIo::new(tls))
+            .await
+            .unwrap();
     tokio::spawn(conn);
-    let chunks = (0..64).map(|_| Ok::<_, std::convert::Infallible>(http_body::Frame::data(Bytes::from(vec![b'x'; 16 * 1024]))));
+    let chunks = (0..64).map(|_| {
+        Ok::<_, std::convert::Infallible>(http_body::Frame::data(Bytes::from(vec![
+            b'x';
+            16 * 1024
+        ])))
+    });
     let body = StreamBody::new(futures_util::stream::iter(chunks));
     let r = http::Request::builder()
         .method("PUT")

@@ -74,7 +74,10 @@ async fn grpc_client(pki: &Pki, addr: SocketAddr) -> hyper::client::conn::http2:
     let c = pki.client("frontend", &[b"h2"]);
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let tls = tokio_rustls::TlsConnector::from(c)
-        .connect(rustls_pki_types::ServerName::try_from("backend").unwrap(), tcp)
+        .connect(
+            rustls_pki_types::ServerName::try_from("backend").unwrap(),
+            tcp,
+        )
         .await
         .unwrap();
     let (s, conn) = hyper::client::conn::http2::handshake(executor(), TokioIo::new(tls))
@@ -106,7 +109,11 @@ async fn grpc_unary_and_streaming_keep_trailers() {
     // Unary.
     let msg = grpc_message(b"hello");
     let resp = client
-        .send_request(grpc_request(Full::new(msg.clone()).map_err(|e| match e {}).boxed_unsync()))
+        .send_request(grpc_request(
+            Full::new(msg.clone())
+                .map_err(|e| match e {})
+                .boxed_unsync(),
+        ))
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
@@ -143,7 +150,10 @@ async fn grpc_unary_and_streaming_keep_trailers() {
             trailers = Some(t);
         }
     }
-    assert_eq!(trailers.expect("trailers after streaming")["grpc-status"], "0");
+    assert_eq!(
+        trailers.expect("trailers after streaming")["grpc-status"],
+        "0"
+    );
 }
 
 /// A WebSocket echo app with just enough of RFC 6455 to echo text frames.
@@ -152,7 +162,8 @@ async fn websocket_app() -> SocketAddr {
         let key = req.headers()["sec-websocket-key"].as_bytes().to_vec();
         let mut input = key.clone();
         input.extend_from_slice(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
-        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY, &input);
+        let digest =
+            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY, &input);
         use base64::Engine;
         let accept = base64::engine::general_purpose::STANDARD.encode(digest.as_ref());
         let on_upgrade = hyper::upgrade::on(&mut req);
@@ -223,7 +234,10 @@ async fn websocket_echo_through_the_sidecar() {
     );
     let resp = sender.send_request(r).await.unwrap();
     assert_eq!(resp.status(), 101);
-    assert_eq!(resp.headers()["sec-websocket-accept"], "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+    assert_eq!(
+        resp.headers()["sec-websocket-accept"],
+        "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+    );
     let mut io = TokioIo::new(hyper::upgrade::on(resp).await.unwrap());
     for text in ["hello", "through the sidecar"] {
         let mask = [1u8, 2, 3, 4];

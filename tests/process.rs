@@ -15,7 +15,11 @@ use common::*;
 const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
 
 fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    StdListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn have(tool: &str) -> bool {
@@ -65,7 +69,9 @@ fn curl(args: &[&str]) -> (String, String) {
 #[test]
 fn demo_with_curl_as_the_client() {
     if !have("curl") {
-        eprintln!("SKIP demo_with_curl_as_the_client: curl is not installed (apt-get install curl)");
+        eprintln!(
+            "SKIP demo_with_curl_as_the_client: curl is not installed (apt-get install curl)"
+        );
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -93,7 +99,11 @@ fn demo_with_curl_as_the_client() {
     let commands: Vec<&String> = lines.iter().filter(|l| l.starts_with("curl ")).collect();
     assert_eq!(commands.len(), 3, "{lines:#?}");
     let run = |cmd: &str| {
-        let out = Command::new("sh").arg("-c").arg(format!("{cmd} -s -S -w '\\n%{{http_code}}'")).output().unwrap();
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(format!("{cmd} -s -S -w '\\n%{{http_code}}'"))
+            .output()
+            .unwrap();
         (
             String::from_utf8_lossy(&out.stdout).into_owned(),
             String::from_utf8_lossy(&out.stderr).into_owned(),
@@ -105,13 +115,19 @@ fn demo_with_curl_as_the_client() {
     assert!(allowed.contains("URI=spiffe://cluster.local/ns/default/sa/frontend"));
     let (denied, err) = run(commands[1]);
     assert!(denied.trim_end().ends_with("403"), "{denied} {err}");
-    assert!(denied.to_lowercase().contains("denied") || denied.contains("not"), "{denied}");
+    assert!(
+        denied.to_lowercase().contains("denied") || denied.contains("not"),
+        "{denied}"
+    );
     let (plain, err) = run(commands[2]);
     assert!(plain.trim_end().ends_with("000"), "{plain} {err}");
 
     // Without a client certificate the TLS handshake is refused.
     let (out, err) = curl(&[
-        "-s", "-S", "--cacert", &format!("{d}/frontend/ca.crt"),
+        "-s",
+        "-S",
+        "--cacert",
+        &format!("{d}/frontend/ca.crt"),
         &format!("https://localhost:{port}/api/orders"),
     ]);
     assert!(out.is_empty(), "{out}");
@@ -129,13 +145,24 @@ fn demo_check_mode_passes() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("allowed call:   200"));
     assert!(stdout.contains("denied call:    403"));
     assert!(stdout.contains("plaintext call: refused"));
 }
 
-fn write_config(dir: &Path, pki: &Pki, policies: &Path, inbound: u16, admin: u16, app: SocketAddr) -> std::path::PathBuf {
+fn write_config(
+    dir: &Path,
+    pki: &Pki,
+    policies: &Path,
+    inbound: u16,
+    admin: u16,
+    app: SocketAddr,
+) -> std::path::PathBuf {
     let p = dir.join("portcullis.yaml");
     let text = format!(
         "trust_domain: cluster.local\n\
@@ -166,7 +193,13 @@ fn vm_hwm_kib(pid: u32) -> u64 {
 async fn upload_of_100_mb_streams_with_bounded_memory_and_metrics_pass_promtool() {
     let pki = Pki::new();
     pki.issue("frontend", FRONTEND);
-    let policies = policy_dir(&pki, &[("authz.rego", "package envoy.authz\nimport rego.v1\ndefault allow := true\n")]);
+    let policies = policy_dir(
+        &pki,
+        &[(
+            "authz.rego",
+            "package envoy.authz\nimport rego.v1\ndefault allow := true\n",
+        )],
+    );
     let app = echo_app().await;
     let (inbound, admin) = (free_port(), free_port());
     let cfg = write_config(pki.dir.path(), &pki, &policies, inbound, admin, app);
@@ -178,7 +211,9 @@ async fn upload_of_100_mb_streams_with_bounded_memory_and_metrics_pass_promtool(
         .unwrap();
     let child = Proc(child);
     let admin_addr: SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
-    tokio::task::spawn_blocking(move || wait_ready(admin_addr)).await.unwrap();
+    tokio::task::spawn_blocking(move || wait_ready(admin_addr))
+        .await
+        .unwrap();
     let idle_kib = vm_hwm_kib(child.0.id());
 
     // 100 MiB in 64 KiB chunks, streamed.
@@ -186,7 +221,9 @@ async fn upload_of_100_mb_streams_with_bounded_memory_and_metrics_pass_promtool(
     const CHUNKS: usize = 1600;
     let c = pki.client("frontend", &[b"http/1.1"]);
     let frames = (0..CHUNKS).map(|_| {
-        Ok::<_, std::convert::Infallible>(http_body::Frame::data(bytes::Bytes::from_static(&[b'z'; CHUNK])))
+        Ok::<_, std::convert::Infallible>(http_body::Frame::data(bytes::Bytes::from_static(
+            &[b'z'; CHUNK],
+        )))
     });
     let body = http_body_util::StreamBody::new(futures_util::stream::iter(frames));
     let r = http::Request::builder()
@@ -195,12 +232,20 @@ async fn upload_of_100_mb_streams_with_bounded_memory_and_metrics_pass_promtool(
         .header("host", "backend")
         .body(body)
         .unwrap();
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", inbound)).await.unwrap();
-    let tls = tokio_rustls::TlsConnector::from(c)
-        .connect(rustls_pki_types::ServerName::try_from("backend").unwrap(), tcp)
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", inbound))
         .await
         .unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(c)
+        .connect(
+            rustls_pki_types::ServerName::try_from("backend").unwrap(),
+            tcp,
+        )
+        .await
+        .unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+            .await
+            .unwrap();
     tokio::spawn(conn);
     let resp = sender.send_request(r).await.unwrap();
     assert_eq!(resp.status(), 200);
@@ -229,7 +274,11 @@ async fn upload_of_100_mb_streams_with_bounded_memory_and_metrics_pass_promtool(
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    p.stdin.take().unwrap().write_all(metrics_text.as_bytes()).unwrap();
+    p.stdin
+        .take()
+        .unwrap()
+        .write_all(metrics_text.as_bytes())
+        .unwrap();
     let out = p.wait_with_output().unwrap();
     assert!(
         out.status.success(),
@@ -260,7 +309,11 @@ fn check_config_names_file_line_and_field() {
         .args(["run", "--check-config", "--config", good.to_str().unwrap()])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -268,19 +321,43 @@ fn ca_commands_issue_svids_and_reject_bad_arguments() {
     let dir = tempfile::tempdir().unwrap();
     let ca = dir.path().join("ca");
     let ok = Command::new(BIN)
-        .args(["ca", "init", "--trust-domain", "example.org", "--out", ca.to_str().unwrap()])
+        .args([
+            "ca",
+            "init",
+            "--trust-domain",
+            "example.org",
+            "--out",
+            ca.to_str().unwrap(),
+        ])
         .output()
         .unwrap();
-    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
     let issue = |id: &str, ttl: &str| {
         Command::new(BIN)
-            .args(["ca", "issue", "--ca", ca.to_str().unwrap(), "--spiffe-id", id, "--ttl", ttl])
+            .args([
+                "ca",
+                "issue",
+                "--ca",
+                ca.to_str().unwrap(),
+                "--spiffe-id",
+                id,
+                "--ttl",
+                ttl,
+            ])
             .args(["--out", dir.path().join("web").to_str().unwrap()])
             .output()
             .unwrap()
     };
     let out = issue("spiffe://example.org/ns/default/sa/web", "24h");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     for f in ["tls.crt", "tls.key", "ca.crt"] {
         assert!(dir.path().join("web").join(f).exists());
     }

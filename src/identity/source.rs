@@ -117,10 +117,7 @@ impl Svid {
         let id = verify_svid(&chain, &bundles, UnixTime::now())
             .map_err(|r| IdentityError::NotAnSvid(r.to_string()))?;
         if id.trust_domain_name() != td.as_str() {
-            return Err(IdentityError::WrongTrustDomain {
-                id,
-                td: td.clone(),
-            });
+            return Err(IdentityError::WrongTrustDomain { id, td: td.clone() });
         }
         let info = leaf_info(&chain[0]).map_err(|r| IdentityError::NotAnSvid(r.to_string()))?;
         Ok(Svid {

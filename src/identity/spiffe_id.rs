@@ -298,8 +298,14 @@ mod tests {
     fn trust_domain_rules() {
         assert_eq!(err("spiffe://"), SpiffeIdError::MissingTrustDomain);
         assert_eq!(err("spiffe:///path"), SpiffeIdError::MissingTrustDomain);
-        assert_eq!(err("spiffe://Example.org/x"), SpiffeIdError::BadTrustDomainChar);
-        assert_eq!(err("spiffe://exa mple/x"), SpiffeIdError::BadTrustDomainChar);
+        assert_eq!(
+            err("spiffe://Example.org/x"),
+            SpiffeIdError::BadTrustDomainChar
+        );
+        assert_eq!(
+            err("spiffe://exa mple/x"),
+            SpiffeIdError::BadTrustDomainChar
+        );
         assert_eq!(err("spiffe://td:8080/x"), SpiffeIdError::Port);
         assert_eq!(err("spiffe://user@td/x"), SpiffeIdError::UserInfo);
         assert_eq!(err("spiffe://t%41d/x"), SpiffeIdError::PercentEncoded);
@@ -343,7 +349,10 @@ mod tests {
 
     #[test]
     fn trust_domain_parse_forms() {
-        assert_eq!(TrustDomain::parse("example.org").unwrap().as_str(), "example.org");
+        assert_eq!(
+            TrustDomain::parse("example.org").unwrap().as_str(),
+            "example.org"
+        );
         assert_eq!(
             TrustDomain::parse("spiffe://example.org").unwrap().as_str(),
             "example.org"

@@ -72,7 +72,8 @@ pub fn client_config(
     authz: PeerAuthorization,
     alpn: &[&[u8]],
 ) -> Result<ClientConfig, IdentityError> {
-    let verifier = SvidServerVerifier::new(svid.bundles.clone(), authz, provider.clone(), "outbound");
+    let verifier =
+        SvidServerVerifier::new(svid.bundles.clone(), authz, provider.clone(), "outbound");
     let mut config = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| IdentityError::Tls(e.to_string()))?

@@ -59,7 +59,7 @@ impl PolicyStore {
 
     /// Builds a revision from the directory and installs it if it compiles.
     pub fn reload(&self) -> Result<(), PolicyError> {
-        match PolicySet::load_dir(&self.dir, &self.queries, self.limits.clone()) {
+        match PolicySet::load_dir(&self.dir, &self.queries, self.limits) {
             Ok(set) => {
                 self.install(set);
                 Ok(())
@@ -82,7 +82,9 @@ impl PolicyStore {
         if old != set.revision() {
             let _ = m.policy_revision.remove_label_values(&[&old]);
         }
-        m.policy_revision.with_label_values(&[set.revision()]).set(1);
+        m.policy_revision
+            .with_label_values(&[set.revision()])
+            .set(1);
         m.policy_reloads.with_label_values(&["success"]).inc();
         tracing::info!(revision = set.revision(), "policy revision active");
         self.current.store(Some(Arc::new(set)));

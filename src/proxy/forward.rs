@@ -19,7 +19,9 @@ pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
 
 /// A small local response body.
 pub fn full(body: impl Into<Bytes>) -> ProxyBody {
-    Full::new(body.into()).map_err(|e| match e {}).boxed_unsync()
+    Full::new(body.into())
+        .map_err(|e| match e {})
+        .boxed_unsync()
 }
 
 /// A local response with a text body.
@@ -105,10 +107,15 @@ impl AppClients {
         } else {
             None
         };
-        let mut resp = match tokio::time::timeout(self.response_timeout, client.request(req)).await {
+        let mut resp = match tokio::time::timeout(self.response_timeout, client.request(req)).await
+        {
             Ok(Ok(resp)) => resp,
             Ok(Err(e)) => {
-                let kind = if e.is_connect() { "connect" } else { "protocol" };
+                let kind = if e.is_connect() {
+                    "connect"
+                } else {
+                    "protocol"
+                };
                 metrics::global()
                     .upstream_errors
                     .with_label_values(&[direction, kind])

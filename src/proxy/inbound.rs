@@ -49,7 +49,12 @@ const TLS_HANDSHAKE: u8 = 0x16;
 
 impl Inbound {
     /// Handles one accepted connection until it closes.
-    pub async fn serve_connection(self: Arc<Self>, stream: TcpStream, peer: SocketAddr, guard: ConnGuard) {
+    pub async fn serve_connection(
+        self: Arc<Self>,
+        stream: TcpStream,
+        peer: SocketAddr,
+        guard: ConnGuard,
+    ) {
         let _guard = guard;
         let local = match stream.local_addr() {
             Ok(a) => a,
@@ -82,7 +87,9 @@ impl Inbound {
                 return;
             };
             let acceptor = TlsAcceptor::from(loaded.tls.server.clone());
-            let tls = match tokio::time::timeout(self.http.header_timeout, acceptor.accept(stream)).await {
+            let tls = match tokio::time::timeout(self.http.header_timeout, acceptor.accept(stream))
+                .await
+            {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
                     // Counted once: SVID rejections by the verifier, the rest here.
@@ -95,7 +102,10 @@ impl Inbound {
                     return;
                 }
             };
-            metrics::global().tls_handshakes.with_label_values(&["inbound"]).inc();
+            metrics::global()
+                .tls_handshakes
+                .with_label_values(&["inbound"])
+                .inc();
             let (_, session) = tls.get_ref();
             let leaf = session.peer_certificates().and_then(|c| c.first()).cloned();
             let Some(leaf) = leaf else {
@@ -178,7 +188,14 @@ impl Inbound {
             .unwrap_or("/");
         let path = match path::normalize_path_and_query(raw_pq) {
             Ok(p) => p,
-            Err(e) => return Ok(self.refuse(StatusCode::BAD_REQUEST, &format!("bad request path: {e}\n"), "bad_path", started)),
+            Err(e) => {
+                return Ok(self.refuse(
+                    StatusCode::BAD_REQUEST,
+                    &format!("bad request path: {e}\n"),
+                    "bad_path",
+                    started,
+                ))
+            }
         };
         if let Ok(uri) = rebuild_uri(&parts.uri, &path) {
             parts.uri = uri;
@@ -191,10 +208,24 @@ impl Inbound {
         let (prefix, truncated, body) = if self.body.enabled {
             match body::buffer_prefix(body, self.body.max_bytes).await {
                 Ok(b) => (Some(b.prefix), b.truncated, b.body),
-                Err(_) => return Ok(self.refuse(StatusCode::BAD_REQUEST, "request body could not be read\n", "body_read", started)),
+                Err(_) => {
+                    return Ok(self.refuse(
+                        StatusCode::BAD_REQUEST,
+                        "request body could not be read\n",
+                        "body_read",
+                        started,
+                    ))
+                }
             }
         } else {
-            (None, false, http_body_util::BodyExt::boxed_unsync(http_body_util::BodyExt::map_err(body, super::forward::BoxError::from)))
+            (
+                None,
+                false,
+                http_body_util::BodyExt::boxed_unsync(http_body_util::BodyExt::map_err(
+                    body,
+                    super::forward::BoxError::from,
+                )),
+            )
         };
 
         // 5. Decide.
@@ -270,19 +301,29 @@ impl Inbound {
             && orig_proto.as_ref().map(|v| v.as_bytes()) != Some(b"HTTP/1.1");
         let authority = conn.app.to_string();
         let req = Request::from_parts(parts, body);
-        let mut resp = self.clients.send("inbound", &authority, to_http2, req).await;
+        let mut resp = self
+            .clients
+            .send("inbound", &authority, to_http2, req)
+            .await;
         add_headers(resp.headers_mut(), &decision.response_headers_to_add);
         self.decider.finish(ticket, resp.status().as_u16(), started);
         Ok(resp)
     }
 
     /// A request refused before the policy (malformed), counted as such.
-    fn refuse(&self, status: StatusCode, body: &str, reason: &'static str, started: Instant) -> Response<ProxyBody> {
+    fn refuse(
+        &self,
+        status: StatusCode,
+        body: &str,
+        reason: &'static str,
+        started: Instant,
+    ) -> Response<ProxyBody> {
         metrics::global()
             .rejected_requests
             .with_label_values(&["inbound", reason])
             .inc();
-        self.decider.finish(Ticket::refused(), status.as_u16(), started);
+        self.decider
+            .finish(Ticket::refused(), status.as_u16(), started);
         text_response(status, body.to_owned())
     }
 }
@@ -318,7 +359,10 @@ fn rebuild_uri(uri: &Uri, pq: &str) -> Result<Uri, http::Error> {
 /// rejected when the decision was parsed, so failures here are skipped.
 pub fn add_headers(map: &mut http::HeaderMap, add: &[(String, String)]) {
     for (k, v) in add {
-        if let (Ok(name), Ok(value)) = (HeaderName::from_bytes(k.as_bytes()), HeaderValue::from_str(v)) {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(k.as_bytes()),
+            HeaderValue::from_str(v),
+        ) {
             map.insert(name, value);
         }
     }

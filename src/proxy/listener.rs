@@ -192,7 +192,8 @@ impl HttpServer {
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
         F: Fn(Request<Incoming>) -> Fut + Send + 'static,
-        Fut: Future<Output = Result<Response<ProxyBody>, std::convert::Infallible>> + Send + 'static,
+        Fut:
+            Future<Output = Result<Response<ProxyBody>, std::convert::Infallible>> + Send + 'static,
     {
         let conn = self
             .builder

@@ -8,7 +8,10 @@ const IP6T_SO_ORIGINAL_DST: libc::c_int = 80;
 
 /// Reads the pre-NAT destination of `socket`. Errors when the connection was not
 /// redirected (no conntrack entry).
-pub fn original_destination(socket: &impl AsRawFd, local: SocketAddr) -> std::io::Result<SocketAddr> {
+pub fn original_destination(
+    socket: &impl AsRawFd,
+    local: SocketAddr,
+) -> std::io::Result<SocketAddr> {
     let fd = socket.as_raw_fd();
     if local.is_ipv4() {
         let mut addr: libc::sockaddr_in = unsafe { std::mem::zeroed() };
@@ -27,7 +30,10 @@ pub fn original_destination(socket: &impl AsRawFd, local: SocketAddr) -> std::io
             return Err(std::io::Error::last_os_error());
         }
         let ip = Ipv4Addr::from(u32::from_be(addr.sin_addr.s_addr));
-        Ok(SocketAddr::V4(SocketAddrV4::new(ip, u16::from_be(addr.sin_port))))
+        Ok(SocketAddr::V4(SocketAddrV4::new(
+            ip,
+            u16::from_be(addr.sin_port),
+        )))
     } else {
         let mut addr: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
         let mut len = std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t;
@@ -45,6 +51,11 @@ pub fn original_destination(socket: &impl AsRawFd, local: SocketAddr) -> std::io
             return Err(std::io::Error::last_os_error());
         }
         let ip = Ipv6Addr::from(addr.sin6_addr.s6_addr);
-        Ok(SocketAddr::V6(SocketAddrV6::new(ip, u16::from_be(addr.sin6_port), 0, 0)))
+        Ok(SocketAddr::V6(SocketAddrV6::new(
+            ip,
+            u16::from_be(addr.sin6_port),
+            0,
+            0,
+        )))
     }
 }

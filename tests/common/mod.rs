@@ -95,13 +95,15 @@ pub fn policy_dir(pki: &Pki, files: &[(&str, &str)]) -> PathBuf {
 
 /// A configuration serving `app` with the PKI's server identity, on ephemeral ports.
 pub fn config(pki: &Pki, policies: &Path, app: SocketAddr) -> Config {
-    let mut cfg = Config::default();
-    cfg.identity = IdentityConfig::Files(FilesIdentity {
-        cert: pki.path("server/tls.crt"),
-        key: pki.path("server/tls.key"),
-        bundle: pki.path("server/ca.crt"),
-        ..FilesIdentity::default()
-    });
+    let mut cfg = Config {
+        identity: IdentityConfig::Files(FilesIdentity {
+            cert: pki.path("server/tls.crt"),
+            key: pki.path("server/tls.key"),
+            bundle: pki.path("server/ca.crt"),
+            ..FilesIdentity::default()
+        }),
+        ..Config::default()
+    };
     cfg.inbound.listen = "127.0.0.1:0".parse().unwrap();
     cfg.inbound.app = app;
     cfg.inbound.mtls = MtlsMode::Strict;
@@ -132,7 +134,10 @@ pub async fn h1(
 ) -> hyper::client::conn::http1::SendRequest<Full<Bytes>> {
     let tcp = TcpStream::connect(addr).await.unwrap();
     let tls = tokio_rustls::TlsConnector::from(cfg.clone())
-        .connect(rustls_pki_types::ServerName::try_from("backend").unwrap(), tcp)
+        .connect(
+            rustls_pki_types::ServerName::try_from("backend").unwrap(),
+            tcp,
+        )
         .await
         .unwrap();
     let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
