@@ -89,3 +89,34 @@ pub fn ca_issue(
     );
     Ok(())
 }
+
+/// `portcullis iptables [--apply|--cleanup]`: prints the rules by default.
+pub fn iptables(
+    rules: &crate::k8s::iptables::Rules,
+    apply: bool,
+    cleanup: bool,
+) -> anyhow::Result<()> {
+    use crate::k8s::iptables;
+    if cleanup {
+        iptables::cleanup()?;
+        println!("interception rules removed");
+    } else if apply {
+        iptables::apply(rules)?;
+        println!("interception rules applied");
+    } else {
+        print!("{}", rules.restore_script());
+    }
+    Ok(())
+}
+
+/// `portcullis echo --listen ADDR`: the demo's echo app on its own.
+pub fn echo(listen: std::net::SocketAddr) -> anyhow::Result<()> {
+    runtime()?.block_on(async move {
+        let l = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("--listen {listen}"))?;
+        println!("echo app listening on {listen}");
+        crate::demo::serve_echo(l).await;
+        Ok(())
+    })
+}

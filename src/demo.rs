@@ -117,6 +117,8 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     cfg.inbound.app = args.app;
     cfg.inbound.mtls = MtlsMode::Strict;
     cfg.admin.listen = args.admin;
+    // The demo shows the inbound side; its outbound listener takes any free port.
+    cfg.outbound.listen = SocketAddr::from(([127, 0, 0, 1], 0));
     cfg.policy.dir = policy_dir.clone();
     cfg.log.decision_file = Some(dir.join("decisions.log"));
     let running = crate::run::start(cfg, set_level).await?;

@@ -17,6 +17,7 @@ pub mod config;
 pub mod decision_log;
 pub mod demo;
 pub mod identity;
+pub mod k8s;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;

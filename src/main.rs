@@ -31,6 +31,22 @@ enum Command {
     },
     /// Run a whole mesh on localhost: echo app, sidecar, dev CA, example policies.
     Demo(commands::DemoArgs),
+    /// Print, apply (--apply) or remove (--cleanup) the pod's nat interception rules.
+    Iptables {
+        #[command(flatten)]
+        rules: portcullis::k8s::iptables::Rules,
+        /// Install the rules (as the init container does) instead of printing them.
+        #[arg(long, conflicts_with = "cleanup")]
+        apply: bool,
+        /// Remove the rules and chains.
+        #[arg(long)]
+        cleanup: bool,
+    },
+    /// A tiny HTTP echo app (answers with a JSON description of each request).
+    Echo {
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+    },
     /// The development certificate authority.
     Ca {
         #[command(subcommand)]
@@ -72,6 +88,12 @@ fn main() -> ExitCode {
             check_config,
         } => commands::run(config.as_deref(), check_config),
         Command::Demo(args) => commands::demo(args),
+        Command::Iptables {
+            rules,
+            apply,
+            cleanup,
+        } => commands::iptables(&rules, apply, cleanup),
+        Command::Echo { listen } => commands::echo(listen),
         Command::Ca { command } => match command {
             CaCommand::Init { trust_domain, out } => commands::ca_init(&trust_domain, &out),
             CaCommand::Issue {

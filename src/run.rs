@@ -12,16 +12,18 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
 use crate::admin::Admin;
-use crate::config::{Config, IdentityConfig, LogFormat};
+use crate::config::{Config, IdentityConfig, LogFormat, OutboundMode, RouteProtocol};
 use crate::decision_log::DecisionLog;
 use crate::identity::dev_ca::DevCa;
 use crate::identity::source::{crypto_provider, DevCaSource, FileSource, Identity};
-use crate::policy::store::{PolicyStore, INBOUND};
+use crate::policy::store::{PolicyStore, INBOUND, OUTBOUND};
 use crate::policy::EvalLimits;
 use crate::proxy::decide::Decider;
 use crate::proxy::forward::AppClients;
 use crate::proxy::inbound::Inbound;
 use crate::proxy::listener::{accept_loop, ConnLimit, DrainTrigger, HttpServer};
+use crate::proxy::outbound::{Outbound, Protocol, Target};
+use crate::proxy::peer::PeerPool;
 
 pub use crate::admin::LevelSetter;
 
@@ -122,6 +124,10 @@ async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
 /// The running sidecar's handles, for callers that embed it (demo, tests).
 pub struct Running {
     pub inbound_addr: SocketAddr,
+    /// The transparent outbound listener (transparent mode only).
+    pub outbound_addr: Option<SocketAddr>,
+    /// Route listeners, in configuration order (routes mode only).
+    pub route_addrs: Vec<SocketAddr>,
     pub admin_addr: SocketAddr,
     pub identity: Arc<Identity>,
     pub policy: Arc<PolicyStore>,
@@ -209,20 +215,91 @@ pub async fn start(cfg: Config, set_log_level: LevelSetter) -> anyhow::Result<Ru
         move |stream, peer, guard| inbound.clone().serve_connection(stream, peer, guard),
     ));
 
-    tracing::info!(%inbound_addr, %admin_addr, "portcullis started");
+    // Outbound: the transparent listener, or one listener per explicit route.
+    let outbound = Arc::new(Outbound {
+        identity: identity.clone(),
+        decider: Decider {
+            direction: "outbound",
+            query: OUTBOUND,
+            policy: policy.clone(),
+            dry_run: cfg.policy.dry_run.outbound,
+            log: log.clone(),
+        },
+        peers: PeerPool::new(identity.clone(), cfg.limits.connect_timeout),
+        external: AppClients::new(
+            cfg.limits.connect_timeout,
+            cfg.limits.upstream_timeout,
+            cfg.limits.idle_timeout,
+        ),
+        mesh_networks: cfg.outbound.mesh_networks.clone(),
+        non_mesh: cfg.outbound.non_mesh,
+        http: HttpServer::new(&cfg.limits, data_drain.clone()),
+        upstream_timeout: cfg.limits.upstream_timeout,
+        detect_timeout: std::time::Duration::from_millis(200),
+    });
+    let outbound_limit = ConnLimit::new(cfg.limits.max_connections);
+    let mut outbound_addr = None;
+    let mut route_addrs = Vec::new();
+    match cfg.outbound.mode {
+        OutboundMode::Transparent => {
+            let l = bind(cfg.outbound.listen, "outbound.listen").await?;
+            outbound_addr = Some(l.local_addr()?);
+            let ob = outbound.clone();
+            tokio::spawn(accept_loop(
+                l,
+                "outbound",
+                outbound_limit.clone(),
+                data_drain.clone(),
+                move |stream, peer, guard| ob.clone().serve_transparent(stream, peer, guard),
+            ));
+        }
+        OutboundMode::Routes => {
+            for (i, route) in cfg.outbound.routes.iter().enumerate() {
+                let l = bind(route.listen, &format!("outbound.routes[{i}].listen")).await?;
+                route_addrs.push(l.local_addr()?);
+                let ob = outbound.clone();
+                let target = Target::Mesh {
+                    addr: route.upstream,
+                    pin: Some(route.spiffe_id.clone()),
+                };
+                let protocol = match route.protocol {
+                    RouteProtocol::Http => Protocol::Http,
+                    RouteProtocol::Tcp => Protocol::Tcp,
+                };
+                tokio::spawn(accept_loop(
+                    l,
+                    "outbound",
+                    outbound_limit.clone(),
+                    data_drain.clone(),
+                    move |stream, peer, guard| {
+                        ob.clone()
+                            .serve(stream, peer, target.clone(), protocol, guard)
+                    },
+                ));
+            }
+        }
+    }
+
+    tracing::info!(%inbound_addr, ?outbound_addr, %admin_addr, "portcullis started");
     let grace = cfg.shutdown.grace_period;
     let notify = shutdown.clone();
     let task = tokio::spawn(async move {
         notify.notified().await;
         tracing::info!(grace_ms = grace.as_millis() as u64, "draining");
         data_trigger.trigger();
-        if !inbound_limit.wait_idle(grace).await {
+        let (a, b) = tokio::join!(
+            inbound_limit.wait_idle(grace),
+            outbound_limit.wait_idle(grace)
+        );
+        if !(a && b) {
             tracing::warn!("grace period over with connections still open");
         }
         admin_trigger.trigger();
     });
     Ok(Running {
         inbound_addr,
+        outbound_addr,
+        route_addrs,
         admin_addr,
         identity,
         policy,

@@ -168,6 +168,7 @@ fn write_config(
         "trust_domain: cluster.local\n\
          identity:\n  files:\n    cert: {s}/tls.crt\n    key: {s}/tls.key\n    bundle: {s}/ca.crt\n\
          inbound:\n  listen: 127.0.0.1:{inbound}\n  app: {app}\n\
+         outbound:\n  listen: 127.0.0.1:0\n\
          admin:\n  listen: 127.0.0.1:{admin}\n\
          policy:\n  dir: {policies}\n\
          log:\n  decisions: false\n",

@@ -15,6 +15,9 @@ use super::verifier::{PeerAuthorization, SvidClientVerifier, SvidServerVerifier}
 /// ALPN protocols offered and accepted, in preference order.
 pub const ALPN: &[&[u8]] = &[b"h2", b"http/1.1"];
 
+/// ALPN a sidecar offers for opaque TCP over mTLS: the inbound side relays bytes.
+pub const ALPN_TCP: &[u8] = b"portcullis-tcp";
+
 /// TLS configurations for the current identity.
 pub struct TlsConfigs {
     /// Inbound: terminates mTLS, accepting any valid SVID of a trusted domain.
@@ -62,6 +65,7 @@ pub fn server_config(
         .with_client_cert_verifier(Arc::new(verifier))
         .with_cert_resolver(Arc::new(SingleCert(svid.certified_key.clone())));
     config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
+    config.alpn_protocols.push(ALPN_TCP.to_vec());
     Ok(config)
 }
 

@@ -106,8 +106,10 @@ impl Inbound {
                 .tls_handshakes
                 .with_label_values(&["inbound"])
                 .inc();
-            let (_, session) = tls.get_ref();
+            let session = tls.get_ref().1;
             let leaf = session.peer_certificates().and_then(|c| c.first()).cloned();
+            // A peer sidecar relaying non-HTTP traffic says so with its ALPN.
+            let opaque = session.alpn_protocol() == Some(crate::identity::tls::ALPN_TCP);
             let Some(leaf) = leaf else {
                 record_tls_failure("no_client_certificate");
                 return;
@@ -129,7 +131,7 @@ impl Inbound {
                 tls: true,
             });
             drop(loaded);
-            if self.opaque_ports.contains(&app.port()) {
+            if opaque || self.opaque_ports.contains(&app.port()) {
                 tcp::relay(&self.decider, &conn, tls).await;
             } else {
                 let this = self.clone();

@@ -10,7 +10,9 @@ pub mod headers;
 pub mod inbound;
 pub mod listener;
 pub mod orig_dst;
+pub mod outbound;
 pub mod path;
+pub mod peer;
 pub mod tcp;
 
 use std::net::SocketAddr;

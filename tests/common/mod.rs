@@ -108,6 +108,7 @@ pub fn config(pki: &Pki, policies: &Path, app: SocketAddr) -> Config {
     cfg.inbound.app = app;
     cfg.inbound.mtls = MtlsMode::Strict;
     cfg.admin.listen = "127.0.0.1:0".parse().unwrap();
+    cfg.outbound.listen = "127.0.0.1:0".parse().unwrap();
     cfg.policy.dir = policies.to_owned();
     cfg.log.decisions = false;
     cfg

@@ -1,0 +1,3 @@
+//! Kubernetes integration: the init container's iptables rules.
+
+pub mod iptables;

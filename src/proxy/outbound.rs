@@ -1,0 +1,577 @@
+//! The outbound data path (`:15001`, and explicit route listeners): the app's plain
+//! connection → original destination → protocol detection → decide (outbound query)
+//! → mTLS to the peer sidecar (HTTP/2, pooled) or pass-through for non-mesh hosts.
+//!
+//! HTTP from the app is carried over multiplexed HTTP/2 between sidecars and marked
+//! with the app's HTTP version, so the peer hands it to its app as it was sent.
+//! Anything that does not look like HTTP is decided once and relayed as TCP, over
+//! mTLS (ALPN `portcullis-tcp`) inside the mesh.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::header::{HeaderValue, HOST};
+use http::{Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use ipnet::IpNet;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+
+use super::decide::{Decider, Ticket, Verdict};
+use super::forward::{text_response, AppClients, BoxError, ProxyBody};
+use super::inbound::{add_headers, ORIG_PROTO};
+use super::listener::{ConnGuard, HttpServer};
+use super::peer::{PeerError, PeerPool, ALPN_TCP};
+use super::{headers, path};
+use crate::config::NonMeshAction;
+use crate::identity::source::Identity;
+use crate::identity::SpiffeId;
+use crate::metrics;
+use crate::policy::{HttpFacts, InputFacts};
+
+/// Where one outbound connection goes.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// A peer sidecar: mTLS, optionally pinned to one SPIFFE ID.
+    Mesh {
+        addr: SocketAddr,
+        pin: Option<SpiffeId>,
+    },
+    /// Outside the mesh: plain pass-through if the policy allows.
+    External { addr: SocketAddr },
+}
+
+impl Target {
+    fn addr(&self) -> SocketAddr {
+        match self {
+            Target::Mesh { addr, .. } | Target::External { addr } => *addr,
+        }
+    }
+}
+
+/// How the bytes on an outbound connection are treated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// Sniff: HTTP if the first bytes look like HTTP/1 or the HTTP/2 preface.
+    Detect,
+    Http,
+    Tcp,
+}
+
+/// Settings and shared state of the outbound side.
+pub struct Outbound {
+    pub identity: Arc<Identity>,
+    pub decider: Decider,
+    pub peers: PeerPool,
+    /// Plain clients for allowed non-mesh HTTP.
+    pub external: AppClients,
+    pub mesh_networks: Vec<IpNet>,
+    pub non_mesh: NonMeshAction,
+    pub http: HttpServer,
+    pub upstream_timeout: Duration,
+    /// How long to wait for the app's first bytes before treating it as TCP.
+    pub detect_timeout: Duration,
+}
+
+/// One accepted app connection.
+struct OutConn {
+    app: SocketAddr,
+    target: Target,
+    own_id: Option<String>,
+}
+
+impl Outbound {
+    /// Classifies a destination by the mesh networks.
+    pub fn target_for(&self, dst: SocketAddr) -> Target {
+        if self.mesh_networks.iter().any(|n| n.contains(&dst.ip())) {
+            Target::Mesh {
+                addr: dst,
+                pin: None,
+            }
+        } else {
+            Target::External { addr: dst }
+        }
+    }
+
+    /// A connection redirected by iptables to the transparent listener.
+    pub async fn serve_transparent(
+        self: Arc<Self>,
+        stream: TcpStream,
+        app: SocketAddr,
+        guard: ConnGuard,
+    ) {
+        let local = match stream.local_addr() {
+            Ok(a) => a,
+            Err(_) => return,
+        };
+        let dst = match super::orig_dst::original_destination(&stream, local) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(%app, error = %e, "outbound connection without an original destination; closing");
+                return;
+            }
+        };
+        if dst == local {
+            // Connected to the listener itself, not redirected: refuse rather than loop.
+            tracing::warn!(%app, "outbound listener reached directly; closing");
+            return;
+        }
+        let target = self.target_for(dst);
+        self.serve(stream, app, target, Protocol::Detect, guard)
+            .await;
+    }
+
+    /// A connection on a route listener or the transparent listener.
+    pub async fn serve(
+        self: Arc<Self>,
+        stream: TcpStream,
+        app: SocketAddr,
+        target: Target,
+        protocol: Protocol,
+        guard: ConnGuard,
+    ) {
+        let _guard = guard;
+        let protocol = match protocol {
+            Protocol::Detect => detect(&stream, self.detect_timeout).await,
+            p => p,
+        };
+        let conn = Arc::new(OutConn {
+            app,
+            target,
+            own_id: self.identity.current().map(|l| l.svid.id.to_string()),
+        });
+        match protocol {
+            Protocol::Tcp | Protocol::Detect => self.relay_tcp(&conn, stream).await,
+            Protocol::Http => {
+                let this = self.clone();
+                self.http
+                    .serve(stream, move |req| this.clone().handle(conn.clone(), req))
+                    .await;
+            }
+        }
+    }
+
+    /// One HTTP request from the app, top to bottom.
+    async fn handle(
+        self: Arc<Self>,
+        conn: Arc<OutConn>,
+        req: Request<Incoming>,
+    ) -> Result<Response<ProxyBody>, Infallible> {
+        let started = Instant::now();
+        let (mut parts, body) = req.into_parts();
+
+        // 1. The app may not claim identities either.
+        headers::strip_spoofable(&mut parts.headers, &[]);
+        // 2. One normalised path.
+        let raw_pq = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
+        let path = match path::normalize_path_and_query(raw_pq) {
+            Ok(p) => p,
+            Err(e) => {
+                return Ok(self.refuse(
+                    StatusCode::BAD_REQUEST,
+                    &format!("bad request path: {e}\n"),
+                    "bad_path",
+                    started,
+                ))
+            }
+        };
+        let request_id = headers::ensure_request_id(&mut parts.headers);
+        let host = parts
+            .headers
+            .get(HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_owned)
+            .or_else(|| parts.uri.authority().map(|a| a.to_string()))
+            .unwrap_or_else(|| conn.target.addr().to_string());
+
+        // 3. For the mesh, the peer's verified identity is part of the decision.
+        let peer = match &conn.target {
+            Target::Mesh { addr, pin } => match self.peers.http2(*addr, pin.as_ref()).await {
+                Ok(p) => Some(p),
+                Err(e) => return Ok(self.peer_failure(e, started)),
+            },
+            Target::External { .. } => {
+                if self.non_mesh == NonMeshAction::Deny {
+                    return Ok(self.refuse(
+                        StatusCode::FORBIDDEN,
+                        "egress outside the mesh is not allowed\n",
+                        "non_mesh",
+                        started,
+                    ));
+                }
+                None
+            }
+        };
+        let protocol = match parts.version {
+            Version::HTTP_2 => "HTTP/2",
+            Version::HTTP_10 => "HTTP/1.0",
+            _ => "HTTP/1.1",
+        };
+
+        // 4. Decide.
+        let (verdict, ticket) = {
+            let facts = InputFacts {
+                source_address: conn.app,
+                source_principal: conn.own_id.as_deref(),
+                destination_address: conn.target.addr(),
+                destination_principal: peer.as_ref().map(|p| p.peer_id.as_str()),
+                http: Some(HttpFacts {
+                    id: &request_id,
+                    method: parts.method.as_str(),
+                    path: &path,
+                    host: &host,
+                    scheme: "http",
+                    protocol,
+                    headers: &parts.headers,
+                    size: None,
+                    body: None,
+                    truncated_body: false,
+                    content_type: None,
+                }),
+                jwt: None,
+            };
+            self.decider.decide(&facts)
+        };
+        let decision = match verdict {
+            Verdict::Deny(denial) => {
+                let mut resp = text_response(denial.status, denial.body);
+                add_headers(resp.headers_mut(), &denial.headers);
+                self.decider.finish(ticket, resp.status().as_u16(), started);
+                return Ok(resp);
+            }
+            Verdict::Allow(d) => d,
+        };
+        for name in &decision.request_headers_to_remove {
+            parts.headers.remove(name.as_str());
+        }
+        add_headers(&mut parts.headers, &decision.headers);
+
+        // 5. Forward.
+        let mut resp = match peer {
+            Some(peer) if !headers::is_upgrade(&parts.headers) => {
+                let orig = if parts.version == Version::HTTP_2 {
+                    "HTTP/2"
+                } else {
+                    "HTTP/1.1"
+                };
+                parts
+                    .headers
+                    .insert(ORIG_PROTO, HeaderValue::from_static(orig));
+                headers::remove_hop_by_hop(&mut parts.headers, false);
+                parts.headers.remove(HOST);
+                parts.version = Version::HTTP_2;
+                parts.uri = match Uri::builder()
+                    .scheme("http")
+                    .authority(host.as_str())
+                    .path_and_query(path.as_str())
+                    .build()
+                {
+                    Ok(u) => u,
+                    Err(_) => {
+                        return Ok(self.refuse(
+                            StatusCode::BAD_REQUEST,
+                            "bad host\n",
+                            "bad_host",
+                            started,
+                        ))
+                    }
+                };
+                let req = Request::from_parts(parts, body.map_err_boxed());
+                let mut sender = peer.sender;
+                match tokio::time::timeout(self.upstream_timeout, sender.send_request(req)).await {
+                    Ok(Ok(r)) => {
+                        let (mut p, b) = r.into_parts();
+                        headers::remove_hop_by_hop(&mut p.headers, false);
+                        Response::from_parts(
+                            p,
+                            http_body_util::BodyExt::boxed_unsync(
+                                http_body_util::BodyExt::map_err(b, BoxError::from),
+                            ),
+                        )
+                    }
+                    Ok(Err(e)) => {
+                        metrics::global()
+                            .upstream_errors
+                            .with_label_values(&["outbound", "protocol"])
+                            .inc();
+                        tracing::warn!(peer = %conn.target.addr(), error = %e, "peer request failed");
+                        text_response(StatusCode::BAD_GATEWAY, "upstream unavailable\n")
+                    }
+                    Err(_) => {
+                        metrics::global()
+                            .upstream_errors
+                            .with_label_values(&["outbound", "timeout"])
+                            .inc();
+                        text_response(StatusCode::GATEWAY_TIMEOUT, "upstream timed out\n")
+                    }
+                }
+            }
+            Some(_) => {
+                // Upgrades need an HTTP/1.1 connection of their own.
+                let Target::Mesh { addr, pin } = &conn.target else {
+                    return Ok(self.refuse(
+                        StatusCode::BAD_GATEWAY,
+                        "bad target\n",
+                        "bad_target",
+                        started,
+                    ));
+                };
+                self.upgrade_over_mtls(
+                    *addr,
+                    pin.as_ref(),
+                    Request::from_parts(parts, body.map_err_boxed()),
+                )
+                .await
+            }
+            None => {
+                let req = Request::from_parts(parts, body.map_err_boxed());
+                self.external
+                    .send("outbound", &conn.target.addr().to_string(), false, req)
+                    .await
+            }
+        };
+        add_headers(resp.headers_mut(), &decision.response_headers_to_add);
+        self.decider.finish(ticket, resp.status().as_u16(), started);
+        Ok(resp)
+    }
+
+    /// Carries an HTTP/1.1 upgrade (WebSocket) over a dedicated mTLS connection.
+    async fn upgrade_over_mtls(
+        &self,
+        addr: SocketAddr,
+        pin: Option<&SpiffeId>,
+        mut req: Request<ProxyBody>,
+    ) -> Response<ProxyBody> {
+        let (tls, _) = match self.peers.connect_tls(addr, pin, &[b"http/1.1"]).await {
+            Ok(t) => t,
+            Err(e) => return self.peer_error_response(e),
+        };
+        let (mut sender, conn) =
+            match hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(%addr, error = %e, "peer HTTP/1.1 handshake failed");
+                    return text_response(StatusCode::BAD_GATEWAY, "upstream unavailable\n");
+                }
+            };
+        tokio::spawn(conn.with_upgrades());
+        let downstream = hyper::upgrade::on(&mut req);
+        headers::remove_hop_by_hop(req.headers_mut(), true);
+        if let Some(pq) = req.uri().path_and_query().cloned() {
+            if let Ok(u) = Uri::builder().path_and_query(pq).build() {
+                *req.uri_mut() = u;
+            }
+        }
+        let mut resp = match sender.send_request(req).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(%addr, error = %e, "peer upgrade request failed");
+                return text_response(StatusCode::BAD_GATEWAY, "upstream unavailable\n");
+            }
+        };
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            let upstream = hyper::upgrade::on(&mut resp);
+            tokio::spawn(async move {
+                if let (Ok(d), Ok(u)) = tokio::join!(downstream, upstream) {
+                    let mut d = hyper_util::rt::TokioIo::new(d);
+                    let mut u = hyper_util::rt::TokioIo::new(u);
+                    let _ = tokio::io::copy_bidirectional(&mut d, &mut u).await;
+                }
+            });
+        }
+        let (mut p, b) = resp.into_parts();
+        headers::remove_hop_by_hop(&mut p.headers, p.status == StatusCode::SWITCHING_PROTOCOLS);
+        Response::from_parts(
+            p,
+            http_body_util::BodyExt::boxed_unsync(http_body_util::BodyExt::map_err(
+                b,
+                BoxError::from,
+            )),
+        )
+    }
+
+    /// Non-HTTP: decide once per connection, then relay (over mTLS inside the mesh).
+    async fn relay_tcp(&self, conn: &OutConn, mut app: TcpStream) {
+        let started = Instant::now();
+        match &conn.target {
+            Target::Mesh { addr, pin } => {
+                let (mut tls, peer_id) = match self
+                    .peers
+                    .connect_tls(*addr, pin.as_ref(), &[ALPN_TCP])
+                    .await
+                {
+                    Ok(t) => t,
+                    Err(e) => {
+                        tracing::warn!(peer = %addr, error = %e, "outbound TCP: peer unreachable");
+                        self.decider.finish(Ticket::refused(), 502, started);
+                        return;
+                    }
+                };
+                if self.decide_tcp(conn, Some(&peer_id), started) {
+                    copy(&mut app, &mut tls).await;
+                }
+            }
+            Target::External { addr } => {
+                if self.non_mesh == NonMeshAction::Deny {
+                    self.decider.finish(Ticket::refused(), 403, started);
+                    return;
+                }
+                if !self.decide_tcp(conn, None, started) {
+                    return;
+                }
+                match tokio::time::timeout(self.upstream_timeout, TcpStream::connect(addr)).await {
+                    Ok(Ok(mut up)) => {
+                        let _ = up.set_nodelay(true);
+                        copy(&mut app, &mut up).await;
+                    }
+                    _ => tracing::warn!(%addr, "outbound TCP: destination unreachable"),
+                }
+            }
+        }
+    }
+
+    fn decide_tcp(&self, conn: &OutConn, peer_id: Option<&SpiffeId>, started: Instant) -> bool {
+        let facts = InputFacts {
+            source_address: conn.app,
+            source_principal: conn.own_id.as_deref(),
+            destination_address: conn.target.addr(),
+            destination_principal: peer_id.map(|p| p.as_str()),
+            http: None,
+            jwt: None,
+        };
+        let (verdict, ticket) = self.decider.decide(&facts);
+        let allowed = matches!(verdict, Verdict::Allow(_));
+        self.decider
+            .finish(ticket, if allowed { 200 } else { 403 }, started);
+        allowed
+    }
+
+    fn peer_error_response(&self, e: PeerError) -> Response<ProxyBody> {
+        tracing::warn!(error = %e, "peer connection failed");
+        let (status, kind) = match e {
+            PeerError::NoIdentity => (StatusCode::SERVICE_UNAVAILABLE, "no_identity"),
+            PeerError::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
+            PeerError::Tls { .. } | PeerError::NoPeerId(_) => (StatusCode::BAD_GATEWAY, "tls"),
+            _ => (StatusCode::BAD_GATEWAY, "connect"),
+        };
+        metrics::global()
+            .upstream_errors
+            .with_label_values(&["outbound", kind])
+            .inc();
+        text_response(status, format!("upstream unavailable: {kind}\n"))
+    }
+
+    fn peer_failure(&self, e: PeerError, started: Instant) -> Response<ProxyBody> {
+        let resp = self.peer_error_response(e);
+        self.decider
+            .finish(Ticket::refused(), resp.status().as_u16(), started);
+        resp
+    }
+
+    fn refuse(
+        &self,
+        status: StatusCode,
+        body: &str,
+        reason: &'static str,
+        started: Instant,
+    ) -> Response<ProxyBody> {
+        metrics::global()
+            .rejected_requests
+            .with_label_values(&["outbound", reason])
+            .inc();
+        self.decider
+            .finish(Ticket::refused(), status.as_u16(), started);
+        text_response(status, body.to_owned())
+    }
+}
+
+async fn copy<A, B>(a: &mut A, b: &mut B)
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    if let Err(e) = tokio::io::copy_bidirectional(a, b).await {
+        tracing::debug!(error = %e, "relay ended");
+    }
+}
+
+/// HTTP if the first bytes are the HTTP/2 preface or an HTTP/1 method and a space;
+/// TCP if they are anything else or nothing arrives in time (server-first protocols).
+async fn detect(stream: &TcpStream, wait: Duration) -> Protocol {
+    let mut buf = [0u8; 16];
+    let deadline = Instant::now() + wait;
+    loop {
+        let n = match tokio::time::timeout_at(deadline.into(), stream.peek(&mut buf)).await {
+            Ok(Ok(n)) => n,
+            _ => return Protocol::Tcp,
+        };
+        if n == 0 {
+            return Protocol::Tcp;
+        }
+        match classify(&buf[..n]) {
+            Some(p) => return p,
+            None => tokio::time::sleep(Duration::from_millis(1)).await,
+        }
+    }
+}
+
+/// `Some` once the bytes decide the protocol, `None` if more are needed.
+fn classify(b: &[u8]) -> Option<Protocol> {
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0";
+    if PREFACE.starts_with(b) && b.len() < PREFACE.len() {
+        return None;
+    }
+    if b.starts_with(PREFACE) {
+        return Some(Protocol::Http);
+    }
+    for (i, c) in b.iter().enumerate() {
+        match c {
+            b'A'..=b'Z' if i < 12 => continue,
+            b' ' if i >= 3 => return Some(Protocol::Http),
+            _ => return Some(Protocol::Tcp),
+        }
+    }
+    if b.len() >= 12 {
+        Some(Protocol::Tcp)
+    } else {
+        None
+    }
+}
+
+/// Boxes an incoming body's error type.
+trait MapErrBoxed {
+    fn map_err_boxed(self) -> ProxyBody;
+}
+
+impl MapErrBoxed for Incoming {
+    fn map_err_boxed(self) -> ProxyBody {
+        http_body_util::BodyExt::boxed_unsync(http_body_util::BodyExt::map_err(
+            self,
+            BoxError::from,
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn protocol_detection() {
+        assert_eq!(classify(b"GET / HTTP/1.1\r\n"), Some(Protocol::Http));
+        assert_eq!(classify(b"DELETE /x"), Some(Protocol::Http));
+        assert_eq!(classify(b"PRI * HTTP/2.0\r\n"), Some(Protocol::Http));
+        assert_eq!(classify(b"PRI"), None);
+        assert_eq!(classify(b"GE"), None);
+        assert_eq!(classify(b"\x16\x03\x01\x02"), Some(Protocol::Tcp));
+        assert_eq!(classify(b"\0\0\0\x08\x04\xd2\x16\x2f"), Some(Protocol::Tcp));
+        assert_eq!(classify(b"ABCDEFGHIJKLMNOP"), Some(Protocol::Tcp));
+        assert_eq!(classify(b"get / HTTP/1.1"), Some(Protocol::Tcp));
+    }
+}

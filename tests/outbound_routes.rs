@@ -1,0 +1,203 @@
+//! Two sidecars in one process joined by explicit outbound routes (no iptables,
+//! no privileges): app → route listener → mTLS (HTTP/2, pooled) → peer inbound → app.
+
+mod common;
+
+use std::net::SocketAddr;
+
+use common::*;
+use portcullis::config::{FilesIdentity, IdentityConfig, OutboundMode, Route, RouteProtocol};
+use portcullis::identity::SpiffeId;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const POLICIES: &str = r#"
+package envoy.authz
+import rego.v1
+default allow := false
+allow if {
+    input.attributes.source.principal == "spiffe://cluster.local/ns/default/sa/frontend"
+    input.parsed_path[0] != "forbidden"
+}
+# Opaque TCP connections from the frontend.
+allow if {
+    not input.attributes.request
+    input.attributes.source.principal == "spiffe://cluster.local/ns/default/sa/frontend"
+}
+"#;
+
+const OUTBOUND: &str = r#"
+package portcullis.outbound
+import rego.v1
+default allow := false
+allow if {
+    input.attributes.destination.principal == "spiffe://cluster.local/ns/default/sa/backend"
+    input.attributes.request.http.path != "/egress-denied"
+}
+allow if {
+    not input.attributes.request
+    input.attributes.destination.principal == "spiffe://cluster.local/ns/default/sa/backend"
+}
+"#;
+
+/// Metrics are process-wide: these tests count handshakes, so they run one at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+async fn tcp_echo() -> SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = l.accept().await.unwrap();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 || s.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Sidecar B (backend) in front of `app`, and sidecar A (frontend) with routes to B.
+async fn mesh(
+    app: SocketAddr,
+    routes: Vec<(RouteProtocol, &str)>,
+) -> (Pki, portcullis::run::Running, portcullis::run::Running) {
+    let pki = Pki::new();
+    pki.issue("frontend", FRONTEND);
+    let policies = policy_dir(
+        &pki,
+        &[("authz.rego", POLICIES), ("outbound.rego", OUTBOUND)],
+    );
+    let b = start(config(&pki, &policies, app)).await;
+
+    let mut cfg = config(&pki, &policies, "127.0.0.1:9".parse().unwrap());
+    cfg.identity = IdentityConfig::Files(FilesIdentity {
+        cert: pki.path("frontend/tls.crt"),
+        key: pki.path("frontend/tls.key"),
+        bundle: pki.path("frontend/ca.crt"),
+        ..FilesIdentity::default()
+    });
+    cfg.outbound.mode = OutboundMode::Routes;
+    cfg.outbound.routes = routes
+        .into_iter()
+        .map(|(protocol, id)| Route {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            upstream: b.inbound_addr,
+            spiffe_id: SpiffeId::parse(id).unwrap(),
+            protocol,
+        })
+        .collect();
+    let a = start(cfg).await;
+    (pki, a, b)
+}
+
+async fn plain_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut s, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let resp = s.send_request(req("GET", path, &[], "")).await.unwrap();
+    let (p, b) = split(resp).await;
+    (p.status().as_u16(), b)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_over_pooled_mtls_with_policy_at_both_ends() {
+    let _serial = SERIAL.lock().await;
+    let app = echo_app().await;
+    let (_pki, a, b) = mesh(app, vec![(RouteProtocol::Http, SERVER_ID)]).await;
+    let route = a.route_addrs[0];
+
+    let handshakes = |text: &str| {
+        metric(
+            text,
+            "portcullis_tls_handshakes_total",
+            &[("direction", "outbound")],
+        )
+    };
+    let before = handshakes(&admin_get(a.admin_addr, "/metrics").await.1);
+
+    let (status, body) = plain_get(route, "/hello").await;
+    assert_eq!(status, 200, "{body}");
+    let echoed: serde_json::Value = serde_json::from_str(&body).unwrap();
+    // The app sees the caller's SPIFFE ID, and HTTP/1.1 as its client sent.
+    let xfcc = echoed["headers"]["x-forwarded-client-cert"]
+        .as_str()
+        .unwrap();
+    assert!(xfcc.ends_with(&format!("URI={FRONTEND}")), "{xfcc}");
+    assert!(xfcc.starts_with(&format!("By={SERVER_ID}")), "{xfcc}");
+    assert_eq!(echoed["version"], "HTTP/1.1");
+    assert!(echoed["headers"].get("x-portcullis-orig-proto").is_none());
+
+    // Denied by B's inbound policy, seen at A as 403.
+    let (status, _) = plain_get(route, "/forbidden").await;
+    assert_eq!(status, 403);
+    // Denied by A's outbound policy, before leaving the pod.
+    let (status, body) = plain_get(route, "/egress-denied").await;
+    assert_eq!(status, 403, "{body}");
+
+    // Many requests on many app connections share one pooled mTLS connection.
+    for i in 0..30 {
+        let (status, _) = plain_get(route, &format!("/n/{i}")).await;
+        assert_eq!(status, 200);
+    }
+    let after = handshakes(&admin_get(a.admin_addr, "/metrics").await.1);
+    assert_eq!(
+        after - before,
+        1.0,
+        "outbound mTLS handshakes for 33 requests"
+    );
+    let inbound_text = admin_get(b.admin_addr, "/metrics").await.1;
+    assert!(
+        metric(
+            &inbound_text,
+            "portcullis_requests_total",
+            &[("direction", "inbound"), ("decision", "allow")]
+        ) >= 31.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_route_relays_over_mtls_and_pinning_is_enforced() {
+    let _serial = SERIAL.lock().await;
+    let app = tcp_echo().await;
+    let wrong = "spiffe://cluster.local/ns/default/sa/someone-else";
+    let (_pki, a, _b) = mesh(
+        app,
+        vec![(RouteProtocol::Tcp, SERVER_ID), (RouteProtocol::Tcp, wrong)],
+    )
+    .await;
+
+    let mut s = tokio::net::TcpStream::connect(a.route_addrs[0])
+        .await
+        .unwrap();
+    s.write_all(b"\x00\x01binary protocol").await.unwrap();
+    let mut buf = [0u8; 17];
+    s.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"\x00\x01binary protocol");
+
+    // A route pinned to an ID the peer does not have: the handshake fails, nothing flows.
+    let mut s = tokio::net::TcpStream::connect(a.route_addrs[1])
+        .await
+        .unwrap();
+    let _ = s.write_all(b"hello").await;
+    let mut buf = [0u8; 5];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap_or(0);
+    assert_eq!(n, 0, "a mis-pinned route must not carry bytes");
+    let text = admin_get(a.admin_addr, "/metrics").await.1;
+    assert!(
+        metric(
+            &text,
+            "portcullis_tls_handshake_failures_total",
+            &[("direction", "outbound"), ("reason", "not_authorized")]
+        ) >= 1.0
+    );
+}
