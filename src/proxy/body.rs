@@ -3,12 +3,10 @@
 //! Up to `max_bytes` are read for the policy; everything read is replayed in front
 //! of the rest of the stream, so the app receives the whole body, streamed.
 
+use super::forward::{BoxError, ProxyBody};
 use bytes::{Bytes, BytesMut};
 use http_body::Frame;
 use http_body_util::{BodyExt, StreamBody};
-use hyper::body::Incoming;
-
-use super::forward::{BoxError, ProxyBody};
 
 /// The policy's view of the body and the body to forward.
 pub struct Buffered {
@@ -21,13 +19,13 @@ pub struct Buffered {
 }
 
 /// Reads frames until more than `max_bytes` are held or the body ends.
-pub async fn buffer_prefix(mut body: Incoming, max_bytes: usize) -> Result<Buffered, BoxError> {
+pub async fn buffer_prefix(mut body: ProxyBody, max_bytes: usize) -> Result<Buffered, BoxError> {
     let mut frames: Vec<Frame<Bytes>> = Vec::new();
     let mut held = BytesMut::new();
     while held.len() <= max_bytes {
         match body.frame().await {
             None => break,
-            Some(Err(e)) => return Err(e.into()),
+            Some(Err(e)) => return Err(e),
             Some(Ok(frame)) => {
                 if let Some(data) = frame.data_ref() {
                     held.extend_from_slice(data);
@@ -44,7 +42,7 @@ pub async fn buffer_prefix(mut body: Incoming, max_bytes: usize) -> Result<Buffe
     let prefix = held.freeze();
     let prefix = prefix.slice(..prefix.len().min(max_bytes));
     let replay = futures_util::stream::iter(frames.into_iter().map(Ok::<_, BoxError>));
-    let rest = http_body_util::BodyStream::new(body.map_err(BoxError::from));
+    let rest = http_body_util::BodyStream::new(body);
     let chained = futures_util::StreamExt::chain(replay, rest);
     Ok(Buffered {
         prefix,

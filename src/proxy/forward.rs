@@ -17,6 +17,22 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The body type used everywhere on the data path.
 pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
 
+/// Boxes a downstream body and reports whether reading it failed (a malformed chunked
+/// encoding, a reset stream): such a failure is the client's fault, answered 400.
+pub fn downstream_body(
+    body: hyper::body::Incoming,
+) -> (ProxyBody, std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    let failed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = failed.clone();
+    let body = body
+        .map_err(move |e| {
+            flag.store(true, std::sync::atomic::Ordering::Relaxed);
+            BoxError::from(e)
+        })
+        .boxed_unsync();
+    (body, failed)
+}
+
 /// A small local response body.
 pub fn full(body: impl Into<Bytes>) -> ProxyBody {
     Full::new(body.into())

@@ -87,6 +87,31 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
             .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
 }
 
+/// Refuses request framing that two parsers could read differently (request
+/// smuggling): Content-Length together with Transfer-Encoding, several or malformed
+/// Content-Length values, and any Transfer-Encoding other than a single `chunked`.
+pub fn check_framing(headers: &HeaderMap) -> Result<(), &'static str> {
+    let te: Vec<&HeaderValue> = headers.get_all(header::TRANSFER_ENCODING).iter().collect();
+    let cl: Vec<&HeaderValue> = headers.get_all(header::CONTENT_LENGTH).iter().collect();
+    if !te.is_empty() && !cl.is_empty() {
+        return Err("both Content-Length and Transfer-Encoding");
+    }
+    if cl.len() > 1 {
+        return Err("several Content-Length headers");
+    }
+    if let Some(v) = cl.first() {
+        let b = v.as_bytes();
+        if b.is_empty() || !b.iter().all(u8::is_ascii_digit) {
+            return Err("malformed Content-Length");
+        }
+    }
+    match te.as_slice() {
+        [] => Ok(()),
+        [v] if v.as_bytes().eq_ignore_ascii_case(b"chunked") => Ok(()),
+        _ => Err("unsupported Transfer-Encoding"),
+    }
+}
+
 /// Keeps a well-formed client `x-request-id` (≤128 visible ASCII characters) or sets
 /// a fresh random one; returns the ID.
 pub fn ensure_request_id(headers: &mut HeaderMap) -> String {
@@ -176,6 +201,30 @@ mod tests {
         remove_hop_by_hop(&mut h, true);
         assert_eq!(h.get("upgrade").unwrap(), "websocket");
         assert_eq!(h.get("connection").unwrap(), "upgrade");
+    }
+
+    #[test]
+    fn ambiguous_framing_refused() {
+        let mut h = HeaderMap::new();
+        assert!(check_framing(&h).is_ok());
+        h.insert("content-length", HeaderValue::from_static("10"));
+        assert!(check_framing(&h).is_ok());
+        h.append("content-length", HeaderValue::from_static("10"));
+        assert!(check_framing(&h).is_err());
+        let mut h = HeaderMap::new();
+        h.insert("content-length", HeaderValue::from_static("+10"));
+        assert!(check_framing(&h).is_err());
+        let mut h = HeaderMap::new();
+        h.insert("transfer-encoding", HeaderValue::from_static("chunked"));
+        assert!(check_framing(&h).is_ok());
+        h.insert("content-length", HeaderValue::from_static("3"));
+        assert!(check_framing(&h).is_err());
+        let mut h = HeaderMap::new();
+        h.insert(
+            "transfer-encoding",
+            HeaderValue::from_static("gzip, chunked"),
+        );
+        assert!(check_framing(&h).is_err());
     }
 
     #[test]

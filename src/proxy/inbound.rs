@@ -181,6 +181,14 @@ impl Inbound {
             .as_ref()
             .and_then(|_| parts.headers.get(&ORIG_PROTO).cloned());
         headers::strip_spoofable(&mut parts.headers, &self.strip_extra);
+        if let Err(why) = headers::check_framing(&parts.headers) {
+            return Ok(self.refuse(
+                StatusCode::BAD_REQUEST,
+                &format!("ambiguous request: {why}\n"),
+                "ambiguous_framing",
+                started,
+            ));
+        }
 
         // 2. One normalised path: the policy decides on exactly what the app receives.
         let raw_pq = parts
@@ -207,6 +215,7 @@ impl Inbound {
         let request_id = headers::ensure_request_id(&mut parts.headers);
 
         // 4. Body for the policy, bounded, only when configured.
+        let (body, body_failed) = super::forward::downstream_body(body);
         let (prefix, truncated, body) = if self.body.enabled {
             match body::buffer_prefix(body, self.body.max_bytes).await {
                 Ok(b) => (Some(b.prefix), b.truncated, b.body),
@@ -220,14 +229,7 @@ impl Inbound {
                 }
             }
         } else {
-            (
-                None,
-                false,
-                http_body_util::BodyExt::boxed_unsync(http_body_util::BodyExt::map_err(
-                    body,
-                    super::forward::BoxError::from,
-                )),
-            )
+            (None, false, body)
         };
 
         // 5. Decide.
@@ -307,6 +309,15 @@ impl Inbound {
             .clients
             .send("inbound", &authority, to_http2, req)
             .await;
+        if body_failed.load(std::sync::atomic::Ordering::Relaxed) {
+            // The upstream failed because the client's body was malformed.
+            return Ok(self.refuse(
+                StatusCode::BAD_REQUEST,
+                "malformed request body\n",
+                "bad_body",
+                started,
+            ));
+        }
         add_headers(resp.headers_mut(), &decision.response_headers_to_add);
         self.decider.finish(ticket, resp.status().as_u16(), started);
         Ok(resp)

@@ -173,6 +173,7 @@ impl HttpServer {
             .timer(TokioTimer::new())
             .header_read_timeout(limits.header_timeout)
             .max_buf_size(limits.max_header_bytes.max(8192))
+            .max_headers(limits.max_headers)
             .keep_alive(true);
         builder
             .http2()

@@ -164,6 +164,14 @@ impl Outbound {
 
         // 1. The app may not claim identities either.
         headers::strip_spoofable(&mut parts.headers, &[]);
+        if let Err(why) = headers::check_framing(&parts.headers) {
+            return Ok(self.refuse(
+                StatusCode::BAD_REQUEST,
+                &format!("ambiguous request: {why}\n"),
+                "ambiguous_framing",
+                started,
+            ));
+        }
         // 2. One normalised path.
         let raw_pq = parts
             .uri
