@@ -450,6 +450,10 @@ pub struct BundleConfig {
     /// Poll interval (default 30s).
     #[serde(default = "default_bundle_poll", deserialize_with = "de_duration")]
     pub poll: Duration,
+    /// PEM file of extra CA certificates trusted for an `https://` bundle
+    /// server, in addition to the system roots (optional).
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
 }
 
 fn default_bundle_poll() -> Duration {

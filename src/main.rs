@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use portcullis::commands;
+use portcullis::policy::cli::PolicyCommand;
 
 #[derive(Parser)]
 #[command(
@@ -46,6 +47,11 @@ enum Command {
     Echo {
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: std::net::SocketAddr,
+    },
+    /// Policy tools: test, eval, check.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
     },
     /// The development certificate authority.
     Ca {
@@ -94,6 +100,15 @@ fn main() -> ExitCode {
             cleanup,
         } => commands::iptables(&rules, apply, cleanup),
         Command::Echo { listen } => commands::echo(listen),
+        Command::Policy { command } => {
+            return match portcullis::policy::cli::run(command) {
+                Ok(code) => code,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::from(2)
+                }
+            };
+        }
         Command::Ca { command } => match command {
             CaCommand::Init { trust_domain, out } => commands::ca_init(&trust_domain, &out),
             CaCommand::Issue {

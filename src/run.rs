@@ -115,6 +115,35 @@ pub fn start_policy(cfg: &Config) -> anyhow::Result<Arc<PolicyStore>> {
     Ok(store)
 }
 
+// --- policy-ops (#6): policy source, watcher and bundle poller ----------------
+/// Creates the policy store from the configured source and starts keeping it
+/// current: with `policy.bundle`, an empty store fed by the bundle poller (the
+/// bundle replaces `policy.dir`); otherwise the directory, loaded now (an
+/// error stops start-up) and watched every `policy.watch_interval`.
+pub fn start_policy_source(cfg: &Config) -> anyhow::Result<Arc<PolicyStore>> {
+    match &cfg.policy.bundle {
+        Some(bundle) => {
+            let store = PolicyStore::for_bundle(
+                cfg.policy.inbound_query.clone(),
+                cfg.policy.outbound_query.clone(),
+                EvalLimits {
+                    timeout: cfg.policy.eval_timeout,
+                    max_instructions: cfg.policy.max_instructions,
+                },
+            );
+            crate::policy::bundle::start(bundle, store.clone())
+                .with_context(|| format!("policy.bundle.url {}", bundle.url))?;
+            Ok(store)
+        }
+        None => {
+            let store = start_policy(cfg)?;
+            store.watch(cfg.policy.watch_interval);
+            Ok(store)
+        }
+    }
+}
+// --- end policy-ops -------------------------------------------------------------
+
 async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr)
         .await
@@ -150,7 +179,7 @@ impl Running {
 /// Starts every listener; returns once they are bound.
 pub async fn start(cfg: Config, set_log_level: LevelSetter) -> anyhow::Result<Running> {
     let identity = start_identity(&cfg).await?;
-    let policy = start_policy(&cfg)?;
+    let policy = start_policy_source(&cfg)?;
     let log = if cfg.log.decisions {
         DecisionLog::start(
             cfg.log.decision_file.clone(),
@@ -330,7 +359,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 _ = int.recv() => { tracing::info!("SIGINT"); shutdown.notify_one(); }
                 _ = hup.recv() => {
                     tracing::info!("SIGHUP: reloading policy");
-                    let _ = policy.reload();
+                    let policy = policy.clone();
+                    let _ = tokio::task::spawn_blocking(move || policy.reload()).await;
                 }
             }
         }

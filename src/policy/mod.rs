@@ -1,10 +1,14 @@
 //! Policy: loading and evaluating Rego with regorus, the OPA-Envoy input
 //! document, the decision result, and the store holding the active revision.
 
+pub mod bundle;
+pub mod cli;
 pub mod decision;
 pub mod engine;
 pub mod input;
 pub mod store;
+pub mod test_runner;
+pub mod watch;
 
 pub use decision::{decision_from_value, Decision, DecisionError};
 pub use engine::{EvalLimits, EvaluatorKind, ExtensionHook, PolicyError, PolicyOptions, PolicySet};

@@ -1,0 +1,285 @@
+//! `portcullis policy test|eval|check`: the policy author's tools.
+//!
+//! - `test [PATH...]`: run `test_*` rules like `opa test` (see [`super::test_runner`]);
+//!   exit 0 when all pass, 1 on any failure or error, 2 when the policies do not load.
+//! - `eval [--input FILE|-] [--data PATH]... [--bundle PATH] QUERY`: evaluate a
+//!   query and print `{"result": [...]}` as JSON (like `opa eval`).
+//! - `check [PATH...]`: parse every module, compile the serving set for the
+//!   configured queries and report problems as `file:line:col: message`.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Subcommand, ValueEnum};
+
+use super::bundle::{rego_error, Bundle, BundleLimits};
+use super::engine::{ExtensionHook, PolicyOptions, PolicySet};
+use super::input::json_to_value;
+use super::test_runner::{self, load_sources, TestOptions};
+
+/// Output format of `policy test`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum Format {
+    /// Human-readable, like `opa test`.
+    #[default]
+    Pretty,
+    /// JSON (an array of test results; with `--coverage` an object).
+    Json,
+}
+
+/// The `portcullis policy` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Run Rego unit tests (`test_*` rules; `todo_*` rules are skipped).
+    Test {
+        /// Directories or files with policies, tests and data (default: policies).
+        paths: Vec<PathBuf>,
+        /// Show every test, not only failures, and their print output.
+        #[arg(short, long)]
+        verbose: bool,
+        /// Only run tests whose full name (data.pkg.test_x) matches this regular expression.
+        #[arg(long, value_name = "REGEX")]
+        run: Option<String>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Pretty)]
+        format: Format,
+        /// Report line coverage of the non-test modules.
+        #[arg(long)]
+        coverage: bool,
+        /// Per-test time limit, e.g. 5s, 500ms.
+        #[arg(long, default_value = "5s")]
+        timeout: String,
+    },
+    /// Evaluate a query and print the result as JSON.
+    Eval {
+        /// Input document (JSON or YAML); `-` reads standard input.
+        #[arg(long, short)]
+        input: Option<PathBuf>,
+        /// A .rego file, a data file (.json/.yaml, merged at the top of data) or a
+        /// directory (modules and data.json/data.yaml at their path). Repeatable.
+        #[arg(long, short)]
+        data: Vec<PathBuf>,
+        /// An OPA bundle: a directory or a .tar.gz file (manifest roots checked).
+        #[arg(long, short)]
+        bundle: Vec<PathBuf>,
+        /// Exit 1 when the result is undefined.
+        #[arg(long)]
+        fail: bool,
+        /// The query, e.g. data.envoy.authz.allow.
+        query: String,
+    },
+    /// Parse and compile policies; report errors as file:line:col.
+    Check {
+        /// Directories or files with policies and data (default: policies).
+        paths: Vec<PathBuf>,
+        /// Queries to compile (default: the inbound and outbound defaults).
+        #[arg(long)]
+        query: Vec<String>,
+    },
+}
+
+/// Runs a `policy` subcommand without extension builtins.
+pub fn run(cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
+    run_with(cmd, None)
+}
+
+/// Runs a `policy` subcommand; `extensions` registers extension builtins
+/// (e.g. `io.jwt.*`) on every engine, as the sidecar does.
+pub fn run_with(cmd: PolicyCommand, extensions: Option<ExtensionHook>) -> anyhow::Result<ExitCode> {
+    match cmd {
+        PolicyCommand::Test {
+            paths,
+            verbose,
+            run,
+            format,
+            coverage,
+            timeout,
+        } => {
+            let run = run
+                .map(|r| regex::Regex::new(&r))
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("--run: {e}"))?;
+            let timeout = humantime::parse_duration(&timeout)
+                .map_err(|e| anyhow::anyhow!("--timeout {timeout:?}: {e}"))?;
+            let options = TestOptions {
+                run,
+                timeout: Some(timeout),
+                coverage,
+                extensions,
+            };
+            test(&default_paths(paths), verbose, format, &options)
+        }
+        PolicyCommand::Eval {
+            input,
+            data,
+            bundle,
+            fail,
+            query,
+        } => eval(input.as_deref(), &data, &bundle, fail, &query, extensions),
+        PolicyCommand::Check { paths, query } => check(&default_paths(paths), query, extensions),
+    }
+}
+
+fn default_paths(paths: Vec<PathBuf>) -> Vec<PathBuf> {
+    if paths.is_empty() {
+        vec![PathBuf::from("policies")]
+    } else {
+        paths
+    }
+}
+
+fn test(
+    paths: &[PathBuf],
+    verbose: bool,
+    format: Format,
+    options: &TestOptions,
+) -> anyhow::Result<ExitCode> {
+    let sources = load_sources(paths);
+    let report = match sources.and_then(|s| test_runner::run_tests(&s, options)) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("{e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    match format {
+        Format::Pretty => print!("{}", report.to_text(verbose)),
+        Format::Json => println!("{}", serde_json::to_string_pretty(&report.to_json())?),
+    }
+    Ok(if report.passed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn read_input(path: &Path) -> anyhow::Result<serde_json::Value> {
+    let text = if path == Path::new("-") {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .map_err(|e| anyhow::anyhow!("reading the input from standard input: {e}"))?;
+        s
+    } else {
+        std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("--input {}: {e}", path.display()))?
+    };
+    // JSON is YAML, but JSON errors read better for JSON input.
+    match serde_json::from_str(&text) {
+        Ok(v) => Ok(v),
+        Err(json_err) => serde_yaml::from_str(&text)
+            .map_err(|_| anyhow::anyhow!("--input {}: {json_err}", path.display())),
+    }
+}
+
+fn eval(
+    input: Option<&Path>,
+    data: &[PathBuf],
+    bundles: &[PathBuf],
+    fail: bool,
+    query: &str,
+    extensions: Option<ExtensionHook>,
+) -> anyhow::Result<ExitCode> {
+    let mut sources = load_sources(data)?;
+    for b in bundles {
+        let bundle = if b.is_dir() {
+            Bundle::from_dir(b, false)?
+        } else {
+            let bytes =
+                std::fs::read(b).map_err(|e| anyhow::anyhow!("--bundle {}: {e}", b.display()))?;
+            Bundle::from_tar_gz(&bytes, &BundleLimits::default())
+                .map_err(|e| anyhow::anyhow!("--bundle {}: {e}", b.display()))?
+        };
+        sources.merge(bundle)?;
+    }
+    let mut engine = test_runner::engine_for(&sources, extensions.as_ref())?;
+    if let Some(path) = input {
+        engine.set_input(json_to_value(&read_input(path)?));
+    }
+    engine.set_gather_prints(true);
+    let results = engine
+        .eval_query(query.to_string(), false)
+        .map_err(|e| anyhow::anyhow!("{}", rego_error("<query>", &e)))?;
+    for line in engine.take_prints().unwrap_or_default() {
+        eprintln!("{line}");
+    }
+    let undefined = results.result.is_empty();
+    let out = if undefined {
+        serde_json::json!({})
+    } else {
+        serde_json::json!({ "result": results.result })
+    };
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(if fail && undefined {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn check(
+    paths: &[PathBuf],
+    queries: Vec<String>,
+    extensions: Option<ExtensionHook>,
+) -> anyhow::Result<ExitCode> {
+    let sources = match load_sources(paths) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{e}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    // Every module on its own, so all parse errors are reported, not only the first.
+    let mut errors = Vec::new();
+    for (name, text) in &sources.modules {
+        let mut engine = regorus::Engine::new();
+        if let Err(e) = engine.add_policy(name.clone(), text.clone()) {
+            errors.push(rego_error(name, &e).to_string());
+        }
+    }
+    if errors.is_empty() {
+        // The whole set (tests included) must analyse; then the serving set must
+        // compile for the queries, as `portcullis run` would.
+        if let Err(e) = test_runner::engine_for(&sources, extensions.as_ref()) {
+            errors.push(e.to_string());
+        } else {
+            let queries = if queries.is_empty() {
+                let d = crate::config::PolicyConfig::default();
+                vec![d.inbound_query, d.outbound_query]
+            } else {
+                queries
+            };
+            let serving: Vec<_> = sources
+                .modules
+                .iter()
+                .filter(|(n, _)| !n.ends_with("_test.rego"))
+                .cloned()
+                .collect();
+            let options = PolicyOptions {
+                extensions,
+                limits: super::engine::EvalLimits {
+                    timeout: Duration::from_secs(1),
+                    ..Default::default()
+                },
+                ..PolicyOptions::default()
+            };
+            if let Err(e) =
+                PolicySet::from_sources(serving, sources.data.clone(), &queries, options)
+            {
+                errors.push(e.to_string());
+            }
+        }
+    }
+    if errors.is_empty() {
+        println!("{} module(s) OK", sources.modules.len());
+        Ok(ExitCode::SUCCESS)
+    } else {
+        for e in &errors {
+            eprintln!("{e}");
+        }
+        eprintln!("{} error(s)", errors.len());
+        Ok(ExitCode::FAILURE)
+    }
+}
