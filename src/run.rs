@@ -208,7 +208,7 @@ pub async fn start(cfg: Config, set_log_level: LevelSetter) -> anyhow::Result<Ru
     });
     tokio::spawn(admin.serve(
         admin_listener,
-        HttpServer::new(&cfg.limits, admin_drain.clone()),
+        HttpServer::new(&cfg.limits, admin_drain.clone(), "admin"),
         admin_drain,
         data_drain.clone(),
     ));
@@ -232,7 +232,7 @@ pub async fn start(cfg: Config, set_log_level: LevelSetter) -> anyhow::Result<Ru
         mtls: cfg.inbound.mtls,
         opaque_ports: cfg.inbound.opaque_ports.clone(),
         body: cfg.policy.body.clone(),
-        http: HttpServer::new(&cfg.limits, data_drain.clone()),
+        http: HttpServer::new(&cfg.limits, data_drain.clone(), "inbound"),
         strip_extra: Vec::new(),
     });
     let inbound_limit = ConnLimit::new(cfg.limits.max_connections);
@@ -262,7 +262,7 @@ pub async fn start(cfg: Config, set_log_level: LevelSetter) -> anyhow::Result<Ru
         ),
         mesh_networks: cfg.outbound.mesh_networks.clone(),
         non_mesh: cfg.outbound.non_mesh,
-        http: HttpServer::new(&cfg.limits, data_drain.clone()),
+        http: HttpServer::new(&cfg.limits, data_drain.clone(), "outbound"),
         upstream_timeout: cfg.limits.upstream_timeout,
         detect_timeout: std::time::Duration::from_millis(200),
     });

@@ -248,3 +248,44 @@ async fn oversized_heads_get_431() {
     assert_eq!(statuses(&resp).first().copied(), Some(431), "{resp}");
     assert!(s.seen.lock().unwrap().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slowloris_gets_408() {
+    let pki = Pki::new();
+    pki.issue("frontend", FRONTEND);
+    let policies = policy_dir(&pki, &[("authz.rego", POLICY)]);
+    let (app, seen) = recording_app().await;
+    let mut cfg = config(&pki, &policies, app);
+    cfg.limits.header_timeout = Duration::from_millis(500);
+    let sidecar = start(cfg).await;
+    let client = pki.client("frontend", &[b"http/1.1"]);
+    let tcp = tokio::net::TcpStream::connect(sidecar.inbound_addr)
+        .await
+        .unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(client)
+        .connect(
+            rustls_pki_types::ServerName::try_from("backend").unwrap(),
+            tcp,
+        )
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    // A head that never ends: one header line every 200 ms.
+    tls.write_all(b"GET /public HTTP/1.1\r\nHost: b\r\n")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 1024];
+    for i in 0..20 {
+        let _ = tls.write_all(format!("X-Slow-{i}: 1\r\n").as_bytes()).await;
+        match tokio::time::timeout(Duration::from_millis(200), tls.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+            Err(_) => {}
+        }
+    }
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert!(seen.lock().unwrap().is_empty());
+}

@@ -3,7 +3,8 @@
 //! - `test [PATH...]`: run `test_*` rules like `opa test` (see [`super::test_runner`]);
 //!   exit 0 when all pass, 1 on any failure or error, 2 when the policies do not load.
 //! - `eval [--input FILE|-] [--data PATH]... [--bundle PATH] QUERY`: evaluate a
-//!   query and print `{"result": [...]}` as JSON (like `opa eval`).
+//!   query and print `{"result": [...]}` as JSON (like `opa eval`); without
+//!   `--data`/`--bundle` it loads `./policies` when that directory exists.
 //! - `check [PATH...]`: parse every module, compile the serving set for the
 //!   configured queries and report problems as `file:line:col: message`.
 
@@ -59,6 +60,7 @@ pub enum PolicyCommand {
         input: Option<PathBuf>,
         /// A .rego file, a data file (.json/.yaml, merged at the top of data) or a
         /// directory (modules and data.json/data.yaml at their path). Repeatable.
+        /// Without --data and --bundle: ./policies if it exists.
         #[arg(long, short)]
         data: Vec<PathBuf>,
         /// An OPA bundle: a directory or a .tar.gz file (manifest roots checked).
@@ -182,6 +184,13 @@ fn eval(
     query: &str,
     extensions: Option<ExtensionHook>,
 ) -> anyhow::Result<ExitCode> {
+    // Without -d/--bundle, the conventional policy directory (if there is one).
+    let default_dir = [PathBuf::from("policies")];
+    let data = if data.is_empty() && bundles.is_empty() && default_dir[0].is_dir() {
+        &default_dir[..]
+    } else {
+        data
+    };
     let mut sources = load_sources(data)?;
     for b in bundles {
         let bundle = if b.is_dir() {

@@ -20,6 +20,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use super::forward::ProxyBody;
+use super::head_deadline::{HeadDeadline, HeadSeen};
 use crate::config::LimitsConfig;
 use crate::metrics;
 
@@ -163,15 +164,18 @@ pub struct HttpServer {
     builder: Arc<auto::Builder<TokioExecutor>>,
     pub header_timeout: Duration,
     drain: Drain,
+    direction: &'static str,
 }
 
 impl HttpServer {
-    pub fn new(limits: &LimitsConfig, drain: Drain) -> Self {
+    pub fn new(limits: &LimitsConfig, drain: Drain, direction: &'static str) -> Self {
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(limits.header_timeout)
+            // The first head is bounded by `HeadDeadline` (which answers 408); this
+            // bounds the heads of later keep-alive requests.
+            .header_read_timeout(limits.header_timeout + Duration::from_secs(1))
             .max_buf_size(limits.max_header_bytes.max(8192))
             .max_headers(limits.max_headers)
             .keep_alive(true);
@@ -185,6 +189,7 @@ impl HttpServer {
             builder: Arc::new(builder),
             header_timeout: limits.header_timeout,
             drain,
+            direction,
         }
     }
 
@@ -196,6 +201,12 @@ impl HttpServer {
         Fut:
             Future<Output = Result<Response<ProxyBody>, std::convert::Infallible>> + Send + 'static,
     {
+        let seen = HeadSeen::default();
+        let io = HeadDeadline::new(io, self.header_timeout, seen.clone(), self.direction);
+        let handler = move |req| {
+            seen.mark();
+            handler(req)
+        };
         let conn = self
             .builder
             .serve_connection_with_upgrades(TokioIo::new(io), service_fn(handler));

@@ -6,6 +6,7 @@
 pub mod body;
 pub mod decide;
 pub mod forward;
+pub mod head_deadline;
 pub mod headers;
 pub mod inbound;
 pub mod listener;
