@@ -1,5 +1,7 @@
 //! The admin listener (`:15000`): `/metrics`, `/live`, `/ready` for the pod network;
 //! state-changing endpoints (`/shutdown`, `/logging`) answer only on loopback.
+//! `GET /app-health/<container>/<livez|readyz|startupz>` runs the app's original
+//! kubelet probe (rewritten by `portcullis inject`, see [`crate::k8s::probe`]).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -11,6 +13,8 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
 use crate::identity::source::Identity;
+use crate::k8s::inject::APP_HEALTH_PREFIX; // k8s (issue #7)
+use crate::k8s::probe::AppProbes; // k8s (issue #7)
 use crate::metrics;
 use crate::policy::store::PolicyStore;
 use crate::proxy::forward::{text_response, ProxyBody};
@@ -118,8 +122,26 @@ impl Admin {
                     let _guard = guard;
                     server
                         .serve(stream, move |req| {
-                            let resp = this.handle(peer, &req, &drain);
-                            async move { Ok::<_, Infallible>(resp) }
+                            // --- k8s (issue #7): rewritten kubelet probes of the app ---
+                            let probe = (req.method() == Method::GET
+                                && req.uri().path().starts_with(APP_HEALTH_PREFIX))
+                            .then(|| req.uri().path().to_owned());
+                            let resp = probe.is_none().then(|| this.handle(peer, &req, &drain));
+                            async move {
+                                let resp = match (resp, probe) {
+                                    (Some(r), _) => r,
+                                    (None, Some(path)) => {
+                                        let (status, body) =
+                                            AppProbes::global().handle(&path).await;
+                                        text_response(status, body)
+                                    }
+                                    (None, None) => {
+                                        text_response(StatusCode::NOT_FOUND, "not found\n")
+                                    }
+                                };
+                                Ok::<_, Infallible>(resp)
+                            }
+                            // --- end k8s ---
                         })
                         .await;
                 }

@@ -10,6 +10,7 @@
 //! - [`admin`], [`metrics`], [`decision_log`]: operating the sidecar.
 //! - [`run`]: start-up, signals and draining; [`demo`]: the zero-configuration quick start.
 //! - [`commands`]: what the command line calls.
+//! - [`k8s`]: iptables rules, `inject`, the admission `webhook`, the app probe runner.
 
 pub mod admin;
 pub mod commands;

@@ -7,7 +7,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
@@ -16,6 +16,7 @@ use crate::config::{Config, IdentityConfig, LogFormat, OutboundMode, RouteProtoc
 use crate::decision_log::DecisionLog;
 use crate::identity::dev_ca::DevCa;
 use crate::identity::source::{crypto_provider, DevCaSource, FileSource, Identity};
+use crate::identity::workload_api::WorkloadApiSource; // k8s (issue #7)
 use crate::policy::store::{PolicyStore, INBOUND, OUTBOUND};
 use crate::policy::EvalLimits;
 use crate::proxy::decide::Decider;
@@ -26,6 +27,9 @@ use crate::proxy::outbound::{Outbound, Protocol, Target};
 use crate::proxy::peer::PeerPool;
 
 pub use crate::admin::LevelSetter;
+
+/// How long start-up waits for the first SVID from the Workload API (k8s, issue #7).
+const WORKLOAD_API_FIRST_SVID: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Installs the global tracing subscriber; returns a function that changes the level.
 pub fn init_logging(format: LogFormat, level: &str) -> LevelSetter {
@@ -90,11 +94,22 @@ pub async fn start_identity(cfg: &Config) -> anyhow::Result<Arc<Identity>> {
                 .context("identity.dev_ca: issuing the SVID")?;
             tokio::spawn(source.renew(identity.clone()));
         }
+        // --- k8s (issue #7): SPIFFE Workload API (SPIRE agent) ---
         IdentityConfig::WorkloadApi(w) => {
-            bail!(
-                "identity.workload_api ({}): the SPIFFE Workload API source is not available in this build yet; use identity.files or identity.dev_ca",
-                w.socket
-            );
+            let source = WorkloadApiSource::new(w.socket.clone(), cfg.trust_domain.clone());
+            if !source
+                .start(identity.clone(), WORKLOAD_API_FIRST_SVID)
+                .await
+            {
+                // The agent may not have the workload's entry yet: /ready stays 503
+                // and inbound connections are refused until an SVID arrives.
+                tracing::warn!(
+                    socket = %w.socket,
+                    waited_s = WORKLOAD_API_FIRST_SVID.as_secs(),
+                    "no SVID from the workload API yet; still trying"
+                );
+            }
+            // --- end k8s ---
         }
     }
     Ok(identity)

@@ -6,6 +6,8 @@ pub mod spiffe_id;
 pub mod svid;
 pub mod tls;
 pub mod verifier;
+// The SPIFFE Workload API source (issue #7).
+pub mod workload_api;
 
 pub use dev_ca::{DevCa, DevCaError, IssuedSvid};
 pub use spiffe_id::{SpiffeId, SpiffeIdError, TrustDomain};
