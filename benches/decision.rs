@@ -3,6 +3,10 @@
 //! realistic request, then evaluate `data.envoy.authz.allow`.
 //!
 //! Run: `cargo bench --bench decision -- --warm-up-time 1 --measurement-time 3`
+//!
+//! On a shared or busy machine wall-clock medians drift between runs; compare
+//! ratios within one run, or count instructions with
+//! `valgrind --tool=callgrind` (deterministic).
 
 use std::hint::black_box;
 use std::path::Path;
@@ -90,6 +94,21 @@ fn bench(c: &mut Criterion) {
     });
     c.bench_function("decision/rvm (build_input + evaluate)", |b| {
         b.iter(|| black_box(rvm.evaluate(0, build_input(black_box(&facts)))))
+    });
+    // The deny path evaluates the `else` branch and the reason.
+    let deny_facts = InputFacts {
+        http: facts.http.clone().map(|h| HttpFacts {
+            method: "DELETE",
+            ..h
+        }),
+        ..facts.clone()
+    };
+    match rvm.evaluate(0, build_input(&deny_facts)) {
+        Ok(d) if !d.allowed => {}
+        other => panic!("the DELETE request should be denied: {other:?}"),
+    }
+    c.bench_function("decision/rvm deny (build_input + evaluate)", |b| {
+        b.iter(|| black_box(rvm.evaluate(0, build_input(black_box(&deny_facts)))))
     });
     c.bench_function("evaluate/rvm", |b| {
         b.iter(|| black_box(rvm.evaluate(0, black_box(input.clone()))))

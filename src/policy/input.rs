@@ -7,10 +7,14 @@
 //! no `body`/`parsed_body`/`truncated_body` unless the body was buffered, no
 //! `metadataContext` without verified JWT claims.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::io::Write as _;
 use std::net::SocketAddr;
+use std::sync::LazyLock;
 
 use base64::Engine as _;
+use regorus::value::Object;
 use regorus::Value;
 
 /// Everything the proxy knows about a request or connection when it asks the policy.
@@ -61,138 +65,400 @@ fn s(v: &str) -> Value {
     Value::from(v)
 }
 
-fn obj<const N: usize>(entries: [(&str, Value); N]) -> Value {
-    let mut m = BTreeMap::new();
+/// Pre-built values for the document's fixed key names and common strings.
+/// Cloning one is a reference-count increment, not an allocation: a decision
+/// builds this document for every request.
+struct Interned {
+    // Document keys.
+    address: Value,
+    attributes: Value,
+    body: Value,
+    destination: Value,
+    filter_metadata: Value,
+    headers: Value,
+    host: Value,
+    http: Value,
+    id: Value,
+    jwt_authn: Value,
+    metadata_context: Value,
+    method: Value,
+    parsed_body: Value,
+    parsed_path: Value,
+    parsed_query: Value,
+    path: Value,
+    port_value: Value,
+    principal: Value,
+    protocol: Value,
+    raw_body: Value,
+    request: Value,
+    scheme: Value,
+    size: Value,
+    socket_address: Value,
+    source: Value,
+    source_principal: Value,
+    truncated_body: Value,
+    version: Value,
+    // Pseudo-header keys.
+    p_authority: Value,
+    p_method: Value,
+    p_path: Value,
+    p_scheme: Value,
+    /// The constant `version` object.
+    version_value: Value,
+    /// `{}` (`parsed_query` without a query).
+    empty_object: Value,
+    /// Values of [`WORDS`].
+    words: Vec<Value>,
+    // Templates (frozen objects with placeholder values) for the fixed-shape
+    // objects: filling one in costs two allocations and no sorting.
+    t_socket_address: Object,
+    t_address: Object,
+    t_peer: Object,
+    t_peer_principal: Object,
+    t_request: Object,
+    t_metadata_context: Object,
+    t_filter_metadata: Object,
+}
+
+/// Strings common enough in requests to be worth sharing: header names,
+/// methods, schemes, protocols. `match` compiles to a length switch plus one
+/// comparison, cheaper than the allocation it saves.
+fn word_index(v: &str) -> Option<usize> {
+    Some(match v {
+        "GET" => 0,
+        "HEAD" => 1,
+        "POST" => 2,
+        "PUT" => 3,
+        "PATCH" => 4,
+        "DELETE" => 5,
+        "OPTIONS" => 6,
+        "CONNECT" => 7,
+        "TRACE" => 8,
+        "http" => 9,
+        "https" => 10,
+        "HTTP/1.0" => 11,
+        "HTTP/1.1" => 12,
+        "HTTP/2" => 13,
+        "accept" => 14,
+        "accept-encoding" => 15,
+        "accept-language" => 16,
+        "authorization" => 17,
+        "cache-control" => 18,
+        "connection" => 19,
+        "content-length" => 20,
+        "content-type" => 21,
+        "cookie" => 22,
+        "origin" => 23,
+        "referer" => 24,
+        "te" => 25,
+        "traceparent" => 26,
+        "tracestate" => 27,
+        "user-agent" => 28,
+        "x-b3-sampled" => 29,
+        "x-b3-spanid" => 30,
+        "x-b3-traceid" => 31,
+        "x-forwarded-for" => 32,
+        "x-forwarded-proto" => 33,
+        "x-request-id" => 34,
+        _ => return None,
+    })
+}
+
+/// The strings of [`word_index`], in index order.
+const WORDS: [&str; 35] = [
+    "GET",
+    "HEAD",
+    "POST",
+    "PUT",
+    "PATCH",
+    "DELETE",
+    "OPTIONS",
+    "CONNECT",
+    "TRACE",
+    "http",
+    "https",
+    "HTTP/1.0",
+    "HTTP/1.1",
+    "HTTP/2",
+    "accept",
+    "accept-encoding",
+    "accept-language",
+    "authorization",
+    "cache-control",
+    "connection",
+    "content-length",
+    "content-type",
+    "cookie",
+    "origin",
+    "referer",
+    "te",
+    "traceparent",
+    "tracestate",
+    "user-agent",
+    "x-b3-sampled",
+    "x-b3-spanid",
+    "x-b3-traceid",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-request-id",
+];
+
+impl Interned {
+    fn new() -> Self {
+        let mut version = BTreeMap::new();
+        version.insert(s("ext_authz"), s("v3"));
+        version.insert(s("encoding"), s("protojson"));
+        Interned {
+            address: s("address"),
+            attributes: s("attributes"),
+            body: s("body"),
+            destination: s("destination"),
+            filter_metadata: s("filterMetadata"),
+            headers: s("headers"),
+            host: s("host"),
+            http: s("http"),
+            id: s("id"),
+            jwt_authn: s("envoy.filters.http.jwt_authn"),
+            metadata_context: s("metadataContext"),
+            method: s("method"),
+            parsed_body: s("parsed_body"),
+            parsed_path: s("parsed_path"),
+            parsed_query: s("parsed_query"),
+            path: s("path"),
+            port_value: s("portValue"),
+            principal: s("principal"),
+            protocol: s("protocol"),
+            raw_body: s("rawBody"),
+            request: s("request"),
+            scheme: s("scheme"),
+            size: s("size"),
+            socket_address: s("socketAddress"),
+            source: s("source"),
+            source_principal: s("source_principal"),
+            truncated_body: s("truncated_body"),
+            version: s("version"),
+            p_authority: s(":authority"),
+            p_method: s(":method"),
+            p_path: s(":path"),
+            p_scheme: s(":scheme"),
+            version_value: Value::from(version),
+            empty_object: Value::from(BTreeMap::new()),
+            words: WORDS.iter().map(|w| s(w)).collect(),
+            t_socket_address: template(&["address", "portValue"]),
+            t_address: template(&["socketAddress"]),
+            t_peer: template(&["address"]),
+            t_peer_principal: template(&["address", "principal"]),
+            t_request: template(&["http"]),
+            t_metadata_context: template(&["filterMetadata"]),
+            t_filter_metadata: template(&["envoy.filters.http.jwt_authn"]),
+        }
+    }
+
+    /// `v` as a value, shared when it is a common word.
+    fn word(&self, v: &str) -> Value {
+        match word_index(v).and_then(|i| self.words.get(i)) {
+            Some(w) => w.clone(),
+            None => s(v),
+        }
+    }
+}
+
+/// An object with `keys` and `null` values, in regorus' compact (frozen)
+/// storage, which a `Value` built from a map has and a clone keeps.
+fn template(keys: &[&str]) -> Object {
+    let v = Value::from(
+        keys.iter()
+            .map(|k| (s(k), Value::Null))
+            .collect::<BTreeMap<_, _>>(),
+    );
+    match v {
+        Value::Object(o) => Object::clone(&o),
+        _ => Object::new(),
+    }
+}
+
+/// A copy of `template` with the values of `entries` (keys of the template).
+fn fill<const N: usize>(template: &Object, entries: [(&Value, Value); N]) -> Value {
+    let mut o = template.clone();
     for (k, v) in entries {
-        m.insert(s(k), v);
+        // Replacing the value of an existing key keeps the compact storage.
+        match o.get_mut(k) {
+            Some(slot) => *slot = v,
+            None => {
+                o.insert(k.clone(), v);
+            }
+        }
     }
-    Value::from(m)
+    Value::from(o)
 }
 
-fn socket_address(addr: &SocketAddr) -> Value {
-    obj([(
-        "socketAddress",
-        obj([
-            ("address", Value::from(addr.ip().to_string())),
-            ("portValue", Value::from(u64::from(addr.port()))),
-        ]),
-    )])
+static INTERNED: LazyLock<Interned> = LazyLock::new(Interned::new);
+
+/// An object from entries; `BTreeMap::from` sorts them in one pass.
+fn obj<const N: usize>(entries: [(Value, Value); N]) -> Value {
+    Value::from(BTreeMap::from(entries))
 }
 
-fn peer(addr: &SocketAddr, principal: Option<&str>) -> Value {
-    let mut m = BTreeMap::new();
-    m.insert(s("address"), socket_address(addr));
-    if let Some(p) = principal {
-        m.insert(s("principal"), s(p));
+/// The textual IP address, formatted without a heap allocation.
+fn ip_value(addr: &SocketAddr) -> Value {
+    let mut buf = [0u8; 64];
+    let mut cursor = std::io::Cursor::new(&mut buf[..]);
+    if write!(cursor, "{}", addr.ip()).is_ok() {
+        let len = usize::try_from(cursor.position()).unwrap_or(0);
+        if let Some(Ok(text)) = buf.get(..len).map(std::str::from_utf8) {
+            return s(text);
+        }
     }
-    Value::from(m)
+    Value::from(addr.ip().to_string())
+}
+
+fn peer(k: &Interned, addr: &SocketAddr, principal: Option<&Value>) -> Value {
+    let socket_address = fill(
+        &k.t_socket_address,
+        [
+            (&k.address, ip_value(addr)),
+            (&k.port_value, Value::from(u64::from(addr.port()))),
+        ],
+    );
+    let address = fill(&k.t_address, [(&k.socket_address, socket_address)]);
+    match principal {
+        Some(p) => fill(
+            &k.t_peer_principal,
+            [(&k.address, address), (&k.principal, p.clone())],
+        ),
+        None => fill(&k.t_peer, [(&k.address, address)]),
+    }
 }
 
 /// Builds the OPA-Envoy input document for one decision.
 pub fn build_input(f: &InputFacts<'_>) -> Value {
+    let k: &Interned = &INTERNED;
+    // One value for `attributes.source.principal` and `source_principal`.
+    let source_principal = f.source_principal.map(s);
+    let destination_principal = f.destination_principal.map(s);
+
     let mut attributes = BTreeMap::new();
-    attributes.insert(s("source"), peer(&f.source_address, f.source_principal));
     attributes.insert(
-        s("destination"),
-        peer(&f.destination_address, f.destination_principal),
+        k.source.clone(),
+        peer(k, &f.source_address, source_principal.as_ref()),
+    );
+    attributes.insert(
+        k.destination.clone(),
+        peer(k, &f.destination_address, destination_principal.as_ref()),
     );
 
     let mut root = BTreeMap::new();
     if let Some(h) = &f.http {
-        attributes.insert(s("request"), obj([("http", http_attributes(h))]));
+        attributes.insert(
+            k.request.clone(),
+            fill(&k.t_request, [(&k.http, http_attributes(k, h))]),
+        );
         let (path, query) = match h.path.split_once('?') {
             Some((p, q)) => (p, q),
             None => (h.path, ""),
         };
-        root.insert(s("parsed_path"), parsed_path(path));
-        root.insert(s("parsed_query"), parse_query(query));
+        root.insert(k.parsed_path.clone(), parsed_path(path));
+        let parsed_query = if query.is_empty() {
+            k.empty_object.clone()
+        } else {
+            parse_query(query)
+        };
+        root.insert(k.parsed_query.clone(), parsed_query);
         if let Some(body) = h.body {
             if let Some(parsed) = parsed_body(body, h.content_type) {
-                root.insert(s("parsed_body"), parsed);
+                root.insert(k.parsed_body.clone(), parsed);
             }
-            root.insert(s("truncated_body"), Value::Bool(h.truncated_body));
+            root.insert(k.truncated_body.clone(), Value::Bool(h.truncated_body));
         }
     }
     if let Some((name, claims)) = f.jwt {
-        let mut by_name = BTreeMap::new();
-        by_name.insert(s(name), json_to_value(claims));
+        let by_name = obj([(s(name), json_to_value(claims))]);
         attributes.insert(
-            s("metadataContext"),
-            obj([(
-                "filterMetadata",
-                obj([("envoy.filters.http.jwt_authn", Value::from(by_name))]),
-            )]),
+            k.metadata_context.clone(),
+            fill(
+                &k.t_metadata_context,
+                [(
+                    &k.filter_metadata,
+                    fill(&k.t_filter_metadata, [(&k.jwt_authn, by_name)]),
+                )],
+            ),
         );
     }
-    root.insert(s("attributes"), Value::from(attributes));
-    if let Some(p) = f.source_principal {
-        root.insert(s("source_principal"), s(p));
+    root.insert(k.attributes.clone(), Value::from(attributes));
+    if let Some(p) = source_principal {
+        root.insert(k.source_principal.clone(), p);
     }
-    root.insert(
-        s("version"),
-        obj([("ext_authz", s("v3")), ("encoding", s("protojson"))]),
-    );
+    root.insert(k.version.clone(), k.version_value.clone());
     Value::from(root)
 }
 
-fn http_attributes(h: &HttpFacts<'_>) -> Value {
+fn http_attributes(k: &Interned, h: &HttpFacts<'_>) -> Value {
+    // Values that appear twice (as a field and as a pseudo-header) are shared.
+    let method = k.word(h.method);
+    let path = s(h.path);
+    let host = s(h.host);
+    let scheme = k.word(h.scheme);
+
     let mut headers: BTreeMap<Value, Value> = BTreeMap::new();
     // Envoy exposes the request line as pseudo-headers for HTTP/1.1 too, and
     // folds `host` into `:authority`.
-    headers.insert(s(":authority"), s(h.host));
-    headers.insert(s(":method"), s(h.method));
-    headers.insert(s(":path"), s(h.path));
-    headers.insert(s(":scheme"), s(h.scheme));
+    headers.insert(k.p_authority.clone(), host.clone());
+    headers.insert(k.p_method.clone(), method.clone());
+    headers.insert(k.p_path.clone(), path.clone());
+    headers.insert(k.p_scheme.clone(), scheme.clone());
     for name in h.headers.keys() {
         let n = name.as_str();
         if n == "host" {
             continue;
         }
-        let mut joined = String::new();
-        for (i, v) in h.headers.get_all(name).iter().enumerate() {
-            if i > 0 {
-                joined.push(',');
-            }
-            joined.push_str(&String::from_utf8_lossy(v.as_bytes()));
+        let mut values = h.headers.get_all(name).iter();
+        let Some(first) = values.next() else { continue };
+        let mut joined = String::from_utf8_lossy(first.as_bytes());
+        // Repeated headers are joined with commas, as Envoy does.
+        for v in values {
+            let j = joined.to_mut();
+            j.push(',');
+            j.push_str(&String::from_utf8_lossy(v.as_bytes()));
         }
-        headers.insert(s(n), Value::from(joined));
+        headers.insert(k.word(n), s(&joined));
     }
 
     let mut m = BTreeMap::new();
-    m.insert(s("id"), s(h.id));
-    m.insert(s("method"), s(h.method));
-    m.insert(s("path"), s(h.path));
-    m.insert(s("host"), s(h.host));
-    m.insert(s("scheme"), s(h.scheme));
-    m.insert(s("protocol"), s(h.protocol));
-    m.insert(s("headers"), Value::from(headers));
+    m.insert(k.id.clone(), s(h.id));
+    m.insert(k.method.clone(), method);
+    m.insert(k.path.clone(), path);
+    m.insert(k.host.clone(), host);
+    m.insert(k.scheme.clone(), scheme);
+    m.insert(k.protocol.clone(), k.word(h.protocol));
+    m.insert(k.headers.clone(), Value::from(headers));
     if let Some(size) = h.size {
-        m.insert(s("size"), Value::from(size));
+        m.insert(k.size.clone(), Value::from(size));
     }
     if let Some(body) = h.body {
         match std::str::from_utf8(body) {
             Ok(text) => {
-                m.insert(s("body"), s(text));
+                m.insert(k.body.clone(), s(text));
             }
             Err(_) => {
                 let b64 = base64::engine::general_purpose::STANDARD.encode(body);
-                m.insert(s("rawBody"), Value::from(b64));
+                m.insert(k.raw_body.clone(), Value::from(b64));
             }
         }
     }
     Value::from(m)
 }
 
-fn percent_decode(raw: &str, plus_as_space: bool) -> String {
+/// Percent-decodes `raw` (lossy UTF-8), borrowing when there is nothing to decode.
+fn percent_decode(raw: &str, plus_as_space: bool) -> Cow<'_, str> {
     if plus_as_space && raw.contains('+') {
         let replaced = raw.replace('+', " ");
-        return percent_encoding::percent_decode_str(&replaced)
-            .decode_utf8_lossy()
-            .into_owned();
+        return Cow::Owned(
+            percent_encoding::percent_decode_str(&replaced)
+                .decode_utf8_lossy()
+                .into_owned(),
+        );
     }
-    percent_encoding::percent_decode_str(raw)
-        .decode_utf8_lossy()
-        .into_owned()
+    percent_encoding::percent_decode_str(raw).decode_utf8_lossy()
 }
 
 /// `parsed_path`: leading slashes trimmed, split on `/`, then each segment
@@ -201,7 +467,7 @@ fn parsed_path(path: &str) -> Value {
     let trimmed = path.trim_start_matches('/');
     let segments: Vec<Value> = trimmed
         .split('/')
-        .map(|seg| Value::from(percent_decode(seg, false)))
+        .map(|seg| s(&percent_decode(seg, false)))
         .collect();
     Value::from(segments)
 }
@@ -215,9 +481,9 @@ fn parse_query(query: &str) -> Value {
             continue;
         }
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        m.entry(Value::from(percent_decode(k, true)))
+        m.entry(s(&percent_decode(k, true)))
             .or_default()
-            .push(Value::from(percent_decode(v, true)));
+            .push(s(&percent_decode(v, true)));
     }
     Value::from(
         m.into_iter()
@@ -477,6 +743,22 @@ mod tests {
         assert_eq!(p("/a%2Fb/c"), json!(["a/b", "c"]));
         assert_eq!(p("/caf%C3%A9/%20x"), json!(["café", " x"]));
         assert_eq!(p("/a+b"), json!(["a+b"]));
+    }
+
+    #[test]
+    fn interned_words_match_their_index() {
+        for (i, w) in WORDS.iter().enumerate() {
+            assert_eq!(word_index(w), Some(i), "{w}");
+        }
+        assert_eq!(word_index("x-unknown"), None);
+        let k: &Interned = &INTERNED;
+        assert_eq!(k.word("GET"), Value::from("GET"));
+        assert_eq!(k.word("user-agent"), Value::from("user-agent"));
+        assert_eq!(k.word("x-custom"), Value::from("x-custom"));
+        assert_eq!(
+            ip_value(&addr("[2001:db8::1]:1")),
+            Value::from("2001:db8::1")
+        );
     }
 
     #[test]
