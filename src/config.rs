@@ -539,6 +539,8 @@ pub enum JwksSource {
         url: String,
         /// Refresh interval (default 5m).
         refresh: Duration,
+        /// PEM CA bundle trusted for the URL's TLS (default: the system roots).
+        ca: Option<PathBuf>,
     },
     /// Read from a file.
     File {
@@ -839,6 +841,7 @@ struct RawJwks {
     refresh: Option<Duration>,
     file: Option<PathBuf>,
     inline: Option<String>,
+    ca: Option<PathBuf>,
 }
 
 impl<'de> Deserialize<'de> for JwksSource {
@@ -849,7 +852,9 @@ impl<'de> Deserialize<'de> for JwksSource {
                 (Some(url), None, None) => Ok(JwksSource::Url {
                     url,
                     refresh: raw.refresh.unwrap_or(Duration::from_secs(300)),
+                    ca: raw.ca,
                 }),
+                (None, _, _) if raw.ca.is_some() => Err("`ca` is only allowed with `url`".into()),
                 (None, Some(path), None) if raw.refresh.is_none() => Ok(JwksSource::File { path }),
                 (None, None, Some(json)) if raw.refresh.is_none() => Ok(JwksSource::Inline(json)),
                 (None, None, None) => Err("one of `url`, `file` or `inline` is required".into()),
@@ -1155,9 +1160,12 @@ impl Config {
                 return fail(format!("{base}.issuer"), "must not be empty");
             }
             match &p.jwks {
-                JwksSource::Url { url, refresh } => {
+                JwksSource::Url { url, refresh, ca } => {
                     http_url(&format!("{base}.jwks.url"), url)?;
                     nonzero(&format!("{base}.jwks.refresh"), *refresh)?;
+                    if ca.as_ref().is_some_and(|c| c.as_os_str().is_empty()) {
+                        return fail(format!("{base}.jwks.ca"), "must not be empty");
+                    }
                 }
                 JwksSource::File { path } if path.as_os_str().is_empty() => {
                     return fail(format!("{base}.jwks.file"), "must not be empty");
@@ -1646,9 +1654,24 @@ mod tests {
             p.jwks,
             JwksSource::Url {
                 url: "https://idp.example/jwks.json".into(),
-                refresh: Duration::from_secs(300)
+                refresh: Duration::from_secs(300),
+                ca: None,
             }
         );
+        let c = parse(&format!(
+            "{PROVIDER}      jwks: {{url: https://idp.example/jwks.json, ca: /etc/idp-ca.pem}}\n"
+        ));
+        assert!(
+            matches!(&c.jwt.providers[0].jwks, JwksSource::Url { ca: Some(ca), .. } if ca.as_os_str() == "/etc/idp-ca.pem")
+        );
+        let (_, _, at, m) = invalid(&format!("{PROVIDER}      jwks: {{file: /a, ca: /b}}\n"));
+        assert_eq!(at, "jwt.providers[0].jwks");
+        assert!(m.contains("only allowed with"), "{m}");
+        let p = &parse(&format!(
+            "{PROVIDER}      jwks: {{url: https://idp.example/jwks.json}}\n"
+        ))
+        .jwt
+        .providers[0];
         assert_eq!(p.from, default_token_locations());
         assert_eq!(p.clock_skew, Duration::from_secs(60));
         assert_eq!(p.payload_in_metadata, "jwt_payload");

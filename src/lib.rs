@@ -5,6 +5,7 @@
 //!
 //! - [`config`]: the YAML model, defaults and validation with field paths.
 //! - [`identity`]: SPIFFE IDs, X.509-SVID verification, certificate sources, the dev CA.
+//! - [`authn`]: end-user JWT authentication: providers, JWKS caches, token checks.
 //! - [`policy`]: the Rego engine, the OPA-Envoy input document and decision results.
 //! - [`proxy`]: the data path (TLS sniffing, HTTP, decisions, forwarding, opaque TCP).
 //! - [`admin`], [`metrics`], [`decision_log`]: operating the sidecar.
@@ -13,6 +14,7 @@
 //! - [`k8s`]: iptables rules, `inject`, the admission `webhook`, the app probe runner.
 
 pub mod admin;
+pub mod authn;
 pub mod commands;
 pub mod config;
 pub mod decision_log;

@@ -111,7 +111,10 @@ fn main() -> ExitCode {
         Command::Webhook(cmd) => portcullis::k8s::cli::run_webhook(&cmd),
         // --- end k8s ---
         Command::Policy { command } => {
-            return match portcullis::policy::cli::run(command) {
+            return match portcullis::policy::cli::run_with(
+                command,
+                Some(portcullis::policy::builtins::jwt_extensions()),
+            ) {
                 Ok(code) => code,
                 Err(e) => {
                     eprintln!("error: {e:#}");

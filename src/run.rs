@@ -12,13 +12,14 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
 use crate::admin::Admin;
+use crate::authn::Authenticator; // jwt (issue #4)
 use crate::config::{Config, IdentityConfig, LogFormat, OutboundMode, RouteProtocol};
 use crate::decision_log::DecisionLog;
 use crate::identity::dev_ca::DevCa;
 use crate::identity::source::{crypto_provider, DevCaSource, FileSource, Identity};
 use crate::identity::workload_api::WorkloadApiSource; // k8s (issue #7)
 use crate::policy::store::{PolicyStore, INBOUND, OUTBOUND};
-use crate::policy::EvalLimits;
+use crate::policy::{builtins, EvalLimits, PolicyOptions};
 use crate::proxy::decide::Decider;
 use crate::proxy::forward::AppClients;
 use crate::proxy::inbound::Inbound;
@@ -115,16 +116,25 @@ pub async fn start_identity(cfg: &Config) -> anyhow::Result<Arc<Identity>> {
     Ok(identity)
 }
 
+/// How policies are built: the configured limits and the `io.jwt.*` builtins.
+pub fn policy_options(cfg: &Config) -> PolicyOptions {
+    PolicyOptions {
+        limits: EvalLimits {
+            timeout: cfg.policy.eval_timeout,
+            max_instructions: cfg.policy.max_instructions,
+        },
+        extensions: Some(builtins::jwt_extensions()),
+        ..PolicyOptions::default()
+    }
+}
+
 /// Loads the policy directory (start-up: an error stops start-up).
 pub fn start_policy(cfg: &Config) -> anyhow::Result<Arc<PolicyStore>> {
     let store = PolicyStore::load(
         cfg.policy.dir.clone(),
         cfg.policy.inbound_query.clone(),
         cfg.policy.outbound_query.clone(),
-        EvalLimits {
-            timeout: cfg.policy.eval_timeout,
-            max_instructions: cfg.policy.max_instructions,
-        },
+        policy_options(cfg),
     )
     .with_context(|| format!("policy.dir {}", cfg.policy.dir.display()))?;
     Ok(store)
@@ -141,10 +151,7 @@ pub fn start_policy_source(cfg: &Config) -> anyhow::Result<Arc<PolicyStore>> {
             let store = PolicyStore::for_bundle(
                 cfg.policy.inbound_query.clone(),
                 cfg.policy.outbound_query.clone(),
-                EvalLimits {
-                    timeout: cfg.policy.eval_timeout,
-                    max_instructions: cfg.policy.max_instructions,
-                },
+                policy_options(cfg),
             );
             crate::policy::bundle::start(bundle, store.clone())
                 .with_context(|| format!("policy.bundle.url {}", bundle.url))?;
@@ -158,6 +165,20 @@ pub fn start_policy_source(cfg: &Config) -> anyhow::Result<Arc<PolicyStore>> {
     }
 }
 // --- end policy-ops -------------------------------------------------------------
+
+// --- jwt (issue #4) -------------------------------------------------------------
+/// Builds the JWT authenticator (none without providers), loads every key set
+/// once and starts the refresh tasks. A file or inline key set that does not
+/// load stops start-up; an unreachable JWKS URL is retried in the background.
+pub async fn start_authn(cfg: &Config) -> anyhow::Result<Option<Arc<Authenticator>>> {
+    if cfg.jwt.providers.is_empty() {
+        return Ok(None);
+    }
+    let (authn, waits) = Authenticator::start(&cfg.jwt).await?;
+    authn.spawn_refresh(waits);
+    Ok(Some(authn))
+}
+// --- end jwt ----------------------------------------------------------------------
 
 async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr)
@@ -195,6 +216,7 @@ impl Running {
 pub async fn start(cfg: Config, set_log_level: LevelSetter) -> anyhow::Result<Running> {
     let identity = start_identity(&cfg).await?;
     let policy = start_policy_source(&cfg)?;
+    let authn = start_authn(&cfg).await?; // jwt (issue #4)
     let log = if cfg.log.decisions {
         DecisionLog::start(
             cfg.log.decision_file.clone(),
@@ -248,7 +270,12 @@ pub async fn start(cfg: Config, set_log_level: LevelSetter) -> anyhow::Result<Ru
         opaque_ports: cfg.inbound.opaque_ports.clone(),
         body: cfg.policy.body.clone(),
         http: HttpServer::new(&cfg.limits, data_drain.clone(), "inbound"),
-        strip_extra: Vec::new(),
+        // jwt (issue #4): claim headers are never accepted from clients.
+        strip_extra: authn
+            .as_ref()
+            .map(|a| a.claim_header_names())
+            .unwrap_or_default(),
+        authn,
     });
     let inbound_limit = ConnLimit::new(cfg.limits.max_connections);
     tokio::spawn(accept_loop(

@@ -1,6 +1,7 @@
 //! Policy: loading and evaluating Rego with regorus, the OPA-Envoy input
 //! document, the decision result, and the store holding the active revision.
 
+pub mod builtins;
 pub mod bundle;
 pub mod cli;
 pub mod decision;

@@ -19,6 +19,7 @@ use super::decide::{Decider, Ticket, Verdict};
 use super::forward::{text_response, AppClients, ProxyBody};
 use super::listener::{ConnGuard, HttpServer};
 use super::{body, headers, path, tcp, ConnInfo};
+use crate::authn::{Authenticator, Outcome, Rejection, Verified};
 use crate::config::{BodyConfig, MtlsMode};
 use crate::identity::source::Identity;
 use crate::identity::svid::leaf_info;
@@ -42,6 +43,8 @@ pub struct Inbound {
     pub http: HttpServer,
     /// Extra header names stripped from every request (JWT claim headers).
     pub strip_extra: Vec<HeaderName>,
+    /// JWT authentication (`jwt.providers`); `None` when no provider is configured.
+    pub authn: Option<Arc<Authenticator>>,
 }
 
 /// The first byte of a TLS handshake record.
@@ -196,7 +199,7 @@ impl Inbound {
             .path_and_query()
             .map(|p| p.as_str())
             .unwrap_or("/");
-        let path = match path::normalize_path_and_query(raw_pq) {
+        let mut path = match path::normalize_path_and_query(raw_pq) {
             Ok(p) => p,
             Err(e) => {
                 return Ok(self.refuse(
@@ -213,6 +216,25 @@ impl Inbound {
 
         // 3. Request ID for correlation across logs and the app.
         let request_id = headers::ensure_request_id(&mut parts.headers);
+
+        // 3b. JWT authentication: a present but invalid token is answered 401 here and
+        // reaches neither the policy nor the app. A valid one may change headers and
+        // the query (token removed, claims copied) before the policy sees them.
+        let mut verified: Option<Verified> = None;
+        if let Some(authn) = &self.authn {
+            match authn.authenticate(&parts.headers, &path).await {
+                Outcome::NoToken => {}
+                Outcome::Rejected(r) => return Ok(self.unauthenticated(&r, started)),
+                Outcome::Verified(v) => {
+                    if authn.apply(&v, &mut parts.headers, &mut path) {
+                        if let Ok(uri) = rebuild_uri(&parts.uri, &path) {
+                            parts.uri = uri;
+                        }
+                    }
+                    verified = Some(v);
+                }
+            }
+        }
 
         // 4. Body for the policy, bounded, only when configured.
         let (body, body_failed) = super::forward::downstream_body(body);
@@ -275,7 +297,9 @@ impl Inbound {
                     truncated_body: truncated,
                     content_type: content_type.as_deref(),
                 }),
-                jwt: None,
+                jwt: verified
+                    .as_ref()
+                    .map(|v| (v.payload_in_metadata(), v.claims())),
             };
             self.decider.decide(&facts)
         };
@@ -338,6 +362,25 @@ impl Inbound {
         self.decider
             .finish(Ticket::refused(), status.as_u16(), started);
         text_response(status, body.to_owned())
+    }
+}
+
+impl Inbound {
+    /// A request whose token is invalid: 401 with `WWW-Authenticate` (RFC 6750),
+    /// or 503 when the provider's keys were never available; counted as refused.
+    fn unauthenticated(&self, r: &Rejection, started: Instant) -> Response<ProxyBody> {
+        let status = r.status();
+        let reason = if status == StatusCode::UNAUTHORIZED {
+            "invalid_token"
+        } else {
+            "jwks_unavailable"
+        };
+        let mut resp = self.refuse(status, &format!("{}\n", r.description()), reason, started);
+        if status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut()
+                .insert(http::header::WWW_AUTHENTICATE, r.www_authenticate());
+        }
+        resp
     }
 }
 
