@@ -254,9 +254,11 @@ impl PolicySet {
         let mut data = serde_json::Value::Object(serde_json::Map::new());
         for (file, at) in &data_files {
             let parsed = parse_data(&file.name, &file.text)?;
-            merge_at(&mut data, at, parsed).map_err(|message| PolicyError::Data {
-                path: file.name.clone(),
-                message,
+            super::bundle::merge_at(&mut data, at, parsed).map_err(|message| {
+                PolicyError::Data {
+                    path: file.name.clone(),
+                    message,
+                }
             })?;
         }
         let mut hashed: Vec<(&str, &str)> = rego
@@ -605,7 +607,7 @@ fn interpreter_error(e: &anyhow::Error) -> DecisionError {
 
 /// Flattens regorus' multi-line error (with source excerpt) to
 /// `file:line:col: message` for logs.
-fn one_line(text: &str) -> String {
+pub(crate) fn one_line(text: &str) -> String {
     let location = text
         .lines()
         .find_map(|l| l.trim_start().strip_prefix("--> "));
@@ -758,50 +760,6 @@ fn parse_data(name: &str, text: &str) -> Result<serde_json::Value, PolicyError> 
         serde_json::Value::Null => Ok(serde_json::Value::Object(serde_json::Map::new())),
         v @ serde_json::Value::Object(_) => Ok(v),
         _ => Err(err("a data file must contain an object".to_string())),
-    }
-}
-
-/// Deep-merges `value` into `root` at `path`; two files may not set the same leaf.
-fn merge_at(
-    root: &mut serde_json::Value,
-    path: &[String],
-    value: serde_json::Value,
-) -> Result<(), String> {
-    let mut node = root;
-    for key in path {
-        let serde_json::Value::Object(map) = node else {
-            return Err(format!("data path {} is not an object", path.join(".")));
-        };
-        node = map
-            .entry(key.clone())
-            .or_insert_with(|| serde_json::Value::Object(serde_json::Map::new()));
-    }
-    merge(node, value, &mut path.to_vec())
-}
-
-fn merge(
-    into: &mut serde_json::Value,
-    value: serde_json::Value,
-    at: &mut Vec<String>,
-) -> Result<(), String> {
-    match (into, value) {
-        (serde_json::Value::Object(a), serde_json::Value::Object(b)) => {
-            for (k, v) in b {
-                at.push(k.clone());
-                match a.get_mut(&k) {
-                    Some(existing) => merge(existing, v, at)?,
-                    None => {
-                        a.insert(k, v);
-                    }
-                }
-                at.pop();
-            }
-            Ok(())
-        }
-        _ => Err(format!(
-            "data conflict: data.{} is defined by more than one data file",
-            at.join(".")
-        )),
     }
 }
 

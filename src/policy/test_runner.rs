@@ -523,18 +523,7 @@ fn one_line(text: &str) -> String {
     if text.contains("exceeded time limit") {
         return "test timed out".to_string();
     }
-    let location = text
-        .lines()
-        .find_map(|l| l.trim_start().strip_prefix("--> "));
-    let message = text
-        .lines()
-        .rev()
-        .find_map(|l| l.strip_prefix("error: "))
-        .unwrap_or_else(|| text.trim());
-    match location {
-        Some(loc) => format!("{loc}: {message}"),
-        None => message.to_string(),
-    }
+    super::engine::one_line(text)
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::header::{HeaderName, HeaderValue, HOST};
+use http::header::{HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use tokio::net::TcpStream;
@@ -18,7 +18,7 @@ use tokio_rustls::TlsAcceptor;
 use super::decide::{Decider, Ticket, Verdict};
 use super::forward::{text_response, AppClients, ProxyBody};
 use super::listener::{ConnGuard, HttpServer};
-use super::{body, headers, path, tcp, ConnInfo};
+use super::{body, headers, tcp, ConnInfo, Prelude};
 use crate::authn::{Authenticator, Outcome, Rejection, Verified};
 use crate::config::{BodyConfig, MtlsMode};
 use crate::identity::source::Identity;
@@ -178,44 +178,27 @@ impl Inbound {
         let started = Instant::now();
         let (mut parts, body) = req.into_parts();
 
-        // 1. Hygiene: nothing a client sends may claim an identity the sidecar vouches for.
+        // 1. Hygiene: nothing a client sends may claim an identity the sidecar vouches
+        //    for. A peer sidecar's protocol marker is read first; the prelude strips it.
         let orig_proto = conn
             .peer_id
             .as_ref()
             .and_then(|_| parts.headers.get(&ORIG_PROTO).cloned());
-        headers::strip_spoofable(&mut parts.headers, &self.strip_extra);
-        if let Err(why) = headers::check_framing(&parts.headers) {
-            return Ok(self.refuse(
-                StatusCode::BAD_REQUEST,
-                &format!("ambiguous request: {why}\n"),
-                "ambiguous_framing",
-                started,
-            ));
-        }
 
-        // 2. One normalised path: the policy decides on exactly what the app receives.
-        let raw_pq = parts
-            .uri
-            .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/");
-        let mut path = match path::normalize_path_and_query(raw_pq) {
+        // 2. Framing, one normalised path (the policy decides on exactly what the app
+        //    receives), and a request ID: the prelude both directions share.
+        let Prelude {
+            mut path,
+            request_id,
+            host,
+            protocol,
+        } = match super::prelude(&mut parts, &self.strip_extra) {
             Ok(p) => p,
-            Err(e) => {
-                return Ok(self.refuse(
-                    StatusCode::BAD_REQUEST,
-                    &format!("bad request path: {e}\n"),
-                    "bad_path",
-                    started,
-                ))
-            }
+            Err(r) => return Ok(self.refuse(r.status, &r.body, r.reason, started)),
         };
         if let Ok(uri) = rebuild_uri(&parts.uri, &path) {
             parts.uri = uri;
         }
-
-        // 3. Request ID for correlation across logs and the app.
-        let request_id = headers::ensure_request_id(&mut parts.headers);
 
         // 3b. JWT authentication: a present but invalid token is answered 401 here and
         // reaches neither the policy nor the app. A valid one may change headers and
@@ -255,18 +238,6 @@ impl Inbound {
         };
 
         // 5. Decide.
-        let host = parts
-            .headers
-            .get(HOST)
-            .and_then(|h| h.to_str().ok())
-            .map(str::to_owned)
-            .or_else(|| parts.uri.authority().map(|a| a.to_string()))
-            .unwrap_or_default();
-        let protocol = match parts.version {
-            Version::HTTP_2 => "HTTP/2",
-            Version::HTTP_10 => "HTTP/1.0",
-            _ => "HTTP/1.1",
-        };
         let peer_id = conn.peer_id.as_ref().map(|p| p.as_str());
         let size = parts
             .headers

@@ -18,6 +18,9 @@ pub mod tcp;
 
 use std::net::SocketAddr;
 
+use http::header::{HeaderName, HOST};
+use http::{StatusCode, Version};
+
 use crate::identity::SpiffeId;
 
 /// What is known about a downstream connection once it is accepted.
@@ -36,4 +39,69 @@ pub struct ConnInfo {
     /// This sidecar's own SPIFFE ID.
     pub local_id: Option<String>,
     pub tls: bool,
+}
+
+/// What the first steps of every HTTP request produce, in both directions.
+#[derive(Debug)]
+pub struct Prelude {
+    /// The normalised path-and-query: decided on and forwarded.
+    pub path: String,
+    pub request_id: String,
+    /// `Host`, or the HTTP/2 authority; empty when the request has neither.
+    pub host: String,
+    /// `HTTP/1.0`, `HTTP/1.1` or `HTTP/2`, as the input document names it.
+    pub protocol: &'static str,
+}
+
+/// A request refused before any decision.
+#[derive(Debug)]
+pub struct Refusal {
+    pub status: StatusCode,
+    pub body: String,
+    /// Label for `portcullis_rejected_requests_total{reason}`.
+    pub reason: &'static str,
+}
+
+/// Hygiene (spoofable identity headers and `strip_extra` removed), unambiguous
+/// framing, one normalised path, and a request ID — in that order, for every
+/// request either direction handles.
+pub fn prelude(
+    parts: &mut http::request::Parts,
+    strip_extra: &[HeaderName],
+) -> Result<Prelude, Refusal> {
+    headers::strip_spoofable(&mut parts.headers, strip_extra);
+    headers::check_framing(&parts.headers).map_err(|why| Refusal {
+        status: StatusCode::BAD_REQUEST,
+        body: format!("ambiguous request: {why}\n"),
+        reason: "ambiguous_framing",
+    })?;
+    let raw = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    let path = path::normalize_path_and_query(raw).map_err(|e| Refusal {
+        status: StatusCode::BAD_REQUEST,
+        body: format!("bad request path: {e}\n"),
+        reason: "bad_path",
+    })?;
+    let request_id = headers::ensure_request_id(&mut parts.headers);
+    let host = parts
+        .headers
+        .get(HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| parts.uri.authority().map(|a| a.to_string()))
+        .unwrap_or_default();
+    let protocol = match parts.version {
+        Version::HTTP_2 => "HTTP/2",
+        Version::HTTP_10 => "HTTP/1.0",
+        _ => "HTTP/1.1",
+    };
+    Ok(Prelude {
+        path,
+        request_id,
+        host,
+        protocol,
+    })
 }

@@ -24,7 +24,7 @@ use super::forward::{text_response, AppClients, BoxError, ProxyBody};
 use super::inbound::{add_headers, ORIG_PROTO};
 use super::listener::{ConnGuard, HttpServer};
 use super::peer::{PeerError, PeerPool, ALPN_TCP};
-use super::{headers, path};
+use super::{headers, Prelude};
 use crate::config::NonMeshAction;
 use crate::identity::source::Identity;
 use crate::identity::SpiffeId;
@@ -162,41 +162,22 @@ impl Outbound {
         let started = Instant::now();
         let (mut parts, body) = req.into_parts();
 
-        // 1. The app may not claim identities either.
-        headers::strip_spoofable(&mut parts.headers, &[]);
-        if let Err(why) = headers::check_framing(&parts.headers) {
-            return Ok(self.refuse(
-                StatusCode::BAD_REQUEST,
-                &format!("ambiguous request: {why}\n"),
-                "ambiguous_framing",
-                started,
-            ));
-        }
-        // 2. One normalised path.
-        let raw_pq = parts
-            .uri
-            .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/");
-        let path = match path::normalize_path_and_query(raw_pq) {
+        // 1-2. The app may not claim identities either; framing, one normalised
+        //      path and a request ID, as inbound.
+        let Prelude {
+            path,
+            request_id,
+            host,
+            protocol,
+        } = match super::prelude(&mut parts, &[]) {
             Ok(p) => p,
-            Err(e) => {
-                return Ok(self.refuse(
-                    StatusCode::BAD_REQUEST,
-                    &format!("bad request path: {e}\n"),
-                    "bad_path",
-                    started,
-                ))
-            }
+            Err(r) => return Ok(self.refuse(r.status, &r.body, r.reason, started)),
         };
-        let request_id = headers::ensure_request_id(&mut parts.headers);
-        let host = parts
-            .headers
-            .get(HOST)
-            .and_then(|h| h.to_str().ok())
-            .map(str::to_owned)
-            .or_else(|| parts.uri.authority().map(|a| a.to_string()))
-            .unwrap_or_else(|| conn.target.addr().to_string());
+        let host = if host.is_empty() {
+            conn.target.addr().to_string()
+        } else {
+            host
+        };
 
         // 3. For the mesh, the peer's verified identity is part of the decision.
         let peer = match &conn.target {
@@ -215,11 +196,6 @@ impl Outbound {
                 }
                 None
             }
-        };
-        let protocol = match parts.version {
-            Version::HTTP_2 => "HTTP/2",
-            Version::HTTP_10 => "HTTP/1.0",
-            _ => "HTTP/1.1",
         };
 
         // 4. Decide.
