@@ -317,8 +317,6 @@ pub struct OutboundConfig {
     /// (default `[10.0.0.0/8]`).
     #[serde(deserialize_with = "or_default")]
     pub mesh_networks: Vec<ipnet::IpNet>,
-    /// The inbound port of peer sidecars (default 15006).
-    pub peer_port: u16,
     /// Explicit routes; required when `mode: routes`, refused otherwise.
     #[serde(deserialize_with = "or_default")]
     pub routes: Vec<Route>,
@@ -334,7 +332,6 @@ impl Default for OutboundConfig {
             mesh_networks: vec![ipnet::IpNet::V4(
                 ipnet::Ipv4Net::new([10, 0, 0, 0].into(), 8).unwrap_or_else(|_| unreachable!()),
             )],
-            peer_port: 15006,
             routes: Vec::new(),
             non_mesh: NonMeshAction::Passthrough,
         }
@@ -1040,9 +1037,6 @@ impl Config {
 
         // outbound
         let out = &self.outbound;
-        if out.peer_port == 0 {
-            return fail("outbound.peer_port", "must not be 0");
-        }
         match out.mode {
             OutboundMode::Routes if out.routes.is_empty() => {
                 return fail(
@@ -1487,7 +1481,6 @@ mod tests {
                 c.outbound.mesh_networks,
                 vec!["10.0.0.0/8".parse().unwrap()]
             );
-            assert_eq!(c.outbound.peer_port, 15006);
             assert_eq!(c.outbound.non_mesh, NonMeshAction::Passthrough);
             assert_eq!(c.policy.dir, PathBuf::from("policies"));
             assert_eq!(c.policy.inbound_query, "data.envoy.authz.allow");
