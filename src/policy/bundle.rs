@@ -514,19 +514,24 @@ fn walk_dir(
 }
 
 fn parse_data(name: &str, text: &str) -> Result<serde_json::Value, BundleError> {
-    let err = |message: String| BundleError::Data {
+    parse_data_document(name, text).map_err(|message| BundleError::Data {
         path: name.to_string(),
         message,
-    };
+    })
+}
+
+/// Parses a `data.json` / `data.yaml` document; an empty document is `{}`, anything
+/// but an object is an error. Shared by directory and bundle loading.
+pub(crate) fn parse_data_document(name: &str, text: &str) -> Result<serde_json::Value, String> {
     let v: serde_json::Value = if name.ends_with(".json") {
-        serde_json::from_str(text).map_err(|e| err(e.to_string()))?
+        serde_json::from_str(text).map_err(|e| e.to_string())?
     } else {
-        serde_yaml::from_str(text).map_err(|e| err(e.to_string()))?
+        serde_yaml::from_str(text).map_err(|e| e.to_string())?
     };
     match v {
         serde_json::Value::Null => Ok(serde_json::Value::Object(serde_json::Map::new())),
         v @ serde_json::Value::Object(_) => Ok(v),
-        _ => Err(err("a data file must contain an object".to_string())),
+        _ => Err("a data file must contain an object".to_string()),
     }
 }
 

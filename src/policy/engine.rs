@@ -747,20 +747,10 @@ fn walk(
 }
 
 fn parse_data(name: &str, text: &str) -> Result<serde_json::Value, PolicyError> {
-    let err = |message: String| PolicyError::Data {
+    super::bundle::parse_data_document(name, text).map_err(|message| PolicyError::Data {
         path: name.to_string(),
         message,
-    };
-    let v: serde_json::Value = if name.ends_with(".json") {
-        serde_json::from_str(text).map_err(|e| err(e.to_string()))?
-    } else {
-        serde_yaml::from_str(text).map_err(|e| err(e.to_string()))?
-    };
-    match v {
-        serde_json::Value::Null => Ok(serde_json::Value::Object(serde_json::Map::new())),
-        v @ serde_json::Value::Object(_) => Ok(v),
-        _ => Err(err("a data file must contain an object".to_string())),
-    }
+    })
 }
 
 #[cfg(test)]

@@ -4,8 +4,10 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::StatusCode;
+use http::{HeaderMap, Response, StatusCode};
 
+use super::forward::{text_response, ProxyBody};
+use super::headers::add_headers;
 use crate::decision_log::{now_rfc3339, DecisionEntry, DecisionLog};
 use crate::metrics;
 use crate::policy::store::PolicyStore;
@@ -174,6 +176,33 @@ impl Decider {
         Ticket {
             label,
             entry: Some(entry),
+        }
+    }
+
+    /// Turns a verdict into what the data path does next: a local answer for a deny
+    /// (counted and logged here), or the allowed decision with its request-header
+    /// changes already applied to `headers`.
+    pub fn enforce(
+        &self,
+        verdict: Verdict,
+        ticket: Ticket,
+        headers: &mut HeaderMap,
+        started: Instant,
+    ) -> Result<(Decision, Ticket), Box<Response<ProxyBody>>> {
+        match verdict {
+            Verdict::Deny(denial) => {
+                let mut resp = text_response(denial.status, denial.body);
+                add_headers(resp.headers_mut(), &denial.headers);
+                self.finish(ticket, resp.status().as_u16(), started);
+                Err(Box::new(resp))
+            }
+            Verdict::Allow(decision) => {
+                for name in &decision.request_headers_to_remove {
+                    headers.remove(name.as_str());
+                }
+                add_headers(headers, &decision.headers);
+                Ok((decision, ticket))
+            }
         }
     }
 

@@ -128,6 +128,19 @@ pub fn ensure_request_id(headers: &mut HeaderMap) -> String {
     id
 }
 
+/// Adds (replacing) headers a policy returned; invalid names or values were
+/// rejected when the decision was parsed, so failures here are skipped.
+pub fn add_headers(map: &mut http::HeaderMap, add: &[(String, String)]) {
+    for (k, v) in add {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(k.as_bytes()),
+            HeaderValue::from_str(v),
+        ) {
+            map.insert(name, value);
+        }
+    }
+}
+
 /// A random UUID (version 4) string.
 pub fn random_id() -> String {
     let mut b = [0u8; 16];

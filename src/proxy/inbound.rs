@@ -9,13 +9,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::header::{HeaderName, HeaderValue};
+use http::header::HeaderName;
 use http::{Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
-use super::decide::{Decider, Ticket, Verdict};
+use super::decide::{Decider, Ticket};
 use super::forward::{text_response, AppClients, ProxyBody};
 use super::listener::{ConnGuard, HttpServer};
 use super::{body, headers, tcp, ConnInfo, Prelude};
@@ -275,22 +275,16 @@ impl Inbound {
             self.decider.decide(&facts)
         };
 
-        // 6. Deny: answer locally.
-        let decision = match verdict {
-            Verdict::Deny(denial) => {
-                let mut resp = text_response(denial.status, denial.body);
-                add_headers(resp.headers_mut(), &denial.headers);
-                self.decider.finish(ticket, resp.status().as_u16(), started);
-                return Ok(resp);
-            }
-            Verdict::Allow(d) => d,
-        };
-
-        // 7. Allow: the policy's header changes, the identity for the app, forward.
-        for name in &decision.request_headers_to_remove {
-            parts.headers.remove(name.as_str());
-        }
-        add_headers(&mut parts.headers, &decision.headers);
+        // 6. Deny: answer locally. 7. Allow: the policy's header changes, the identity
+        //    for the app, forward.
+        let (decision, ticket) =
+            match self
+                .decider
+                .enforce(verdict, ticket, &mut parts.headers, started)
+            {
+                Ok(d) => d,
+                Err(denied) => return Ok(*denied),
+            };
         if let (Some(id), Some(hash), Some(by)) = (peer_id, &conn.peer_cert_hash, &conn.local_id) {
             if let Some(v) = headers::xfcc_value(by, hash, id) {
                 parts.headers.insert(headers::XFCC, v);
@@ -313,7 +307,7 @@ impl Inbound {
                 started,
             ));
         }
-        add_headers(resp.headers_mut(), &decision.response_headers_to_add);
+        headers::add_headers(resp.headers_mut(), &decision.response_headers_to_add);
         self.decider.finish(ticket, resp.status().as_u16(), started);
         Ok(resp)
     }
@@ -380,17 +374,4 @@ fn rebuild_uri(uri: &Uri, pq: &str) -> Result<Uri, http::Error> {
         b = b.authority(a.clone());
     }
     b.path_and_query(pq).build()
-}
-
-/// Adds (replacing) headers a policy returned; invalid names or values were
-/// rejected when the decision was parsed, so failures here are skipped.
-pub fn add_headers(map: &mut http::HeaderMap, add: &[(String, String)]) {
-    for (k, v) in add {
-        if let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(k.as_bytes()),
-            HeaderValue::from_str(v),
-        ) {
-            map.insert(name, value);
-        }
-    }
 }

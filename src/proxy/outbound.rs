@@ -21,7 +21,8 @@ use tokio::net::TcpStream;
 
 use super::decide::{Decider, Ticket, Verdict};
 use super::forward::{text_response, AppClients, BoxError, ProxyBody};
-use super::inbound::{add_headers, ORIG_PROTO};
+use super::headers::add_headers;
+use super::inbound::ORIG_PROTO;
 use super::listener::{ConnGuard, HttpServer};
 use super::peer::{PeerError, PeerPool, ALPN_TCP};
 use super::{headers, Prelude};
@@ -222,19 +223,14 @@ impl Outbound {
             };
             self.decider.decide(&facts)
         };
-        let decision = match verdict {
-            Verdict::Deny(denial) => {
-                let mut resp = text_response(denial.status, denial.body);
-                add_headers(resp.headers_mut(), &denial.headers);
-                self.decider.finish(ticket, resp.status().as_u16(), started);
-                return Ok(resp);
-            }
-            Verdict::Allow(d) => d,
-        };
-        for name in &decision.request_headers_to_remove {
-            parts.headers.remove(name.as_str());
-        }
-        add_headers(&mut parts.headers, &decision.headers);
+        let (decision, ticket) =
+            match self
+                .decider
+                .enforce(verdict, ticket, &mut parts.headers, started)
+            {
+                Ok(d) => d,
+                Err(denied) => return Ok(*denied),
+            };
 
         // 5. Forward.
         let mut resp = match peer {
