@@ -146,6 +146,7 @@ async fn reload_errors(admin: SocketAddr) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bundle_polling_activates_rejects_and_handles_304() {
+    let _serial = common::METRICS_SERIAL.lock().await;
     let state: Shared = Arc::default();
     let server = bundle_server(state.clone(), None).await;
 
@@ -312,6 +313,7 @@ async fn bundle_polling_activates_rejects_and_handles_304() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_bundle_server_and_forced_reload() {
+    let _serial = common::METRICS_SERIAL.lock().await;
     // A CA and a server certificate for `localhost`, trusted via `policy.bundle.ca`.
     let ca_key = rcgen::KeyPair::generate().unwrap();
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -370,6 +372,7 @@ async fn https_bundle_server_and_forced_reload() {
 
 #[tokio::test]
 async fn untrusted_https_server_is_rejected() {
+    let _serial = common::METRICS_SERIAL.lock().await;
     // A self-signed server certificate the client does not trust.
     let key = rcgen::KeyPair::generate().unwrap();
     let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])

@@ -39,9 +39,6 @@ allow if {
 }
 "#;
 
-/// Metrics are process-wide: these tests count handshakes, so they run one at a time.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
 async fn tcp_echo() -> SocketAddr {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
@@ -108,7 +105,8 @@ async fn plain_get(addr: SocketAddr, path: &str) -> (u16, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_over_pooled_mtls_with_policy_at_both_ends() {
-    let _serial = SERIAL.lock().await;
+    // These tests count handshakes: one at a time.
+    let _serial = METRICS_SERIAL.lock().await;
     let app = echo_app().await;
     let (_pki, a, b) = mesh(app, vec![(RouteProtocol::Http, SERVER_ID)]).await;
     let route = a.route_addrs[0];
@@ -164,7 +162,8 @@ async fn http_over_pooled_mtls_with_policy_at_both_ends() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tcp_route_relays_over_mtls_and_pinning_is_enforced() {
-    let _serial = SERIAL.lock().await;
+    // These tests count handshakes: one at a time.
+    let _serial = METRICS_SERIAL.lock().await;
     let app = tcp_echo().await;
     let wrong = "spiffe://cluster.local/ns/default/sa/someone-else";
     let (_pki, a, _b) = mesh(

@@ -58,6 +58,7 @@ struct Tally {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn reload_under_load_switches_exactly_at_good_revisions() {
+    let _serial = common::METRICS_SERIAL.lock().await;
     let pki = Pki::new();
     pki.issue("frontend", FRONTEND);
     let dir = policy_dir(&pki, &[("authz.rego", &good(1))]);
@@ -247,6 +248,7 @@ async fn reload_under_load_switches_exactly_at_good_revisions() {
 
 #[tokio::test]
 async fn configmap_symlink_swap_is_detected() {
+    let _serial = common::METRICS_SERIAL.lock().await;
     let pki = Pki::new();
     pki.issue("frontend", FRONTEND);
     let dir = pki.path("configmap");

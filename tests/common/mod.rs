@@ -20,6 +20,10 @@ use portcullis::identity::dev_ca::DevCa;
 use portcullis::identity::source::crypto_provider;
 use portcullis::identity::{SpiffeId, TrustDomain};
 
+/// Metrics are process-wide: tests that assert exact values of a shared series
+/// (such as the one-hot `portcullis_policy_revision_info`) hold this lock.
+pub static METRICS_SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 pub const TD: &str = "cluster.local";
 pub const SERVER_ID: &str = "spiffe://cluster.local/ns/default/sa/backend";
 pub const FRONTEND: &str = "spiffe://cluster.local/ns/default/sa/frontend";
