@@ -1504,7 +1504,12 @@ reason := "no HTTP request" if {
 
     #[test]
     fn concurrent_evaluation() {
-        let ps = Arc::new(example(PolicyOptions::default()));
+        // A generous wall-clock budget: this checks thread safety, and a loaded
+        // CI machine must not turn a slow debug-build evaluation into a deny.
+        let ps = Arc::new(example(PolicyOptions::from(EvalLimits {
+            timeout: Duration::from_secs(30),
+            ..EvalLimits::default()
+        })));
         let threads: Vec<_> = (0..4)
             .map(|_| {
                 let ps = ps.clone();
