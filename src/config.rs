@@ -427,6 +427,9 @@ pub struct BodyConfig {
     pub enabled: bool,
     /// Largest body buffered (default 8192, at most 16 MiB).
     pub max_bytes: usize,
+    /// A longer body reaches the policy cut to `max_bytes` with `truncated_body`
+    /// set (default true); false answers it 413 instead, before the policy.
+    pub allow_partial: bool,
 }
 
 impl Default for BodyConfig {
@@ -434,6 +437,7 @@ impl Default for BodyConfig {
         BodyConfig {
             enabled: false,
             max_bytes: 8192,
+            allow_partial: true,
         }
     }
 }

@@ -49,6 +49,8 @@ pub struct Metrics {
     pub open_connections: IntGaugeVec,
     /// Requests refused before the policy by a limit or a protocol error, by reason.
     pub rejected_requests: IntCounterVec,
+    /// Connections the proxy closed on its own (e.g. `idle_timeout`), by reason.
+    pub connections_closed: IntCounterVec,
     /// Upstream (app or peer) failures by direction and kind.
     pub upstream_errors: IntCounterVec,
     /// JWT validations by provider and result.
@@ -190,6 +192,12 @@ impl Metrics {
                 &registry,
                 "portcullis_rejected_requests_total",
                 "Requests refused before the policy by a limit or protocol error, by reason.",
+                &["direction", "reason"],
+            ),
+            connections_closed: counter(
+                &registry,
+                "portcullis_connections_closed_total",
+                "Downstream connections the proxy closed on its own, by direction and reason.",
                 &["direction", "reason"],
             ),
             upstream_errors: counter(

@@ -222,7 +222,25 @@ impl Inbound {
         // 4. Body for the policy, bounded, only when configured.
         let (body, body_failed) = super::forward::downstream_body(body);
         let (prefix, truncated, body) = if self.body.enabled {
+            let too_large = || {
+                let msg = format!(
+                    "request body larger than {} bytes (policy.body.max_bytes)\n",
+                    self.body.max_bytes
+                );
+                self.refuse(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    &msg,
+                    "body_too_large",
+                    started,
+                )
+            };
+            if !self.body.allow_partial
+                && declared_length(&parts.headers) > Some(self.body.max_bytes as u64)
+            {
+                return Ok(too_large());
+            }
             match body::buffer_prefix(body, self.body.max_bytes).await {
+                Ok(b) if b.truncated && !self.body.allow_partial => return Ok(too_large()),
                 Ok(b) => (Some(b.prefix), b.truncated, b.body),
                 Err(_) => {
                     return Ok(self.refuse(
@@ -239,11 +257,7 @@ impl Inbound {
 
         // 5. Decide.
         let peer_id = conn.peer_id.as_ref().map(|p| p.as_str());
-        let size = parts
-            .headers
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
+        let size = declared_length(&parts.headers);
         let content_type = parts
             .headers
             .get(http::header::CONTENT_TYPE)
@@ -374,4 +388,12 @@ fn rebuild_uri(uri: &Uri, pq: &str) -> Result<Uri, http::Error> {
         b = b.authority(a.clone());
     }
     b.path_and_query(pq).build()
+}
+
+/// The request's `Content-Length`, when present and a number.
+fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
 }

@@ -20,7 +20,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use super::forward::ProxyBody;
-use super::head_deadline::{HeadDeadline, HeadSeen};
+use super::head_deadline::{Activity, HeadDeadline, Tracked};
 use crate::config::LimitsConfig;
 use crate::metrics;
 
@@ -163,6 +163,7 @@ pub async fn accept_loop<F, Fut>(
 pub struct HttpServer {
     builder: Arc<auto::Builder<TokioExecutor>>,
     pub header_timeout: Duration,
+    idle_timeout: Duration,
     drain: Drain,
     direction: &'static str,
 }
@@ -173,9 +174,9 @@ impl HttpServer {
         builder
             .http1()
             .timer(TokioTimer::new())
-            // The first head is bounded by `HeadDeadline` (which answers 408); this
-            // bounds the heads of later keep-alive requests.
-            .header_read_timeout(limits.header_timeout + Duration::from_secs(1))
+            // Every head is bounded by `HeadDeadline` (which answers 408) and idle
+            // keep-alive connections by the idle timeout, not by the library.
+            .header_read_timeout(None)
             .max_buf_size(limits.max_header_bytes.max(8192))
             .max_headers(limits.max_headers)
             .keep_alive(true);
@@ -188,6 +189,7 @@ impl HttpServer {
         HttpServer {
             builder: Arc::new(builder),
             header_timeout: limits.header_timeout,
+            idle_timeout: limits.idle_timeout,
             drain,
             direction,
         }
@@ -201,11 +203,24 @@ impl HttpServer {
         Fut:
             Future<Output = Result<Response<ProxyBody>, std::convert::Infallible>> + Send + 'static,
     {
-        let seen = HeadSeen::default();
-        let io = HeadDeadline::new(io, self.header_timeout, seen.clone(), self.direction);
-        let handler = move |req| {
-            seen.mark();
-            handler(req)
+        let activity = Activity::new();
+        let io = HeadDeadline::new(io, self.header_timeout, activity.clone(), self.direction);
+        let tracker = activity.clone();
+        let handler = move |req: Request<Incoming>| {
+            let in_flight = tracker.begin();
+            let connect = req.method() == http::Method::CONNECT;
+            let tracker = tracker.clone();
+            let response = handler(req);
+            async move {
+                let resp = response.await?;
+                let status = resp.status();
+                if status == http::StatusCode::SWITCHING_PROTOCOLS
+                    || (connect && status.is_success())
+                {
+                    tracker.mark_upgraded();
+                }
+                Ok::<_, std::convert::Infallible>(resp.map(|b| Tracked::new(b, in_flight)))
+            }
         };
         let conn = self
             .builder
@@ -215,6 +230,14 @@ impl HttpServer {
         let result = tokio::select! {
             r = conn.as_mut() => r,
             _ = drain.signaled() => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+            _ = activity.idle(self.idle_timeout) => {
+                metrics::global()
+                    .connections_closed
+                    .with_label_values(&[self.direction, "idle_timeout"])
+                    .inc();
                 conn.as_mut().graceful_shutdown();
                 conn.await
             }
