@@ -227,6 +227,14 @@ async fn paths_are_decided_as_forwarded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_heads_get_431() {
     let s = setup().await;
+    let too_large = || async {
+        metric(
+            &admin_get(s.sidecar.admin_addr, "/metrics").await.1,
+            "portcullis_rejected_requests_total",
+            &[("direction", "inbound"), ("reason", "header_too_large")],
+        )
+    };
+    let before = too_large().await;
     let big = "x".repeat(70 * 1024);
     let resp = raw(
         &s,
@@ -247,6 +255,7 @@ async fn oversized_heads_get_431() {
     .await;
     assert_eq!(statuses(&resp).first().copied(), Some(431), "{resp}");
     assert!(s.seen.lock().unwrap().is_empty());
+    assert_eq!(too_large().await, before + 2.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -244,6 +244,24 @@ impl HttpServer {
         };
         if let Err(e) = result {
             tracing::debug!(error = %e, "connection ended with an error");
+            // Heads the HTTP/1 parser refused itself (it answered 431 or 400).
+            if let Some(reason) = e.downcast_ref::<hyper::Error>().and_then(parse_refusal) {
+                metrics::global()
+                    .rejected_requests
+                    .with_label_values(&[self.direction, reason])
+                    .inc();
+            }
         }
+    }
+}
+
+/// The `rejected_requests_total` reason for a request head the parser refused.
+fn parse_refusal(e: &hyper::Error) -> Option<&'static str> {
+    if e.is_parse_too_large() {
+        Some("header_too_large")
+    } else if e.is_parse() {
+        Some("malformed")
+    } else {
+        None
     }
 }
