@@ -63,13 +63,24 @@ async fn mesh(
     app: SocketAddr,
     routes: Vec<(RouteProtocol, &str)>,
 ) -> (Pki, portcullis::run::Running, portcullis::run::Running) {
+    mesh_with(app, routes, |_| {}).await
+}
+
+/// [`mesh`], with B's configuration adjusted by `tweak_b`.
+async fn mesh_with(
+    app: SocketAddr,
+    routes: Vec<(RouteProtocol, &str)>,
+    tweak_b: impl FnOnce(&mut portcullis::config::Config),
+) -> (Pki, portcullis::run::Running, portcullis::run::Running) {
     let pki = Pki::new();
     pki.issue("frontend", FRONTEND);
     let policies = policy_dir(
         &pki,
         &[("authz.rego", POLICIES), ("outbound.rego", OUTBOUND)],
     );
-    let b = start(config(&pki, &policies, app)).await;
+    let mut b_cfg = config(&pki, &policies, app);
+    tweak_b(&mut b_cfg);
+    let b = start(b_cfg).await;
 
     let mut cfg = config(&pki, &policies, "127.0.0.1:9".parse().unwrap());
     cfg.identity = IdentityConfig::Files(FilesIdentity {
@@ -199,4 +210,27 @@ async fn tcp_route_relays_over_mtls_and_pinning_is_enforced() {
             &[("direction", "outbound"), ("reason", "not_authorized")]
         ) >= 1.0
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_closing_idle_connections_loses_no_request() {
+    let _serial = METRICS_SERIAL.lock().await;
+    // B closes the pooled connection after 300 ms without a request; A's requests,
+    // spaced around that, race its GOAWAY. None may fail: a request the old
+    // connection refused is sent again on a new one (to the same SPIFFE ID).
+    let app = echo_app().await;
+    let (_pki, a, _b) = mesh_with(app, vec![(RouteProtocol::Http, SERVER_ID)], |cfg| {
+        cfg.limits.idle_timeout = std::time::Duration::from_millis(300);
+    })
+    .await;
+    let route = a.route_addrs[0];
+    let mut failed = Vec::new();
+    for i in 0..40u64 {
+        let (status, body) = plain_get(route, &format!("/n/{i}")).await;
+        if status != 200 {
+            failed.push(format!("request {i}: {status} {body}"));
+        }
+        tokio::time::sleep(std::time::Duration::from_micros(290_000 + i * 500)).await;
+    }
+    assert!(failed.is_empty(), "{failed:?}");
 }

@@ -24,7 +24,7 @@ use super::forward::{text_response, AppClients, BoxError, ProxyBody};
 use super::headers::add_headers;
 use super::inbound::ORIG_PROTO;
 use super::listener::{ConnGuard, HttpServer};
-use super::peer::{PeerError, PeerPool, ALPN_TCP};
+use super::peer::{PeerConn, PeerError, PeerPool, ALPN_TCP};
 use super::{headers, Prelude};
 use crate::config::NonMeshAction;
 use crate::identity::source::Identity;
@@ -183,7 +183,7 @@ impl Outbound {
         // 3. For the mesh, the peer's verified identity is part of the decision.
         let peer = match &conn.target {
             Target::Mesh { addr, pin } => match self.peers.http2(*addr, pin.as_ref()).await {
-                Ok(p) => Some(p),
+                Ok(p) => Some((p, *addr, pin.as_ref())),
                 Err(e) => return Ok(self.peer_failure(e, started)),
             },
             Target::External { .. } => {
@@ -205,7 +205,7 @@ impl Outbound {
                 source_address: conn.app,
                 source_principal: conn.own_id.as_deref(),
                 destination_address: conn.target.addr(),
-                destination_principal: peer.as_ref().map(|p| p.peer_id.as_str()),
+                destination_principal: peer.as_ref().map(|(p, ..)| p.peer_id.as_str()),
                 http: Some(HttpFacts {
                     id: &request_id,
                     method: parts.method.as_str(),
@@ -234,7 +234,7 @@ impl Outbound {
 
         // 5. Forward.
         let mut resp = match peer {
-            Some(peer) if !headers::is_upgrade(&parts.headers) => {
+            Some((peer, addr, pin)) if !headers::is_upgrade(&parts.headers) => {
                 let orig = if parts.version == Version::HTTP_2 {
                     "HTTP/2"
                 } else {
@@ -263,8 +263,8 @@ impl Outbound {
                     }
                 };
                 let req = Request::from_parts(parts, body.map_err_boxed());
-                let mut sender = peer.sender;
-                match tokio::time::timeout(self.upstream_timeout, sender.send_request(req)).await {
+                let send = self.send_to_peer(addr, pin, peer, req);
+                match tokio::time::timeout(self.upstream_timeout, send).await {
                     Ok(Ok(r)) => {
                         let (mut p, b) = r.into_parts();
                         headers::remove_hop_by_hop(&mut p.headers, false);
@@ -292,22 +292,10 @@ impl Outbound {
                     }
                 }
             }
-            Some(_) => {
+            Some((_, addr, pin)) => {
                 // Upgrades need an HTTP/1.1 connection of their own.
-                let Target::Mesh { addr, pin } = &conn.target else {
-                    return Ok(self.refuse(
-                        StatusCode::BAD_GATEWAY,
-                        "bad target\n",
-                        "bad_target",
-                        started,
-                    ));
-                };
-                self.upgrade_over_mtls(
-                    *addr,
-                    pin.as_ref(),
-                    Request::from_parts(parts, body.map_err_boxed()),
-                )
-                .await
+                self.upgrade_over_mtls(addr, pin, Request::from_parts(parts, body.map_err_boxed()))
+                    .await
             }
             None => {
                 let req = Request::from_parts(parts, body.map_err_boxed());
@@ -447,6 +435,49 @@ impl Outbound {
         text_response(status, format!("upstream unavailable: {kind}\n"))
     }
 
+    /// Sends a request on a pooled peer connection. A request the connection refused
+    /// before sending it (the peer closed or is closing it, e.g. after an idle
+    /// timeout) is sent once more on a new connection — only to the same verified
+    /// SPIFFE ID the policy decided on.
+    async fn send_to_peer(
+        &self,
+        addr: SocketAddr,
+        pin: Option<&SpiffeId>,
+        peer: PeerConn,
+        req: Request<ProxyBody>,
+    ) -> Result<Response<Incoming>, PeerSendError> {
+        // A request without a body can be rebuilt if the peer did not process it.
+        let replay = http_body::Body::is_end_stream(req.body()).then(|| {
+            let mut head = Request::new(());
+            *head.method_mut() = req.method().clone();
+            *head.uri_mut() = req.uri().clone();
+            *head.version_mut() = req.version();
+            *head.headers_mut() = req.headers().clone();
+            head
+        });
+        let mut sender = peer.sender.clone();
+        let req = match sender.try_send_request(req).await {
+            Ok(r) => return Ok(r),
+            Err(mut e) => match (e.take_message(), replay) {
+                (Some(req), _) => req,
+                (None, Some(head)) if unprocessed_by_peer(e.error()) => {
+                    head.map(|()| super::forward::full(bytes::Bytes::new()))
+                }
+                (None, _) => return Err(PeerSendError::Http(e.into_error())),
+            },
+        };
+        let fresh = self
+            .peers
+            .http2_after_failure(addr, pin, &peer)
+            .await
+            .map_err(PeerSendError::Reconnect)?;
+        if fresh.peer_id != peer.peer_id {
+            return Err(PeerSendError::IdentityChanged);
+        }
+        let mut sender = fresh.sender;
+        sender.send_request(req).await.map_err(PeerSendError::Http)
+    }
+
     fn peer_failure(&self, e: PeerError, started: Instant) -> Response<ProxyBody> {
         let resp = self.peer_error_response(e);
         self.decider
@@ -554,4 +585,27 @@ mod tests {
         assert_eq!(classify(b"ABCDEFGHIJKLMNOP"), Some(Protocol::Tcp));
         assert_eq!(classify(b"get / HTTP/1.1"), Some(Protocol::Tcp));
     }
+}
+
+/// Why a request could not be sent to a peer sidecar.
+#[derive(Debug, thiserror::Error)]
+enum PeerSendError {
+    #[error("{0}")]
+    Http(hyper::Error),
+    #[error("reconnecting: {0}")]
+    Reconnect(PeerError),
+    #[error("the peer presented a different SPIFFE ID on reconnection")]
+    IdentityChanged,
+}
+
+/// True when the peer refused the stream without processing it (RFC 9113 §8.7): it
+/// was above the last stream ID of a graceful `GOAWAY`, or reset with
+/// `REFUSED_STREAM`. Such a request may be sent again.
+fn unprocessed_by_peer(e: &hyper::Error) -> bool {
+    let Some(h2) = std::error::Error::source(e).and_then(|s| s.downcast_ref::<h2::Error>()) else {
+        return false;
+    };
+    h2.is_remote()
+        && ((h2.is_go_away() && h2.reason() == Some(h2::Reason::NO_ERROR))
+            || h2.reason() == Some(h2::Reason::REFUSED_STREAM))
 }

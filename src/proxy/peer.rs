@@ -58,7 +58,12 @@ pub enum PeerError {
 pub struct PeerConn {
     pub sender: http2::SendRequest<ProxyBody>,
     pub peer_id: SpiffeId,
+    /// Which connection of the pool this is (to replace exactly a failed one).
+    generation: u64,
 }
+
+/// Numbers every pooled connection.
+static NEXT_GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 type Slot = Arc<tokio::sync::Mutex<Option<PeerConn>>>;
 
@@ -85,6 +90,27 @@ impl PeerPool {
         addr: SocketAddr,
         pin: Option<&SpiffeId>,
     ) -> Result<PeerConn, PeerError> {
+        self.http2_replacing(addr, pin, None).await
+    }
+
+    /// Like [`PeerPool::http2`], but `failed` (a connection that refused a request
+    /// without sending it, e.g. after the peer's `GOAWAY`) is not reused: a new
+    /// connection replaces it unless another caller already did.
+    pub async fn http2_after_failure(
+        &self,
+        addr: SocketAddr,
+        pin: Option<&SpiffeId>,
+        failed: &PeerConn,
+    ) -> Result<PeerConn, PeerError> {
+        self.http2_replacing(addr, pin, Some(failed)).await
+    }
+
+    async fn http2_replacing(
+        &self,
+        addr: SocketAddr,
+        pin: Option<&SpiffeId>,
+        replacing: Option<&PeerConn>,
+    ) -> Result<PeerConn, PeerError> {
         let slot = {
             let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
             slots
@@ -94,7 +120,8 @@ impl PeerPool {
         };
         let mut guard = slot.lock().await;
         if let Some(conn) = guard.as_ref() {
-            if !conn.sender.is_closed() {
+            let failed = replacing.is_some_and(|f| f.generation == conn.generation);
+            if !conn.sender.is_closed() && !failed {
                 return Ok(conn.clone());
             }
         }
@@ -113,7 +140,11 @@ impl PeerPool {
                 tracing::debug!(%addr, error = %e, "peer connection ended");
             }
         });
-        let conn = PeerConn { sender, peer_id };
+        let conn = PeerConn {
+            sender,
+            peer_id,
+            generation: NEXT_GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        };
         *guard = Some(conn.clone());
         Ok(conn)
     }
