@@ -407,3 +407,39 @@ async fn connections_over_the_limit_are_closed_and_counted() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test]
+async fn plaintext_connections_over_the_limit_get_503() {
+    let _serial = METRICS_SERIAL.lock().await;
+    let pki = Pki::new();
+    let dir = policy_dir(&pki, &[("authz.rego", ALLOW_ALL)]);
+    let app = echo_app().await;
+    let mut cfg = config(&pki, &dir, app);
+    cfg.inbound.mtls = portcullis::config::MtlsMode::Permissive;
+    cfg.limits.max_connections = 1;
+    let sidecar = start(cfg).await;
+    let before = rejected(sidecar.admin_addr, "max_connections").await;
+
+    let get = b"GET /x HTTP/1.1\r\nhost: backend\r\n\r\n";
+    let mut first = TcpStream::connect(sidecar.inbound_addr).await.unwrap();
+    first.write_all(get).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = first.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+
+    // The second: a clear 503 with Retry-After, not a reset.
+    let mut second = TcpStream::connect(sidecar.inbound_addr).await.unwrap();
+    second.write_all(get).await.unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), second.read_to_end(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 503"), "{text}");
+    assert!(text.contains("retry-after: 1"), "{text}");
+    assert_eq!(
+        rejected(sidecar.admin_addr, "max_connections").await,
+        before + 1.0
+    );
+}

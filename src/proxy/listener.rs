@@ -152,11 +152,48 @@ pub async fn accept_loop<F, Fut>(
                     .rejected_requests
                     .with_label_values(&[direction, "max_connections"])
                     .inc();
-                drop(stream);
+                refuse_over_limit(stream);
             }
         }
     }
 }
+
+/// At most this many connections over the limit are answered at once; the rest
+/// are closed without a word.
+static OVER_LIMIT_ANSWERS: Semaphore = Semaphore::const_new(64);
+
+/// A connection over the limit: a plaintext HTTP client gets `503` with
+/// `Retry-After` (instead of a bare reset) if its first bytes arrive within 500 ms;
+/// a TLS client, or anything else, is closed.
+fn refuse_over_limit(stream: TcpStream) {
+    let Ok(permit) = OVER_LIMIT_ANSWERS.try_acquire() else {
+        return;
+    };
+    tokio::spawn(async move {
+        let _permit = permit;
+        let mut first = [0u8; 1];
+        let peeked = tokio::time::timeout(Duration::from_millis(500), stream.peek(&mut first));
+        // 0x16 opens a TLS handshake; HTTP/1 methods and the HTTP/2 preface are letters.
+        if matches!(peeked.await, Ok(Ok(1))) && first[0].is_ascii_uppercase() {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut stream = stream;
+            // Answer, half-close, and read what the client sent until it closes, so
+            // that closing with unread bytes does not reset the answer away.
+            let _ = tokio::time::timeout(Duration::from_millis(500), async {
+                stream.write_all(OVER_LIMIT_RESPONSE).await?;
+                stream.shutdown().await?;
+                let mut sink = [0u8; 4096];
+                while stream.read(&mut sink).await? > 0 {}
+                Ok::<_, std::io::Error>(())
+            })
+            .await;
+        }
+    });
+}
+
+const OVER_LIMIT_RESPONSE: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nretry-after: 1\r\n\
+connection: close\r\ncontent-type: text/plain\r\ncontent-length: 29\r\n\r\n\
+too many connections; retry\r\n";
 
 /// HTTP/1.1 + HTTP/2 server settings shared by every connection of a listener.
 #[derive(Clone)]
