@@ -12,6 +12,7 @@
 //! - [`run`]: start-up, signals and draining; [`demo`]: the zero-configuration quick start.
 //! - [`commands`]: what the command line calls.
 //! - [`k8s`]: iptables rules, `inject`, the admission `webhook`, the app probe runner.
+//! - `fuzzing` (hidden): the entry points of the fuzz targets in `fuzz/`.
 
 pub mod admin;
 pub mod authn;
@@ -19,6 +20,8 @@ pub mod commands;
 pub mod config;
 pub mod decision_log;
 pub mod demo;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod identity;
 pub mod k8s;
 pub mod metrics;

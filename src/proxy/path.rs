@@ -1,8 +1,9 @@
 //! Request path normalisation: normalise once, then decide on and forward the same bytes.
 //!
 //! Rules: the path must be origin-form (`/...`); percent-escapes of unreserved
-//! characters are decoded and the rest upper-cased; dot segments are removed; runs of
-//! `/` are merged. Ambiguous input is refused rather than guessed at: an encoded
+//! characters are decoded and the rest upper-cased; bytes RFC 3986 never allows raw in
+//! a path (non-ASCII, `"<>^`{|}` and the like) are percent-encoded, so every path has
+//! one spelling; dot segments are removed; runs of `/` are merged. Ambiguous input is refused rather than guessed at: an encoded
 //! `/` or `\`, a backslash, a NUL or control byte, a fragment, or invalid escapes.
 
 /// Why a request target was refused (answered with 400).
@@ -30,13 +31,46 @@ fn hex_val(b: u8) -> Option<u8> {
     (b as char).to_digit(16).map(|d| d as u8)
 }
 
+/// Bytes that may stand for themselves in a normalised path: RFC 3986 `pchar`
+/// (unreserved, sub-delims, `:` and `@`), `/`, and `%` (only ever as an escape).
+fn is_path_char(b: u8) -> bool {
+    is_unreserved(b)
+        || matches!(
+            b,
+            b'!' | b'$'
+                | b'&'
+                | b'\''
+                | b'('
+                | b')'
+                | b'*'
+                | b'+'
+                | b','
+                | b';'
+                | b'='
+                | b':'
+                | b'@'
+        )
+        || matches!(b, b'/' | b'%')
+}
+
+/// Appends `%XX` (upper-case hex) for `v`.
+fn push_escape(out: &mut String, v: u8) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    out.push('%');
+    out.push(char::from(HEX[usize::from(v >> 4)]));
+    out.push(char::from(HEX[usize::from(v & 0x0f)]));
+}
+
 /// Normalises `path` (without the query). Returns the path to decide on and forward.
+/// The result is ASCII and normalises to itself.
 pub fn normalize_path(path: &str) -> Result<String, PathError> {
     let bytes = path.as_bytes();
     if bytes.first() != Some(&b'/') {
         return Err(PathError::NotOriginForm);
     }
-    // Pass 1: escapes and forbidden bytes.
+    // Pass 1: escapes and forbidden bytes. Every byte is pushed as ASCII: a raw
+    // byte as itself or as an escape, never as a `char` of its own (a UTF-8 byte
+    // pushed as a char would be re-encoded as two bytes: mojibake).
     let mut decoded = String::with_capacity(path.len());
     let mut i = 0;
     while i < bytes.len() {
@@ -54,19 +88,20 @@ pub fn normalize_path(path: &str) -> Result<String, PathError> {
                 match v {
                     b'/' | b'\\' => return Err(PathError::EncodedSeparator),
                     0..=0x1f | 0x7f => return Err(PathError::Control),
-                    v if is_unreserved(v) => decoded.push(v as char),
-                    v => {
-                        decoded.push('%');
-                        decoded.push_str(&format!("{v:02X}"));
-                    }
+                    v if is_unreserved(v) => decoded.push(char::from(v)),
+                    v => push_escape(&mut decoded, v),
                 }
                 i += 3;
             }
             b'\\' => return Err(PathError::Backslash),
             b'#' => return Err(PathError::Fragment),
             0..=0x20 | 0x7f => return Err(PathError::Control),
+            b if is_path_char(b) => {
+                decoded.push(char::from(b));
+                i += 1;
+            }
             _ => {
-                decoded.push(b as char);
+                push_escape(&mut decoded, b);
                 i += 1;
             }
         }
@@ -147,6 +182,25 @@ mod tests {
     fn escapes_canonicalised() {
         assert_eq!(n("/a%20b").unwrap(), "/a%20b");
         assert_eq!(n("/a%c3%a9").unwrap(), "/a%C3%A9");
+    }
+
+    #[test]
+    fn raw_bytes_outside_rfc3986_escaped_once() {
+        // Found by the input_document fuzz target: UTF-8 was re-encoded byte by
+        // byte ("/café" became "/cafÃ©"), so the policy and the app saw another path.
+        assert_eq!(n("/café").unwrap(), "/caf%C3%A9");
+        assert_eq!(n("/café").unwrap(), n("/caf%c3%a9").unwrap());
+        assert_eq!(
+            n("/a{b}|c^d`e\"f<g>").unwrap(),
+            "/a%7Bb%7D%7Cc%5Ed%60e%22f%3Cg%3E"
+        );
+        assert_eq!(n("/a{b}").unwrap(), n("/a%7bb%7d").unwrap());
+        assert_eq!(n("/;a=b,c:d@e!$&'()*+").unwrap(), "/;a=b,c:d@e!$&'()*+");
+        for p in ["/café/ü?q=1", "/%E2%82%AC", "/x[1]"] {
+            let once = n(p).unwrap();
+            assert!(once.is_ascii(), "{once}");
+            assert_eq!(n(&once).unwrap(), once);
+        }
     }
 
     #[test]

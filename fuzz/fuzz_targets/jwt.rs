@@ -1,0 +1,7 @@
+//! Fuzz target: JWT authentication against a fixed key set: never a panic, never an accepted token.
+//! The checks live in `portcullis::fuzzing::jwt`, shared with tests/fuzz_regressions.rs.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| portcullis::fuzzing::jwt(data));
