@@ -76,6 +76,8 @@ pub struct Provider {
     payload_in_metadata: String,
     leeway: u64,
     jwks: Arc<JwksCache>,
+    /// Signatures already verified with the current key set.
+    verified: std::sync::Mutex<SignatureCache>,
 }
 
 impl Provider {
@@ -240,6 +242,7 @@ impl Authenticator {
                 payload_in_metadata: p.payload_in_metadata.clone(),
                 leeway,
                 jwks: cache,
+                verified: std::sync::Mutex::new(SignatureCache::default()),
             }));
         }
         Ok((
@@ -418,11 +421,18 @@ impl Provider {
         };
         let signature = token::b64url(seg.signature, false).map_err(|_| "malformed")?;
         let message = seg.signing_input.as_bytes();
-        if !keys
-            .iter()
-            .any(|i| set.keys[*i].verify(alg, message, &signature))
-        {
-            return Err("bad_signature");
+        // The same token from the same client arrives on every request; its
+        // signature is verified once per key set (claims below are checked every time).
+        let digest = SignatureCache::digest(message, &signature);
+        let known = lock(&self.verified).contains(&set, &digest);
+        if !known {
+            if !keys
+                .iter()
+                .any(|i| set.keys[*i].verify(alg, message, &signature))
+            {
+                return Err("bad_signature");
+            }
+            lock(&self.verified).insert(&set, digest);
         }
         self.check_claims(payload, jsonwebtoken::get_current_timestamp() as f64)
     }
@@ -464,6 +474,55 @@ impl Provider {
             Some(_) => Err("bad_audience"),
         }
     }
+}
+
+/// Digests of (signing input, signature) pairs whose signature verified with one
+/// key set. Verification is deterministic in those bytes and the keys, so a hit
+/// is exactly as good as verifying again; the cache is emptied whenever the key
+/// set changes (rotation, refetch), and only successes are recorded. Everything
+/// else about a token (header checks, claim types, `exp`/`nbf`/`iat` against the
+/// current time, issuer, audience) is still checked on every request.
+#[derive(Default)]
+struct SignatureCache {
+    /// The key set the entries were verified with (held, so its address is not reused).
+    set: Option<Arc<KeySet>>,
+    entries: std::collections::HashSet<[u8; 32]>,
+}
+
+impl SignatureCache {
+    /// At most this many entries (32 bytes each); when full it starts over.
+    const CAPACITY: usize = 1024;
+
+    /// SHA-256 over the length-prefixed signing input and the signature.
+    fn digest(message: &[u8], signature: &[u8]) -> [u8; 32] {
+        let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+        ctx.update(&(message.len() as u64).to_be_bytes());
+        ctx.update(message);
+        ctx.update(signature);
+        let mut out = [0u8; 32];
+        out.copy_from_slice(ctx.finish().as_ref());
+        out
+    }
+
+    fn contains(&self, set: &Arc<KeySet>, digest: &[u8; 32]) -> bool {
+        self.set.as_ref().is_some_and(|s| Arc::ptr_eq(s, set)) && self.entries.contains(digest)
+    }
+
+    fn insert(&mut self, set: &Arc<KeySet>, digest: [u8; 32]) {
+        if !self.set.as_ref().is_some_and(|s| Arc::ptr_eq(s, set)) {
+            self.set = Some(set.clone());
+            self.entries.clear();
+        }
+        if self.entries.len() >= Self::CAPACITY {
+            self.entries.clear();
+        }
+        self.entries.insert(digest);
+    }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Nothing panics while the lock is held; recover the data if it ever did.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Keys to try for a token (indexes into the set).
@@ -643,6 +702,30 @@ mod tests {
             );
         }
         h
+    }
+
+    #[test]
+    fn signature_cache_is_per_key_set() {
+        let a = Arc::new(KeySet {
+            keys: Vec::new(),
+            loaded: true,
+        });
+        let b = Arc::new(KeySet {
+            keys: Vec::new(),
+            loaded: true,
+        });
+        let mut c = SignatureCache::default();
+        let d = SignatureCache::digest(b"h.p", b"sig");
+        assert_ne!(d, SignatureCache::digest(b"h.p", b"sih"));
+        assert_ne!(d, SignatureCache::digest(b"h.ps", b"ig"));
+        assert!(!c.contains(&a, &d));
+        c.insert(&a, d);
+        assert!(c.contains(&a, &d));
+        // Another key set (a rotation or refetch) knows nothing.
+        assert!(!c.contains(&b, &d));
+        c.insert(&b, SignatureCache::digest(b"x", b"y"));
+        assert!(!c.contains(&b, &d));
+        assert!(!c.contains(&a, &d));
     }
 
     #[test]
