@@ -423,8 +423,7 @@ impl Provider {
         let message = seg.signing_input.as_bytes();
         // The same token from the same client arrives on every request; its
         // signature is verified once per key set (claims below are checked every time).
-        let digest = SignatureCache::digest(message, &signature);
-        let known = lock(&self.verified).contains(&set, &digest);
+        let known = lock(&self.verified).contains(&set, message, &signature);
         if !known {
             if !keys
                 .iter()
@@ -432,7 +431,7 @@ impl Provider {
             {
                 return Err("bad_signature");
             }
-            lock(&self.verified).insert(&set, digest);
+            lock(&self.verified).insert(&set, message, &signature);
         }
         self.check_claims(payload, jsonwebtoken::get_current_timestamp() as f64)
     }
@@ -476,47 +475,51 @@ impl Provider {
     }
 }
 
-/// Digests of (signing input, signature) pairs whose signature verified with one
-/// key set. Verification is deterministic in those bytes and the keys, so a hit
-/// is exactly as good as verifying again; the cache is emptied whenever the key
-/// set changes (rotation, refetch), and only successes are recorded. Everything
-/// else about a token (header checks, claim types, `exp`/`nbf`/`iat` against the
-/// current time, issuer, audience) is still checked on every request.
+/// (signing input, signature) pairs whose signature verified with one key set,
+/// matched byte for byte. Verification is deterministic in those bytes and the
+/// keys, so a hit is exactly as good as verifying again; the cache is emptied
+/// whenever the key set changes (rotation, refetch), and only successes are
+/// recorded. Everything else about a token (header checks, claim types,
+/// `exp`/`nbf`/`iat` against the current time, issuer, audience) is still
+/// checked on every request.
 #[derive(Default)]
 struct SignatureCache {
     /// The key set the entries were verified with (held, so its address is not reused).
     set: Option<Arc<KeySet>>,
-    entries: std::collections::HashSet<[u8; 32]>,
+    /// Signature → signing input.
+    entries: std::collections::HashMap<Box<[u8]>, Box<[u8]>>,
+    /// Bytes held by `entries`.
+    bytes: usize,
 }
 
 impl SignatureCache {
-    /// At most this many entries (32 bytes each); when full it starts over.
-    const CAPACITY: usize = 1024;
+    /// At most this many bytes of tokens are held; when full it starts over.
+    const MAX_BYTES: usize = 256 * 1024;
 
-    /// SHA-256 over the length-prefixed signing input and the signature.
-    fn digest(message: &[u8], signature: &[u8]) -> [u8; 32] {
-        let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
-        ctx.update(&(message.len() as u64).to_be_bytes());
-        ctx.update(message);
-        ctx.update(signature);
-        let mut out = [0u8; 32];
-        out.copy_from_slice(ctx.finish().as_ref());
-        out
+    fn contains(&self, set: &Arc<KeySet>, message: &[u8], signature: &[u8]) -> bool {
+        self.set.as_ref().is_some_and(|s| Arc::ptr_eq(s, set))
+            && self
+                .entries
+                .get(signature)
+                .is_some_and(|m| m.as_ref() == message)
     }
 
-    fn contains(&self, set: &Arc<KeySet>, digest: &[u8; 32]) -> bool {
-        self.set.as_ref().is_some_and(|s| Arc::ptr_eq(s, set)) && self.entries.contains(digest)
-    }
-
-    fn insert(&mut self, set: &Arc<KeySet>, digest: [u8; 32]) {
-        if !self.set.as_ref().is_some_and(|s| Arc::ptr_eq(s, set)) {
+    fn insert(&mut self, set: &Arc<KeySet>, message: &[u8], signature: &[u8]) {
+        let size = message.len() + signature.len();
+        if size > Self::MAX_BYTES {
+            return;
+        }
+        let same_set = self.set.as_ref().is_some_and(|s| Arc::ptr_eq(s, set));
+        if !same_set || self.bytes + size > Self::MAX_BYTES {
             self.set = Some(set.clone());
             self.entries.clear();
+            self.bytes = 0;
         }
-        if self.entries.len() >= Self::CAPACITY {
-            self.entries.clear();
+        let old = self.entries.insert(signature.into(), message.into());
+        self.bytes += size;
+        if let Some(m) = old {
+            self.bytes -= m.len() + signature.len();
         }
-        self.entries.insert(digest);
     }
 }
 
@@ -705,27 +708,33 @@ mod tests {
     }
 
     #[test]
-    fn signature_cache_is_per_key_set() {
-        let a = Arc::new(KeySet {
-            keys: Vec::new(),
-            loaded: true,
-        });
-        let b = Arc::new(KeySet {
-            keys: Vec::new(),
-            loaded: true,
-        });
+    fn signature_cache_is_per_key_set_and_exact() {
+        let set = || {
+            Arc::new(KeySet {
+                keys: Vec::new(),
+                loaded: true,
+            })
+        };
+        let (a, b) = (set(), set());
         let mut c = SignatureCache::default();
-        let d = SignatureCache::digest(b"h.p", b"sig");
-        assert_ne!(d, SignatureCache::digest(b"h.p", b"sih"));
-        assert_ne!(d, SignatureCache::digest(b"h.ps", b"ig"));
-        assert!(!c.contains(&a, &d));
-        c.insert(&a, d);
-        assert!(c.contains(&a, &d));
+        assert!(!c.contains(&a, b"h.p", b"sig"));
+        c.insert(&a, b"h.p", b"sig");
+        assert!(c.contains(&a, b"h.p", b"sig"));
+        // Byte for byte: another message or signature is not a hit.
+        assert!(!c.contains(&a, b"h.q", b"sig"));
+        assert!(!c.contains(&a, b"h.p", b"sih"));
         // Another key set (a rotation or refetch) knows nothing.
-        assert!(!c.contains(&b, &d));
-        c.insert(&b, SignatureCache::digest(b"x", b"y"));
-        assert!(!c.contains(&b, &d));
-        assert!(!c.contains(&a, &d));
+        assert!(!c.contains(&b, b"h.p", b"sig"));
+        c.insert(&b, b"x", b"y");
+        assert!(!c.contains(&b, b"h.p", b"sig"));
+        assert!(!c.contains(&a, b"h.p", b"sig"));
+        // Bounded: filling past the limit starts over.
+        let big = vec![7u8; SignatureCache::MAX_BYTES / 2];
+        c.insert(&b, &big, b"1");
+        c.insert(&b, &big, b"2");
+        assert!(c.bytes <= SignatureCache::MAX_BYTES);
+        assert!(c.contains(&b, &big, b"2"));
+        assert!(!c.contains(&b, b"x", b"y"));
     }
 
     #[test]
