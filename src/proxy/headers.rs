@@ -29,17 +29,18 @@ pub fn strip_spoofable(headers: &mut HeaderMap, extra: &[HeaderName]) {
     }
 }
 
-/// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1).
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
+/// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1). Names, not
+/// strings: removing by `&str` parses and validates the name on every call.
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
 ];
 
 /// Removes hop-by-hop headers and any header listed in `Connection`.
@@ -62,8 +63,8 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
         .iter()
         .any(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
     let upgrade_value = headers.get(header::UPGRADE).cloned();
-    for name in HOP_BY_HOP {
-        headers.remove(*name);
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
     }
     if te_trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
