@@ -76,6 +76,8 @@ pub struct Provider {
     payload_in_metadata: String,
     leeway: u64,
     jwks: Arc<JwksCache>,
+    /// Signatures already verified with the current key set.
+    verified: std::sync::Mutex<SignatureCache>,
 }
 
 impl Provider {
@@ -240,6 +242,7 @@ impl Authenticator {
                 payload_in_metadata: p.payload_in_metadata.clone(),
                 leeway,
                 jwks: cache,
+                verified: std::sync::Mutex::new(SignatureCache::default()),
             }));
         }
         Ok((
@@ -418,11 +421,17 @@ impl Provider {
         };
         let signature = token::b64url(seg.signature, false).map_err(|_| "malformed")?;
         let message = seg.signing_input.as_bytes();
-        if !keys
-            .iter()
-            .any(|i| set.keys[*i].verify(alg, message, &signature))
-        {
-            return Err("bad_signature");
+        // The same token from the same client arrives on every request; its
+        // signature is verified once per key set (claims below are checked every time).
+        let known = lock(&self.verified).contains(&set, message, &signature);
+        if !known {
+            if !keys
+                .iter()
+                .any(|i| set.keys[*i].verify(alg, message, &signature))
+            {
+                return Err("bad_signature");
+            }
+            lock(&self.verified).insert(&set, message, &signature);
         }
         self.check_claims(payload, jsonwebtoken::get_current_timestamp() as f64)
     }
@@ -464,6 +473,59 @@ impl Provider {
             Some(_) => Err("bad_audience"),
         }
     }
+}
+
+/// (signing input, signature) pairs whose signature verified with one key set,
+/// matched byte for byte. Verification is deterministic in those bytes and the
+/// keys, so a hit is exactly as good as verifying again; the cache is emptied
+/// whenever the key set changes (rotation, refetch), and only successes are
+/// recorded. Everything else about a token (header checks, claim types,
+/// `exp`/`nbf`/`iat` against the current time, issuer, audience) is still
+/// checked on every request.
+#[derive(Default)]
+struct SignatureCache {
+    /// The key set the entries were verified with (held, so its address is not reused).
+    set: Option<Arc<KeySet>>,
+    /// Signature → signing input.
+    entries: std::collections::HashMap<Box<[u8]>, Box<[u8]>>,
+    /// Bytes held by `entries`.
+    bytes: usize,
+}
+
+impl SignatureCache {
+    /// At most this many bytes of tokens are held; when full it starts over.
+    const MAX_BYTES: usize = 256 * 1024;
+
+    fn contains(&self, set: &Arc<KeySet>, message: &[u8], signature: &[u8]) -> bool {
+        self.set.as_ref().is_some_and(|s| Arc::ptr_eq(s, set))
+            && self
+                .entries
+                .get(signature)
+                .is_some_and(|m| m.as_ref() == message)
+    }
+
+    fn insert(&mut self, set: &Arc<KeySet>, message: &[u8], signature: &[u8]) {
+        let size = message.len() + signature.len();
+        if size > Self::MAX_BYTES {
+            return;
+        }
+        let same_set = self.set.as_ref().is_some_and(|s| Arc::ptr_eq(s, set));
+        if !same_set || self.bytes + size > Self::MAX_BYTES {
+            self.set = Some(set.clone());
+            self.entries.clear();
+            self.bytes = 0;
+        }
+        let old = self.entries.insert(signature.into(), message.into());
+        self.bytes += size;
+        if let Some(m) = old {
+            self.bytes -= m.len() + signature.len();
+        }
+    }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Nothing panics while the lock is held; recover the data if it ever did.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Keys to try for a token (indexes into the set).
@@ -643,6 +705,36 @@ mod tests {
             );
         }
         h
+    }
+
+    #[test]
+    fn signature_cache_is_per_key_set_and_exact() {
+        let set = || {
+            Arc::new(KeySet {
+                keys: Vec::new(),
+                loaded: true,
+            })
+        };
+        let (a, b) = (set(), set());
+        let mut c = SignatureCache::default();
+        assert!(!c.contains(&a, b"h.p", b"sig"));
+        c.insert(&a, b"h.p", b"sig");
+        assert!(c.contains(&a, b"h.p", b"sig"));
+        // Byte for byte: another message or signature is not a hit.
+        assert!(!c.contains(&a, b"h.q", b"sig"));
+        assert!(!c.contains(&a, b"h.p", b"sih"));
+        // Another key set (a rotation or refetch) knows nothing.
+        assert!(!c.contains(&b, b"h.p", b"sig"));
+        c.insert(&b, b"x", b"y");
+        assert!(!c.contains(&b, b"h.p", b"sig"));
+        assert!(!c.contains(&a, b"h.p", b"sig"));
+        // Bounded: filling past the limit starts over.
+        let big = vec![7u8; SignatureCache::MAX_BYTES / 2];
+        c.insert(&b, &big, b"1");
+        c.insert(&b, &big, b"2");
+        assert!(c.bytes <= SignatureCache::MAX_BYTES);
+        assert!(c.contains(&b, &big, b"2"));
+        assert!(!c.contains(&b, b"x", b"y"));
     }
 
     #[test]

@@ -413,12 +413,12 @@ fn http_attributes(k: &Interned, h: &HttpFacts<'_>) -> Value {
         }
         let mut values = h.headers.get_all(name).iter();
         let Some(first) = values.next() else { continue };
-        let mut joined = String::from_utf8_lossy(first.as_bytes());
+        let mut joined = lossy(first.as_bytes());
         // Repeated headers are joined with commas, as Envoy does.
         for v in values {
             let j = joined.to_mut();
             j.push(',');
-            j.push_str(&String::from_utf8_lossy(v.as_bytes()));
+            j.push_str(&lossy(v.as_bytes()));
         }
         headers.insert(k.word(n), s(&joined));
     }
@@ -446,6 +446,16 @@ fn http_attributes(k: &Interned, h: &HttpFacts<'_>) -> Value {
         }
     }
     Value::from(m)
+}
+
+/// `b` as text, invalid UTF-8 replaced. `from_utf8` checks ASCII a word at a
+/// time; `from_utf8_lossy` walks byte by byte even when all is valid (a JWT in
+/// `authorization` is hundreds of bytes).
+fn lossy(b: &[u8]) -> Cow<'_, str> {
+    match std::str::from_utf8(b) {
+        Ok(text) => Cow::Borrowed(text),
+        Err(_) => String::from_utf8_lossy(b),
+    }
 }
 
 /// Percent-decodes `raw` (lossy UTF-8), borrowing when there is nothing to decode.

@@ -29,17 +29,18 @@ pub fn strip_spoofable(headers: &mut HeaderMap, extra: &[HeaderName]) {
     }
 }
 
-/// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1).
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
+/// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1). Names, not
+/// strings: removing by `&str` parses and validates the name on every call.
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
 ];
 
 /// Removes hop-by-hop headers and any header listed in `Connection`.
@@ -62,8 +63,8 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
         .iter()
         .any(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
     let upgrade_value = headers.get(header::UPGRADE).cloned();
-    for name in HOP_BY_HOP {
-        headers.remove(*name);
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
     }
     if te_trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
@@ -143,26 +144,55 @@ pub fn add_headers(map: &mut http::HeaderMap, add: &[(String, String)]) {
 
 /// A random UUID (version 4) string.
 pub fn random_id() -> String {
-    let mut b = [0u8; 16];
-    if aws_lc_rs::rand::fill(&mut b).is_err() {
-        // The system RNG failing is not recoverable in any useful way; fall back to time.
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        b = t.to_le_bytes();
-    }
+    let mut b = random_16();
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
-    let h = hex::encode(b);
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(36);
+    for (i, byte) in b.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            out.push('-');
+        }
+        out.push(char::from(HEX[usize::from(byte >> 4)]));
+        out.push(char::from(HEX[usize::from(byte & 0x0f)]));
+    }
+    out
+}
+
+/// Bytes of system-CSPRNG output drawn at once per thread: one `RAND_bytes` call
+/// (whose fixed cost is far above that of 16 bytes) per 64 request IDs.
+const RANDOM_POOL: usize = 1024;
+
+/// 16 bytes from the system CSPRNG (aws-lc), from a per-thread pool. Bytes are
+/// handed out once and wiped from the pool as they are.
+fn random_16() -> [u8; 16] {
+    use std::cell::RefCell;
+    thread_local! {
+        static POOL: RefCell<(usize, [u8; RANDOM_POOL])> =
+            const { RefCell::new((RANDOM_POOL, [0; RANDOM_POOL])) };
+    }
+    let pooled = POOL.with(|p| {
+        let mut p = p.borrow_mut();
+        let (pos, buf) = &mut *p;
+        if *pos + 16 > RANDOM_POOL {
+            aws_lc_rs::rand::fill(buf).ok()?;
+            *pos = 0;
+        }
+        let chunk = buf.get_mut(*pos..*pos + 16)?;
+        let mut out = [0u8; 16];
+        out.copy_from_slice(chunk);
+        chunk.fill(0);
+        *pos += 16;
+        Some(out)
+    });
+    pooled.unwrap_or_else(|| {
+        // The system RNG failing is not recoverable in any useful way; fall back to time.
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
+            .to_le_bytes()
+    })
 }
 
 /// `x-forwarded-client-cert` for the app: `By=<own ID>;Hash=<sha256 of peer cert>;URI=<peer ID>`.
@@ -249,5 +279,26 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(REQUEST_ID, HeaderValue::from_static("abc-123"));
         assert_eq!(ensure_request_id(&mut h), "abc-123");
+    }
+
+    #[test]
+    fn request_ids_are_uuid_v4_and_distinct() {
+        let mut seen = std::collections::HashSet::new();
+        // More than one pool's worth.
+        for _ in 0..3 * RANDOM_POOL / 16 {
+            let id = random_id();
+            let b = id.as_bytes();
+            assert_eq!(b.len(), 36, "{id}");
+            for (i, c) in b.iter().enumerate() {
+                if matches!(i, 8 | 13 | 18 | 23) {
+                    assert_eq!(*c, b'-', "{id}");
+                } else {
+                    assert!(c.is_ascii_digit() || (b'a'..=b'f').contains(c), "{id}");
+                }
+            }
+            assert_eq!(b[14], b'4', "{id}");
+            assert!(matches!(b[19], b'8' | b'9' | b'a' | b'b'), "{id}");
+            assert!(seen.insert(id));
+        }
     }
 }
