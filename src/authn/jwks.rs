@@ -383,6 +383,9 @@ pub struct JwksCache {
     /// Serialises fetches so that concurrent misses share one.
     fetching: tokio::sync::Mutex<()>,
     last_miss_fetch: std::sync::Mutex<Option<Instant>>,
+    /// The document the current set was parsed from: an unchanged document keeps
+    /// the same set (and with it the provider's cache of verified signatures).
+    source_bytes: std::sync::Mutex<Vec<u8>>,
 }
 
 impl JwksCache {
@@ -394,6 +397,7 @@ impl JwksCache {
             keys: ArcSwap::from_pointee(KeySet::default()),
             fetching: tokio::sync::Mutex::new(()),
             last_miss_fetch: std::sync::Mutex::new(None),
+            source_bytes: std::sync::Mutex::new(Vec::new()),
         }
     }
 
@@ -410,8 +414,8 @@ impl JwksCache {
         match &self.source {
             Source::Url { .. } => Ok(self.fetch_and_store().await),
             _ => {
-                let (set, next) = self.load_once().await?;
-                self.install(set, "success");
+                let (set, next, bytes) = self.load_once().await?;
+                self.install(set, bytes, "success");
                 Ok(next)
             }
         }
@@ -460,8 +464,8 @@ impl JwksCache {
     /// before the next one. Callers hold `fetching`.
     async fn fetch_and_store(&self) -> Duration {
         match self.load_once().await {
-            Ok((set, next)) => {
-                self.install(set, "success");
+            Ok((set, next, bytes)) => {
+                self.install(set, bytes, "success");
                 next
             }
             Err(e) => {
@@ -478,12 +482,16 @@ impl JwksCache {
         }
     }
 
-    async fn load_once(&self) -> Result<(KeySet, Duration), JwksError> {
+    async fn load_once(&self) -> Result<(KeySet, Duration, Vec<u8>), JwksError> {
         match &self.source {
-            Source::Inline(json) => Ok((KeySet::parse(json.as_bytes(), true)?, FILE_POLL)),
+            Source::Inline(json) => Ok((
+                KeySet::parse(json.as_bytes(), true)?,
+                FILE_POLL,
+                json.as_bytes().to_vec(),
+            )),
             Source::File(path) => {
                 let bytes = read_file(path).await?;
-                Ok((KeySet::parse(&bytes, true)?, FILE_POLL))
+                Ok((KeySet::parse(&bytes, true)?, FILE_POLL, bytes))
             }
             Source::Url { fetcher, refresh } => {
                 let (body, max_age) = tokio::time::timeout(FETCH_TIMEOUT, fetcher.fetch())
@@ -491,16 +499,23 @@ impl JwksCache {
                     .map_err(|_| JwksError::Timeout)??;
                 // Shared secrets are never taken from a remote endpoint.
                 let set = KeySet::parse(&body, false)?;
-                Ok((set, next_refresh(*refresh, max_age)))
+                Ok((set, next_refresh(*refresh, max_age), body.to_vec()))
             }
         }
     }
 
-    fn install(&self, set: KeySet, result: &str) {
+    fn install(&self, set: KeySet, bytes: Vec<u8>, result: &str) {
         let m = metrics::global();
         m.jwks_fetches
             .with_label_values(&[&self.provider, result])
             .inc();
+        {
+            let mut last = self.source_bytes.lock().unwrap_or_else(|p| p.into_inner());
+            if *last == bytes && self.keys.load().loaded {
+                return;
+            }
+            *last = bytes;
+        }
         m.jwks_keys
             .with_label_values(&[&self.provider])
             .set(set.keys.len() as f64);
@@ -737,6 +752,27 @@ mod tests {
     use super::*;
 
     const EC: &str = r#"{"kty":"EC","crv":"P-256","kid":"e1","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}"#;
+
+    #[tokio::test]
+    async fn an_unchanged_document_keeps_the_same_key_set() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jwks.json");
+        std::fs::write(&path, format!(r#"{{"keys":[{EC}]}}"#)).unwrap();
+        let cache = JwksCache::new("p".into(), Source::File(path.clone()));
+        cache.load_initial().await.unwrap();
+        let first = cache.current();
+        cache.fetch_and_store().await;
+        assert!(
+            Arc::ptr_eq(&first, &cache.current()),
+            "reloaded unchanged keys"
+        );
+        std::fs::write(&path, EC).unwrap();
+        cache.fetch_and_store().await;
+        assert!(
+            !Arc::ptr_eq(&first, &cache.current()),
+            "missed a changed document"
+        );
+    }
 
     #[test]
     fn parse_sets_and_skips_unusable_keys() {
