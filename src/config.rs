@@ -28,6 +28,9 @@ use crate::identity::spiffe_id::{SpiffeId, TrustDomain};
 pub const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
 /// Smallest accepted `limits.max_header_bytes`.
 pub const MIN_HEADER_BYTES: usize = 1024;
+/// Largest accepted `limits.max_connections`: far above any pod's need, and below
+/// what the connection semaphore can hold.
+const MAX_CONNECTIONS: usize = 1 << 24;
 /// Default Workload API socket when `SPIFFE_ENDPOINT_SOCKET` is not set.
 pub const DEFAULT_WORKLOAD_API_SOCKET: &str = "unix:///run/spire/sockets/agent.sock";
 /// Directory where csi-driver-spiffe mounts the SVID files.
@@ -264,8 +267,9 @@ pub struct InboundConfig {
     /// Ports whose traffic is never parsed as HTTP (decided once per connection).
     #[serde(deserialize_with = "or_default")]
     pub opaque_ports: Vec<u16>,
-    /// Extra trust domains whose peers are accepted; own and federated domains
-    /// are always accepted (default empty).
+    /// Trust domains whose bundles arrive at run time (federated bundles from the
+    /// Workload API), which `outbound.routes[].spiffe_id` may therefore name. Peers
+    /// are accepted when their SVID chains to a bundle of their own trust domain.
     #[serde(deserialize_with = "or_default")]
     pub trusted_domains: Vec<TrustDomain>,
 }
@@ -649,13 +653,32 @@ pub struct LogConfig {
     pub decisions: bool,
     /// Decision log file; `None` (default) means stdout.
     pub decision_file: Option<PathBuf>,
-    /// Extra header names or input paths masked in decision logs;
-    /// `authorization` and `cookie` are always masked.
+    /// Extra names masked in decision logs, as header names and as query
+    /// parameters; `authorization`, `cookie`, the `access_token` parameter and every
+    /// JWT provider's token header and query parameter are always masked.
     #[serde(deserialize_with = "or_default")]
     pub mask: Vec<String>,
     /// Fraction of allow decisions logged, in [0, 1] (default 1.0); denies are
     /// always logged.
     pub sample_allows: f64,
+}
+
+impl LogConfig {
+    /// `mask` plus the header and query names JWT providers read tokens from.
+    pub fn masked_names(&self, jwt: &JwtConfig) -> Vec<String> {
+        let mut names = self.mask.clone();
+        for p in &jwt.providers {
+            for at in &p.from {
+                match at {
+                    TokenLocation::Header { name, .. } | TokenLocation::Query(name) => {
+                        names.push(name.clone())
+                    }
+                    TokenLocation::Cookie(_) => {} // `cookie` is masked whole
+                }
+            }
+        }
+        names
+    }
 }
 
 impl Default for LogConfig {
@@ -976,11 +999,29 @@ impl Config {
                 .strip_prefix("https://")
                 .or_else(|| url.strip_prefix("http://"));
             match rest {
-                Some(r) if !r.is_empty() && !r.starts_with('/') => Ok(()),
-                _ => fail(
+                Some(r) if !r.is_empty() && !r.starts_with('/') => {}
+                _ => {
+                    return fail(
+                        path,
+                        format!("\"{url}\" must be an http:// or https:// URL"),
+                    )
+                }
+            }
+            // Neither bundles nor key sets are signed in transit: plain HTTP only
+            // where the traffic cannot leave the pod.
+            let plain_host = url
+                .parse::<http::Uri>()
+                .ok()
+                .filter(|u| u.scheme_str() == Some("http"))
+                .and_then(|u| u.host().map(|h| h.trim_matches(['[', ']']).to_owned()));
+            match plain_host {
+                Some(h) if !crate::authn::jwks::is_loopback(&h) => fail(
                     path,
-                    format!("\"{url}\" must be an http:// or https:// URL"),
+                    format!(
+                        "\"{url}\": plain http:// is only allowed to a loopback host; use https://"
+                    ),
                 ),
+                _ => Ok(()),
             }
         }
         fn header_name(path: &str, name: &str) -> Result<(), (String, String)> {
@@ -1233,6 +1274,15 @@ impl Config {
             if v == 0 {
                 return fail(path, "must be greater than zero");
             }
+        }
+        if l.max_connections > MAX_CONNECTIONS {
+            return fail(
+                "limits.max_connections",
+                format!(
+                    "{} is more than the maximum {MAX_CONNECTIONS}",
+                    l.max_connections
+                ),
+            );
         }
 
         // log
@@ -1673,7 +1723,7 @@ mod tests {
         assert_eq!(p.clock_skew, Duration::from_secs(60));
         assert_eq!(p.payload_in_metadata, "jwt_payload");
         let c = parse(&format!(
-            "{PROVIDER}      jwks: {{url: http://idp/jwks, refresh: 1m}}\n"
+            "{PROVIDER}      jwks: {{url: http://127.0.0.1:8081/jwks, refresh: 1m}}\n"
         ));
         assert!(
             matches!(c.jwt.providers[0].jwks, JwksSource::Url { refresh, .. } if refresh == Duration::from_secs(60))
@@ -1767,9 +1817,11 @@ mod tests {
             ("log: {level: verbose}\n", "log.level", "not one of"),
             ("policy: {body: {max_bytes: 16777217}}\n", "policy.body.max_bytes", "maximum"),
             ("limits: {max_header_bytes: 512}\n", "limits.max_header_bytes", "minimum"),
+            ("limits: {max_connections: 99999999999}\n", "limits.max_connections", "maximum"),
             ("limits: {header_timeout: 0s}\n", "limits.header_timeout", "greater than zero"),
             ("policy: {inbound_query: envoy.authz.allow}\n", "policy.inbound_query", "data."),
             ("policy: {bundle: {url: file:///x.tar.gz}}\n", "policy.bundle.url", "http://"),
+            ("policy: {bundle: {url: http://bundles.example/b.tar.gz}}\n", "policy.bundle.url", "loopback"),
             (
                 "identity: {dev_ca: {spiffe_id: spiffe://other.org/ns/a/sa/b}}\n",
                 "identity.dev_ca.spiffe_id",

@@ -47,10 +47,15 @@ pub struct DecisionEntry {
     pub headers: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
+/// Query parameters whose values are always masked in the logged path: the
+/// conventional token parameters (RFC 6750 §2.3 and common API-key names).
+const ALWAYS_MASKED_QUERY: &[&str] = &["access_token", "id_token", "api_key", "apikey"];
+
 /// Where decision logs go and what they hide.
 #[derive(Clone)]
 pub struct DecisionLog {
     tx: Option<mpsc::UnboundedSender<String>>,
+    /// Lower-case names masked as headers and as query parameters.
     masked: std::sync::Arc<Vec<String>>,
     sample_allows: f64,
 }
@@ -96,6 +101,7 @@ impl DecisionLog {
             })?;
         let mut masked: Vec<String> = mask.iter().map(|m| m.to_ascii_lowercase()).collect();
         masked.extend(ALWAYS_MASKED.iter().map(|s| s.to_string()));
+        masked.extend(ALWAYS_MASKED_QUERY.iter().map(|s| s.to_string()));
         Ok(DecisionLog {
             tx: Some(tx),
             masked: std::sync::Arc::new(masked),
@@ -145,6 +151,31 @@ impl DecisionLog {
         map
     }
 
+    /// The path-and-query with the values of masked query parameters replaced
+    /// (names compared case-insensitively, as written on the wire).
+    pub fn masked_path(&self, path: &str) -> String {
+        let Some((p, q)) = path.split_once('?') else {
+            return path.to_owned();
+        };
+        let mut out = String::with_capacity(path.len());
+        out.push_str(p);
+        out.push('?');
+        for (i, pair) in q.split('&').enumerate() {
+            if i > 0 {
+                out.push('&');
+            }
+            match pair.split_once('=') {
+                Some((k, _)) if self.masked.iter().any(|m| m.eq_ignore_ascii_case(k)) => {
+                    out.push_str(k);
+                    out.push('=');
+                    out.push_str(MASK);
+                }
+                _ => out.push_str(pair),
+            }
+        }
+        out
+    }
+
     /// Queues an entry; never blocks.
     pub fn log(&self, entry: &DecisionEntry) {
         if let Some(tx) = &self.tx {
@@ -187,6 +218,32 @@ mod tests {
         assert_eq!(m["authorization"], "***");
         assert_eq!(m["x-api-key"], "***");
         assert_eq!(m["accept"], "*/*");
+    }
+
+    #[test]
+    fn query_secrets_masked_in_the_path() {
+        let log = DecisionLog {
+            tx: None,
+            masked: std::sync::Arc::new(vec!["access_token".into(), "sig".into()]),
+            sample_allows: 1.0,
+        };
+        assert_eq!(log.masked_path("/a/b"), "/a/b");
+        assert_eq!(
+            log.masked_path("/a?x=1&Access_Token=eyJ.x.y&sig=abc&flag&sig"),
+            "/a?x=1&Access_Token=***&sig=***&flag&sig"
+        );
+        assert_eq!(log.masked_path("/a?"), "/a?");
+    }
+
+    #[test]
+    fn jwt_token_locations_are_masked_too() {
+        let cfg = crate::config::Config::from_yaml_str(
+            "log: {mask: [x-secret]}\njwt:\n  providers:\n    - {name: a, issuer: x, jwks: {file: /j}, from: [{header: x-token}, {query: tok}, {cookie: s}]}\n",
+            "t.yaml",
+        )
+        .unwrap();
+        let names = cfg.log.masked_names(&cfg.jwt);
+        assert_eq!(names, ["x-secret", "x-token", "tok"]);
     }
 
     #[test]

@@ -220,7 +220,7 @@ pub async fn start(cfg: Config, set_log_level: LevelSetter) -> anyhow::Result<Ru
     let log = if cfg.log.decisions {
         DecisionLog::start(
             cfg.log.decision_file.clone(),
-            &cfg.log.mask,
+            &cfg.log.masked_names(&cfg.jwt),
             cfg.log.sample_allows,
         )
         .context("log.decision_file")?

@@ -41,6 +41,11 @@ allow := {"allowed": false, "http_status": 418, "body": "teapot says no", "respo
     input.parsed_path[0] == "teapot"
 }
 
+# OPA-Envoy: on a deny, `headers` go on the local reply; an array is several values.
+allow := {"allowed": false, "http_status": 401, "body": "log in first", "headers": {"www-authenticate": "Bearer realm=\"demo\"", "x-multi": ["one", "two"]}} if {
+    input.parsed_path[0] == "login"
+}
+
 # Two complete definitions disagreeing: an evaluation error, which must fail closed.
 allow := {"allowed": true} if input.parsed_path[0] == "conflict"
 allow := {"allowed": false} if input.parsed_path[0] == "conflict"
@@ -108,6 +113,13 @@ async fn result_object_headers_status_and_body_are_honoured() {
     assert_eq!(r.status(), 418);
     assert_eq!(body, "teapot says no");
     assert_eq!(r.headers()["x-why"], "teapot");
+
+    let (r, body) = call(&c, addr, req("GET", "/login", &[], "")).await;
+    assert_eq!(r.status(), 401);
+    assert_eq!(body, "log in first");
+    assert_eq!(r.headers()["www-authenticate"], "Bearer realm=\"demo\"");
+    let multi: Vec<_> = r.headers().get_all("x-multi").iter().collect();
+    assert_eq!(multi, ["one", "two"]);
 }
 
 #[tokio::test]
@@ -155,8 +167,18 @@ async fn spoofed_xfcc_never_reaches_policy_or_app() {
     let xfcc = echoed["headers"]["x-forwarded-client-cert"]
         .as_str()
         .unwrap();
-    assert!(xfcc.starts_with(&format!("By={SERVER_ID};Hash=")), "{xfcc}");
-    assert!(xfcc.ends_with(&format!(";URI={REPORTING}")), "{xfcc}");
+    // Hash= is the SHA-256 of the client's leaf certificate (DER), as Envoy sets it.
+    let pem = std::fs::read(pki.path("reporting/tls.crt")).unwrap();
+    let leaf = rustls_pemfile::certs(&mut pem.as_slice())
+        .next()
+        .unwrap()
+        .unwrap();
+    let hash = hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &leaf));
+    assert_eq!(
+        xfcc,
+        format!("By={SERVER_ID};Hash={hash};URI={REPORTING}"),
+        "{xfcc}"
+    );
     assert!(!xfcc.contains("admin"));
     assert!(echoed["headers"].get("x-portcullis-peer").is_none());
     assert!(echoed["headers"]["x-request-id"].as_str().unwrap().len() >= 32);

@@ -702,7 +702,9 @@ impl HttpFetcher {
     }
 }
 
-fn is_loopback(host: &str) -> bool {
+/// `localhost` or a loopback address: where plain `http://` may go (the traffic
+/// never leaves the pod).
+pub(crate) fn is_loopback(host: &str) -> bool {
     host.eq_ignore_ascii_case("localhost")
         || host
             .parse::<std::net::IpAddr>()

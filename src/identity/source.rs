@@ -109,10 +109,10 @@ impl Svid {
             .load_private_key(key)
             .map_err(IdentityError::Key)?;
         let certified = CertifiedKey::new(chain.clone(), signing_key);
-        match certified.keys_match() {
-            Ok(()) => {}
-            Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {}
-            Err(_) => return Err(IdentityError::KeyMismatch),
+        // The provider must be able to tell that the key belongs to the certificate:
+        // "unknown" is refused like a mismatch (fail closed).
+        if certified.keys_match().is_err() {
+            return Err(IdentityError::KeyMismatch);
         }
         let id = verify_svid(&chain, &bundles, UnixTime::now())
             .map_err(|r| IdentityError::NotAnSvid(r.to_string()))?;
@@ -350,15 +350,20 @@ impl DevCaSource {
         Ok(())
     }
 
-    /// Renews at half of the TTL, forever.
+    /// Renews at half of the TTL, forever; a failed renewal is retried every few
+    /// seconds (never later than a tenth of the TTL) until one succeeds.
     pub async fn renew(self, identity: Arc<Identity>) {
+        let retry = (self.ttl / 10).clamp(Duration::from_millis(100), Duration::from_secs(5));
+        let mut wait = self.ttl / 2;
         loop {
-            tokio::time::sleep(self.ttl / 2).await;
-            if let Err(e) = self.issue(&identity) {
-                refuse("dev_ca", &e);
-                // Retry soon rather than waiting another half-life.
-                tokio::time::sleep(Duration::from_secs(5)).await;
-            }
+            tokio::time::sleep(wait).await;
+            wait = match self.issue(&identity) {
+                Ok(()) => self.ttl / 2,
+                Err(e) => {
+                    refuse("dev_ca", &e);
+                    retry
+                }
+            };
         }
     }
 }

@@ -648,6 +648,12 @@ impl BundleClient {
             .trim_end_matches(']')
             .to_string();
         let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+        // Bundles are not signed: whoever can change one in transit writes the policy.
+        if !https && !crate::authn::jwks::is_loopback(&host) {
+            return Err(BundleError::Client(format!(
+                "{url:?}: plain http:// is only allowed to a loopback host; use https://"
+            )));
+        }
         let tls = if https {
             let config = tls_config(ca)?;
             let name = rustls_pki_types::ServerName::try_from(host.clone())

@@ -247,7 +247,7 @@ impl PolicySet {
     ) -> Result<PolicySet, PolicyError> {
         let mut rego = Vec::new();
         let mut data_files = Vec::new();
-        walk(dir, dir, &mut rego, &mut data_files)?;
+        walk(dir, dir, 0, &mut rego, &mut data_files)?;
         rego.sort_by(|a, b| a.name.cmp(&b.name));
         data_files.sort_by(|a, b| a.0.name.cmp(&b.0.name));
 
@@ -697,6 +697,7 @@ fn push_distinct(v: &mut Vec<Value>, x: Value) {
 fn walk(
     root: &Path,
     dir: &Path,
+    depth: usize,
     rego: &mut Vec<SourceFile>,
     data: &mut Vec<(SourceFile, Vec<String>)>,
 ) -> Result<(), PolicyError> {
@@ -704,6 +705,11 @@ fn walk(
         let path = path.to_path_buf();
         move |source| PolicyError::Io { path, source }
     };
+    if depth > super::watch::MAX_DEPTH {
+        return Err(io(dir)(std::io::Error::other(
+            "directories nested too deeply (a link loop?)",
+        )));
+    }
     let mut entries: Vec<_> = std::fs::read_dir(dir)
         .map_err(io(dir))?
         .collect::<Result<_, _>>()
@@ -719,7 +725,7 @@ fn walk(
         let path = entry.path();
         let meta = std::fs::metadata(&path).map_err(io(&path))?;
         if meta.is_dir() {
-            walk(root, &path, rego, data)?;
+            walk(root, &path, depth + 1, rego, data)?;
             continue;
         }
         let is_rego = name.ends_with(".rego") && !name.ends_with("_test.rego");

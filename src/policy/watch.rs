@@ -23,7 +23,7 @@ use std::time::Duration;
 use super::store::PolicyStore;
 
 /// Symbolic-link loops and absurd nesting stop here.
-const MAX_DEPTH: usize = 32;
+pub(crate) const MAX_DEPTH: usize = 32;
 
 /// Why a directory could not be fingerprinted.
 #[derive(Debug, thiserror::Error)]

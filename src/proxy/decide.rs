@@ -99,7 +99,14 @@ impl Decider {
                         .body
                         .clone()
                         .unwrap_or_else(|| format!("access denied: {reason}\n")),
-                    headers: d.response_headers_to_add.clone(),
+                    // OPA-Envoy puts `headers` on a denied response; a policy that
+                    // sets `response_headers_to_add` on a deny gets those as well.
+                    headers: d
+                        .headers
+                        .iter()
+                        .chain(&d.response_headers_to_add)
+                        .cloned()
+                        .collect(),
                     reason,
                 }
             }
@@ -165,7 +172,7 @@ impl Decider {
             destination_principal: facts.destination_principal.map(str::to_owned),
             destination_address: facts.destination_address.to_string(),
             method: http.map(|h| h.method.to_owned()),
-            path: http.map(|h| h.path.to_owned()),
+            path: http.map(|h| self.log.masked_path(h.path)),
             decision: label,
             status: 0,
             reason,

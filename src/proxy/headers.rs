@@ -129,15 +129,24 @@ pub fn ensure_request_id(headers: &mut HeaderMap) -> String {
     id
 }
 
-/// Adds (replacing) headers a policy returned; invalid names or values were
-/// rejected when the decision was parsed, so failures here are skipped.
+/// Adds headers a policy returned: a name replaces the header already there, and a
+/// name given several values (an array in the result) carries all of them. Invalid
+/// names or values were rejected when the decision was parsed, so failures here are
+/// skipped.
 pub fn add_headers(map: &mut http::HeaderMap, add: &[(String, String)]) {
-    for (k, v) in add {
+    for (i, (k, v)) in add.iter().enumerate() {
         if let (Ok(name), Ok(value)) = (
             HeaderName::from_bytes(k.as_bytes()),
             HeaderValue::from_str(v),
         ) {
-            map.insert(name, value);
+            if add[..i]
+                .iter()
+                .any(|(earlier, _)| earlier.eq_ignore_ascii_case(k))
+            {
+                map.append(name, value);
+            } else {
+                map.insert(name, value);
+            }
         }
     }
 }

@@ -18,6 +18,7 @@ use tokio_rustls::TlsAcceptor;
 use super::decide::{Decider, Ticket};
 use super::forward::{text_response, AppClients, ProxyBody};
 use super::listener::{ConnGuard, HttpServer};
+use super::sniff::{self, Prefixed, Sniffed};
 use super::{body, headers, tcp, ConnInfo, Prelude};
 use crate::authn::{Authenticator, Outcome, Rejection, Verified};
 use crate::config::{BodyConfig, MtlsMode};
@@ -134,8 +135,37 @@ impl Inbound {
                 tls: true,
             });
             drop(loaded);
-            if opaque || self.opaque_ports.contains(&app.port()) {
+            if self.opaque_ports.contains(&app.port()) {
                 tcp::relay(&self.decider, &conn, tls).await;
+            } else if opaque {
+                // The peer chose to relay raw bytes to a port that is not declared
+                // opaque here. Whatever an app could read as HTTP is served as HTTP, so
+                // the ALPN cannot skip per-request decisions and header hygiene. A
+                // server-first protocol must be declared in `inbound.opaque_ports`.
+                let mut tls = tls;
+                match sniff::sniff(
+                    &mut tls,
+                    self.http.header_timeout,
+                    64,
+                    sniff::classify_inbound,
+                )
+                .await
+                {
+                    Some((Sniffed::Http, seen)) => {
+                        let this = self.clone();
+                        self.http
+                            .serve(Prefixed::new(seen, tls), move |req| {
+                                this.clone().handle(conn.clone(), req)
+                            })
+                            .await;
+                    }
+                    Some((_, seen)) => {
+                        tcp::relay(&self.decider, &conn, Prefixed::new(seen, tls)).await;
+                    }
+                    None => {
+                        tracing::debug!(%peer, "opaque connection sent nothing in time (server-first protocols need inbound.opaque_ports)");
+                    }
+                }
             } else {
                 let this = self.clone();
                 self.http

@@ -25,6 +25,7 @@ use super::headers::add_headers;
 use super::inbound::ORIG_PROTO;
 use super::listener::{ConnGuard, HttpServer};
 use super::peer::{PeerConn, PeerError, PeerPool, ALPN_TCP};
+use super::sniff::{self, Sniffed};
 use super::{headers, Prelude};
 use crate::config::NonMeshAction;
 use crate::identity::source::Identity;
@@ -525,33 +526,11 @@ async fn detect(stream: &TcpStream, wait: Duration) -> Protocol {
         if n == 0 {
             return Protocol::Tcp;
         }
-        match classify(&buf[..n]) {
-            Some(p) => return p,
-            None => tokio::time::sleep(Duration::from_millis(1)).await,
+        match sniff::classify_outbound(&buf[..n]) {
+            Sniffed::Http => return Protocol::Http,
+            Sniffed::Other => return Protocol::Tcp,
+            Sniffed::NeedMore => tokio::time::sleep(Duration::from_millis(1)).await,
         }
-    }
-}
-
-/// `Some` once the bytes decide the protocol, `None` if more are needed.
-fn classify(b: &[u8]) -> Option<Protocol> {
-    const PREFACE: &[u8] = b"PRI * HTTP/2.0";
-    if PREFACE.starts_with(b) && b.len() < PREFACE.len() {
-        return None;
-    }
-    if b.starts_with(PREFACE) {
-        return Some(Protocol::Http);
-    }
-    for (i, c) in b.iter().enumerate() {
-        match c {
-            b'A'..=b'Z' if i < 12 => continue,
-            b' ' if i >= 3 => return Some(Protocol::Http),
-            _ => return Some(Protocol::Tcp),
-        }
-    }
-    if b.len() >= 12 {
-        Some(Protocol::Tcp)
-    } else {
-        None
     }
 }
 
@@ -566,24 +545,6 @@ impl MapErrBoxed for Incoming {
             self,
             BoxError::from,
         ))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn protocol_detection() {
-        assert_eq!(classify(b"GET / HTTP/1.1\r\n"), Some(Protocol::Http));
-        assert_eq!(classify(b"DELETE /x"), Some(Protocol::Http));
-        assert_eq!(classify(b"PRI * HTTP/2.0\r\n"), Some(Protocol::Http));
-        assert_eq!(classify(b"PRI"), None);
-        assert_eq!(classify(b"GE"), None);
-        assert_eq!(classify(b"\x16\x03\x01\x02"), Some(Protocol::Tcp));
-        assert_eq!(classify(b"\0\0\0\x08\x04\xd2\x16\x2f"), Some(Protocol::Tcp));
-        assert_eq!(classify(b"ABCDEFGHIJKLMNOP"), Some(Protocol::Tcp));
-        assert_eq!(classify(b"get / HTTP/1.1"), Some(Protocol::Tcp));
     }
 }
 

@@ -132,19 +132,27 @@ pub async fn echo_app() -> SocketAddr {
     addr
 }
 
-/// Opens an mTLS connection and returns an HTTP/1.1 sender.
-pub async fn h1(
+/// Opens an mTLS connection to the sidecar.
+pub async fn tls_connect(
     cfg: &Arc<rustls::ClientConfig>,
     addr: SocketAddr,
-) -> hyper::client::conn::http1::SendRequest<Full<Bytes>> {
+) -> tokio_rustls::client::TlsStream<TcpStream> {
     let tcp = TcpStream::connect(addr).await.unwrap();
-    let tls = tokio_rustls::TlsConnector::from(cfg.clone())
+    tokio_rustls::TlsConnector::from(cfg.clone())
         .connect(
             rustls_pki_types::ServerName::try_from("backend").unwrap(),
             tcp,
         )
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// Opens an mTLS connection and returns an HTTP/1.1 sender.
+pub async fn h1(
+    cfg: &Arc<rustls::ClientConfig>,
+    addr: SocketAddr,
+) -> hyper::client::conn::http1::SendRequest<Full<Bytes>> {
+    let tls = tls_connect(cfg, addr).await;
     let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
         .await
         .unwrap();
