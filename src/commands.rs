@@ -90,11 +90,12 @@ pub fn ca_issue(
     Ok(())
 }
 
-/// `portcullis iptables [--apply|--cleanup]`: prints the rules by default.
+/// `portcullis iptables [--apply|--cleanup|--ipv6]`: prints the IPv4 rules by default.
 pub fn iptables(
     rules: &crate::k8s::iptables::Rules,
     apply: bool,
     cleanup: bool,
+    ipv6: bool,
 ) -> anyhow::Result<()> {
     use crate::k8s::iptables;
     if cleanup {
@@ -103,6 +104,8 @@ pub fn iptables(
     } else if apply {
         iptables::apply(rules)?;
         println!("interception rules applied");
+    } else if ipv6 {
+        print!("{}", rules.restore_script_v6());
     } else {
         print!("{}", rules.restore_script());
     }

@@ -42,6 +42,10 @@ enum Command {
         /// Remove the rules and chains.
         #[arg(long)]
         cleanup: bool,
+        /// Print the IPv6 refusal rules (`ip6tables-restore` form) instead of the
+        /// IPv4 interception rules; `--apply` always installs both.
+        #[arg(long, conflicts_with_all = ["apply", "cleanup"])]
+        ipv6: bool,
     },
     /// A tiny HTTP echo app (answers with a JSON description of each request).
     Echo {
@@ -104,7 +108,8 @@ fn main() -> ExitCode {
             rules,
             apply,
             cleanup,
-        } => commands::iptables(&rules, apply, cleanup),
+            ipv6,
+        } => commands::iptables(&rules, apply, cleanup, ipv6),
         Command::Echo { listen } => commands::echo(listen),
         // --- k8s (issue #7) ---
         Command::Inject(cmd) => portcullis::k8s::cli::run_inject(&cmd),

@@ -26,7 +26,14 @@ fn missing_prerequisite() -> Option<String> {
     if unsafe { libc::geteuid() } != 0 {
         return Some("not running as root (network namespaces and iptables need it)".into());
     }
-    for tool in ["ip", "iptables-restore", "tcpdump", "setpriv", "curl"] {
+    for tool in [
+        "ip",
+        "iptables-restore",
+        "ip6tables-restore",
+        "tcpdump",
+        "setpriv",
+        "curl",
+    ] {
         let found = Command::new("sh")
             .arg("-c")
             .arg(format!("command -v {tool}"))
@@ -72,7 +79,11 @@ impl Topology {
         run(&["ip", "netns", "add", &sw]);
         run(&["ip", "-n", &sw, "link", "add", "br0", "type", "bridge"]);
         run(&["ip", "-n", &sw, "link", "set", "br0", "up"]);
-        for (pod, ip) in [("a", "10.77.0.1"), ("b", "10.77.0.2"), ("c", "10.77.0.3")] {
+        for (pod, ip, ip6) in [
+            ("a", "10.77.0.1", "fd77::1"),
+            ("b", "10.77.0.2", "fd77::2"),
+            ("c", "10.77.0.3", "fd77::3"),
+        ] {
             let ns = t.ns(pod);
             run(&["ip", "netns", "add", &ns]);
             let port = format!("v{pod}");
@@ -90,6 +101,18 @@ impl Topology {
                 &format!("{ip}/24"),
                 "dev",
                 "eth0",
+            ]);
+            // Dual stack: IPv6 must not be a way around the sidecar.
+            run(&[
+                "ip",
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("{ip6}/64"),
+                "dev",
+                "eth0",
+                "nodad",
             ]);
             run(&["ip", "-n", &ns, "link", "set", "eth0", "up"]);
             run(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
@@ -216,6 +239,11 @@ fn pod_dir(pki: &Pki, name: &str, id: &str, policies: &[(&str, &str)]) -> PathBu
     dir
 }
 
+/// A pod's rule set as `iptables-save` (or `ip6tables-save`) prints it.
+fn saved(t: &Topology, pod: &str, tool: &str) -> String {
+    String::from_utf8_lossy(&t.exec(pod, &[tool]).stdout).into_owned()
+}
+
 #[test]
 fn two_pods_with_transparent_interception() {
     if let Some(why) = missing_prerequisite() {
@@ -231,7 +259,8 @@ fn two_pods_with_transparent_interception() {
     std::fs::create_dir_all(&logs).unwrap();
 
     let mut t = Topology::new();
-    for pod in ["a", "b"] {
+    // Applied twice (an init container that restarted): one copy of every rule.
+    for pod in ["a", "b", "a", "b"] {
         let out = t.exec(pod, &[BIN, "iptables", "--apply"]);
         assert!(
             out.status.success(),
@@ -239,10 +268,29 @@ fn two_pods_with_transparent_interception() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+    let v4 = saved(&t, "a", "iptables-save");
+    assert_eq!(
+        v4.matches("-A PREROUTING -p tcp -j PORTCULLIS_INBOUND")
+            .count(),
+        1,
+        "{v4}"
+    );
+    assert_eq!(
+        v4.matches("-A OUTPUT -p tcp -j PORTCULLIS_OUTPUT").count(),
+        1,
+        "{v4}"
+    );
+    assert_eq!(v4.matches("--uid-owner 1337").count(), 1, "{v4}");
+    let v6 = saved(&t, "a", "ip6tables-save");
+    assert_eq!(
+        v6.matches("-A INPUT -p tcp -j PORTCULLIS_INBOUND6").count(),
+        1,
+        "{v6}"
+    );
     t.spawn(
         "b",
         false,
-        &[BIN, "echo", "--listen", "0.0.0.0:8080"],
+        &[BIN, "echo", "--listen", "[::]:8080"],
         &logs.join("app-b.log"),
     );
     t.spawn(
@@ -330,6 +378,18 @@ fn two_pods_with_transparent_interception() {
     assert_eq!(code, "000");
     assert_ne!(exit, Some(0));
 
+    // 4b. IPv6 is refused both ways rather than let past the sidecars: app B listens
+    //     on both families, yet neither A's app nor the sidecar-less pod reaches it.
+    let (code, _, exit) = curl("a", "http://[fd77::2]:8080/hello");
+    assert_eq!(code, "000");
+    assert_eq!(exit, Some(7), "curl exit: connection refused expected");
+    let (code, _, exit) = curl("c", "http://[fd77::2]:8080/hello");
+    assert_eq!(code, "000");
+    assert_eq!(exit, Some(7), "curl exit: connection refused expected");
+    // ...while loopback IPv6 inside a pod is untouched.
+    let (code, _, _) = curl("b", "http://[::1]:8080/hello");
+    assert_eq!(code, "200");
+
     // Both requests from A to B used one mTLS connection from A's sidecar.
     let (_, metrics, _) = curl("a", "http://127.0.0.1:15000/metrics");
     assert!(
@@ -360,4 +420,16 @@ fn two_pods_with_transparent_interception() {
         !has(b"x-forwarded-client-cert"),
         "plaintext headers on the wire"
     );
+
+    // 6. `--cleanup` removes every rule and chain of both families.
+    let out = t.exec("a", &[BIN, "iptables", "--cleanup"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for tool in ["iptables-save", "ip6tables-save"] {
+        let after = saved(&t, "a", tool);
+        assert!(!after.contains("PORTCULLIS"), "{tool}: {after}");
+    }
 }
