@@ -62,7 +62,7 @@ test_divide_by_zero if {
 
 test_this_fails if authz.allow with input as {"user": "mallory"}
 
-todo_write_more_tests if false
+todo_test_write_more if false
 
 test_data_default_used if {
 	authz.allow with input as {"user": "bob"}
@@ -102,9 +102,10 @@ fn examples_pass() {
 #[test]
 fn verdicts_and_exit_codes() {
     let dir = fixture();
+    // Exit codes as `opa test`: 2 for failures, errors and skips, 1 for load errors.
     let out = portcullis(&["policy", "test", "-v", "p"], dir.path());
     let stdout = text(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "{stdout}{}", text(&out.stderr));
+    assert_eq!(out.status.code(), Some(2), "{stdout}{}", text(&out.stderr));
     for (name, verdict) in [
         ("test_admin_allowed", "PASS"),
         ("test_public_get", "PASS"),
@@ -117,7 +118,7 @@ fn verdicts_and_exit_codes() {
             "{name}: {stdout}"
         );
     }
-    assert!(stdout.contains("data.app.authz_test.todo_write_more_tests: SKIPPED"));
+    assert!(stdout.contains("data.app.authz_test.todo_test_write_more: SKIPPED"));
     // The error points at the file and line of the failing expression.
     assert!(stdout.contains("p/authz_test.rego:15:"), "{stdout}");
     assert!(stdout.contains("p/authz_test.rego:"));
@@ -129,8 +130,13 @@ fn verdicts_and_exit_codes() {
     // Without -v only failures and errors are listed.
     let out = portcullis(&["policy", "test", "p"], dir.path());
     let stdout = text(&out.stdout);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2));
     assert!(!stdout.contains("test_admin_allowed"), "{stdout}");
+    // A failure names its file and line.
+    assert!(
+        stdout.contains("p/authz_test.rego:19: test failed"),
+        "{stdout}"
+    );
     assert!(stdout.contains("test_this_fails: FAIL"));
     assert!(stdout.contains("test_divide_by_zero: ERROR"));
 
@@ -143,21 +149,55 @@ fn verdicts_and_exit_codes() {
     assert_eq!(out.status.code(), Some(0), "{stdout}");
     assert!(stdout.ends_with("PASS: 2/2\n"), "{stdout}");
 
-    // Only the failing one → exit 1; only the erroring one → exit 1.
+    // Only the failing one → exit 2; only the erroring one → exit 2.
     let out = portcullis(&["policy", "test", "--run", "fails$", "p"], dir.path());
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2));
     let out = portcullis(&["policy", "test", "--run", "divide", "p"], dir.path());
-    assert_eq!(out.status.code(), Some(1));
-    // A todo alone is not a failure.
+    assert_eq!(out.status.code(), Some(2));
+    // A skipped test alone: 2, or 0 with -z (--exit-zero-on-skipped).
     let out = portcullis(&["policy", "test", "--run", "todo_", "p"], dir.path());
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stdout));
+    let out = portcullis(&["policy", "test", "-z", "--run", "todo_", "p"], dir.path());
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+}
+
+#[test]
+fn every_definition_of_a_test_counts() {
+    // In Rego the two definitions would be OR'ed: the failing one must still fail.
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        &[(
+            "d/dup_test.rego",
+            "package dup_test\nimport rego.v1\n\ntest_same if false\ntest_same if true\ntest_string := \"not a boolean\"\n",
+        )],
+    );
+    let out = portcullis(&["policy", "test", "-v", "d"], dir.path());
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{stdout}");
+    assert!(
+        stdout.contains("data.dup_test.test_same: FAIL ("),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("data.dup_test.test_same#01: PASS ("),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("data.dup_test.test_string: FAIL ("),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("d/dup_test.rego:4: test failed"),
+        "{stdout}"
+    );
 }
 
 #[test]
 fn json_format() {
     let dir = fixture();
     let out = portcullis(&["policy", "test", "--format", "json", "p"], dir.path());
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let results = v.as_array().unwrap();
     assert_eq!(results.len(), 6);
@@ -174,12 +214,16 @@ fn json_format() {
     assert!(pass.get("fail").is_none() && pass.get("error").is_none());
     assert!(pass["duration"].as_u64().is_some());
     assert_eq!(by_name("test_this_fails")["fail"], true);
-    assert_eq!(by_name("todo_write_more_tests")["skip"], true);
+    assert_eq!(by_name("todo_test_write_more")["skip"], true);
     let err = by_name("test_divide_by_zero")["error"]["message"]
         .as_str()
         .unwrap()
         .to_string();
     assert!(err.starts_with("p/authz_test.rego:15:"), "{err}");
+    assert_eq!(
+        by_name("test_divide_by_zero")["error"]["code"],
+        "eval_error"
+    );
 }
 
 #[test]
@@ -213,7 +257,7 @@ fn coverage_report() {
 }
 
 #[test]
-fn load_errors_exit_2_with_location() {
+fn load_errors_exit_1_with_location() {
     let dir = tempfile::tempdir().unwrap();
     write(
         dir.path(),
@@ -223,12 +267,12 @@ fn load_errors_exit_2_with_location() {
         )],
     );
     let out = portcullis(&["policy", "test", "bad"], dir.path());
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(1));
     let stderr = text(&out.stderr);
     assert!(stderr.contains("bad/x_test.rego:5:"), "{stderr}");
 
     let out = portcullis(&["policy", "test", "missing-dir"], dir.path());
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("missing-dir"));
 }
 
@@ -249,7 +293,7 @@ fn test_timeout_is_an_error() {
     );
     assert!(start.elapsed() < std::time::Duration::from_secs(20));
     let stdout = text(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert_eq!(out.status.code(), Some(2), "{stdout}");
     assert!(stdout.contains("test_slow: ERROR"), "{stdout}");
     assert!(stdout.contains("test_fast: PASS"), "{stdout}");
 }

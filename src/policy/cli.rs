@@ -1,7 +1,8 @@
 //! `portcullis policy test|eval|check`: the policy author's tools.
 //!
 //! - `test [PATH...]`: run `test_*` rules like `opa test` (see [`super::test_runner`]);
-//!   exit 0 when all pass, 1 on any failure or error, 2 when the policies do not load.
+//!   exit codes as `opa test`: 0 when all pass, 2 on any failure, error or skipped
+//!   test (skips exit 0 with `-z`), 1 when the policies do not load.
 //! - `eval [--input FILE|-] [--data PATH]... [--bundle PATH] QUERY`: evaluate a
 //!   query and print `{"result": [...]}` as JSON (like `opa eval`); without
 //!   `--data`/`--bundle` it loads `./policies` when that directory exists.
@@ -33,7 +34,10 @@ pub enum Format {
 /// The `portcullis policy` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum PolicyCommand {
-    /// Run Rego unit tests (`test_*` rules; `todo_*` rules are skipped).
+    /// Run Rego unit tests (`test_*` rules; `todo_test_*` rules are skipped).
+    ///
+    /// Exit status: 0 all passed, 2 a test failed, errored or was skipped, 1 the
+    /// policies could not be loaded.
     Test {
         /// Directories or files with policies, tests and data (default: policies).
         paths: Vec<PathBuf>,
@@ -52,6 +56,9 @@ pub enum PolicyCommand {
         /// Per-test time limit, e.g. 5s, 500ms.
         #[arg(long, default_value = "5s")]
         timeout: String,
+        /// Skipped tests do not make the exit status non-zero.
+        #[arg(short = 'z', long)]
+        exit_zero_on_skipped: bool,
     },
     /// Evaluate a query and print the result as JSON.
     Eval {
@@ -98,6 +105,7 @@ pub fn run_with(cmd: PolicyCommand, extensions: Option<ExtensionHook>) -> anyhow
             format,
             coverage,
             timeout,
+            exit_zero_on_skipped,
         } => {
             let run = run
                 .map(|r| regex::Regex::new(&r))
@@ -111,7 +119,13 @@ pub fn run_with(cmd: PolicyCommand, extensions: Option<ExtensionHook>) -> anyhow
                 coverage,
                 extensions,
             };
-            test(&default_paths(paths), verbose, format, &options)
+            test(
+                &default_paths(paths),
+                verbose,
+                format,
+                exit_zero_on_skipped,
+                &options,
+            )
         }
         PolicyCommand::Eval {
             input,
@@ -136,6 +150,7 @@ fn test(
     paths: &[PathBuf],
     verbose: bool,
     format: Format,
+    exit_zero_on_skipped: bool,
     options: &TestOptions,
 ) -> anyhow::Result<ExitCode> {
     let sources = load_sources(paths);
@@ -143,17 +158,18 @@ fn test(
         Ok(r) => r,
         Err(e) => {
             eprintln!("{e}");
-            return Ok(ExitCode::from(2));
+            return Ok(ExitCode::FAILURE);
         }
     };
     match format {
         Format::Pretty => print!("{}", report.to_text(verbose)),
         Format::Json => println!("{}", serde_json::to_string_pretty(&report.to_json())?),
     }
-    Ok(if report.passed() {
-        ExitCode::SUCCESS
+    let skipped = report.results.iter().any(|r| r.skip);
+    Ok(if !report.passed() || (skipped && !exit_zero_on_skipped) {
+        ExitCode::from(2)
     } else {
-        ExitCode::FAILURE
+        ExitCode::SUCCESS
     })
 }
 

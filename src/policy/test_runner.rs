@@ -3,11 +3,12 @@
 //! Every `.rego` file under the given paths (test files included) and every
 //! `data.json` / `data.yaml` (merged at its directory's path) is loaded into one
 //! interpreter [`Engine`] (the one that supports `with … as`). Rules whose name
-//! starts with `test_` are tests, `todo_` rules are skipped. Each test is
+//! starts with `test_` are tests, `todo_test_` rules are skipped. Each test is
 //! evaluated as `data.<package>.<rule>` on a fresh clone of the prepared engine,
-//! so nothing one test does can affect another: a defined, non-`false` result
-//! passes, `false` or undefined fails, an evaluation error (or the per-test
-//! timeout) is an error with its `file:line`.
+//! so nothing one test does can affect another: `true` passes, anything else
+//! (`false`, undefined, another value) fails, an evaluation error (or the per-test
+//! timeout) is an error with its `file:line`. A test defined twice runs as two
+//! tests (`test_x`, `test_x#01`), so one passing definition cannot hide another.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -63,6 +64,8 @@ pub struct Location {
 /// An evaluation error of a test.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct TestError {
+    /// `eval_error` (a runtime error) or `eval_cancel_error` (the time limit), as OPA.
+    pub code: &'static str,
     /// The message (with `file:line:col:` where regorus reports it).
     pub message: String,
 }
@@ -188,7 +191,7 @@ impl TestReport {
                         r.location.file, r.location.row, e.message
                     ));
                 }
-                if r.fail && !verbose {
+                if r.fail {
                     out.push_str(&format!(
                         "  {}:{}: test failed\n",
                         r.location.file, r.location.row
@@ -389,18 +392,30 @@ pub fn engine_for(
 
 struct TestCase {
     package: String,
+    /// The rule name as written, `test_x` (`test_x#01` for a second definition).
     name: String,
+    /// The rule path evaluated, `data.pkg.test_x` (renamed when defined twice).
+    query: String,
     location: Location,
     todo: bool,
 }
 
-fn discover(engine: &mut Engine) -> Vec<TestCase> {
-    let mut seen = BTreeSet::new();
+/// A test rule's name token in a module's text.
+struct TestRule {
+    package: String,
+    name: String,
+    location: Location,
+    /// Byte range of the name in the module text.
+    name_span: (usize, usize),
+}
+
+/// Test rules in definition order: `test_*` rules, and `todo_test_*` ones (skipped),
+/// as `opa test` finds them. Only complete rules without arguments are tests.
+fn test_rules(engine: &mut Engine) -> Vec<TestRule> {
     let mut tests = Vec::new();
     for module in engine.get_modules().iter() {
         let package = format!("data.{}", module.package.refr.span().text());
         for rule in module.policy.iter() {
-            // Tests are complete rules without arguments: `test_x if { … }`.
             let Rule::Spec {
                 head: RuleHead::Compr { refr, .. },
                 span,
@@ -411,16 +426,10 @@ fn discover(engine: &mut Engine) -> Vec<TestCase> {
             };
             let name = refr.span().text();
             let is_ident = name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-            let todo = name.starts_with("todo_");
-            if !is_ident || !(name.starts_with("test_") || todo) {
+            if !is_ident || !(name.starts_with(TEST_PREFIX) || name.starts_with(SKIP_PREFIX)) {
                 continue;
             }
-            let full = format!("{package}.{name}");
-            if !seen.insert(full) {
-                // Several definitions of one test form one test (all must hold).
-                continue;
-            }
-            tests.push(TestCase {
+            tests.push(TestRule {
                 package: package.clone(),
                 name: name.to_string(),
                 location: Location {
@@ -428,16 +437,83 @@ fn discover(engine: &mut Engine) -> Vec<TestCase> {
                     row: span.line,
                     col: span.col,
                 },
-                todo,
+                name_span: (refr.span().start as usize, refr.span().end as usize),
             });
         }
     }
     tests
 }
 
+const TEST_PREFIX: &str = "test_";
+const SKIP_PREFIX: &str = "todo_test_";
+
+/// The name a second (third, …) definition of a test is evaluated under: in Rego
+/// several definitions of one rule are OR'ed, so one passing definition would hide a
+/// failing one. Like `opa test`, each definition is its own test (`test_x#01`).
+fn duplicate_name(name: &str, k: usize) -> String {
+    format!("{name}__portcullis_definition_{k:02}")
+}
+
+/// Finds the tests; where a test is defined more than once, renames the later
+/// definitions in the module texts and returns the rewritten sources to load instead.
+fn discover(engine: &mut Engine, sources: &Bundle) -> (Vec<TestCase>, Option<Bundle>) {
+    let rules = test_rules(engine);
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    let mut renames: BTreeMap<String, Vec<((usize, usize), String)>> = BTreeMap::new();
+    let mut tests = Vec::new();
+    for r in rules {
+        let full = format!("{}.{}", r.package, r.name);
+        let k = *seen
+            .entry(full.clone())
+            .and_modify(|k| *k += 1)
+            .or_insert(0);
+        let (name, query) = if k == 0 {
+            (r.name.clone(), full)
+        } else {
+            let internal = duplicate_name(&r.name, k);
+            renames
+                .entry(r.location.file.clone())
+                .or_default()
+                .push((r.name_span, internal.clone()));
+            (
+                format!("{}#{k:02}", r.name),
+                format!("{}.{internal}", r.package),
+            )
+        };
+        tests.push(TestCase {
+            package: r.package,
+            todo: r.name.starts_with(SKIP_PREFIX),
+            name,
+            query,
+            location: r.location,
+        });
+    }
+    if renames.is_empty() {
+        return (tests, None);
+    }
+    let mut rewritten = sources.clone();
+    for (file, text) in rewritten.modules.iter_mut() {
+        let Some(edits) = renames.get_mut(file.as_str()) else {
+            continue;
+        };
+        // Back to front, so earlier offsets stay valid.
+        edits.sort_by(|a, b| b.0 .0.cmp(&a.0 .0));
+        for ((start, end), name) in edits.iter() {
+            if text.get(*start..*end).is_some() {
+                text.replace_range(*start..*end, name);
+            }
+        }
+    }
+    (tests, Some(rewritten))
+}
+
 /// Runs every test found in `sources`.
 pub fn run_tests(sources: &Bundle, options: &TestOptions) -> Result<TestReport, TestRunError> {
     let mut engine = engine_for(sources, options.extensions.as_ref())?;
+    let (tests, rewritten) = discover(&mut engine, sources);
+    if let Some(rewritten) = &rewritten {
+        engine = engine_for(rewritten, options.extensions.as_ref())?;
+    }
     engine.set_gather_prints(true);
     engine.set_execution_timer_config(ExecutionTimerConfig {
         limit: options.timeout.unwrap_or(Duration::from_secs(5)),
@@ -446,7 +522,6 @@ pub fn run_tests(sources: &Bundle, options: &TestOptions) -> Result<TestReport, 
     if options.coverage {
         engine.set_enable_coverage(true);
     }
-    let tests = discover(&mut engine);
     let mut results = Vec::new();
     let mut covered: BTreeMap<String, FileCoverage> = BTreeMap::new();
     for t in tests {
@@ -473,18 +548,25 @@ pub fn run_tests(sources: &Bundle, options: &TestOptions) -> Result<TestReport, 
         let mut e = engine.clone();
         let start = Instant::now();
         let outcome =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| e.eval_rule(full.clone())));
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| e.eval_rule(t.query)));
         result.duration = start.elapsed().as_nanos() as u64;
         match outcome {
-            Ok(Ok(Value::Undefined | Value::Bool(false))) => result.fail = true,
-            Ok(Ok(_)) => {}
+            // Only `true` passes (as in `opa test`): false, undefined or any other
+            // value fails.
+            Ok(Ok(Value::Bool(true))) => {}
+            Ok(Ok(_)) => result.fail = true,
             Ok(Err(err)) => {
-                result.error = Some(TestError {
-                    message: one_line(&format!("{err}")),
-                })
+                let message = one_line(&format!("{err}"));
+                let code = if message == TIMED_OUT {
+                    "eval_cancel_error"
+                } else {
+                    "eval_error"
+                };
+                result.error = Some(TestError { code, message })
             }
             Err(_) => {
                 result.error = Some(TestError {
+                    code: "eval_error",
                     message: "the interpreter panicked".to_string(),
                 })
             }
@@ -519,9 +601,11 @@ pub fn run_tests(sources: &Bundle, options: &TestOptions) -> Result<TestReport, 
 }
 
 /// `file:line:col: message` from regorus' multi-line error text.
+const TIMED_OUT: &str = "test timed out";
+
 fn one_line(text: &str) -> String {
     if text.contains("exceeded time limit") {
-        return "test timed out".to_string();
+        return TIMED_OUT.to_string();
     }
     super::engine::one_line(text)
 }
@@ -553,7 +637,8 @@ mod tests {
                  test_pass if p.allow with input as {\"x\": 1}\n\
                  test_fail if p.allow with input as {\"x\": 2}\n\
                  test_error if 1 / 0\n\
-                 todo_later if false\n\
+                 todo_test_later if false\n\
+                 todo_list := [1]\n\
                  helper(x) := x\n",
             ),
         ]);
@@ -569,7 +654,7 @@ mod tests {
                 ("test_pass", "PASS"),
                 ("test_fail", "FAIL"),
                 ("test_error", "ERROR"),
-                ("todo_later", "SKIPPED")
+                ("todo_test_later", "SKIPPED")
             ]
         );
         assert!(!report.passed());
@@ -580,6 +665,41 @@ mod tests {
             text.contains("PASS: 1/4\nFAIL: 1/4\nSKIPPED: 1/4\nERROR: 1/4\n"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn only_true_passes_and_each_definition_is_a_test() {
+        let b = bundle(&[(
+            "t_test.rego",
+            "package t\nimport rego.v1\n\
+             test_dup if false\n\
+             test_dup if true\n\
+             test_dup if 1 == 1\n\
+             test_value := \"oops\"\n",
+        )]);
+        let report = run_tests(&b, &TestOptions::default()).unwrap();
+        let verdicts: Vec<_> = report
+            .results
+            .iter()
+            .map(|r| (r.name.as_str(), r.verdict(), r.location.row))
+            .collect();
+        assert_eq!(
+            verdicts,
+            vec![
+                ("test_dup", "FAIL", 3),
+                ("test_dup#01", "PASS", 4),
+                ("test_dup#02", "PASS", 5),
+                ("test_value", "FAIL", 6),
+            ]
+        );
+        // --run matches the reported names.
+        let options = TestOptions {
+            run: Some(regex::Regex::new("test_dup#01$").unwrap()),
+            ..TestOptions::default()
+        };
+        let report = run_tests(&b, &options).unwrap();
+        assert_eq!(report.results.len(), 1);
+        assert!(report.passed());
     }
 
     #[test]
