@@ -454,12 +454,15 @@ fn duplicate_name(name: &str, k: usize) -> String {
     format!("{name}__portcullis_definition_{k:02}")
 }
 
+/// A byte range of a module's text and the name written there instead.
+type Rename = ((usize, usize), String);
+
 /// Finds the tests; where a test is defined more than once, renames the later
 /// definitions in the module texts and returns the rewritten sources to load instead.
 fn discover(engine: &mut Engine, sources: &Bundle) -> (Vec<TestCase>, Option<Bundle>) {
     let rules = test_rules(engine);
     let mut seen: BTreeMap<String, usize> = BTreeMap::new();
-    let mut renames: BTreeMap<String, Vec<((usize, usize), String)>> = BTreeMap::new();
+    let mut renames: BTreeMap<String, Vec<Rename>> = BTreeMap::new();
     let mut tests = Vec::new();
     for r in rules {
         let full = format!("{}.{}", r.package, r.name);
@@ -497,7 +500,7 @@ fn discover(engine: &mut Engine, sources: &Bundle) -> (Vec<TestCase>, Option<Bun
             continue;
         };
         // Back to front, so earlier offsets stay valid.
-        edits.sort_by(|a, b| b.0 .0.cmp(&a.0 .0));
+        edits.sort_by_key(|e| std::cmp::Reverse(e.0 .0));
         for ((start, end), name) in edits.iter() {
             if text.get(*start..*end).is_some() {
                 text.replace_range(*start..*end, name);
