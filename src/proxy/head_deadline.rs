@@ -14,7 +14,7 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -42,7 +42,15 @@ pub struct Activity {
     idle_since: AtomicU64,
     /// The connection now carries a tunnel (101 or CONNECT), not requests.
     upgraded: AtomicBool,
+    /// Why the head being parsed is ambiguous (`AMBIGUOUS_*`), 0 when it is not.
+    ambiguous: AtomicU8,
 }
+
+/// `Content-Length` and `Transfer-Encoding` in one head (RFC 9112 §6.3: the parser
+/// reads the body as chunked, but another parser on the way could use the length).
+const AMBIGUOUS_CL_TE: u8 = 1;
+/// A line of the head ends in a bare LF instead of CRLF.
+const AMBIGUOUS_BARE_LF: u8 = 2;
 
 impl Activity {
     pub fn new() -> Arc<Self> {
@@ -52,6 +60,7 @@ impl Activity {
             in_flight: AtomicUsize::new(0),
             idle_since: AtomicU64::new(0),
             upgraded: AtomicBool::new(false),
+            ambiguous: AtomicU8::new(0),
         })
     }
 
@@ -60,6 +69,16 @@ impl Activity {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         self.heads.fetch_add(1, Ordering::AcqRel);
         InFlight(self.clone())
+    }
+
+    /// Why the request whose head was just parsed must be refused as ambiguous, if
+    /// it must (read once per head).
+    pub fn take_ambiguous(&self) -> Option<&'static str> {
+        match self.ambiguous.swap(0, Ordering::AcqRel) {
+            AMBIGUOUS_CL_TE => Some("both Content-Length and Transfer-Encoding"),
+            AMBIGUOUS_BARE_LF => Some("a header line ends in a bare LF"),
+            _ => None,
+        }
     }
 
     /// The response switched protocols: no more request heads on this connection.
@@ -160,6 +179,76 @@ enum State {
     Done,
 }
 
+/// Watches the lines of an HTTP/1 request head as its bytes are read, for framing
+/// the parser accepts but another parser could read differently. The HTTP library
+/// resolves `Content-Length` with `Transfer-Encoding` itself and accepts bare LF line
+/// ends, so the service would never know; this tells it, and the request is refused.
+#[derive(Default)]
+struct HeadScan {
+    /// The head ended (or this is not HTTP/1): nothing more to look at.
+    done: bool,
+    /// Header lines seen so far (the request line is line 0).
+    lines: u32,
+    /// The current line's first bytes, lower-cased, and its length.
+    start: [u8; 18],
+    len: usize,
+    after_cr: bool,
+    content_length: bool,
+    transfer_encoding: bool,
+    bare_lf: bool,
+}
+
+impl HeadScan {
+    /// Consumes head bytes; returns the `AMBIGUOUS_*` verdict once the head ends.
+    fn feed(&mut self, bytes: &[u8]) -> Option<u8> {
+        for &b in bytes {
+            if self.done {
+                return None;
+            }
+            match b {
+                b'\n' => {
+                    if !self.after_cr {
+                        self.bare_lf = true;
+                    }
+                    self.after_cr = false;
+                    if self.len == 0 {
+                        // Empty lines before the request line are allowed; after it,
+                        // the empty line ends the head.
+                        if self.lines > 0 {
+                            self.done = true;
+                            return match (
+                                self.content_length && self.transfer_encoding,
+                                self.bare_lf,
+                            ) {
+                                (true, _) => Some(AMBIGUOUS_CL_TE),
+                                (_, true) => Some(AMBIGUOUS_BARE_LF),
+                                _ => None,
+                            };
+                        }
+                        continue;
+                    }
+                    if self.lines > 0 {
+                        let line = &self.start[..self.len.min(self.start.len())];
+                        self.content_length |= line.starts_with(b"content-length:");
+                        self.transfer_encoding |= line.starts_with(b"transfer-encoding:");
+                    }
+                    self.lines += 1;
+                    self.len = 0;
+                }
+                b'\r' => self.after_cr = true,
+                _ => {
+                    self.after_cr = false;
+                    if let Some(slot) = self.start.get_mut(self.len) {
+                        *slot = b.to_ascii_lowercase();
+                    }
+                    self.len += 1;
+                }
+            }
+        }
+        None
+    }
+}
+
 /// An IO stream with a deadline on request heads.
 pub struct HeadDeadline<I> {
     inner: I,
@@ -170,6 +259,7 @@ pub struct HeadDeadline<I> {
     /// None until the first bytes tell HTTP/1 from HTTP/2.
     h2: Option<bool>,
     direction: &'static str,
+    scan: HeadScan,
 }
 
 impl<I> HeadDeadline<I> {
@@ -187,20 +277,34 @@ impl<I> HeadDeadline<I> {
             state: State::Timing { heads: 0 },
             h2: None,
             direction,
+            scan: HeadScan::default(),
         }
     }
 }
 
 impl<I: AsyncRead + AsyncWrite + Unpin> HeadDeadline<I> {
     /// Reads from the socket, noting whether the peer speaks HTTP/2 from its first bytes.
-    fn read(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<usize>> {
+    /// With `head`, the bytes belong to a request head that is due: they are scanned.
+    fn read(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+        head: bool,
+    ) -> Poll<io::Result<usize>> {
         let before = buf.filled().len();
         match Pin::new(&mut self.inner).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
                 let new = &buf.filled()[before..];
                 if self.h2.is_none() && !new.is_empty() {
                     let n = new.len().min(H2_PREFACE_START.len());
-                    self.h2 = Some(new[..n] == H2_PREFACE_START[..n]);
+                    let h2 = new[..n] == H2_PREFACE_START[..n];
+                    self.h2 = Some(h2);
+                    self.scan.done = h2;
+                }
+                if head {
+                    if let Some(why) = self.scan.feed(new) {
+                        self.activity.ambiguous.store(why, Ordering::Release);
+                    }
                 }
                 Poll::Ready(Ok(new.len()))
             }
@@ -236,17 +340,22 @@ impl<I: AsyncRead + AsyncWrite + Unpin> AsyncRead for HeadDeadline<I> {
                         this.state = State::Writing(0);
                         continue;
                     }
-                    return this.read(cx, buf).map_ok(|_| ());
+                    return this.read(cx, buf, true).map_ok(|_| ());
                 }
                 State::Idle if this.activity.upgraded() => this.state = State::Done,
                 State::Idle => {
-                    let read = this.read(cx, buf);
+                    let before = buf.filled().len();
+                    let read = this.read(cx, buf, false);
                     if let Poll::Ready(Ok(n)) = read {
                         // Bytes while no request is in flight start the next head.
                         if n > 0 && !this.activity.busy() {
                             let heads = this.activity.heads();
                             this.sleep.as_mut().reset(Instant::now() + this.timeout);
                             this.state = State::Timing { heads };
+                            this.scan = HeadScan::default();
+                            if let Some(why) = this.scan.feed(&buf.filled()[before..]) {
+                                this.activity.ambiguous.store(why, Ordering::Release);
+                            }
                         }
                     }
                     return read.map_ok(|_| ());
@@ -276,3 +385,37 @@ impl<I: AsyncRead + AsyncWrite + Unpin> AsyncRead for HeadDeadline<I> {
 }
 
 write_through!(HeadDeadline);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn verdict(head: &[u8], split: usize) -> Option<u8> {
+        let mut scan = HeadScan::default();
+        let (a, b) = head.split_at(split.min(head.len()));
+        scan.feed(a).or_else(|| scan.feed(b))
+    }
+
+    #[test]
+    fn head_scan_finds_ambiguous_framing_across_reads() {
+        let cl_te = b"POST / HTTP/1.1\r\nHost: b\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+        let bare_lf = b"GET / HTTP/1.1\r\nHost: b\nX: 1\r\n\r\n";
+        let fine = b"\r\nPOST / HTTP/1.1\r\nHost: b\r\nContent-Length: 5\r\nX-Transfer-Encoding: y\r\n\r\nhello";
+        for split in 0..cl_te.len() {
+            assert_eq!(verdict(cl_te, split), Some(AMBIGUOUS_CL_TE), "{split}");
+        }
+        for split in 0..bare_lf.len() {
+            assert_eq!(verdict(bare_lf, split), Some(AMBIGUOUS_BARE_LF), "{split}");
+        }
+        for split in 0..fine.len() {
+            assert_eq!(verdict(fine, split), None, "{split}");
+        }
+        // Body bytes after the head are not read as header lines.
+        let mut scan = HeadScan::default();
+        assert_eq!(
+            scan.feed(b"POST / HTTP/1.1\r\nContent-Length: 30\r\n\r\n"),
+            None
+        );
+        assert_eq!(scan.feed(b"Transfer-Encoding: chunked\r\n\r\n"), None);
+    }
+}

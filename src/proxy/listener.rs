@@ -243,12 +243,32 @@ impl HttpServer {
         let activity = Activity::new();
         let io = HeadDeadline::new(io, self.header_timeout, activity.clone(), self.direction);
         let tracker = activity.clone();
+        let direction = self.direction;
         let handler = move |req: Request<Incoming>| {
             let in_flight = tracker.begin();
             let connect = req.method() == http::Method::CONNECT;
             let tracker = tracker.clone();
-            let response = handler(req);
+            // Framing the parser resolved on its own but another parser could read
+            // differently (request smuggling): refused before anything else.
+            let ambiguous = tracker.take_ambiguous();
+            let response = ambiguous.is_none().then(|| handler(req));
             async move {
+                let Some(response) = response else {
+                    metrics::global()
+                        .rejected_requests
+                        .with_label_values(&[direction, "ambiguous_framing"])
+                        .inc();
+                    let why = ambiguous.unwrap_or_default();
+                    let mut resp = super::forward::text_response(
+                        http::StatusCode::BAD_REQUEST,
+                        format!("ambiguous request: {why}\n"),
+                    );
+                    resp.headers_mut().insert(
+                        http::header::CONNECTION,
+                        http::HeaderValue::from_static("close"),
+                    );
+                    return Ok(resp.map(|b| Tracked::new(b, in_flight)));
+                };
                 let resp = response.await?;
                 let status = resp.status();
                 if status == http::StatusCode::SWITCHING_PROTOCOLS
