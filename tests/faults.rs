@@ -54,6 +54,15 @@ async fn sidecar_for(app: SocketAddr, timeout: Duration) -> (Pki, portcullis::ru
     (pki, s)
 }
 
+/// `portcullis_upstream_errors_total{direction="inbound",kind}` on the sidecar.
+async fn upstream_errors(sidecar: &portcullis::run::Running, kind: &str) -> f64 {
+    metric(
+        &admin_get(sidecar.admin_addr, "/metrics").await.1,
+        "portcullis_upstream_errors_total",
+        &[("direction", "inbound"), ("kind", kind)],
+    )
+}
+
 #[tokio::test]
 async fn app_down_is_a_fast_502() {
     // A port nobody listens on.
@@ -63,6 +72,7 @@ async fn app_down_is_a_fast_502() {
     };
     let (pki, sidecar) = sidecar_for(app, Duration::from_secs(5)).await;
     let c = pki.client("frontend", &[b"http/1.1"]);
+    let before = upstream_errors(&sidecar, "connect").await;
     let t = Instant::now();
     let (r, _) = call(&c, sidecar.inbound_addr, req("GET", "/", &[], "")).await;
     assert_eq!(r.status(), 502);
@@ -71,6 +81,40 @@ async fn app_down_is_a_fast_502() {
         "took {:?}",
         t.elapsed()
     );
+    // Metrics are process-wide and other tests run alongside: at least this one.
+    assert!(upstream_errors(&sidecar, "connect").await >= before + 1.0);
+}
+
+#[tokio::test]
+async fn app_that_never_accepts_is_a_502_at_the_connect_timeout() {
+    // A listener whose accept queue is full: further SYNs are dropped, so a connect
+    // neither succeeds nor fails until the sidecar's connect timeout.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let app = socket.local_addr().unwrap();
+    let _listener = socket.listen(0).unwrap();
+    let mut fillers = Vec::new();
+    for _ in 0..4 {
+        if let Ok(Ok(s)) =
+            tokio::time::timeout(Duration::from_millis(200), tokio::net::TcpStream::connect(app))
+                .await
+        {
+            fillers.push(s);
+        }
+    }
+    let (pki, sidecar) = sidecar_for(app, Duration::from_secs(10)).await; // connect timeout 1 s
+    let c = pki.client("frontend", &[b"http/1.1"]);
+    let before = upstream_errors(&sidecar, "connect").await;
+    let t = Instant::now();
+    let (r, _) = call(&c, sidecar.inbound_addr, req("GET", "/", &[], "")).await;
+    let took = t.elapsed();
+    assert_eq!(r.status(), 502);
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(4),
+        "took {took:?}"
+    );
+    // Metrics are process-wide and other tests run alongside: at least this one.
+    assert!(upstream_errors(&sidecar, "connect").await >= before + 1.0);
 }
 
 #[tokio::test]
@@ -78,6 +122,7 @@ async fn slow_app_is_a_504_at_the_timeout() {
     let app = misbehaving_app("slow").await;
     let (pki, sidecar) = sidecar_for(app, Duration::from_millis(300)).await;
     let c = pki.client("frontend", &[b"http/1.1"]);
+    let before = upstream_errors(&sidecar, "timeout").await;
     let t = Instant::now();
     let (r, _) = call(&c, sidecar.inbound_addr, req("GET", "/", &[], "")).await;
     assert_eq!(r.status(), 504);
@@ -86,6 +131,7 @@ async fn slow_app_is_a_504_at_the_timeout() {
         took >= Duration::from_millis(300) && took < Duration::from_secs(2),
         "took {took:?}"
     );
+    assert!(upstream_errors(&sidecar, "timeout").await >= before + 1.0);
 }
 
 #[tokio::test]
