@@ -95,9 +95,11 @@ async fn app_that_never_accepts_is_a_502_at_the_connect_timeout() {
     let _listener = socket.listen(0).unwrap();
     let mut fillers = Vec::new();
     for _ in 0..4 {
-        if let Ok(Ok(s)) =
-            tokio::time::timeout(Duration::from_millis(200), tokio::net::TcpStream::connect(app))
-                .await
+        if let Ok(Ok(s)) = tokio::time::timeout(
+            Duration::from_millis(200),
+            tokio::net::TcpStream::connect(app),
+        )
+        .await
         {
             fillers.push(s);
         }

@@ -85,6 +85,10 @@ struct JwksServer {
     ca: std::path::PathBuf,
     body: Arc<Mutex<(u16, String)>>,
     fetches: Arc<AtomicUsize>,
+    /// How long each answer waits (a slow endpoint).
+    delay: Arc<Mutex<Duration>>,
+    /// The accept loop: aborting it closes the listener (connections refused).
+    task: tokio::task::JoinHandle<()>,
 }
 
 impl JwksServer {
@@ -116,13 +120,14 @@ impl JwksServer {
         let port = listener.local_addr().unwrap().port();
         let body = Arc::new(Mutex::new((200u16, initial)));
         let fetches = Arc::new(AtomicUsize::new(0));
-        let (b, f) = (body.clone(), fetches.clone());
-        tokio::spawn(async move {
+        let delay = Arc::new(Mutex::new(Duration::ZERO));
+        let (b, f, d) = (body.clone(), fetches.clone(), delay.clone());
+        let task = tokio::spawn(async move {
             loop {
                 let Ok((tcp, _)) = listener.accept().await else {
                     return;
                 };
-                let (acceptor, b, f) = (acceptor.clone(), b.clone(), f.clone());
+                let (acceptor, b, f, d) = (acceptor.clone(), b.clone(), f.clone(), d.clone());
                 tokio::spawn(async move {
                     let Ok(tls) = acceptor.accept(tcp).await else {
                         return;
@@ -130,7 +135,9 @@ impl JwksServer {
                     let svc = hyper::service::service_fn(move |_req: http::Request<Incoming>| {
                         f.fetch_add(1, Ordering::SeqCst);
                         let (status, text) = b.lock().unwrap().clone();
+                        let wait = *d.lock().unwrap();
                         async move {
+                            tokio::time::sleep(wait).await;
                             Ok::<_, std::convert::Infallible>(
                                 http::Response::builder()
                                     .status(status)
@@ -152,7 +159,18 @@ impl JwksServer {
             ca,
             body,
             fetches,
+            delay,
+            task,
         }
+    }
+
+    fn slow(&self, delay: Duration) {
+        *self.delay.lock().unwrap() = delay;
+    }
+
+    /// Stops listening: fetches are refused from now on.
+    fn stop(&self) {
+        self.task.abort();
     }
 
     fn set(&self, status: u16, text: String) {
@@ -342,6 +360,89 @@ async fn removed_keys_stop_working_and_bad_fetches_keep_the_last_good_set() {
         ) >= 1.0
     );
     assert_eq!(metric(&m, "portcullis_jwks_keys", &[p]), 1.0);
+}
+
+/// Waits until `portcullis_jwks_fetches_total{provider,result}` reaches `at_least`.
+async fn wait_for_fetches(
+    admin: std::net::SocketAddr,
+    provider: &str,
+    result: &str,
+    at_least: f64,
+) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let m = admin_get(admin, "/metrics").await.1;
+        let n = metric(
+            &m,
+            "portcullis_jwks_fetches_total",
+            &[("provider", provider), ("result", result)],
+        );
+        if n >= at_least {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no {result} fetch counted: {n}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn slow_or_unreachable_jwks_endpoint_keeps_the_last_good_set() {
+    let pki = Pki::new();
+    pki.issue("frontend", FRONTEND);
+    let key = TestKey::es256("k1");
+    let idp = JwksServer::start(&pki, jwks(&[&key])).await;
+    let name = "flaky-idp";
+    let sidecar = sidecar(
+        &pki,
+        vec![provider(name, idp.source(Duration::from_secs(1)))],
+    )
+    .await;
+    let c = pki.client("frontend", &[b"http/1.1"]);
+    let token = bearer(&key.sign(&claims("admin")));
+    let timed = |what: &'static str| {
+        let (c, token) = (c.clone(), token.clone());
+        async move {
+            let t = tokio::time::Instant::now();
+            let (s, body) =
+                status(&c, sidecar.inbound_addr, "/x", &[("authorization", &token)]).await;
+            assert_eq!(s, 200, "{what}: {body}");
+            // Verification uses the keys held: it never waits for the endpoint.
+            assert!(
+                t.elapsed() < Duration::from_secs(1),
+                "{what}: took {:?}",
+                t.elapsed()
+            );
+        }
+    };
+    timed("endpoint healthy").await;
+
+    // Slow: answers take longer than the fetch timeout (5 s).
+    idp.slow(Duration::from_secs(8));
+    wait_for_fetches(sidecar.admin_addr, name, "timeout", 1.0).await;
+    timed("endpoint slow").await;
+
+    // Down: the listener is gone, connections are refused.
+    idp.stop();
+    wait_for_fetches(sidecar.admin_addr, name, "network_error", 1.0).await;
+    timed("endpoint down").await;
+    let m = admin_get(sidecar.admin_addr, "/metrics").await.1;
+    assert_eq!(
+        metric(&m, "portcullis_jwks_keys", &[("provider", name)]),
+        1.0
+    );
+    // A token signed with a key the set never had is still refused meanwhile.
+    let stranger = TestKey::es256("k2");
+    let (s, _) = status(
+        &c,
+        sidecar.inbound_addr,
+        "/x",
+        &[("authorization", &bearer(&stranger.sign(&claims("admin"))))],
+    )
+    .await;
+    assert_eq!(s, 401);
 }
 
 #[tokio::test]
