@@ -121,7 +121,7 @@ impl Topology {
     }
 
     /// Starts `cmd` inside a pod's namespace, optionally as the proxy UID.
-    fn spawn(&mut self, pod: &str, as_proxy: bool, cmd: &[&str], log: &Path) {
+    fn spawn(&mut self, pod: &str, as_proxy: bool, cmd: &[&str], log: &Path) -> usize {
         let mut c = Command::new("ip");
         c.args(["netns", "exec", &self.ns(pod)]);
         if as_proxy {
@@ -138,6 +138,19 @@ impl Topology {
         let log = std::fs::File::create(log).unwrap();
         c.stdout(log.try_clone().unwrap()).stderr(log);
         self.children.push(c.spawn().unwrap());
+        self.children.len() - 1
+    }
+
+    /// Waits up to `within` for child `i` to exit; its exit status if it did.
+    fn wait_exit(&mut self, i: usize, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.children[i].try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        None
     }
 
     fn exec(&self, pod: &str, cmd: &[&str]) -> Output {
@@ -213,6 +226,12 @@ import rego.v1
 default allow := false
 # Peers inside the mesh, identified by their verified SPIFFE ID.
 allow if startswith(input.attributes.destination.principal, "spiffe://cluster.local/")
+
+# One path on one address outside the mesh, passed through as plain HTTP.
+allow if {
+    input.attributes.destination.address.socketAddress.address == "10.77.0.3"
+    input.attributes.request.http.path == "/egress-ok"
+}
 "#;
 
 fn pod_dir(pki: &Pki, name: &str, id: &str, policies: &[(&str, &str)]) -> PathBuf {
@@ -230,13 +249,57 @@ fn pod_dir(pki: &Pki, name: &str, id: &str, policies: &[(&str, &str)]) -> PathBu
          log:\n  format: text\n  decisions: false\n",
         d = dir.display()
     );
-    std::fs::write(dir.join("portcullis.yaml"), config).unwrap();
+    std::fs::write(dir.join("portcullis.yaml"), &config).unwrap();
+    // The same with every destination outside the mesh refused before the policy.
+    std::fs::write(
+        dir.join("portcullis-no-egress.yaml"),
+        config.replace(
+            "  mode: transparent\n",
+            "  mode: transparent\n  non_mesh: deny\n",
+        ),
+    )
+    .unwrap();
     // The sidecar runs as UID 1337 and must read its files.
     for entry in std::fs::read_dir(&dir).unwrap() {
         std::os::unix::fs::chown(entry.unwrap().path(), Some(1337), Some(1337)).unwrap();
     }
     std::os::unix::fs::chown(&dir, Some(1337), Some(1337)).unwrap();
     dir
+}
+
+/// `curl URL` inside a pod: (status code, body, curl's exit code).
+fn curl(t: &Topology, pod: &str, url: &str) -> (String, String, Option<i32>) {
+    let out = t.exec(
+        pod,
+        &["curl", "-s", "-m", "10", "-w", "\n%{http_code}", url],
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text
+        .rsplit_once('\n')
+        .map(|(b, c)| (b.to_owned(), c.to_owned()))
+        .unwrap_or_default();
+    (code, body, out.status.code())
+}
+
+/// `curl -X POST URL` inside a pod: the status code.
+fn post(t: &Topology, pod: &str, url: &str) -> String {
+    let out = t.exec(
+        pod,
+        &[
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            "-m",
+            "5",
+            "-w",
+            "%{http_code}",
+            "-X",
+            "POST",
+            url,
+        ],
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// A pod's rule set as `iptables-save` (or `ip6tables-save`) prints it.
@@ -299,15 +362,17 @@ fn two_pods_with_transparent_interception() {
         &[BIN, "echo", "--listen", "0.0.0.0:8080"],
         &logs.join("app-c.log"),
     );
+    let mut sidecars = Vec::new();
     for (pod, dir) in [("a", &a_dir), ("b", &b_dir)] {
         let cfg = dir.join("portcullis.yaml");
-        t.spawn(
+        sidecars.push(t.spawn(
             pod,
             true,
             &[BIN, "run", "--config", cfg.to_str().unwrap()],
             &logs.join(format!("sidecar-{pod}.log")),
-        );
+        ));
     }
+    let (sidecar_a, sidecar_b) = (sidecars[0], sidecars[1]);
     t.wait_ready("a");
     t.wait_ready("b");
 
@@ -331,21 +396,8 @@ fn two_pods_with_transparent_interception() {
     );
     std::thread::sleep(Duration::from_millis(1500));
 
-    let curl = |pod: &str, url: &str| {
-        let out = t.exec(
-            pod,
-            &["curl", "-s", "-m", "10", "-w", "\n%{http_code}", url],
-        );
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let (body, code) = text
-            .rsplit_once('\n')
-            .map(|(b, c)| (b.to_owned(), c.to_owned()))
-            .unwrap_or_default();
-        (code, body, out.status.code())
-    };
-
     // 1. Plain HTTP from app A reaches app B through both sidecars, with A's identity.
-    let (code, body, _) = curl("a", "http://10.77.0.2:8080/hello");
+    let (code, body, _) = curl(&t, "a", "http://10.77.0.2:8080/hello");
     let sidecar_log = |p: &str| {
         std::fs::read_to_string(logs.join(format!("sidecar-{p}.log"))).unwrap_or_default()
     };
@@ -366,32 +418,40 @@ fn two_pods_with_transparent_interception() {
     assert_eq!(echoed["version"], "HTTP/1.1");
 
     // 2. A path B's policy denies: 403 at A.
-    let (code, _, _) = curl("a", "http://10.77.0.2:8080/forbidden");
+    let (code, _, _) = curl(&t, "a", "http://10.77.0.2:8080/forbidden");
     assert_eq!(code, "403");
 
-    // 3. Egress to a non-mesh address: A's outbound policy refuses it.
-    let (code, body, _) = curl("a", "http://10.77.0.3:8080/hello");
+    // 3. Egress to a non-mesh address: A's outbound policy refuses it, except the one
+    //    path it lets through, which leaves A as plain HTTP (no identity attached).
+    let (code, body, _) = curl(&t, "a", "http://10.77.0.3:8080/hello");
     assert_eq!(code, "403", "{body}");
+    let (code, body, _) = curl(&t, "a", "http://10.77.0.3:8080/egress-ok");
+    assert_eq!(code, "200", "{body}");
+    let echoed: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        echoed["headers"].get("x-forwarded-client-cert").is_none(),
+        "{body}"
+    );
 
     // 4. A pod without a sidecar is refused by B in strict mode (no HTTP answer).
-    let (code, _, exit) = curl("c", "http://10.77.0.2:8080/hello");
+    let (code, _, exit) = curl(&t, "c", "http://10.77.0.2:8080/hello");
     assert_eq!(code, "000");
     assert_ne!(exit, Some(0));
 
     // 4b. IPv6 is refused both ways rather than let past the sidecars: app B listens
     //     on both families, yet neither A's app nor the sidecar-less pod reaches it.
-    let (code, _, exit) = curl("a", "http://[fd77::2]:8080/hello");
+    let (code, _, exit) = curl(&t, "a", "http://[fd77::2]:8080/hello");
     assert_eq!(code, "000");
     assert_eq!(exit, Some(7), "curl exit: connection refused expected");
-    let (code, _, exit) = curl("c", "http://[fd77::2]:8080/hello");
+    let (code, _, exit) = curl(&t, "c", "http://[fd77::2]:8080/hello");
     assert_eq!(code, "000");
     assert_eq!(exit, Some(7), "curl exit: connection refused expected");
     // ...while loopback IPv6 inside a pod is untouched.
-    let (code, _, _) = curl("b", "http://[::1]:8080/hello");
+    let (code, _, _) = curl(&t, "b", "http://[::1]:8080/hello");
     assert_eq!(code, "200");
 
     // Both requests from A to B used one mTLS connection from A's sidecar.
-    let (_, metrics, _) = curl("a", "http://127.0.0.1:15000/metrics");
+    let (_, metrics, _) = curl(&t, "a", "http://127.0.0.1:15000/metrics");
     assert!(
         metrics.contains("portcullis_tls_handshakes_total{direction=\"outbound\"} 1\n"),
         "{metrics}"
@@ -421,7 +481,38 @@ fn two_pods_with_transparent_interception() {
         "plaintext headers on the wire"
     );
 
-    // 6. `--cleanup` removes every rule and chain of both families.
+    // 6. The admin port is reachable from the pod network for probes and scrapes,
+    //    but `/shutdown` only from inside the pod: from C it is refused...
+    assert_eq!(post(&t, "c", "http://10.77.0.2:15000/shutdown"), "403");
+    let (code, _, _) = curl(&t, "c", "http://10.77.0.2:15000/ready");
+    assert_eq!(code, "200");
+    // ...from B itself it stops B's sidecar (as a Job's last step would).
+    assert_eq!(post(&t, "b", "http://127.0.0.1:15000/shutdown"), "200");
+    let exited = t.wait_exit(sidecar_b, Duration::from_secs(20));
+    assert!(
+        exited.is_some_and(|s| s.success()),
+        "B's sidecar: {exited:?}\n{}",
+        sidecar_log("b")
+    );
+
+    // 7. With `outbound.non_mesh: deny`, A refuses every destination outside the
+    //    mesh before its policy is asked, even the path the policy lets through.
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(t.children[sidecar_a].id() as i32, libc::SIGTERM) };
+    assert!(t.wait_exit(sidecar_a, Duration::from_secs(20)).is_some());
+    let cfg = a_dir.join("portcullis-no-egress.yaml");
+    t.spawn(
+        "a",
+        true,
+        &[BIN, "run", "--config", cfg.to_str().unwrap()],
+        &logs.join("sidecar-a-no-egress.log"),
+    );
+    t.wait_ready("a");
+    let (code, body, _) = curl(&t, "a", "http://10.77.0.3:8080/egress-ok");
+    assert_eq!(code, "403", "{body}");
+    assert!(body.contains("outside the mesh"), "{body}");
+
+    // 8. `--cleanup` removes every rule and chain of both families.
     let out = t.exec("a", &[BIN, "iptables", "--cleanup"]);
     assert!(
         out.status.success(),
