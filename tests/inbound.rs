@@ -278,3 +278,67 @@ async fn http2_streaming_upload_reaches_app_whole() {
     assert_eq!(echoed["version"], "HTTP/2.0");
     let _ = Full::new(Bytes::new());
 }
+
+#[tokio::test]
+async fn permissive_mode_serves_plain_http1_and_h2c_prior_knowledge() {
+    let pki = Pki::new();
+    let policies = policy_dir(&pki, &[("authz.rego", POLICY)]);
+    let mut cfg = config(&pki, &policies, echo_app().await);
+    cfg.inbound.mtls = portcullis::config::MtlsMode::Permissive;
+    let sidecar = start(cfg).await;
+
+    // HTTP/1.1 in plain text: decided without a principal, forwarded without XFCC.
+    let tcp = tokio::net::TcpStream::connect(sidecar.inbound_addr)
+        .await
+        .unwrap();
+    let (mut s, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let resp = s
+        .send_request(req(
+            "GET",
+            "/echo",
+            &[(
+                "x-forwarded-client-cert",
+                "URI=spiffe://cluster.local/ns/x/sa/forged",
+            )],
+            "",
+        ))
+        .await
+        .unwrap();
+    let (r, body) = split(resp).await;
+    assert_eq!(r.status(), 200, "{body}");
+    let echoed: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        echoed["headers"].get("x-forwarded-client-cert").is_none(),
+        "{body}"
+    );
+
+    // HTTP/2 with prior knowledge (h2c), no TLS, no ALPN.
+    let tcp = tokio::net::TcpStream::connect(sidecar.inbound_addr)
+        .await
+        .unwrap();
+    let (mut s, conn) =
+        hyper::client::conn::http2::handshake(executor(), hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let r = http::Request::builder()
+        .uri("http://backend:8080/echo")
+        .body(http_body_util::Full::new(Bytes::new()))
+        .unwrap();
+    let (r, body) = split(s.send_request(r).await.unwrap()).await;
+    assert_eq!(r.status(), 200, "{body}");
+    assert_eq!(r.version(), http::Version::HTTP_2);
+    let echoed: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(echoed["path"], "/echo");
+
+    // A path the policy does not allow is still denied in plain text.
+    let r = http::Request::builder()
+        .uri("http://backend:8080/private")
+        .body(http_body_util::Full::new(Bytes::new()))
+        .unwrap();
+    let (r, _) = split(s.send_request(r).await.unwrap()).await;
+    assert_eq!(r.status(), 403);
+}

@@ -37,6 +37,9 @@ claims := input.attributes.metadataContext.filterMetadata["envoy.filters.http.jw
 allow if input.parsed_path[0] == "open"
 
 allow if claims.role == "admin"
+
+# A provider configured with `payload_in_metadata: verified_claims`.
+allow if input.attributes.metadataContext.filterMetadata["envoy.filters.http.jwt_authn"].verified_claims.role == "auditor"
 "#;
 
 fn provider(name: &str, jwks: JwksSource) -> JwtProvider {
@@ -443,6 +446,36 @@ async fn slow_or_unreachable_jwks_endpoint_keeps_the_last_good_set() {
     )
     .await;
     assert_eq!(s, 401);
+}
+
+#[tokio::test]
+async fn clock_skew_bounds_exp_and_nbf_and_the_metadata_name_is_configurable() {
+    let pki = Pki::new();
+    pki.issue("frontend", FRONTEND);
+    let key = TestKey::es256("skew");
+    let mut p = provider("skew", JwksSource::Inline(jwks(&[&key])));
+    p.clock_skew = Duration::from_secs(60);
+    p.payload_in_metadata = "verified_claims".to_owned();
+    let sidecar = sidecar(&pki, vec![p]).await;
+    let c = pki.client("frontend", &[b"http/1.1"]);
+    let with = |exp: i64, nbf: Option<i64>| {
+        let mut c = json!({"iss": ISS, "aud": "orders", "sub": "eve", "role": "auditor", "exp": now() + exp});
+        if let Some(nbf) = nbf {
+            c["nbf"] = json!(now() + nbf);
+        }
+        bearer(&key.sign(&c))
+    };
+    // Within the 60 s skew: accepted. Beyond it: 401. The claims reach the policy
+    // under the configured name (the policy allows role "auditor" only there).
+    for (what, token, want) in [
+        ("expired 20 s ago", with(-20, None), 200),
+        ("expired 120 s ago", with(-120, None), 401),
+        ("valid from 20 s on", with(600, Some(20)), 200),
+        ("valid from 120 s on", with(600, Some(120)), 401),
+    ] {
+        let (s, body) = status(&c, sidecar.inbound_addr, "/x", &[("authorization", &token)]).await;
+        assert_eq!(s, want, "{what}: {body}");
+    }
 }
 
 #[tokio::test]

@@ -72,6 +72,16 @@ async fn mesh_with(
     routes: Vec<(RouteProtocol, &str)>,
     tweak_b: impl FnOnce(&mut portcullis::config::Config),
 ) -> (Pki, portcullis::run::Running, portcullis::run::Running) {
+    mesh_tweaked(app, routes, |_| {}, tweak_b).await
+}
+
+/// [`mesh`], with A's and B's configurations adjusted.
+async fn mesh_tweaked(
+    app: SocketAddr,
+    routes: Vec<(RouteProtocol, &str)>,
+    tweak_a: impl FnOnce(&mut portcullis::config::Config),
+    tweak_b: impl FnOnce(&mut portcullis::config::Config),
+) -> (Pki, portcullis::run::Running, portcullis::run::Running) {
     let pki = Pki::new();
     pki.issue("frontend", FRONTEND);
     let policies = policy_dir(
@@ -99,6 +109,7 @@ async fn mesh_with(
             protocol,
         })
         .collect();
+    tweak_a(&mut cfg);
     let a = start(cfg).await;
     (pki, a, b)
 }
@@ -169,6 +180,34 @@ async fn http_over_pooled_mtls_with_policy_at_both_ends() {
             &[("direction", "inbound"), ("decision", "allow")]
         ) >= 31.0
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbound_dry_run_lets_egress_denies_through_and_counts_them() {
+    let app = echo_app().await;
+    let (_pki, a, _b) = mesh_tweaked(
+        app,
+        vec![(RouteProtocol::Http, SERVER_ID)],
+        |a| a.policy.dry_run.outbound = true,
+        |_| {},
+    )
+    .await;
+    let route = a.route_addrs[0];
+    let dry = || async {
+        metric(
+            &admin_get(a.admin_addr, "/metrics").await.1,
+            "portcullis_requests_total",
+            &[("direction", "outbound"), ("decision", "dry_run_deny")],
+        )
+    };
+    let before = dry().await;
+    // A's outbound policy denies this path; in dry-run it goes on to B, which allows it.
+    let (status, body) = plain_get(route, "/egress-denied").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(dry().await, before + 1.0);
+    // B's inbound policy is not in dry-run: its deny still holds.
+    let (status, _) = plain_get(route, "/forbidden").await;
+    assert_eq!(status, 403);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1295,6 +1295,69 @@ reason := "no HTTP request" if {
     }
 
     #[test]
+    fn instruction_budget_alone_stops_the_vm() {
+        // A loop of ~10k iterations: fine under a large budget, denied under a small
+        // one, with a timer so generous that only the instruction count can stop it.
+        let src = "package a\nimport rego.v1\nallow if sum([x | some x in numbers.range(1, 10000)]) > 0\n";
+        let with_budget = |max_instructions| {
+            PolicySet::from_sources(
+                vec![("a.rego".to_string(), src.to_string())],
+                serde_json::Value::Null,
+                &["data.a.allow".to_string()],
+                PolicyOptions {
+                    limits: EvalLimits {
+                        timeout: Duration::from_secs(60),
+                        max_instructions,
+                    },
+                    force_interpreter: false,
+                    extensions: None,
+                },
+            )
+            .unwrap_or_else(|e| panic!("{e}"))
+        };
+        let generous = with_budget(10_000_000);
+        assert_eq!(generous.evaluator(0), Some(EvaluatorKind::Rvm));
+        assert!(generous.evaluate(0, Value::new_object()).unwrap().allowed);
+        let tight = with_budget(1_000);
+        assert_eq!(
+            tight.evaluate(0, Value::new_object()),
+            Err(DecisionError::Timeout)
+        );
+        // The pooled VM that hit the limit is not left stuck: the next decision
+        // runs (and is stopped) the same way.
+        assert_eq!(
+            tight.evaluate(0, Value::new_object()),
+            Err(DecisionError::Timeout)
+        );
+        // An ordinary decision fits in the same small budget.
+        let cheap = PolicySet::from_sources(
+            vec![(
+                "a.rego".to_string(),
+                "package a\nimport rego.v1\nallow if input.x == 1\n".to_string(),
+            )],
+            serde_json::Value::Null,
+            &["data.a.allow".to_string()],
+            PolicyOptions {
+                limits: EvalLimits {
+                    timeout: Duration::from_secs(60),
+                    max_instructions: 1_000,
+                },
+                force_interpreter: false,
+                extensions: None,
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let mut input = Value::new_object();
+        input
+            .as_object_mut()
+            .unwrap()
+            .insert(Value::from("x"), Value::from(1u64));
+        for _ in 0..3 {
+            assert!(cheap.evaluate(0, input.clone()).unwrap().allowed);
+        }
+    }
+
+    #[test]
     fn runaway_policy_is_stopped() {
         let ps = set(
             &[(
