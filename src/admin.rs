@@ -13,8 +13,8 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
 use crate::identity::source::Identity;
-use crate::k8s::inject::APP_HEALTH_PREFIX; // k8s (issue #7)
-use crate::k8s::probe::AppProbes; // k8s (issue #7)
+use crate::k8s::inject::APP_HEALTH_PREFIX;
+use crate::k8s::probe::AppProbes;
 use crate::metrics;
 use crate::policy::store::PolicyStore;
 use crate::proxy::forward::{text_response, ProxyBody};
@@ -122,7 +122,7 @@ impl Admin {
                     let _guard = guard;
                     server
                         .serve(stream, move |req| {
-                            // --- k8s (issue #7): rewritten kubelet probes of the app ---
+                            // Rewritten kubelet probes of the app.
                             let probe = (req.method() == Method::GET
                                 && req.uri().path().starts_with(APP_HEALTH_PREFIX))
                             .then(|| req.uri().path().to_owned());
@@ -141,7 +141,6 @@ impl Admin {
                                 };
                                 Ok::<_, Infallible>(resp)
                             }
-                            // --- end k8s ---
                         })
                         .await;
                 }

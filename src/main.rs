@@ -57,12 +57,11 @@ enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
-    // --- k8s (issue #7) ---
+    // Kubernetes
     /// Add the sidecar to Kubernetes manifests (YAML/JSON, multi-document, List).
     Inject(portcullis::k8s::cli::InjectCmd),
     /// Run the mutating admission webhook that injects the sidecar.
     Webhook(portcullis::k8s::cli::WebhookCmd),
-    // --- end k8s ---
     /// The development certificate authority.
     Ca {
         #[command(subcommand)]
@@ -111,10 +110,9 @@ fn main() -> ExitCode {
             ipv6,
         } => commands::iptables(&rules, apply, cleanup, ipv6),
         Command::Echo { listen } => commands::echo(listen),
-        // --- k8s (issue #7) ---
+        // Kubernetes
         Command::Inject(cmd) => portcullis::k8s::cli::run_inject(&cmd),
         Command::Webhook(cmd) => portcullis::k8s::cli::run_webhook(&cmd),
-        // --- end k8s ---
         Command::Policy { command } => {
             return match portcullis::policy::cli::run_with(
                 command,

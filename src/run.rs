@@ -12,12 +12,12 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
 use crate::admin::Admin;
-use crate::authn::Authenticator; // jwt (issue #4)
+use crate::authn::Authenticator;
 use crate::config::{Config, IdentityConfig, LogFormat, OutboundMode, RouteProtocol};
 use crate::decision_log::DecisionLog;
 use crate::identity::dev_ca::DevCa;
-use crate::identity::source::{crypto_provider, DevCaSource, FileSource, Identity};
-use crate::identity::workload_api::WorkloadApiSource; // k8s (issue #7)
+use crate::identity::source::{crypto_provider, DevCaSource, FileSource, Identity, SvidSource};
+use crate::identity::workload_api::WorkloadApiSource;
 use crate::policy::store::{PolicyStore, INBOUND, OUTBOUND};
 use crate::policy::{builtins, EvalLimits, PolicyOptions};
 use crate::proxy::decide::Decider;
@@ -28,9 +28,6 @@ use crate::proxy::outbound::{Outbound, Protocol, Target};
 use crate::proxy::peer::PeerPool;
 
 pub use crate::admin::LevelSetter;
-
-/// How long start-up waits for the first SVID from the Workload API (k8s, issue #7).
-const WORKLOAD_API_FIRST_SVID: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Installs the global tracing subscriber; returns a function that changes the level.
 pub fn init_logging(format: LogFormat, level: &str) -> LevelSetter {
@@ -79,9 +76,9 @@ pub async fn start_identity(cfg: &Config) -> anyhow::Result<Arc<Identity>> {
                 poll_interval: f.poll_interval,
             };
             source
-                .load(&identity)
+                .start(identity.clone())
+                .await
                 .with_context(|| format!("identity files ({})", f.cert.display()))?;
-            tokio::spawn(source.watch(identity.clone()));
         }
         IdentityConfig::DevCa(d) => {
             let id = cfg
@@ -89,28 +86,16 @@ pub async fn start_identity(cfg: &Config) -> anyhow::Result<Arc<Identity>> {
                 .context("identity.dev_ca.spiffe_id could not be derived")?;
             let ca = DevCa::load_or_init(&cfg.trust_domain, &d.dir)
                 .with_context(|| format!("identity.dev_ca: CA directory {}", d.dir.display()))?;
-            let source = DevCaSource { ca, id, ttl: d.ttl };
-            source
-                .issue(&identity)
-                .context("identity.dev_ca: issuing the SVID")?;
-            tokio::spawn(source.renew(identity.clone()));
-        }
-        // --- k8s (issue #7): SPIFFE Workload API (SPIRE agent) ---
-        IdentityConfig::WorkloadApi(w) => {
-            let source = WorkloadApiSource::new(w.socket.clone(), cfg.trust_domain.clone());
-            if !source
-                .start(identity.clone(), WORKLOAD_API_FIRST_SVID)
+            DevCaSource { ca, id, ttl: d.ttl }
+                .start(identity.clone())
                 .await
-            {
-                // The agent may not have the workload's entry yet: /ready stays 503
-                // and inbound connections are refused until an SVID arrives.
-                tracing::warn!(
-                    socket = %w.socket,
-                    waited_s = WORKLOAD_API_FIRST_SVID.as_secs(),
-                    "no SVID from the workload API yet; still trying"
-                );
-            }
-            // --- end k8s ---
+                .context("identity.dev_ca: issuing the SVID")?;
+        }
+        IdentityConfig::WorkloadApi(w) => {
+            WorkloadApiSource::new(w.socket.clone(), cfg.trust_domain.clone())
+                .start(identity.clone())
+                .await
+                .context("identity.workload_api")?;
         }
     }
     Ok(identity)
@@ -140,7 +125,7 @@ pub fn start_policy(cfg: &Config) -> anyhow::Result<Arc<PolicyStore>> {
     Ok(store)
 }
 
-// --- policy-ops (#6): policy source, watcher and bundle poller ----------------
+// --- Policy source, watcher and bundle poller --------------------------------------
 /// Creates the policy store from the configured source and starts keeping it
 /// current: with `policy.bundle`, an empty store fed by the bundle poller (the
 /// bundle replaces `policy.dir`); otherwise the directory, loaded now (an
@@ -164,9 +149,8 @@ pub fn start_policy_source(cfg: &Config) -> anyhow::Result<Arc<PolicyStore>> {
         }
     }
 }
-// --- end policy-ops -------------------------------------------------------------
 
-// --- jwt (issue #4) -------------------------------------------------------------
+// --- JWT authentication ---------------------------------------------------------
 /// Builds the JWT authenticator (none without providers), loads every key set
 /// once and starts the refresh tasks. A file or inline key set that does not
 /// load stops start-up; an unreachable JWKS URL is retried in the background.
@@ -178,7 +162,6 @@ pub async fn start_authn(cfg: &Config) -> anyhow::Result<Option<Arc<Authenticato
     authn.spawn_refresh(waits);
     Ok(Some(authn))
 }
-// --- end jwt ----------------------------------------------------------------------
 
 async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr)
@@ -216,7 +199,7 @@ impl Running {
 pub async fn start(cfg: Config, set_log_level: LevelSetter) -> anyhow::Result<Running> {
     let identity = start_identity(&cfg).await?;
     let policy = start_policy_source(&cfg)?;
-    let authn = start_authn(&cfg).await?; // jwt (issue #4)
+    let authn = start_authn(&cfg).await?;
     let log = if cfg.log.decisions {
         DecisionLog::start(
             cfg.log.decision_file.clone(),
@@ -270,7 +253,7 @@ pub async fn start(cfg: Config, set_log_level: LevelSetter) -> anyhow::Result<Ru
         opaque_ports: cfg.inbound.opaque_ports.clone(),
         body: cfg.policy.body.clone(),
         http: HttpServer::new(&cfg.limits, data_drain.clone(), "inbound"),
-        // jwt (issue #4): claim headers are never accepted from clients.
+        // JWT: claim headers are never accepted from clients.
         strip_extra: authn
             .as_ref()
             .map(|a| a.claim_header_names())

@@ -6,7 +6,7 @@ pub mod spiffe_id;
 pub mod svid;
 pub mod tls;
 pub mod verifier;
-// The SPIFFE Workload API source (issue #7).
+// The SPIFFE Workload API source.
 pub mod workload_api;
 
 pub use dev_ca::{DevCa, DevCaError, IssuedSvid};

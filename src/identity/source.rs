@@ -1,10 +1,13 @@
 //! Where the sidecar's own SVID comes from, and the atomically swapped current identity.
 //!
-//! A source (files on disk, the development CA, later the SPIFFE Workload API)
-//! produces [`Svid`]s; [`Identity`] holds the current one behind an `ArcSwap`
-//! together with the TLS configurations built from it, so the request path only
-//! loads a pointer. A candidate that does not verify (mismatched key, half-written
-//! file, certificate outside the bundle) is refused and the current one kept.
+//! Every source — files on disk ([`FileSource`]), the development CA
+//! ([`DevCaSource`]), the SPIFFE Workload API
+//! ([`super::workload_api::WorkloadApiSource`]) — implements [`SvidSource`]: it
+//! installs a first [`Svid`] and then keeps it current. [`Identity`] holds the
+//! current one behind an `ArcSwap` together with the TLS configurations built from
+//! it, so the request path only loads a pointer. A candidate that does not verify
+//! (mismatched key, half-written file, certificate outside the bundle) is refused
+//! and the current one kept.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -230,6 +233,20 @@ fn accepted() {
         .inc();
 }
 
+/// Where the pod's X.509-SVID comes from. A source only decides when a new SVID is
+/// available and installs it into the [`Identity`]; verification, the atomic swap
+/// and the TLS configurations are the same for every source.
+pub trait SvidSource: Send + Sized + 'static {
+    /// Installs the first SVID and spawns what keeps it current (file watch,
+    /// renewal, the agent's stream). `Ok(true)`: an SVID is installed; `Ok(false)`:
+    /// none yet, the source keeps trying (`/ready` stays 503 meanwhile); an error
+    /// stops start-up.
+    fn start(
+        self,
+        identity: Arc<Identity>,
+    ) -> impl std::future::Future<Output = Result<bool, IdentityError>> + Send;
+}
+
 /// Identity files as cert-manager's csi-driver-spiffe writes them.
 #[derive(Debug, Clone)]
 pub struct FileSource {
@@ -317,6 +334,24 @@ impl FileSource {
             }
             last = Some(files);
         }
+    }
+}
+
+impl SvidSource for FileSource {
+    /// Loads the files (an error names the file or the rule that failed), then polls.
+    async fn start(self, identity: Arc<Identity>) -> Result<bool, IdentityError> {
+        self.load(&identity)?;
+        tokio::spawn(self.watch(identity));
+        Ok(true)
+    }
+}
+
+impl SvidSource for DevCaSource {
+    /// Issues the first SVID, then renews it at half-life.
+    async fn start(self, identity: Arc<Identity>) -> Result<bool, IdentityError> {
+        self.issue(&identity)?;
+        tokio::spawn(self.renew(identity));
+        Ok(true)
     }
 }
 

@@ -22,7 +22,7 @@ use base64::Engine as _;
 use futures_util::StreamExt;
 use spiffe::workload_api::{WorkloadApiClient, X509Context};
 
-use super::source::{Identity, IdentityError, Svid, SvidPem};
+use super::source::{Identity, IdentityError, Svid, SvidPem, SvidSource};
 use super::TrustDomain;
 use crate::metrics;
 
@@ -62,6 +62,8 @@ pub struct WorkloadApiSource {
     pub backoff_initial: Duration,
     /// Largest reconnect delay.
     pub backoff_max: Duration,
+    /// How long start-up waits for the first SVID before going on without one.
+    pub first_svid_wait: Duration,
 }
 
 impl WorkloadApiSource {
@@ -72,12 +74,13 @@ impl WorkloadApiSource {
             trust_domain,
             backoff_initial: Duration::from_millis(100),
             backoff_max: Duration::from_secs(30),
+            first_svid_wait: Duration::from_secs(5),
         }
     }
 
     /// Spawns the follower and waits up to `first` for the first SVID. Returns
     /// whether one was installed in that time; the follower keeps running either way.
-    pub async fn start(self, identity: Arc<Identity>, first: Duration) -> bool {
+    async fn start_with(self, identity: Arc<Identity>, first: Duration) -> bool {
         let mut installs = identity.subscribe();
         let start = *installs.borrow();
         tokio::spawn(self.follow(identity));
@@ -87,6 +90,7 @@ impl WorkloadApiSource {
     }
 
     /// Connects, installs every update of the stream, reconnects with backoff; forever.
+    /// (Started by [`SvidSource::start`].)
     pub async fn follow(self, identity: Arc<Identity>) {
         let mut delay = self.backoff_initial;
         loop {
@@ -203,6 +207,26 @@ fn pem(label: &str, der: &[u8]) -> String {
 
 fn pem_all<'a>(label: &str, ders: impl Iterator<Item = &'a [u8]>) -> String {
     ders.map(|d| pem(label, d)).collect()
+}
+
+impl SvidSource for WorkloadApiSource {
+    /// Follows the agent's stream and waits up to `first_svid_wait` for the first
+    /// SVID. The agent may not know the workload yet: then start-up goes on without
+    /// one (`Ok(false)`), inbound connections are refused and `/ready` is 503 until
+    /// an SVID arrives.
+    async fn start(self, identity: Arc<Identity>) -> Result<bool, IdentityError> {
+        let first = self.first_svid_wait;
+        let socket = self.socket.clone();
+        let installed = self.start_with(identity, first).await;
+        if !installed {
+            tracing::warn!(
+                socket = %socket,
+                waited_s = first.as_secs(),
+                "no SVID from the workload API yet; still trying"
+            );
+        }
+        Ok(installed)
+    }
 }
 
 #[cfg(test)]

@@ -412,14 +412,13 @@ impl PolicySet {
         })
     }
 
-    // --- policy-ops (#6): bundle revisions -----------------------------------
+    // Bundle revisions.
     /// Replaces the content-hash revision with `revision` (an OPA bundle's
     /// `.manifest` revision), as shown in metrics and decision logs.
     pub fn with_revision(mut self, revision: impl Into<String>) -> PolicySet {
         self.revision = revision.into();
         self
     }
-    // --- end policy-ops ----------------------------------------------------------
 
     /// Full hex SHA-256 revision over the sorted `(path, content)` of everything loaded.
     pub fn revision(&self) -> &str {
