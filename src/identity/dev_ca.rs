@@ -293,7 +293,11 @@ impl DevCa {
         &self,
         opts: &testing::LeafOptions,
     ) -> Result<testing::TestLeaf, DevCaError> {
-        let key = KeyPair::generate()?;
+        let key = if opts.rsa {
+            KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256)?
+        } else {
+            KeyPair::generate()?
+        };
         let mut params = CertificateParams::default();
         params.distinguished_name = DistinguishedName::new();
         if let Some(cn) = &opts.subject_cn {
@@ -525,6 +529,8 @@ pub mod testing {
         pub server_auth_only: bool,
         pub not_before: SystemTime,
         pub not_after: SystemTime,
+        /// An RSA-2048 key instead of ECDSA P-256.
+        pub rsa: bool,
     }
 
     impl LeafOptions {
@@ -548,7 +554,14 @@ pub mod testing {
                 server_auth_only: false,
                 not_before: now.checked_sub(BACKDATE).unwrap_or(now),
                 not_after: now + Duration::from_secs(3600),
+                rsa: false,
             }
+        }
+
+        /// The leaf's key is RSA-2048 (its certificate is still signed by the CA).
+        pub fn rsa(mut self) -> Self {
+            self.rsa = true;
+            self
         }
 
         pub fn extra_uri(mut self, uri: &str) -> Self {
