@@ -3,6 +3,7 @@
 //! realistic request, then evaluate `data.envoy.authz.allow`.
 //!
 //! Run: `cargo bench --bench decision -- --warm-up-time 1 --measurement-time 3`
+//! (`PORTCULLIS_BENCH_POLICIES=DIR` measures another policy directory instead.)
 //!
 //! On a shared or busy machine wall-clock medians drift between runs; compare
 //! ratios within one run, or count instructions with
@@ -14,7 +15,7 @@ use std::path::Path;
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::{HeaderMap, HeaderValue};
 use portcullis::policy::{
-    build_input, EvalLimits, HttpFacts, InputFacts, PolicyOptions, PolicySet,
+    build_input, build_input_with, EvalLimits, HttpFacts, InputFacts, PolicyOptions, PolicySet,
 };
 
 fn headers() -> HeaderMap {
@@ -43,13 +44,22 @@ fn headers() -> HeaderMap {
     h
 }
 
+/// The example policies, or the directory in `PORTCULLIS_BENCH_POLICIES` (to compare
+/// variants of a policy without rebuilding the bench).
 fn load(force_interpreter: bool) -> PolicySet {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    load_with(force_interpreter, 0)
+}
+
+fn load_with(force_interpreter: bool, decision_cache: usize) -> PolicySet {
+    let dir = std::env::var_os("PORTCULLIS_BENCH_POLICIES")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("policies"));
     let queries = ["data.envoy.authz.allow".to_string()];
     let options = PolicyOptions {
         limits: EvalLimits::default(),
         force_interpreter,
         extensions: None,
+        decision_cache,
     };
     match PolicySet::load_dir(&dir, &queries, options) {
         Ok(ps) => ps,
@@ -109,6 +119,30 @@ fn bench(c: &mut Criterion) {
     }
     c.bench_function("decision/rvm deny (build_input + evaluate)", |b| {
         b.iter(|| black_box(rvm.evaluate(0, build_input(black_box(&deny_facts)))))
+    });
+    // As the proxy decides: the input carries only the headers the policy reads,
+    // and a repeated request is answered from the decision cache.
+    let pruned = load_with(false, 0);
+    c.bench_function(
+        "decision/rvm, input pruned (build_input_with + evaluate)",
+        |b| {
+            b.iter(|| {
+                black_box(pruned.evaluate(
+                    0,
+                    build_input_with(black_box(&facts), pruned.header_needs()),
+                ))
+            })
+        },
+    );
+    let cached = load_with(false, 4096);
+    assert!(cached.input_access().memoisable());
+    c.bench_function("decision/rvm, pruned + cached (repeat request)", |b| {
+        b.iter(|| {
+            black_box(cached.evaluate_memo(
+                0,
+                build_input_with(black_box(&facts), cached.header_needs()),
+            ))
+        })
     });
     c.bench_function("evaluate/rvm", |b| {
         b.iter(|| black_box(rvm.evaluate(0, black_box(input.clone()))))

@@ -392,6 +392,10 @@ pub struct PolicyConfig {
     pub eval_timeout: Duration,
     /// Maximum instructions per decision (default 1 000 000).
     pub max_instructions: usize,
+    /// Decisions remembered per query, keyed on the input values the policy can
+    /// read; only for policies whose decisions depend on nothing else (default 1024;
+    /// 0 turns it off).
+    pub decision_cache: usize,
     /// How often `dir` is checked for changes (default 1s).
     #[serde(deserialize_with = "de_duration")]
     pub watch_interval: Duration,
@@ -408,6 +412,7 @@ impl Default for PolicyConfig {
             bundle: None,
             eval_timeout: Duration::from_millis(50),
             max_instructions: 1_000_000,
+            decision_cache: 1024,
             watch_interval: Duration::from_secs(1),
         }
     }
@@ -1178,6 +1183,16 @@ impl Config {
         }
         nonzero("policy.eval_timeout", pol.eval_timeout)?;
         nonzero("policy.watch_interval", pol.watch_interval)?;
+        if pol.decision_cache > 1 << 20 {
+            return fail(
+                "policy.decision_cache",
+                format!(
+                    "{} is more than the maximum {}",
+                    pol.decision_cache,
+                    1 << 20
+                ),
+            );
+        }
         if pol.max_instructions == 0 {
             return fail("policy.max_instructions", "must be greater than zero");
         }

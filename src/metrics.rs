@@ -33,6 +33,8 @@ pub struct Metrics {
     pub policy_eval_duration: HistogramVec,
     /// Decisions that failed closed: undefined, error, wrong_shape, timeout, no_policy.
     pub policy_errors: IntCounterVec,
+    /// Decisions answered from the decision cache (`hit`) or evaluated (`miss`).
+    pub policy_decision_cache: IntCounterVec,
     /// TLS handshakes that failed, by direction and reason (SVID rejection reasons included).
     pub tls_handshake_failures: IntCounterVec,
     /// Completed mTLS handshakes, by direction (shows connection reuse).
@@ -150,6 +152,12 @@ impl Metrics {
                 "portcullis_policy_errors_total",
                 "Decisions that failed closed, by direction and reason.",
                 &["direction", "reason"],
+            ),
+            policy_decision_cache: counter(
+                &registry,
+                "portcullis_policy_decision_cache_total",
+                "Decisions answered from the decision cache (hit) or evaluated (miss), by direction.",
+                &["direction", "result"],
             ),
             tls_handshake_failures: counter(
                 &registry,

@@ -109,6 +109,7 @@ pub fn policy_options(cfg: &Config) -> PolicyOptions {
             max_instructions: cfg.policy.max_instructions,
         },
         extensions: Some(builtins::jwt_extensions()),
+        decision_cache: cfg.policy.decision_cache,
         ..PolicyOptions::default()
     }
 }

@@ -184,6 +184,8 @@ async fn http_over_pooled_mtls_with_policy_at_both_ends() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outbound_dry_run_lets_egress_denies_through_and_counts_them() {
+    // Makes outbound handshakes, which another test counts.
+    let _serial = METRICS_SERIAL.lock().await;
     let app = echo_app().await;
     let (_pki, a, _b) = mesh_tweaked(
         app,

@@ -31,6 +31,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use super::access::{HeaderNeeds, InputAccess};
 use regorus::languages::rego::compiler::Compiler;
 use regorus::rvm::program::Program;
 use regorus::rvm::vm::{RegoVM, VmError};
@@ -73,6 +74,9 @@ pub struct PolicyOptions {
     pub extensions: Option<ExtensionHook>,
     /// Never use the RVM (for comparisons and as an operator escape hatch).
     pub force_interpreter: bool,
+    /// Decisions remembered per query, keyed on the input values the policy can
+    /// read (see [`super::access`]); 0 (the default) remembers none.
+    pub decision_cache: usize,
 }
 
 impl std::fmt::Debug for PolicyOptions {
@@ -81,6 +85,7 @@ impl std::fmt::Debug for PolicyOptions {
             .field("limits", &self.limits)
             .field("extensions", &self.extensions.is_some())
             .field("force_interpreter", &self.force_interpreter)
+            .field("decision_cache", &self.decision_cache)
             .finish()
     }
 }
@@ -186,6 +191,50 @@ enum Plan {
 struct QueryPlan {
     query: String,
     plan: Plan,
+    /// Results by the values at the input paths the policy reads.
+    memo: Option<Memo>,
+}
+
+/// A bounded map from input keys to results: when full it starts over, so a burst
+/// of distinct requests costs one clear, not a growing table.
+struct Memo {
+    max: usize,
+    map: Mutex<BTreeMap<Vec<Value>, Value>>,
+}
+
+impl Memo {
+    fn get(&self, key: &[Value]) -> Option<Value> {
+        lock(&self.map).get(key).cloned()
+    }
+
+    fn put(&self, key: Vec<Value>, value: Value) {
+        let mut map = lock(&self.map);
+        if map.len() >= self.max {
+            map.clear();
+        }
+        map.insert(key, value);
+    }
+}
+
+/// Whether a decision came from the memo.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemoUse {
+    /// Not memoised: the policy may read what the key cannot capture (the whole
+    /// input, the clock, …), the cache is off, or the query has no VM/interpreter.
+    Off,
+    Hit,
+    Miss,
+}
+
+impl MemoUse {
+    /// The `result` label of `portcullis_policy_decision_cache_total`.
+    pub fn label(self) -> Option<&'static str> {
+        match self {
+            MemoUse::Off => None,
+            MemoUse::Hit => Some("hit"),
+            MemoUse::Miss => Some("miss"),
+        }
+    }
 }
 
 /// One compiled policy revision. `Send + Sync`; share it as `Arc<PolicySet>`.
@@ -199,6 +248,9 @@ pub struct PolicySet {
     /// Prepared interpreter engine; pooled clones evaluate fallback queries.
     prototype: Engine,
     engines: Mutex<Vec<Engine>>,
+    /// What the modules can read of the input.
+    access: InputAccess,
+    headers: HeaderNeeds,
 }
 
 impl std::fmt::Debug for PolicySet {
@@ -332,6 +384,15 @@ impl PolicySet {
                 message: format!("{e}"),
             })?;
 
+        let access = InputAccess::of_modules(engine.get_modules().iter());
+        tracing::debug!(revision = %short(&revision), reads = ?access.describe(), memoisable = access.memoisable(), "input access");
+        let memo = || {
+            (options.decision_cache > 0 && access.memoisable()).then(|| Memo {
+                max: options.decision_cache,
+                map: Mutex::new(BTreeMap::new()),
+            })
+        };
+
         let conflict_risk = if options.force_interpreter {
             Some("forced by configuration".to_string())
         } else {
@@ -357,6 +418,7 @@ impl PolicySet {
                     plans.push(QueryPlan {
                         query: query.clone(),
                         plan: Plan::Undefined,
+                        memo: None,
                     });
                     continue;
                 }
@@ -389,6 +451,7 @@ impl PolicySet {
             plans.push(QueryPlan {
                 query: query.clone(),
                 plan,
+                memo: memo(),
             });
         }
 
@@ -409,7 +472,19 @@ impl PolicySet {
             files,
             prototype: engine,
             engines: Mutex::new(Vec::new()),
+            headers: access.headers(),
+            access,
         })
+    }
+
+    /// What this revision's modules can read of the input.
+    pub fn input_access(&self) -> &InputAccess {
+        &self.access
+    }
+
+    /// The request headers the input must carry for this revision.
+    pub fn header_needs(&self) -> &HeaderNeeds {
+        &self.headers
     }
 
     // Bundle revisions.
@@ -458,8 +533,32 @@ impl PolicySet {
     /// Evaluates query number `query` against `input` and interprets the
     /// result as a [`Decision`]. Never panics; bounded by the [`EvalLimits`].
     pub fn evaluate(&self, query: usize, input: Value) -> Result<Decision, DecisionError> {
-        let value = self.evaluate_value(query, input)?;
-        decision_from_value(&value)
+        self.evaluate_memo(query, input).0
+    }
+
+    /// [`PolicySet::evaluate`], answered from the memo when the policy has decided
+    /// an input with the same values at every path it can read. Only results are
+    /// remembered; errors and timeouts are evaluated again.
+    pub fn evaluate_memo(
+        &self,
+        query: usize,
+        input: Value,
+    ) -> (Result<Decision, DecisionError>, MemoUse) {
+        let memo = self.queries.get(query).and_then(|q| q.memo.as_ref());
+        let Some((memo, key)) = memo.and_then(|m| Some((m, self.access.key(&input)?))) else {
+            let decision = self
+                .evaluate_value(query, input)
+                .and_then(|v| decision_from_value(&v));
+            return (decision, MemoUse::Off);
+        };
+        if let Some(value) = memo.get(&key) {
+            return (decision_from_value(&value), MemoUse::Hit);
+        }
+        let result = self.evaluate_value(query, input);
+        if let Ok(value) = &result {
+            memo.put(key, value.clone());
+        }
+        (result.and_then(|v| decision_from_value(&v)), MemoUse::Miss)
     }
 
     /// Evaluates query number `query` and returns the raw result
@@ -1159,6 +1258,152 @@ reason := "no HTTP request" if {
         }
     }
 
+    /// The decision cache and the pruned input are invisible: for every input, a
+    /// set that memoises and builds only the headers its rules read decides exactly
+    /// as one that evaluates the full document every time.
+    #[test]
+    fn memo_and_pruned_input_decide_as_the_full_input() {
+        let header_policy = r#"package envoy.authz
+import rego.v1
+default allow := false
+allow if input.attributes.request.http.headers["x-magic"] == "please"
+allow if { input.parsed_path[0] == "h"; input.attributes.request.http.headers[":method"] == "GET" }
+allow := {"allowed": false, "http_status": 418, "body": input.attributes.request.http.headers["x-why"]} if input.parsed_path[0] == "teapot"
+"#;
+        let enumerating = r#"package envoy.authz
+import rego.v1
+default allow := false
+allow if count(input.attributes.request.http.headers) > 6
+allow if { some k, _ in input.attributes.request.http.headers; startswith(k, "x-admin") }
+"#;
+        let id_reading = r#"package envoy.authz
+import rego.v1
+allow if endswith(input.attributes.request.http.id, "7")
+"#;
+        let whole = r#"package envoy.authz
+import rego.v1
+allow if { s := json.marshal(input); contains(s, "please") }
+"#;
+        // (name, module source or the example policies, memoisable)
+        let sets: [(&str, Option<&str>, bool); 5] = [
+            ("example", None, true),
+            ("headers", Some(header_policy), true),
+            ("enumerating", Some(enumerating), true),
+            ("id", Some(id_reading), true),
+            ("whole", Some(whole), false),
+        ];
+        let make = |src: Option<&str>, n: usize| {
+            let options = PolicyOptions {
+                decision_cache: n,
+                ..PolicyOptions::default()
+            };
+            match src {
+                None => example(options),
+                Some(src) => PolicySet::from_sources(
+                    vec![("p.rego".into(), src.into())],
+                    serde_json::Value::Null,
+                    &[AUTHZ.to_string()],
+                    options,
+                )
+                .unwrap_or_else(|e| panic!("{e}")),
+            }
+        };
+        let header_sets: Vec<http::HeaderMap> = [
+            &[][..],
+            &[("x-magic", "please")][..],
+            &[("x-magic", "no"), ("x-why", "because")][..],
+            &[("x-admin-token", "1"), ("accept", "*/*")][..],
+            &[
+                ("a", "1"),
+                ("b", "2"),
+                ("c", "3"),
+                ("d", "4"),
+                ("x-magic", "please"),
+                ("x-magic", "again"),
+            ][..],
+        ]
+        .iter()
+        .map(|hs| {
+            let mut m = http::HeaderMap::new();
+            for (k, v) in *hs {
+                m.append(*k, http::HeaderValue::from_static(v));
+            }
+            m
+        })
+        .collect();
+        let claims = [
+            None,
+            Some(serde_json::json!({"sub": "alice", "role": "admin", "exp": 1})),
+            Some(serde_json::json!({"sub": "alice", "role": "admin", "exp": 2})),
+        ];
+        for (name, src, memoisable) in sets {
+            let plain = make(src, 0);
+            let memo = make(src, 16); // small: the table starts over many times
+            assert_eq!(memo.input_access().memoisable(), memoisable, "{name}");
+            let mut hits = 0;
+            let mut checked = 0;
+            // Two rounds: the second mostly answered from the memo.
+            for round in 0..2 {
+                for (i, principal) in [Some(FRONTEND), Some(REPORTING), None].iter().enumerate() {
+                    for method in ["GET", "POST", "DELETE"] {
+                        for path in ["/api/x", "/admin", "/h", "/teapot", "/healthz"] {
+                            for headers in &header_sets {
+                                for jwt in &claims {
+                                    let id = format!("req-{round}-{i}-{checked}");
+                                    let facts = InputFacts {
+                                        source_address: "10.1.0.7:35568"
+                                            .parse()
+                                            .unwrap_or_else(|e| panic!("{e}")),
+                                        source_principal: *principal,
+                                        destination_address: "10.1.0.9:8080"
+                                            .parse()
+                                            .unwrap_or_else(|e| panic!("{e}")),
+                                        destination_principal: Some(
+                                            "spiffe://cluster.local/ns/default/sa/demo",
+                                        ),
+                                        http: Some(HttpFacts {
+                                            id: &id,
+                                            method,
+                                            path,
+                                            host: "demo:8080",
+                                            scheme: "https",
+                                            protocol: "HTTP/1.1",
+                                            headers,
+                                            size: None,
+                                            body: None,
+                                            truncated_body: false,
+                                            content_type: None,
+                                        }),
+                                        jwt: jwt.as_ref().map(|c| ("jwt_payload", c)),
+                                    };
+                                    let want = plain.evaluate(0, build_input(&facts));
+                                    let pruned = crate::policy::input::build_input_with(
+                                        &facts,
+                                        memo.header_needs(),
+                                    );
+                                    let (got, used) = memo.evaluate_memo(0, pruned);
+                                    assert_eq!(
+                                        got, want,
+                                        "{name}: {principal:?} {method} {path} {headers:?} {jwt:?}"
+                                    );
+                                    if !memoisable {
+                                        assert_eq!(used, MemoUse::Off, "{name}");
+                                    }
+                                    hits += usize::from(used == MemoUse::Hit);
+                                    checked += 1;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            assert!(checked > 1000, "{checked}");
+            if memoisable && name != "id" {
+                assert!(hits > checked / 4, "{name}: {hits} hits of {checked}");
+            }
+        }
+    }
+
     #[test]
     fn outbound_policy() {
         let ps = example(PolicyOptions::default());
@@ -1310,6 +1555,7 @@ reason := "no HTTP request" if {
                     },
                     force_interpreter: false,
                     extensions: None,
+                    decision_cache: 0,
                 },
             )
             .unwrap_or_else(|e| panic!("{e}"))
@@ -1343,6 +1589,7 @@ reason := "no HTTP request" if {
                 },
                 force_interpreter: false,
                 extensions: None,
+                decision_cache: 0,
             },
         )
         .unwrap_or_else(|e| panic!("{e}"));
@@ -1392,6 +1639,7 @@ reason := "no HTTP request" if {
                 },
                 force_interpreter: true,
                 extensions: None,
+                decision_cache: 0,
             },
         )
         .unwrap_or_else(|e| panic!("{e}"));

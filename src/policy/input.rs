@@ -13,6 +13,7 @@ use std::io::Write as _;
 use std::net::SocketAddr;
 use std::sync::LazyLock;
 
+use super::access::HeaderNeeds;
 use base64::Engine as _;
 use regorus::value::Object;
 use regorus::Value;
@@ -332,6 +333,12 @@ fn peer(k: &Interned, addr: &SocketAddr, principal: Option<&Value>) -> Value {
 
 /// Builds the OPA-Envoy input document for one decision.
 pub fn build_input(f: &InputFacts<'_>) -> Value {
+    build_input_with(f, &HeaderNeeds::All)
+}
+
+/// [`build_input`] carrying only the request headers a policy can read (see
+/// [`super::access`]): the document is the same as far as that policy can tell.
+pub fn build_input_with(f: &InputFacts<'_>, headers: &HeaderNeeds) -> Value {
     let k: &Interned = &INTERNED;
     // One value for `attributes.source.principal` and `source_principal`.
     let source_principal = f.source_principal.map(s);
@@ -351,7 +358,7 @@ pub fn build_input(f: &InputFacts<'_>) -> Value {
     if let Some(h) = &f.http {
         attributes.insert(
             k.request.clone(),
-            fill(&k.t_request, [(&k.http, http_attributes(k, h))]),
+            fill(&k.t_request, [(&k.http, http_attributes(k, h, headers))]),
         );
         let (path, query) = match h.path.split_once('?') {
             Some((p, q)) => (p, q),
@@ -392,23 +399,34 @@ pub fn build_input(f: &InputFacts<'_>) -> Value {
     Value::from(root)
 }
 
-fn http_attributes(k: &Interned, h: &HttpFacts<'_>) -> Value {
+fn http_attributes(k: &Interned, h: &HttpFacts<'_>, needs: &HeaderNeeds) -> Value {
     // Values that appear twice (as a field and as a pseudo-header) are shared.
     let method = k.word(h.method);
     let path = s(h.path);
     let host = s(h.host);
     let scheme = k.word(h.scheme);
 
+    let wanted = |name: &str| match needs {
+        HeaderNeeds::All => true,
+        HeaderNeeds::Only(names) => names.iter().any(|n| n == name),
+        HeaderNeeds::None => false,
+    };
     let mut headers: BTreeMap<Value, Value> = BTreeMap::new();
     // Envoy exposes the request line as pseudo-headers for HTTP/1.1 too, and
     // folds `host` into `:authority`.
-    headers.insert(k.p_authority.clone(), host.clone());
-    headers.insert(k.p_method.clone(), method.clone());
-    headers.insert(k.p_path.clone(), path.clone());
-    headers.insert(k.p_scheme.clone(), scheme.clone());
+    for (name, key, value) in [
+        (":authority", &k.p_authority, &host),
+        (":method", &k.p_method, &method),
+        (":path", &k.p_path, &path),
+        (":scheme", &k.p_scheme, &scheme),
+    ] {
+        if wanted(name) {
+            headers.insert(key.clone(), value.clone());
+        }
+    }
     for name in h.headers.keys() {
         let n = name.as_str();
-        if n == "host" {
+        if n == "host" || !wanted(n) {
             continue;
         }
         let mut values = h.headers.get_all(name).iter();
@@ -430,7 +448,9 @@ fn http_attributes(k: &Interned, h: &HttpFacts<'_>) -> Value {
     m.insert(k.host.clone(), host);
     m.insert(k.scheme.clone(), scheme);
     m.insert(k.protocol.clone(), k.word(h.protocol));
-    m.insert(k.headers.clone(), Value::from(headers));
+    if *needs != HeaderNeeds::None {
+        m.insert(k.headers.clone(), Value::from(headers));
+    }
     if let Some(size) = h.size {
         m.insert(k.size.clone(), Value::from(size));
     }

@@ -1,6 +1,7 @@
 //! Policy: loading and evaluating Rego with regorus, the OPA-Envoy input
 //! document, the decision result, and the store holding the active revision.
 
+pub mod access;
 pub mod builtins;
 pub mod bundle;
 pub mod cli;
@@ -11,6 +12,7 @@ pub mod store;
 pub mod test_runner;
 pub mod watch;
 
+pub use access::{HeaderNeeds, InputAccess};
 pub use decision::{decision_from_value, Decision, DecisionError};
 pub use engine::{EvalLimits, EvaluatorKind, ExtensionHook, PolicyError, PolicyOptions, PolicySet};
-pub use input::{build_input, HttpFacts, InputFacts};
+pub use input::{build_input, build_input_with, HttpFacts, InputFacts};

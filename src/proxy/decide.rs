@@ -11,7 +11,7 @@ use super::headers::add_headers;
 use crate::decision_log::{now_rfc3339, DecisionEntry, DecisionLog};
 use crate::metrics;
 use crate::policy::store::PolicyStore;
-use crate::policy::{build_input, Decision, DecisionError, InputFacts};
+use crate::policy::{build_input_with, Decision, DecisionError, InputFacts};
 
 /// What the data path does with a request.
 #[derive(Debug)]
@@ -66,8 +66,15 @@ impl Decider {
         let start = Instant::now();
         let (result, revision) = match self.policy.current() {
             Some(set) => {
-                let input = build_input(facts);
-                (set.evaluate(self.query, input), set.revision().to_owned())
+                // Only the headers this revision's rules can read go into the input.
+                let input = build_input_with(facts, set.header_needs());
+                let (result, memo) = set.evaluate_memo(self.query, input);
+                if let Some(label) = memo.label() {
+                    m.policy_decision_cache
+                        .with_label_values(&[self.direction, label])
+                        .inc();
+                }
+                (result, set.revision().to_owned())
             }
             None => (Err(DecisionError::NoPolicy), "none".to_owned()),
         };

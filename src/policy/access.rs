@@ -1,0 +1,524 @@
+//! What a policy set can read of its input, found from its syntax once per
+//! revision: the input paths its references name, and whether anything besides the
+//! input and `data` (the clock, randomness, the network) can change a decision.
+//!
+//! Two uses, both sound by construction — a reference the analysis cannot pin to a
+//! fixed path counts as reading everything under the part that is fixed, and a bare
+//! `input` (passed to a function, printed, assigned whole) counts as reading it all:
+//!
+//! - the input builder leaves out request headers no rule can read, which is most of
+//!   the cost of building the input document;
+//! - decisions are memoised on the values at the paths read (see
+//!   [`super::engine::PolicySet::evaluate`]): two inputs equal at every path the
+//!   policy can read get the same decision from a deterministic policy.
+
+use regorus::unstable::{Expr, Literal, Module, Query, Ref, Rule, RuleHead};
+use regorus::Value;
+
+/// Builtins whose results depend on something other than their arguments, or that
+/// have effects: a policy calling one is never memoised.
+const NOT_PURE: &[&str] = &[
+    "time.now_ns",
+    "rand.intn",
+    "uuid.rfc4122",
+    "opa.runtime",
+    "http.send",
+    "net.lookup_ip_addr",
+    "trace",
+    "print",
+    // Checks `exp`/`nbf` against the current time unless a time is given.
+    "io.jwt.decode_verify",
+    "crypto.x509.parse_and_verify_certificates",
+    "crypto.x509.parse_and_verify_certificates_with_options",
+];
+
+/// The input path of the request headers in the OPA-Envoy document.
+const HEADERS: [&str; 4] = ["attributes", "request", "http", "headers"];
+
+/// Which request headers the input document must carry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeaderNeeds {
+    /// Every header (the policy may enumerate them or read the document whole).
+    All,
+    /// Only these (lower-case) names.
+    Only(Vec<String>),
+    /// None: no rule reads a header.
+    None,
+}
+
+/// The input paths a policy set reads, and whether its decisions depend on nothing
+/// else.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InputAccess {
+    /// Minimal set of paths read (none is a prefix of another), sorted; meaningful
+    /// only when `whole` is false.
+    paths: Vec<Vec<String>>,
+    /// Something reads the input document as a whole.
+    whole: bool,
+    /// No builtin with results beyond its arguments, and no `with input`.
+    deterministic: bool,
+}
+
+impl InputAccess {
+    /// Everything, nothing memoised: for policy sets that were not analysed.
+    pub fn everything() -> Self {
+        InputAccess {
+            paths: Vec::new(),
+            whole: true,
+            deterministic: false,
+        }
+    }
+
+    /// Analyses every module of a policy set (a union: any rule may be reached).
+    pub fn of_modules<'a>(modules: impl IntoIterator<Item = &'a Ref<Module>>) -> Self {
+        let mut walk = Walk {
+            paths: Vec::new(),
+            whole: false,
+            deterministic: true,
+        };
+        for m in modules {
+            walk.module(m);
+        }
+        let mut paths = walk.paths;
+        paths.sort();
+        paths.dedup();
+        // Keep only the shortest: reading `a` reads everything under `a.b`.
+        let mut minimal: Vec<Vec<String>> = Vec::new();
+        for p in paths {
+            if !minimal.iter().any(|m| p.starts_with(m)) {
+                minimal.push(p);
+            }
+        }
+        InputAccess {
+            whole: walk.whole || minimal.iter().any(Vec::is_empty),
+            paths: minimal,
+            deterministic: walk.deterministic,
+        }
+    }
+
+    /// Which headers the input must carry for this policy set.
+    pub fn headers(&self) -> HeaderNeeds {
+        if self.whole {
+            return HeaderNeeds::All;
+        }
+        let mut names = Vec::new();
+        for p in &self.paths {
+            let shared = p.iter().zip(HEADERS).take_while(|(a, b)| a == b).count();
+            if shared == p.len() && shared <= HEADERS.len() {
+                // A prefix of the headers path (or the path itself): all of them.
+                return HeaderNeeds::All;
+            }
+            if shared == HEADERS.len() {
+                names.push(p[HEADERS.len()].to_ascii_lowercase());
+            }
+        }
+        if names.is_empty() {
+            HeaderNeeds::None
+        } else {
+            names.sort();
+            names.dedup();
+            HeaderNeeds::Only(names)
+        }
+    }
+
+    /// Whether decisions may be memoised on [`InputAccess::key`].
+    pub fn memoisable(&self) -> bool {
+        self.deterministic && !self.whole
+    }
+
+    /// The values of `input` at every path read (`Undefined` where absent): equal
+    /// keys mean the policy cannot tell the inputs apart. `None` when decisions must
+    /// not be memoised.
+    pub fn key(&self, input: &Value) -> Option<Vec<Value>> {
+        if !self.memoisable() {
+            return None;
+        }
+        let mut key = Vec::with_capacity(self.paths.len());
+        for p in &self.paths {
+            let mut v = input;
+            for seg in p {
+                v = match v {
+                    Value::Object(o) => o
+                        .get(&Value::from(seg.as_str()))
+                        .unwrap_or(&Value::Undefined),
+                    _ => &Value::Undefined,
+                };
+            }
+            key.push(v.clone());
+        }
+        Some(key)
+    }
+
+    /// The paths read, as `input.a.b` strings (for logs and tests).
+    pub fn describe(&self) -> Vec<String> {
+        if self.whole {
+            return vec!["input".to_string()];
+        }
+        self.paths
+            .iter()
+            .map(|p| {
+                let mut s = String::from("input");
+                for seg in p {
+                    if seg.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                        s.push('.');
+                        s.push_str(seg);
+                    } else {
+                        s.push_str(&format!("[{seg:?}]"));
+                    }
+                }
+                s
+            })
+            .collect()
+    }
+}
+
+struct Walk {
+    paths: Vec<Vec<String>>,
+    whole: bool,
+    deterministic: bool,
+}
+
+impl Walk {
+    fn module(&mut self, m: &Module) {
+        for import in &m.imports {
+            // `import input.x as y`: whatever is read through `y` is under `input.x`.
+            self.expr(&import.refr);
+        }
+        for rule in &m.policy {
+            match rule.as_ref() {
+                Rule::Spec { head, bodies, .. } => {
+                    match head {
+                        RuleHead::Compr { refr, assign, .. } => {
+                            self.expr(refr);
+                            if let Some(a) = assign {
+                                self.expr(&a.value);
+                            }
+                        }
+                        RuleHead::Set { refr, key, .. } => {
+                            self.expr(refr);
+                            if let Some(k) = key {
+                                self.expr(k);
+                            }
+                        }
+                        RuleHead::Func {
+                            refr, args, assign, ..
+                        } => {
+                            self.expr(refr);
+                            for a in args {
+                                self.expr(a);
+                            }
+                            if let Some(a) = assign {
+                                self.expr(&a.value);
+                            }
+                        }
+                    }
+                    for b in bodies {
+                        if let Some(a) = &b.assign {
+                            self.expr(&a.value);
+                        }
+                        self.query(&b.query);
+                    }
+                }
+                Rule::Default {
+                    refr, args, value, ..
+                } => {
+                    self.expr(refr);
+                    for a in args {
+                        self.expr(a);
+                    }
+                    self.expr(value);
+                }
+            }
+        }
+    }
+
+    fn query(&mut self, q: &Query) {
+        for stmt in &q.stmts {
+            if !stmt.with_mods.is_empty() {
+                // `with input… as` / `with data… as` replace documents for a sub-query:
+                // not worth following, so nothing is memoised.
+                self.deterministic = false;
+            }
+            for w in &stmt.with_mods {
+                self.expr(&w.refr);
+                self.expr(&w.r#as);
+            }
+            match &stmt.literal {
+                Literal::SomeVars { .. } => {}
+                Literal::SomeIn {
+                    key,
+                    value,
+                    collection,
+                    ..
+                } => {
+                    if let Some(k) = key {
+                        self.expr(k);
+                    }
+                    self.expr(value);
+                    self.expr(collection);
+                }
+                Literal::Expr { expr, .. } | Literal::NotExpr { expr, .. } => self.expr(expr),
+                Literal::Every { domain, query, .. } => {
+                    self.expr(domain);
+                    self.query(query);
+                }
+            }
+        }
+    }
+
+    fn expr(&mut self, e: &Expr) {
+        match e {
+            Expr::String { .. }
+            | Expr::RawString { .. }
+            | Expr::Number { .. }
+            | Expr::Bool { .. }
+            | Expr::Null { .. } => {}
+            Expr::Var { value, .. } => {
+                if value.as_string().is_ok_and(|s| s.as_ref() == "input") {
+                    // The document itself, not a path into it.
+                    self.whole = true;
+                }
+            }
+            Expr::Array { items, .. } | Expr::Set { items, .. } => {
+                for i in items {
+                    self.expr(i);
+                }
+            }
+            Expr::Object { fields, .. } => {
+                for (_, k, v) in fields {
+                    self.expr(k);
+                    self.expr(v);
+                }
+            }
+            Expr::ArrayCompr { term, query, .. } | Expr::SetCompr { term, query, .. } => {
+                self.expr(term);
+                self.query(query);
+            }
+            Expr::ObjectCompr {
+                key, value, query, ..
+            } => {
+                self.expr(key);
+                self.expr(value);
+                self.query(query);
+            }
+            Expr::Call { fcn, params, .. } => {
+                if let Some(name) = dotted(fcn) {
+                    if NOT_PURE.contains(&name.as_str()) {
+                        self.deterministic = false;
+                    }
+                } else {
+                    self.expr(fcn);
+                }
+                for p in params {
+                    self.expr(p);
+                }
+            }
+            Expr::UnaryExpr { expr, .. } => self.expr(expr),
+            Expr::RefDot { .. } | Expr::RefBrack { .. } => self.reference(e),
+            Expr::BinExpr { lhs, rhs, .. }
+            | Expr::BoolExpr { lhs, rhs, .. }
+            | Expr::ArithExpr { lhs, rhs, .. }
+            | Expr::AssignExpr { lhs, rhs, .. } => {
+                self.expr(lhs);
+                self.expr(rhs);
+            }
+            Expr::Membership {
+                key,
+                value,
+                collection,
+                ..
+            } => {
+                if let Some(k) = key {
+                    self.expr(k);
+                }
+                self.expr(value);
+                self.expr(collection);
+            }
+        }
+    }
+
+    /// A chain of `.field` and `[index]` steps: rooted at `input`, the fixed prefix
+    /// of the chain is a path read; every index that is an expression is walked.
+    fn reference(&mut self, e: &Expr) {
+        // Collect the steps from the outside in, then read them root first.
+        let mut steps: Vec<Step<'_>> = Vec::new();
+        let mut cur = e;
+        loop {
+            match cur {
+                Expr::RefDot { refr, field, .. } => {
+                    steps.push(match field.1.as_string() {
+                        Ok(s) => Step::Key(s.to_string()),
+                        Err(_) => Step::Dynamic(None),
+                    });
+                    cur = refr;
+                }
+                Expr::RefBrack { refr, index, .. } => {
+                    steps.push(match index.as_ref() {
+                        Expr::String { value, .. } | Expr::RawString { value, .. } => {
+                            match value.as_string() {
+                                Ok(s) => Step::Key(s.to_string()),
+                                Err(_) => Step::Dynamic(Some(index)),
+                            }
+                        }
+                        _ => Step::Dynamic(Some(index)),
+                    });
+                    cur = refr;
+                }
+                _ => break,
+            }
+        }
+        steps.reverse();
+        let rooted_at_input = matches!(cur, Expr::Var { value, .. }
+            if value.as_string().is_ok_and(|s| s.as_ref() == "input"));
+        if rooted_at_input {
+            let mut path = Vec::new();
+            for s in &steps {
+                match s {
+                    Step::Key(k) => path.push(k.clone()),
+                    Step::Dynamic(_) => break,
+                }
+            }
+            self.paths.push(path);
+        } else {
+            self.expr(cur);
+        }
+        for s in &steps {
+            if let Step::Dynamic(Some(index)) = s {
+                self.expr(index);
+            }
+        }
+    }
+}
+
+enum Step<'a> {
+    Key(String),
+    /// A computed index (walked for its own references), or a field that is not a
+    /// string.
+    Dynamic(Option<&'a Ref<Expr>>),
+}
+
+/// `a.b.c` for a function reference made of names only.
+fn dotted(e: &Expr) -> Option<String> {
+    match e {
+        Expr::Var { value, .. } => value.as_string().ok().map(|s| s.to_string()),
+        Expr::RefDot { refr, field, .. } => {
+            let head = dotted(refr)?;
+            let f = field.1.as_string().ok()?;
+            Some(format!("{head}.{f}"))
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn analyse(src: &str) -> InputAccess {
+        let mut engine = regorus::Engine::new();
+        engine
+            .add_policy("p.rego".to_string(), src.to_string())
+            .unwrap_or_else(|e| panic!("{e}"));
+        InputAccess::of_modules(engine.get_modules().iter())
+    }
+
+    fn policy(body: &str) -> String {
+        format!("package p\nimport rego.v1\n{body}\n")
+    }
+
+    #[test]
+    fn fixed_paths_are_found_and_minimised() {
+        let a = analyse(&policy(
+            "allow if {\n input.attributes.source.principal == \"x\"\n input.parsed_path[0] == \"api\"\n input.attributes.request.http.headers[\"X-Magic\"] == \"1\"\n}\n\
+             r if input.attributes.metadataContext.filterMetadata[\"envoy.filters.http.jwt_authn\"].jwt_payload.role == \"admin\"\n\
+             s if input.parsed_path == [\"a\"]",
+        ));
+        assert_eq!(
+            a.describe(),
+            [
+                "input.attributes.metadataContext.filterMetadata[\"envoy.filters.http.jwt_authn\"].jwt_payload.role",
+                "input.attributes.request.http.headers[\"X-Magic\"]",
+                "input.attributes.source.principal",
+                "input.parsed_path",
+            ]
+        );
+        assert!(a.memoisable());
+        assert_eq!(a.headers(), HeaderNeeds::Only(vec!["x-magic".to_string()]));
+    }
+
+    #[test]
+    fn unpinnable_references_read_more() {
+        // A computed index: everything under the fixed prefix.
+        let a = analyse(&policy(
+            "allow if {\n some k\n input.attributes.request.http.headers[k] == \"1\"\n}",
+        ));
+        assert_eq!(a.describe(), ["input.attributes.request.http.headers"]);
+        assert_eq!(a.headers(), HeaderNeeds::All);
+        // A parent of the headers: all of them.
+        let a = analyse(&policy(
+            "allow if {\n h := input.attributes.request.http\n h.method == \"GET\"\n}",
+        ));
+        assert_eq!(a.headers(), HeaderNeeds::All);
+        assert!(a.memoisable());
+        // The index expression's own references count too.
+        let a = analyse(&policy(
+            "allow if data.x[input.attributes.source.principal]",
+        ));
+        assert_eq!(a.describe(), ["input.attributes.source.principal"]);
+        assert_eq!(a.headers(), HeaderNeeds::None);
+    }
+
+    #[test]
+    fn the_whole_document_or_the_world() {
+        // An index computed from the input: the prefix, and what the index reads.
+        let a = analyse(&policy("allow if input[\"attributes\"][input.k]"));
+        assert_eq!(a.describe(), ["input.attributes", "input.k"]);
+        assert_eq!(a.headers(), HeaderNeeds::All);
+        for whole in [
+            "allow if count(input) > 0",
+            "allow if { x := input; x.a == 1 }",
+            "allow if walk(input, [_, _])",
+        ] {
+            let a = analyse(&policy(whole));
+            assert_eq!(a.describe(), ["input"], "{whole}");
+            assert_eq!(a.headers(), HeaderNeeds::All, "{whole}");
+            assert!(!a.memoisable(), "{whole}");
+        }
+        // An import of the whole input, or of a part of it.
+        let a = analyse("package p\nimport rego.v1\nimport input\nallow if input.a == 1\n");
+        assert!(!a.memoisable());
+        let a = analyse("package p\nimport rego.v1\nimport input.attributes.request.http as h\nallow if h.method == \"GET\"\n");
+        assert_eq!(a.describe(), ["input.attributes.request.http"]);
+        assert_eq!(a.headers(), HeaderNeeds::All);
+        // Time, randomness, the network, printing, `with`: nothing memoised.
+        for impure in [
+            "allow if time.now_ns() > 0",
+            "allow if rand.intn(\"x\", 10) > 0",
+            "allow if { print(input.a) }",
+            "allow if http.send({\"method\": \"GET\", \"url\": input.u}).status_code == 200",
+            "allow if io.jwt.decode_verify(input.t, {\"secret\": \"s\"})[0]",
+            "f(x) := x\nallow if f(1) with input.a as 2",
+        ] {
+            let a = analyse(&policy(impure));
+            assert!(!a.memoisable(), "{impure}");
+        }
+    }
+
+    #[test]
+    fn keys_are_the_values_at_the_paths() {
+        let a = analyse(&policy("allow if { input.a.b == 1; input.c == 2 }"));
+        let v = |j: serde_json::Value| crate::policy::input::json_to_value(&j);
+        let k1 = a.key(&v(
+            serde_json::json!({"a": {"b": 1, "x": 9}, "c": 2, "id": "r1"}),
+        ));
+        let k2 = a.key(&v(
+            serde_json::json!({"a": {"b": 1, "x": 8}, "c": 2, "id": "r2"}),
+        ));
+        let k3 = a.key(&v(serde_json::json!({"a": {"b": 2}, "c": 2})));
+        let k4 = a.key(&v(serde_json::json!({"c": 2})));
+        assert_eq!(k1, k2);
+        assert_ne!(k1, k3);
+        assert_ne!(k1, k4);
+        assert_eq!(k4, Some(vec![Value::Undefined, Value::from(2u64)]));
+    }
+}
