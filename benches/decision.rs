@@ -127,10 +127,9 @@ fn bench(c: &mut Criterion) {
         "decision/rvm, input pruned (build_input_with + evaluate)",
         |b| {
             b.iter(|| {
-                black_box(pruned.evaluate(
-                    0,
-                    build_input_with(black_box(&facts), pruned.header_needs()),
-                ))
+                black_box(
+                    pruned.evaluate(0, build_input_with(black_box(&facts), pruned.input_needs())),
+                )
             })
         },
     );
@@ -138,10 +137,9 @@ fn bench(c: &mut Criterion) {
     assert!(cached.input_access().memoisable());
     c.bench_function("decision/rvm, pruned + cached (repeat request)", |b| {
         b.iter(|| {
-            black_box(cached.evaluate_memo(
-                0,
-                build_input_with(black_box(&facts), cached.header_needs()),
-            ))
+            black_box(
+                cached.evaluate_memo(0, build_input_with(black_box(&facts), cached.input_needs())),
+            )
         })
     });
     c.bench_function("evaluate/rvm", |b| {

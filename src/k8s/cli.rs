@@ -68,6 +68,10 @@ pub struct InjectArgs {
     /// Sidecar log level.
     #[arg(long, default_value = "info")]
     pub log_level: String,
+    /// Destinations reached over mTLS to a peer sidecar (the cluster's pod CIDRs),
+    /// comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "10.0.0.0/8")]
+    pub mesh_networks: Vec<ipnet::IpNet>,
 }
 
 impl InjectArgs {
@@ -97,6 +101,7 @@ impl InjectArgs {
                 memory_limit: Some(self.memory_limit.clone()).filter(|m| m != "none"),
             },
             log_level: self.log_level.clone(),
+            mesh_networks: self.mesh_networks.clone(),
         })
     }
 }

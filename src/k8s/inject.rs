@@ -180,6 +180,8 @@ pub struct InjectOptions {
     pub resources: SidecarResources,
     /// Sidecar log level.
     pub log_level: String,
+    /// `outbound.mesh_networks` of the sidecar.
+    pub mesh_networks: Vec<ipnet::IpNet>,
 }
 
 /// The default image: `ghcr.io/portcullis/portcullis:<this version>`.
@@ -202,6 +204,10 @@ impl Default for InjectOptions {
             mtls: "strict".into(),
             resources: SidecarResources::default(),
             log_level: "info".into(),
+            mesh_networks: vec![ipnet::IpNet::V4(ipnet::Ipv4Net::new_assert(
+                std::net::Ipv4Addr::new(10, 0, 0, 0),
+                8,
+            ))],
         }
     }
 }
@@ -582,11 +588,17 @@ pub fn sidecar_config(opts: &InjectOptions) -> String {
          trust_domain: {td}\n\
          identity:\n{identity}\
          inbound:\n  listen: 0.0.0.0:{INBOUND_PORT}\n  mtls: {mtls}\n  original_destination: true\n\
-         outbound:\n  listen: 127.0.0.1:{OUTBOUND_PORT}\n  mode: transparent\n\
+         outbound:\n  listen: 127.0.0.1:{OUTBOUND_PORT}\n  mode: transparent\n  mesh_networks: [{mesh}]\n\
          admin:\n  listen: 0.0.0.0:{ADMIN_PORT}\n\
          policy:\n  dir: {POLICIES_DIR}\n\
          log:\n  level: {level}\n",
         td = opts.trust_domain,
+        mesh = opts
+            .mesh_networks
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", "),
         mtls = opts.mtls,
         level = opts.log_level,
     )

@@ -46,6 +46,67 @@ pub enum HeaderNeeds {
     None,
 }
 
+/// Which parts of the input document a policy set can read: each flag stands for
+/// one field of the OPA-Envoy document (see [`super::input`]). A field is needed when
+/// a path read lies under it or above it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InputNeeds {
+    /// The whole document (the policy reads `input` itself).
+    pub all: bool,
+    pub source_address: bool,
+    pub source_principal: bool,
+    pub destination_address: bool,
+    pub destination_principal: bool,
+    pub http_id: bool,
+    pub http_method: bool,
+    pub http_path: bool,
+    pub http_host: bool,
+    pub http_scheme: bool,
+    pub http_protocol: bool,
+    pub http_size: bool,
+    /// `body` and `rawBody`.
+    pub http_body: bool,
+    pub headers: HeaderNeeds,
+    /// `attributes.metadataContext` (verified JWT claims).
+    pub metadata: bool,
+    pub parsed_path: bool,
+    pub parsed_query: bool,
+    pub parsed_body: bool,
+    pub truncated_body: bool,
+    /// The top-level `source_principal`.
+    pub root_source_principal: bool,
+    pub version: bool,
+}
+
+impl InputNeeds {
+    /// Every field.
+    pub fn all() -> Self {
+        InputNeeds {
+            all: true,
+            source_address: true,
+            source_principal: true,
+            destination_address: true,
+            destination_principal: true,
+            http_id: true,
+            http_method: true,
+            http_path: true,
+            http_host: true,
+            http_scheme: true,
+            http_protocol: true,
+            http_size: true,
+            http_body: true,
+            headers: HeaderNeeds::All,
+            metadata: true,
+            parsed_path: true,
+            parsed_query: true,
+            parsed_body: true,
+            truncated_body: true,
+            root_source_principal: true,
+            version: true,
+        }
+    }
+}
+
 /// The input paths a policy set reads, and whether its decisions depend on nothing
 /// else.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,6 +114,8 @@ pub struct InputAccess {
     /// Minimal set of paths read (none is a prefix of another), sorted; meaningful
     /// only when `whole` is false.
     paths: Vec<Vec<String>>,
+    /// The same paths as object keys, built once for [`InputAccess::key`].
+    segments: Vec<Vec<Value>>,
     /// Something reads the input document as a whole.
     whole: bool,
     /// No builtin with results beyond its arguments, and no `with input`.
@@ -64,6 +127,7 @@ impl InputAccess {
     pub fn everything() -> Self {
         InputAccess {
             paths: Vec::new(),
+            segments: Vec::new(),
             whole: true,
             deterministic: false,
         }
@@ -91,6 +155,10 @@ impl InputAccess {
         }
         InputAccess {
             whole: walk.whole || minimal.iter().any(Vec::is_empty),
+            segments: minimal
+                .iter()
+                .map(|p| p.iter().map(|seg| Value::from(seg.as_str())).collect())
+                .collect(),
             paths: minimal,
             deterministic: walk.deterministic,
         }
@@ -121,6 +189,43 @@ impl InputAccess {
         }
     }
 
+    /// The fields of the input document this policy set can read.
+    pub fn needs(&self) -> InputNeeds {
+        if self.whole {
+            return InputNeeds::all();
+        }
+        let field = |f: &[&str]| {
+            self.paths.iter().any(|p| {
+                let shared = p.iter().zip(f).take_while(|(a, b)| a == *b).count();
+                shared == p.len() || shared == f.len()
+            })
+        };
+        let http = |name: &str| field(&["attributes", "request", "http", name]);
+        InputNeeds {
+            all: false,
+            source_address: field(&["attributes", "source", "address"]),
+            source_principal: field(&["attributes", "source", "principal"]),
+            destination_address: field(&["attributes", "destination", "address"]),
+            destination_principal: field(&["attributes", "destination", "principal"]),
+            http_id: http("id"),
+            http_method: http("method"),
+            http_path: http("path"),
+            http_host: http("host"),
+            http_scheme: http("scheme"),
+            http_protocol: http("protocol"),
+            http_size: http("size"),
+            http_body: http("body") || http("rawBody"),
+            headers: self.headers(),
+            metadata: field(&["attributes", "metadataContext"]),
+            parsed_path: field(&["parsed_path"]),
+            parsed_query: field(&["parsed_query"]),
+            parsed_body: field(&["parsed_body"]),
+            truncated_body: field(&["truncated_body"]),
+            root_source_principal: field(&["source_principal"]),
+            version: field(&["version"]),
+        }
+    }
+
     /// Whether decisions may be memoised on [`InputAccess::key`].
     pub fn memoisable(&self) -> bool {
         self.deterministic && !self.whole
@@ -133,20 +238,27 @@ impl InputAccess {
         if !self.memoisable() {
             return None;
         }
-        let mut key = Vec::with_capacity(self.paths.len());
-        for p in &self.paths {
+        let mut key = Vec::with_capacity(self.segments.len());
+        for p in &self.segments {
             let mut v = input;
             for seg in p {
                 v = match v {
-                    Value::Object(o) => o
-                        .get(&Value::from(seg.as_str()))
-                        .unwrap_or(&Value::Undefined),
+                    Value::Object(o) => o.get(seg).unwrap_or(&Value::Undefined),
                     _ => &Value::Undefined,
                 };
             }
             key.push(v.clone());
         }
         Some(key)
+    }
+
+    /// The paths read, as segments (empty when the whole input is read).
+    pub fn describe_paths(&self) -> &[Vec<String>] {
+        if self.whole {
+            &[]
+        } else {
+            &self.paths
+        }
     }
 
     /// The paths read, as `input.a.b` strings (for logs and tests).

@@ -31,7 +31,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::access::{HeaderNeeds, InputAccess};
+use super::access::{InputAccess, InputNeeds};
 use regorus::languages::rego::compiler::Compiler;
 use regorus::rvm::program::Program;
 use regorus::rvm::vm::{RegoVM, VmError};
@@ -196,24 +196,91 @@ struct QueryPlan {
 }
 
 /// A bounded map from input keys to results: when full it starts over, so a burst
-/// of distinct requests costs one clear, not a growing table.
+/// of distinct requests costs one clear, not a growing table. Entries are found by
+/// a hash of the key and confirmed by comparing the whole key, so a collision can
+/// only cost an evaluation, never return another input's decision.
 struct Memo {
     max: usize,
-    map: Mutex<BTreeMap<Vec<Value>, Value>>,
+    map: Mutex<std::collections::HashMap<u64, (Vec<Value>, Value)>>,
 }
 
 impl Memo {
-    fn get(&self, key: &[Value]) -> Option<Value> {
-        lock(&self.map).get(key).cloned()
+    fn new(max: usize) -> Self {
+        Memo {
+            max,
+            map: Mutex::new(std::collections::HashMap::new()),
+        }
     }
 
-    fn put(&self, key: Vec<Value>, value: Value) {
+    fn get(&self, hash: u64, key: &[Value]) -> Option<Value> {
+        match lock(&self.map).get(&hash) {
+            Some((k, v)) if k.as_slice() == key => Some(v.clone()),
+            _ => None,
+        }
+    }
+
+    fn put(&self, hash: u64, key: Vec<Value>, value: Value) {
         let mut map = lock(&self.map);
         if map.len() >= self.max {
             map.clear();
         }
-        map.insert(key, value);
+        map.insert(hash, (key, value));
     }
+}
+
+/// A hash of a memo key (FNV-1a over a walk of the values): stable within the
+/// process, cheap for the short strings keys are made of.
+fn key_hash(key: &[Value]) -> u64 {
+    fn bytes(h: &mut u64, b: &[u8]) {
+        for &x in b {
+            *h ^= u64::from(x);
+            *h = h.wrapping_mul(0x100_0000_01b3);
+        }
+    }
+    fn walk(h: &mut u64, v: &Value) {
+        match v {
+            Value::Null => bytes(h, b"n"),
+            Value::Undefined => bytes(h, b"u"),
+            Value::Bool(b) => bytes(h, if *b { b"t" } else { b"f" }),
+            Value::Number(n) => {
+                bytes(h, b"#");
+                // Equal numbers need not hash equal (a miss, not a wrong answer).
+                bytes(h, &n.as_f64().unwrap_or(f64::NAN).to_bits().to_le_bytes());
+            }
+            Value::String(s) => {
+                bytes(h, b"s");
+                bytes(h, s.as_bytes());
+                bytes(h, &[0xff]);
+            }
+            Value::Array(a) => {
+                bytes(h, b"[");
+                for x in a.iter() {
+                    walk(h, x);
+                }
+                bytes(h, b"]");
+            }
+            Value::Set(set) => {
+                bytes(h, b"{");
+                for x in set.iter() {
+                    walk(h, x);
+                }
+                bytes(h, b"}");
+            }
+            Value::Object(o) => {
+                bytes(h, b"(");
+                for (k, x) in o.iter_sorted() {
+                    walk(h, k);
+                    walk(h, x);
+                }
+                bytes(h, b")");
+            }
+        }
+    }
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    for v in key {
+        walk(&mut h, v);
+    }
+    h
 }
 
 /// Whether a decision came from the memo.
@@ -250,7 +317,7 @@ pub struct PolicySet {
     engines: Mutex<Vec<Engine>>,
     /// What the modules can read of the input.
     access: InputAccess,
-    headers: HeaderNeeds,
+    needs: InputNeeds,
 }
 
 impl std::fmt::Debug for PolicySet {
@@ -387,10 +454,8 @@ impl PolicySet {
         let access = InputAccess::of_modules(engine.get_modules().iter());
         tracing::debug!(revision = %short(&revision), reads = ?access.describe(), memoisable = access.memoisable(), "input access");
         let memo = || {
-            (options.decision_cache > 0 && access.memoisable()).then(|| Memo {
-                max: options.decision_cache,
-                map: Mutex::new(BTreeMap::new()),
-            })
+            (options.decision_cache > 0 && access.memoisable())
+                .then(|| Memo::new(options.decision_cache))
         };
 
         let conflict_risk = if options.force_interpreter {
@@ -472,7 +537,7 @@ impl PolicySet {
             files,
             prototype: engine,
             engines: Mutex::new(Vec::new()),
-            headers: access.headers(),
+            needs: access.needs(),
             access,
         })
     }
@@ -482,9 +547,9 @@ impl PolicySet {
         &self.access
     }
 
-    /// The request headers the input must carry for this revision.
-    pub fn header_needs(&self) -> &HeaderNeeds {
-        &self.headers
+    /// The fields the input document must carry for this revision.
+    pub fn input_needs(&self) -> &InputNeeds {
+        &self.needs
     }
 
     // Bundle revisions.
@@ -551,12 +616,13 @@ impl PolicySet {
                 .and_then(|v| decision_from_value(&v));
             return (decision, MemoUse::Off);
         };
-        if let Some(value) = memo.get(&key) {
+        let hash = key_hash(&key);
+        if let Some(value) = memo.get(hash, &key) {
             return (decision_from_value(&value), MemoUse::Hit);
         }
         let result = self.evaluate_value(query, input);
         if let Ok(value) = &result {
-            memo.put(key, value.clone());
+            memo.put(hash, key, value.clone());
         }
         (result.and_then(|v| decision_from_value(&v)), MemoUse::Miss)
     }
@@ -1379,7 +1445,7 @@ allow if { s := json.marshal(input); contains(s, "please") }
                                     let want = plain.evaluate(0, build_input(&facts));
                                     let pruned = crate::policy::input::build_input_with(
                                         &facts,
-                                        memo.header_needs(),
+                                        memo.input_needs(),
                                     );
                                     let (got, used) = memo.evaluate_memo(0, pruned);
                                     assert_eq!(
@@ -1402,6 +1468,22 @@ allow if { s := json.marshal(input); contains(s, "please") }
                 assert!(hits > checked / 4, "{name}: {hits} hits of {checked}");
             }
         }
+    }
+
+    #[test]
+    fn memo_confirms_the_whole_key_and_starts_over_when_full() {
+        let memo = Memo::new(2);
+        let a = vec![Value::from("spiffe://a"), Value::from("GET")];
+        let b = vec![Value::from("spiffe://b"), Value::from("GET")];
+        memo.put(7, a.clone(), Value::from(true));
+        // The same hash with another key (a collision) is a miss, not a's result.
+        assert_eq!(memo.get(7, &b), None);
+        assert_eq!(memo.get(7, &a), Some(Value::from(true)));
+        assert_eq!(key_hash(&a), key_hash(&a.clone()));
+        assert_ne!(key_hash(&a), key_hash(&b));
+        memo.put(8, b.clone(), Value::from(false));
+        memo.put(9, vec![Value::Undefined], Value::from(false));
+        assert_eq!(lock(&memo.map).len(), 1, "full: started over");
     }
 
     #[test]

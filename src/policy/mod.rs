@@ -12,7 +12,7 @@ pub mod store;
 pub mod test_runner;
 pub mod watch;
 
-pub use access::{HeaderNeeds, InputAccess};
+pub use access::{HeaderNeeds, InputAccess, InputNeeds};
 pub use decision::{decision_from_value, Decision, DecisionError};
 pub use engine::{EvalLimits, EvaluatorKind, ExtensionHook, PolicyError, PolicyOptions, PolicySet};
 pub use input::{build_input, build_input_with, HttpFacts, InputFacts};

@@ -67,7 +67,7 @@ impl Decider {
         let (result, revision) = match self.policy.current() {
             Some(set) => {
                 // Only the headers this revision's rules can read go into the input.
-                let input = build_input_with(facts, set.header_needs());
+                let input = build_input_with(facts, set.input_needs());
                 let (result, memo) = set.evaluate_memo(self.query, input);
                 if let Some(label) = memo.label() {
                     m.policy_decision_cache
