@@ -68,7 +68,7 @@ pub struct InputNeeds {
     pub http_body: bool,
     pub headers: HeaderNeeds,
     /// `attributes.metadataContext` (verified JWT claims).
-    pub metadata: bool,
+    pub metadata: ClaimNeeds,
     pub parsed_path: bool,
     pub parsed_query: bool,
     pub parsed_body: bool,
@@ -96,7 +96,7 @@ impl InputNeeds {
             http_size: true,
             http_body: true,
             headers: HeaderNeeds::All,
-            metadata: true,
+            metadata: ClaimNeeds::All,
             parsed_path: true,
             parsed_query: true,
             parsed_body: true,
@@ -106,6 +106,25 @@ impl InputNeeds {
         }
     }
 }
+
+/// Which verified JWT claims the input must carry, under
+/// `attributes.metadataContext.filterMetadata["envoy.filters.http.jwt_authn"]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClaimNeeds {
+    All,
+    /// `(payload_in_metadata name, claim)`: one claim, or all of that payload when
+    /// the claim is `None`.
+    Only(Vec<(String, Option<String>)>),
+    None,
+}
+
+/// The input path of the JWT metadata in the OPA-Envoy document.
+const JWT_METADATA: [&str; 4] = [
+    "attributes",
+    "metadataContext",
+    "filterMetadata",
+    "envoy.filters.http.jwt_authn",
+];
 
 /// The input paths a policy set reads, and whether its decisions depend on nothing
 /// else.
@@ -216,13 +235,39 @@ impl InputAccess {
             http_size: http("size"),
             http_body: http("body") || http("rawBody"),
             headers: self.headers(),
-            metadata: field(&["attributes", "metadataContext"]),
+            metadata: self.claims(),
             parsed_path: field(&["parsed_path"]),
             parsed_query: field(&["parsed_query"]),
             parsed_body: field(&["parsed_body"]),
             truncated_body: field(&["truncated_body"]),
             root_source_principal: field(&["source_principal"]),
             version: field(&["version"]),
+        }
+    }
+
+    /// Which JWT claims the input must carry.
+    fn claims(&self) -> ClaimNeeds {
+        let mut only = Vec::new();
+        for p in &self.paths {
+            let shared = p
+                .iter()
+                .zip(JWT_METADATA)
+                .take_while(|(a, b)| a == b)
+                .count();
+            if shared == p.len() && shared <= JWT_METADATA.len() {
+                return ClaimNeeds::All;
+            }
+            if shared == JWT_METADATA.len() {
+                let name = p[JWT_METADATA.len()].clone();
+                only.push((name, p.get(JWT_METADATA.len() + 1).cloned()));
+            }
+        }
+        if only.is_empty() {
+            ClaimNeeds::None
+        } else {
+            only.sort();
+            only.dedup();
+            ClaimNeeds::Only(only)
         }
     }
 

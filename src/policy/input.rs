@@ -13,7 +13,7 @@ use std::io::Write as _;
 use std::net::SocketAddr;
 use std::sync::LazyLock;
 
-use super::access::{HeaderNeeds, InputNeeds};
+use super::access::{ClaimNeeds, HeaderNeeds, InputNeeds};
 use base64::Engine as _;
 use regorus::value::Object;
 use regorus::Value;
@@ -454,11 +454,18 @@ fn build_pruned(f: &InputFacts<'_>, n: &InputNeeds) -> Value {
             }
         }
     }
-    if let (true, Some((name, claims))) = (n.metadata, f.jwt) {
-        attributes.insert(
-            k.metadata_context.clone(),
-            metadata_context(k, name, claims),
-        );
+    if let Some((name, claims)) = f.jwt {
+        let payload = match &n.metadata {
+            ClaimNeeds::All => Some(json_to_value(claims)),
+            ClaimNeeds::None => None,
+            ClaimNeeds::Only(wanted) => some_claims(name, claims, wanted),
+        };
+        if let Some(payload) = payload {
+            attributes.insert(
+                k.metadata_context.clone(),
+                metadata_context(k, name, payload),
+            );
+        }
     }
     root.insert(k.attributes.clone(), Value::from(attributes));
     if let (true, Some(p)) = (n.root_source_principal, source_principal) {
@@ -470,10 +477,37 @@ fn build_pruned(f: &InputFacts<'_>, n: &InputNeeds) -> Value {
     Value::from(root)
 }
 
+/// The claims of payload `name` a policy reads (`wanted`), `None` when it reads none
+/// of this payload.
+fn some_claims(
+    name: &str,
+    claims: &serde_json::Value,
+    wanted: &[(String, Option<String>)],
+) -> Option<Value> {
+    let mut picked = BTreeMap::new();
+    let mut any = false;
+    for (n, claim) in wanted {
+        if n != name {
+            continue;
+        }
+        any = true;
+        match (claim, claims.as_object()) {
+            (Some(c), Some(obj)) => {
+                if let Some(v) = obj.get(c) {
+                    picked.insert(s(c), json_to_value(v));
+                }
+            }
+            // The whole payload (or a payload that is not an object).
+            _ => return Some(json_to_value(claims)),
+        }
+    }
+    any.then(|| Value::from(picked))
+}
+
 /// `attributes.metadataContext`: the claims under `filterMetadata`, as Envoy's
 /// `jwt_authn` filter puts them.
-fn metadata_context(k: &Interned, name: &str, claims: &serde_json::Value) -> Value {
-    let by_name = obj([(s(name), json_to_value(claims))]);
+fn metadata_context(k: &Interned, name: &str, payload: Value) -> Value {
+    let by_name = obj([(s(name), payload)]);
     fill(
         &k.t_metadata_context,
         [(
@@ -526,7 +560,7 @@ fn build_full(f: &InputFacts<'_>, headers: &HeaderNeeds) -> Value {
     if let Some((name, claims)) = f.jwt {
         attributes.insert(
             k.metadata_context.clone(),
-            metadata_context(k, name, claims),
+            metadata_context(k, name, json_to_value(claims)),
         );
     }
     root.insert(k.attributes.clone(), Value::from(attributes));
@@ -1026,6 +1060,35 @@ mod pruning_tests {
             "role",
         ],
         &["attributes", "metadataContext"],
+        &[
+            "attributes",
+            "metadataContext",
+            "filterMetadata",
+            "envoy.filters.http.jwt_authn",
+            "jwt_payload",
+        ],
+        &[
+            "attributes",
+            "metadataContext",
+            "filterMetadata",
+            "envoy.filters.http.jwt_authn",
+            "jwt_payload",
+            "missing",
+        ],
+        &[
+            "attributes",
+            "metadataContext",
+            "filterMetadata",
+            "envoy.filters.http.jwt_authn",
+            "other",
+            "role",
+        ],
+        &[
+            "attributes",
+            "metadataContext",
+            "filterMetadata",
+            "envoy.filters.http.jwt_authn",
+        ],
         &["parsed_path"],
         &["parsed_query"],
         &["parsed_query", "lang"],
@@ -1071,7 +1134,7 @@ mod pruning_tests {
             }
             h
         };
-        let claims = json!({"sub": "alice", "role": "admin"});
+        let claims = json!({"sub": "alice", "role": "admin", "groups": ["a", "b"]});
         let mut facts_list = Vec::new();
         for principal in [Some("spiffe://cluster.local/ns/default/sa/frontend"), None] {
             for with_http in [true, false] {
