@@ -200,51 +200,67 @@ struct HeadScan {
 
 impl HeadScan {
     /// Consumes head bytes; returns the `AMBIGUOUS_*` verdict once the head ends.
+    /// Looks at line ends (found with `memchr`) and the first bytes of each line only.
     fn feed(&mut self, bytes: &[u8]) -> Option<u8> {
-        for &b in bytes {
-            if self.done {
-                return None;
-            }
-            match b {
-                b'\n' => {
-                    if !self.after_cr {
-                        self.bare_lf = true;
+        let mut rest = bytes;
+        while !self.done && !rest.is_empty() {
+            match memchr::memchr(b'\n', rest) {
+                Some(i) => {
+                    self.take(&rest[..i]);
+                    rest = &rest[i + 1..];
+                    if let Some(verdict) = self.end_line() {
+                        return Some(verdict);
                     }
-                    self.after_cr = false;
-                    if self.len == 0 {
-                        // Empty lines before the request line are allowed; after it,
-                        // the empty line ends the head.
-                        if self.lines > 0 {
-                            self.done = true;
-                            return match (
-                                self.content_length && self.transfer_encoding,
-                                self.bare_lf,
-                            ) {
-                                (true, _) => Some(AMBIGUOUS_CL_TE),
-                                (_, true) => Some(AMBIGUOUS_BARE_LF),
-                                _ => None,
-                            };
-                        }
-                        continue;
-                    }
-                    if self.lines > 0 {
-                        let line = &self.start[..self.len.min(self.start.len())];
-                        self.content_length |= line.starts_with(b"content-length:");
-                        self.transfer_encoding |= line.starts_with(b"transfer-encoding:");
-                    }
-                    self.lines += 1;
-                    self.len = 0;
                 }
-                b'\r' => self.after_cr = true,
-                _ => {
-                    self.after_cr = false;
-                    if let Some(slot) = self.start.get_mut(self.len) {
-                        *slot = b.to_ascii_lowercase();
-                    }
-                    self.len += 1;
+                None => {
+                    self.take(rest);
+                    break;
                 }
             }
         }
+        None
+    }
+
+    /// Bytes of the current line (before its LF, possibly in several reads).
+    fn take(&mut self, part: &[u8]) {
+        let Some(&last) = part.last() else { return };
+        if let Some(room) = self.start.get_mut(self.len..) {
+            for (slot, b) in room.iter_mut().zip(part) {
+                *slot = b.to_ascii_lowercase();
+            }
+        }
+        self.len += part.len();
+        self.after_cr = last == b'\r';
+    }
+
+    /// The line ended with an LF.
+    fn end_line(&mut self) -> Option<u8> {
+        if !self.after_cr {
+            self.bare_lf = true;
+        }
+        // The line without its CR.
+        let len = self.len - usize::from(self.after_cr);
+        self.after_cr = false;
+        self.len = 0;
+        if len == 0 {
+            // Empty lines before the request line are allowed; after it, the empty
+            // line ends the head.
+            if self.lines == 0 {
+                return None;
+            }
+            self.done = true;
+            return match (self.content_length && self.transfer_encoding, self.bare_lf) {
+                (true, _) => Some(AMBIGUOUS_CL_TE),
+                (_, true) => Some(AMBIGUOUS_BARE_LF),
+                _ => None,
+            };
+        }
+        if self.lines > 0 {
+            let line = &self.start[..len.min(self.start.len())];
+            self.content_length |= line.starts_with(b"content-length:");
+            self.transfer_encoding |= line.starts_with(b"transfer-encoding:");
+        }
+        self.lines += 1;
         None
     }
 }
