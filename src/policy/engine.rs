@@ -32,6 +32,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::access::{InputAccess, InputNeeds};
+use super::input::{build_input_with, value_at, InputFacts};
 use regorus::languages::rego::compiler::Compiler;
 use regorus::rvm::program::Program;
 use regorus::rvm::vm::{RegoVM, VmError};
@@ -201,7 +202,7 @@ struct QueryPlan {
 /// only cost an evaluation, never return another input's decision.
 struct Memo {
     max: usize,
-    map: Mutex<std::collections::HashMap<u64, (Vec<Value>, Value)>>,
+    map: Mutex<std::collections::HashMap<u64, (Vec<Value>, Decision)>>,
 }
 
 impl Memo {
@@ -212,14 +213,14 @@ impl Memo {
         }
     }
 
-    fn get(&self, hash: u64, key: &[Value]) -> Option<Value> {
+    fn get(&self, hash: u64, key: &[Value]) -> Option<Decision> {
         match lock(&self.map).get(&hash) {
             Some((k, v)) if k.as_slice() == key => Some(v.clone()),
             _ => None,
         }
     }
 
-    fn put(&self, hash: u64, key: Vec<Value>, value: Value) {
+    fn put(&self, hash: u64, key: Vec<Value>, value: Decision) {
         let mut map = lock(&self.map);
         if map.len() >= self.max {
             map.clear();
@@ -598,33 +599,41 @@ impl PolicySet {
     /// Evaluates query number `query` against `input` and interprets the
     /// result as a [`Decision`]. Never panics; bounded by the [`EvalLimits`].
     pub fn evaluate(&self, query: usize, input: Value) -> Result<Decision, DecisionError> {
-        self.evaluate_memo(query, input).0
+        self.evaluate_value(query, input)
+            .and_then(|v| decision_from_value(&v))
     }
 
-    /// [`PolicySet::evaluate`], answered from the memo when the policy has decided
-    /// an input with the same values at every path it can read. Only results are
-    /// remembered; errors and timeouts are evaluated again.
-    pub fn evaluate_memo(
+    /// Decides query number `query` for `facts`, as the proxy does: the input
+    /// document carries only the fields the modules can read, and a decision is
+    /// answered from the memo when an earlier input had the same values at every
+    /// path the policy can read (the key is computed from the facts, without the
+    /// document). Only decisions are remembered; errors and timeouts are evaluated
+    /// again.
+    pub fn decide(
         &self,
         query: usize,
-        input: Value,
+        facts: &InputFacts<'_>,
     ) -> (Result<Decision, DecisionError>, MemoUse) {
         let memo = self.queries.get(query).and_then(|q| q.memo.as_ref());
-        let Some((memo, key)) = memo.and_then(|m| Some((m, self.access.key(&input)?))) else {
-            let decision = self
-                .evaluate_value(query, input)
-                .and_then(|v| decision_from_value(&v));
-            return (decision, MemoUse::Off);
+        let Some(memo) = memo.filter(|_| self.access.memoisable()) else {
+            let input = build_input_with(facts, &self.needs);
+            return (self.evaluate(query, input), MemoUse::Off);
         };
+        let key: Vec<Value> = self
+            .access
+            .describe_paths()
+            .iter()
+            .map(|p| value_at(facts, p))
+            .collect();
         let hash = key_hash(&key);
-        if let Some(value) = memo.get(hash, &key) {
-            return (decision_from_value(&value), MemoUse::Hit);
+        if let Some(decision) = memo.get(hash, &key) {
+            return (Ok(decision), MemoUse::Hit);
         }
-        let result = self.evaluate_value(query, input);
-        if let Ok(value) = &result {
-            memo.put(hash, key, value.clone());
+        let decision = self.evaluate(query, build_input_with(facts, &self.needs));
+        if let Ok(d) = &decision {
+            memo.put(hash, key, d.clone());
         }
-        (result.and_then(|v| decision_from_value(&v)), MemoUse::Miss)
+        (decision, MemoUse::Miss)
     }
 
     /// Evaluates query number `query` and returns the raw result
@@ -1443,11 +1452,7 @@ allow if { s := json.marshal(input); contains(s, "please") }
                                         jwt: jwt.as_ref().map(|c| ("jwt_payload", c)),
                                     };
                                     let want = plain.evaluate(0, build_input(&facts));
-                                    let pruned = crate::policy::input::build_input_with(
-                                        &facts,
-                                        memo.input_needs(),
-                                    );
-                                    let (got, used) = memo.evaluate_memo(0, pruned);
+                                    let (got, used) = memo.decide(0, &facts);
                                     assert_eq!(
                                         got, want,
                                         "{name}: {principal:?} {method} {path} {headers:?} {jwt:?}"
@@ -1475,14 +1480,14 @@ allow if { s := json.marshal(input); contains(s, "please") }
         let memo = Memo::new(2);
         let a = vec![Value::from("spiffe://a"), Value::from("GET")];
         let b = vec![Value::from("spiffe://b"), Value::from("GET")];
-        memo.put(7, a.clone(), Value::from(true));
+        memo.put(7, a.clone(), Decision::allow());
         // The same hash with another key (a collision) is a miss, not a's result.
         assert_eq!(memo.get(7, &b), None);
-        assert_eq!(memo.get(7, &a), Some(Value::from(true)));
+        assert_eq!(memo.get(7, &a), Some(Decision::allow()));
         assert_eq!(key_hash(&a), key_hash(&a.clone()));
         assert_ne!(key_hash(&a), key_hash(&b));
-        memo.put(8, b.clone(), Value::from(false));
-        memo.put(9, vec![Value::Undefined], Value::from(false));
+        memo.put(8, b.clone(), Decision::deny());
+        memo.put(9, vec![Value::Undefined], Decision::deny());
         assert_eq!(lock(&memo.map).len(), 1, "full: started over");
     }
 

@@ -477,6 +477,108 @@ fn build_pruned(f: &InputFacts<'_>, n: &InputNeeds) -> Value {
     Value::from(root)
 }
 
+/// The value of the input document at `path` (`Undefined` where it has none) —
+/// exactly what a lookup in [`build_input`]'s document gives — computed from the
+/// facts without building the document for the fields a decision key usually
+/// names; any other path falls back to building it.
+pub fn value_at(f: &InputFacts<'_>, path: &[String]) -> Value {
+    let k: &Interned = &INTERNED;
+    let p: Vec<&str> = path.iter().map(String::as_str).collect();
+    let http = f.http.as_ref();
+    let (leaf, rest): (Option<Value>, &[&str]) = match p.as_slice() {
+        ["attributes", "source", "principal", rest @ ..] => (f.source_principal.map(s), rest),
+        ["attributes", "destination", "principal", rest @ ..] => {
+            (f.destination_principal.map(s), rest)
+        }
+        ["attributes", "source", "address", rest @ ..] => {
+            (Some(address(k, &f.source_address)), rest)
+        }
+        ["attributes", "destination", "address", rest @ ..] => {
+            (Some(address(k, &f.destination_address)), rest)
+        }
+        ["attributes", "request", "http", field, rest @ ..] if http.is_some() => {
+            let Some(h) = http else {
+                return Value::Undefined;
+            };
+            match *field {
+                "id" => (Some(s(h.id)), rest),
+                "method" => (Some(k.word(h.method)), rest),
+                "path" => (Some(s(h.path)), rest),
+                "host" => (Some(s(h.host)), rest),
+                "scheme" => (Some(k.word(h.scheme)), rest),
+                "protocol" => (Some(k.word(h.protocol)), rest),
+                "size" => (h.size.map(Value::from), rest),
+                "headers" => match rest {
+                    [name, ..] => {
+                        let only = HeaderNeeds::Only(vec![(*name).to_owned()]);
+                        let pseudo = [&s(h.host), &k.word(h.method), &s(h.path), &k.word(h.scheme)];
+                        let one = headers(k, h, &only, pseudo);
+                        return lookup(&one, &p[4..]).clone();
+                    }
+                    [] => return fallback(f, &p),
+                },
+                _ => return fallback(f, &p),
+            }
+        }
+        ["attributes", "request", ..] if http.is_none() => return Value::Undefined,
+        ["parsed_path", rest @ ..] => match http {
+            Some(h) => (
+                Some(parsed_path(
+                    h.path.split_once('?').map_or(h.path, |(p, _)| p),
+                )),
+                rest,
+            ),
+            None => return Value::Undefined,
+        },
+        ["attributes", "metadataContext", "filterMetadata", "envoy.filters.http.jwt_authn", name, rest @ ..] => {
+            match f.jwt {
+                Some((payload, claims)) if payload == *name => {
+                    // Walk the claims JSON first, convert only what is reached.
+                    let mut v = claims;
+                    let mut rest = rest;
+                    while let [seg, more @ ..] = rest {
+                        match v.as_object().and_then(|o| o.get(*seg)) {
+                            Some(next) => v = next,
+                            None => match v {
+                                serde_json::Value::Object(_) => return Value::Undefined,
+                                // Arrays and scalars: let the value lookup decide.
+                                _ => break,
+                            },
+                        }
+                        rest = more;
+                    }
+                    (Some(json_to_value(v)), rest)
+                }
+                _ => return Value::Undefined,
+            }
+        }
+        ["source_principal", rest @ ..] => (f.source_principal.map(s), rest),
+        ["version", rest @ ..] => (Some(k.version_value.clone()), rest),
+        _ => return fallback(f, &p),
+    };
+    match leaf {
+        Some(v) => lookup(&v, rest).clone(),
+        None => Value::Undefined,
+    }
+}
+
+/// A path the fast cases of [`value_at`] do not cover: from the full document.
+fn fallback(f: &InputFacts<'_>, path: &[&str]) -> Value {
+    lookup(&build_input(f), path).clone()
+}
+
+/// The value at `path` inside `v` (string keys only; anything else is undefined).
+fn lookup<'a>(v: &'a Value, path: &[&str]) -> &'a Value {
+    let mut v = v;
+    for seg in path {
+        v = match v {
+            Value::Object(o) => o.get(&Value::from(*seg)).unwrap_or(&Value::Undefined),
+            _ => &Value::Undefined,
+        };
+    }
+    v
+}
+
 /// The claims of payload `name` a policy reads (`wanted`), `None` when it reads none
 /// of this payload.
 fn some_claims(
@@ -1004,17 +1106,6 @@ mod pruning_tests {
         InputAccess::of_modules(engine.get_modules().iter())
     }
 
-    fn lookup<'a>(v: &'a Value, path: &[&str]) -> &'a Value {
-        let mut v = v;
-        for seg in path {
-            v = match v {
-                Value::Object(o) => o.get(&Value::from(*seg)).unwrap_or(&Value::Undefined),
-                _ => &Value::Undefined,
-            };
-        }
-        v
-    }
-
     /// Every path of the document a policy can name, and some it cannot find.
     const PATHS: &[&[&str]] = &[
         &["attributes"],
@@ -1051,6 +1142,77 @@ mod pruning_tests {
         &["attributes", "request", "http", "headers", "x-magic"],
         &["attributes", "request", "http", "headers", ":path"],
         &["attributes", "request", "http", "headers", ":authority"],
+        &["attributes", "request", "http", "headers", ":method"],
+        &["attributes", "request", "http", "headers", "X-Magic"],
+        &["attributes", "request", "http", "headers", "host"],
+        &[
+            "attributes",
+            "request",
+            "http",
+            "headers",
+            "x-magic",
+            "deeper",
+        ],
+        &["attributes", "request", "http", "method", "deeper"],
+        &["attributes", "request", "http", "unknown"],
+        &[
+            "attributes",
+            "source",
+            "address",
+            "socketAddress",
+            "address",
+        ],
+        &["attributes", "destination", "address"],
+        &["attributes", "destination"],
+        &["attributes", "request", "http", "protocol"],
+        &[
+            "attributes",
+            "metadataContext",
+            "filterMetadata",
+            "envoy.filters.http.jwt_authn",
+            "jwt_payload",
+            "groups",
+        ],
+        &[
+            "attributes",
+            "metadataContext",
+            "filterMetadata",
+            "envoy.filters.http.jwt_authn",
+            "jwt_payload",
+            "groups",
+            "x",
+        ],
+        &[
+            "attributes",
+            "metadataContext",
+            "filterMetadata",
+            "envoy.filters.http.jwt_authn",
+            "jwt_payload",
+            "nested",
+            "a",
+        ],
+        &[
+            "attributes",
+            "metadataContext",
+            "filterMetadata",
+            "envoy.filters.http.jwt_authn",
+            "jwt_payload",
+            "nested",
+            "a",
+            "b",
+        ],
+        &[
+            "attributes",
+            "metadataContext",
+            "filterMetadata",
+            "envoy.filters.http.jwt_authn",
+            "jwt_payload",
+            "role",
+            "x",
+        ],
+        &["parsed_path", "x"],
+        &["source_principal", "x"],
+        &["version", "ext_authz"],
         &[
             "attributes",
             "metadataContext",
@@ -1134,7 +1296,7 @@ mod pruning_tests {
             }
             h
         };
-        let claims = json!({"sub": "alice", "role": "admin", "groups": ["a", "b"]});
+        let claims = json!({"sub": "alice", "role": "admin", "groups": ["a", "b"], "nested": {"a": {"b": 7}}});
         let mut facts_list = Vec::new();
         for principal in [Some("spiffe://cluster.local/ns/default/sa/frontend"), None] {
             for with_http in [true, false] {
@@ -1178,12 +1340,18 @@ mod pruning_tests {
             for facts in &facts_list {
                 let full = build_input(facts);
                 let pruned = build_input_with(facts, &access.needs());
-                for path in access.describe_paths() {
-                    let path: Vec<&str> = path.iter().map(String::as_str).collect();
+                for owned in access.describe_paths() {
+                    let path: Vec<&str> = owned.iter().map(String::as_str).collect();
                     assert_eq!(
                         lookup(&pruned, &path),
                         lookup(&full, &path),
                         "{src}: {path:?} for {facts:?}"
+                    );
+                    // The decision key's value, computed without the document.
+                    assert_eq!(
+                        &value_at(facts, owned),
+                        lookup(&full, &path),
+                        "value_at {path:?} for {facts:?}"
                     );
                     compared += 1;
                 }

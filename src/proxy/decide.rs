@@ -11,7 +11,7 @@ use super::headers::add_headers;
 use crate::decision_log::{now_rfc3339, DecisionEntry, DecisionLog};
 use crate::metrics;
 use crate::policy::store::PolicyStore;
-use crate::policy::{build_input_with, Decision, DecisionError, InputFacts};
+use crate::policy::{Decision, DecisionError, InputFacts};
 
 /// What the data path does with a request.
 #[derive(Debug)]
@@ -67,8 +67,7 @@ impl Decider {
         let (result, revision) = match self.policy.current() {
             Some(set) => {
                 // Only the headers this revision's rules can read go into the input.
-                let input = build_input_with(facts, set.input_needs());
-                let (result, memo) = set.evaluate_memo(self.query, input);
+                let (result, memo) = set.decide(self.query, facts);
                 if let Some(label) = memo.label() {
                     m.policy_decision_cache
                         .with_label_values(&[self.direction, label])
