@@ -251,7 +251,10 @@ impl HttpServer {
             // Framing the parser resolved on its own but another parser could read
             // differently (request smuggling): refused before anything else.
             let ambiguous = tracker.take_ambiguous();
-            let response = ambiguous.is_none().then(|| handler(req));
+            // Boxed: hyper moves each stream's future into its task (HTTP/2) or
+            // along its dispatcher; a request handler's state is kilobytes, a box
+            // is a pointer.
+            let response = ambiguous.is_none().then(|| Box::pin(handler(req)));
             async move {
                 let Some(response) = response else {
                     metrics::global()
