@@ -530,7 +530,8 @@ pub fn value_at(f: &InputFacts<'_>, path: &[String]) -> Value {
             ),
             None => return Value::Undefined,
         },
-        ["attributes", "metadataContext", "filterMetadata", "envoy.filters.http.jwt_authn", name, rest @ ..] => {
+        ["attributes", "metadataContext", "filterMetadata", "envoy.filters.http.jwt_authn", name, rest @ ..] =>
+        {
             match f.jwt {
                 Some((payload, claims)) if payload == *name => {
                     // Walk the claims JSON first, convert only what is reached.

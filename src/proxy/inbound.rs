@@ -235,7 +235,9 @@ impl Inbound {
         // the query (token removed, claims copied) before the policy sees them.
         let mut verified: Option<Verified> = None;
         if let Some(authn) = &self.authn {
-            match authn.authenticate(&parts.headers, &path).await {
+            // Boxed: key-set refetches make this future large, and the request's
+            // own future is moved by the HTTP library.
+            match Box::pin(authn.authenticate(&parts.headers, &path)).await {
                 Outcome::NoToken => {}
                 Outcome::Rejected(r) => return Ok(self.unauthenticated(&r, started)),
                 Outcome::Verified(v) => {
@@ -269,7 +271,7 @@ impl Inbound {
             {
                 return Ok(too_large());
             }
-            match body::buffer_prefix(body, self.body.max_bytes).await {
+            match Box::pin(body::buffer_prefix(body, self.body.max_bytes)).await {
                 Ok(b) if b.truncated && !self.body.allow_partial => return Ok(too_large()),
                 Ok(b) => (Some(b.prefix), b.truncated, b.body),
                 Err(_) => {
@@ -338,10 +340,7 @@ impl Inbound {
             && orig_proto.as_ref().map(|v| v.as_bytes()) != Some(b"HTTP/1.1");
         let authority = conn.app.to_string();
         let req = Request::from_parts(parts, body);
-        let mut resp = self
-            .clients
-            .send("inbound", &authority, to_http2, req)
-            .await;
+        let mut resp = Box::pin(self.clients.send("inbound", &authority, to_http2, req)).await;
         if body_failed.load(std::sync::atomic::Ordering::Relaxed) {
             // The upstream failed because the client's body was malformed.
             return Ok(self.refuse(

@@ -183,10 +183,14 @@ impl Outbound {
 
         // 3. For the mesh, the peer's verified identity is part of the decision.
         let peer = match &conn.target {
-            Target::Mesh { addr, pin } => match self.peers.http2(*addr, pin.as_ref()).await {
-                Ok(p) => Some((p, *addr, pin.as_ref())),
-                Err(e) => return Ok(self.peer_failure(e, started)),
-            },
+            // Futures that are large (TLS handshakes, client state) are boxed so the
+            // request's own future stays small: it is moved, they are not.
+            Target::Mesh { addr, pin } => {
+                match Box::pin(self.peers.http2(*addr, pin.as_ref())).await {
+                    Ok(p) => Some((p, *addr, pin.as_ref())),
+                    Err(e) => return Ok(self.peer_failure(e, started)),
+                }
+            }
             Target::External { .. } => {
                 if self.non_mesh == NonMeshAction::Deny {
                     return Ok(self.refuse(
@@ -264,7 +268,7 @@ impl Outbound {
                     }
                 };
                 let req = Request::from_parts(parts, body.map_err_boxed());
-                let send = self.send_to_peer(addr, pin, peer, req);
+                let send = Box::pin(self.send_to_peer(addr, pin, peer, req));
                 match tokio::time::timeout(self.upstream_timeout, send).await {
                     Ok(Ok(r)) => {
                         let (mut p, b) = r.into_parts();
@@ -295,14 +299,22 @@ impl Outbound {
             }
             Some((_, addr, pin)) => {
                 // Upgrades need an HTTP/1.1 connection of their own.
-                self.upgrade_over_mtls(addr, pin, Request::from_parts(parts, body.map_err_boxed()))
-                    .await
+                Box::pin(self.upgrade_over_mtls(
+                    addr,
+                    pin,
+                    Request::from_parts(parts, body.map_err_boxed()),
+                ))
+                .await
             }
             None => {
                 let req = Request::from_parts(parts, body.map_err_boxed());
-                self.external
-                    .send("outbound", &conn.target.addr().to_string(), false, req)
-                    .await
+                Box::pin(self.external.send(
+                    "outbound",
+                    &conn.target.addr().to_string(),
+                    false,
+                    req,
+                ))
+                .await
             }
         };
         add_headers(resp.headers_mut(), &decision.response_headers_to_add);
