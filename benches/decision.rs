@@ -127,14 +127,18 @@ fn bench(c: &mut Criterion) {
         "decision/rvm, input pruned (build_input_with + evaluate)",
         |b| {
             b.iter(|| {
-                black_box(
-                    pruned.evaluate(0, build_input_with(black_box(&facts), pruned.input_needs())),
-                )
+                black_box(pruned.evaluate(
+                    0,
+                    build_input_with(
+                        black_box(&facts),
+                        pruned.input_needs(0).unwrap_or_else(|| panic!("query 0")),
+                    ),
+                ))
             })
         },
     );
     let cached = load_with(false, 4096);
-    assert!(cached.input_access().memoisable());
+    assert!(cached.input_access(0).is_some_and(|a| a.memoisable()));
     c.bench_function("decision/rvm, pruned + cached (repeat request)", |b| {
         b.iter(|| black_box(cached.decide(0, black_box(&facts))))
     });

@@ -64,8 +64,9 @@ caller_roles contains role if {
 caller_roles contains role if {
 	p := input.attributes.source.principal
 	startswith(p, sprintf("spiffe://%s/", [data.mesh.trust_domain]))
-	claims := input.attributes.metadataContext.filterMetadata["envoy.filters.http.jwt_authn"].jwt_payload
-	some role in data.rbac.jwt_roles[claims.role]
+	# The claim itself, not the whole payload: decisions are cached on what the
+	# policy reads, and the payload's exp/iat change with every token.
+	some role in data.rbac.jwt_roles[input.attributes.metadataContext.filterMetadata["envoy.filters.http.jwt_authn"].jwt_payload.role]
 }
 
 # --- request facts (for the deny reason) ---------------------------------------

@@ -92,13 +92,15 @@ pub struct Authenticator {
     providers: Vec<Arc<Provider>>,
     /// Every provider's locations, de-duplicated, in configuration order.
     locations: Vec<Location>,
+    /// Tokens that validated, decoded.
+    parsed: std::sync::Mutex<ParsedTokens>,
 }
 
 /// A verified token.
 #[derive(Debug)]
 pub struct Verified {
     provider: Arc<Provider>,
-    claims: Value,
+    claims: Arc<Value>,
     location: usize,
 }
 
@@ -249,6 +251,7 @@ impl Authenticator {
             Arc::new(Authenticator {
                 providers,
                 locations,
+                parsed: std::sync::Mutex::new(ParsedTokens::default()),
             }),
             waits,
         ))
@@ -365,16 +368,34 @@ impl Authenticator {
         &self,
         token: &str,
         location: usize,
-    ) -> Result<(Arc<Provider>, Value), Rejection> {
+    ) -> Result<(Arc<Provider>, Arc<Value>), Rejection> {
         let reject = |provider: String, reason| Rejection { provider, reason };
         let early = |e: TokenError| reject(self.fallback_label(), token_reason(e));
         if token.len() > token::MAX_TOKEN_BYTES {
             return Err(early(TokenError::TooLarge));
         }
         let seg = token::split(token).map_err(early)?;
-        let header = token::json_object(seg.header, false).map_err(early)?;
-        let header = token::checked_header(&header).map_err(early)?;
-        let payload = token::json_object(seg.payload, false).map_err(early)?;
+        // A token that validated before is not decoded again (decoding is a pure
+        // function of its bytes); everything that depends on the time or the keys
+        // is checked below all the same.
+        let cached = lock(&self.parsed).get(token);
+        let was_cached = cached.is_some();
+        let parsed = match cached {
+            Some(p) => p,
+            None => {
+                let header = token::json_object(seg.header, false).map_err(early)?;
+                let header = token::checked_header(&header).map_err(early)?;
+                let payload = token::json_object(seg.payload, false).map_err(early)?;
+                Arc::new(ParsedToken {
+                    header,
+                    payload: Arc::new(Value::Object(payload)),
+                })
+            }
+        };
+        let (header, payload_value) = (&parsed.header, &parsed.payload);
+        let Value::Object(payload) = payload_value.as_ref() else {
+            return Err(early(TokenError::Json));
+        };
         // The issuer picks the provider (its keys, audiences, locations).
         let provider = match payload.get("iss") {
             Some(Value::String(iss)) => self
@@ -387,12 +408,12 @@ impl Authenticator {
             return Err(reject(self.fallback_label(), "bad_issuer"));
         };
         let fail = |reason| reject(provider.name.clone(), reason);
-        token::check_claim_types(&payload).map_err(|e| fail(token_reason(e)))?;
-        provider
-            .verify(&seg, &header, &payload)
-            .await
-            .map_err(fail)?;
-        Ok((provider.clone(), Value::Object(payload)))
+        token::check_claim_types(payload).map_err(|e| fail(token_reason(e)))?;
+        provider.verify(&seg, header, payload).await.map_err(fail)?;
+        if !was_cached {
+            lock(&self.parsed).insert(token, parsed.clone());
+        }
+        Ok((provider.clone(), payload_value.clone()))
     }
 }
 
@@ -471,6 +492,40 @@ impl Provider {
             Some(Value::Array(list)) if list.iter().any(accepted) => Ok(()),
             Some(a) if accepted(a) => Ok(()),
             Some(_) => Err("bad_audience"),
+        }
+    }
+}
+
+/// A token's decoded header and payload.
+struct ParsedToken {
+    header: token::JoseHeader,
+    payload: Arc<Value>,
+}
+
+/// Tokens that validated, decoded: the same token arrives on every request of a
+/// client. Only tokens that passed every check are added, so a flood of forged
+/// tokens cannot fill it; bounded by the bytes of the tokens held.
+#[derive(Default)]
+struct ParsedTokens {
+    entries: std::collections::HashMap<Box<str>, Arc<ParsedToken>>,
+    bytes: usize,
+}
+
+impl ParsedTokens {
+    /// At most this many bytes of tokens are held; when full it starts over.
+    const MAX_BYTES: usize = 256 * 1024;
+
+    fn get(&self, token: &str) -> Option<Arc<ParsedToken>> {
+        self.entries.get(token).cloned()
+    }
+
+    fn insert(&mut self, token: &str, parsed: Arc<ParsedToken>) {
+        if self.bytes + token.len() > Self::MAX_BYTES {
+            self.entries.clear();
+            self.bytes = 0;
+        }
+        if self.entries.insert(token.into(), parsed).is_none() {
+            self.bytes += token.len();
         }
     }
 }

@@ -154,14 +154,56 @@ impl InputAccess {
 
     /// Analyses every module of a policy set (a union: any rule may be reached).
     pub fn of_modules<'a>(modules: impl IntoIterator<Item = &'a Ref<Module>>) -> Self {
-        let mut walk = Walk {
-            paths: Vec::new(),
-            whole: false,
-            deterministic: true,
-        };
+        let mut walk = Walk::default();
         for m in modules {
             walk.module(m);
         }
+        Self::from_walk(walk)
+    }
+
+    /// Analyses the modules a query can reach: those of the query's package, then
+    /// of every package their `data.…` references name, to a fixed point. A
+    /// reference into `data` that is not a fixed path (`data[x]`, `data` itself)
+    /// reaches every module.
+    pub fn of_query(modules: &[Ref<Module>], query: &str) -> Self {
+        let packages: Vec<Vec<String>> = modules
+            .iter()
+            .map(|m| static_path(&m.package.refr).unwrap_or_default())
+            .collect();
+        let related = |a: &[String], b: &[String]| a.starts_with(b) || b.starts_with(a);
+        let query: Vec<String> = query
+            .trim_start_matches("data.")
+            .split('.')
+            .map(str::to_owned)
+            .collect();
+        let mut included = vec![false; modules.len()];
+        let mut pending: Vec<Vec<String>> = vec![query];
+        let mut walk = Walk::default();
+        while let Some(target) = pending.pop() {
+            for (i, m) in modules.iter().enumerate() {
+                if included[i] || !related(&packages[i], &target) {
+                    continue;
+                }
+                included[i] = true;
+                let before = walk.data_refs.len();
+                walk.module(m);
+                pending.extend(walk.data_refs[before..].iter().cloned());
+            }
+            if walk.data_dynamic {
+                // Everything is reachable: finish with the rest.
+                for (i, m) in modules.iter().enumerate() {
+                    if !included[i] {
+                        included[i] = true;
+                        walk.module(m);
+                    }
+                }
+                break;
+            }
+        }
+        Self::from_walk(walk)
+    }
+
+    fn from_walk(walk: Walk) -> Self {
         let mut paths = walk.paths;
         paths.sort();
         paths.dedup();
@@ -333,6 +375,46 @@ struct Walk {
     paths: Vec<Vec<String>>,
     whole: bool,
     deterministic: bool,
+    /// Fixed `data.…` paths referenced (rules of other packages, functions).
+    data_refs: Vec<Vec<String>>,
+    /// `data` referenced whole or through a computed key.
+    data_dynamic: bool,
+}
+
+impl Default for Walk {
+    fn default() -> Self {
+        Walk {
+            paths: Vec::new(),
+            whole: false,
+            deterministic: true,
+            data_refs: Vec::new(),
+            data_dynamic: false,
+        }
+    }
+}
+
+/// The names of a chain of `.field` / `["key"]` steps from a variable, when every
+/// step is fixed: `a.b["c"]` is `[a, b, c]`.
+fn static_path(e: &Expr) -> Option<Vec<String>> {
+    match e {
+        Expr::Var { value, .. } => Some(vec![value.as_string().ok()?.to_string()]),
+        Expr::RefDot { refr, field, .. } => {
+            let mut p = static_path(refr)?;
+            p.push(field.1.as_string().ok()?.to_string());
+            Some(p)
+        }
+        Expr::RefBrack { refr, index, .. } => {
+            let mut p = static_path(refr)?;
+            match index.as_ref() {
+                Expr::String { value, .. } | Expr::RawString { value, .. } => {
+                    p.push(value.as_string().ok()?.to_string());
+                    Some(p)
+                }
+                _ => None,
+            }
+        }
+        _ => None,
+    }
 }
 
 impl Walk {
@@ -430,12 +512,12 @@ impl Walk {
             | Expr::Number { .. }
             | Expr::Bool { .. }
             | Expr::Null { .. } => {}
-            Expr::Var { value, .. } => {
-                if value.as_string().is_ok_and(|s| s.as_ref() == "input") {
-                    // The document itself, not a path into it.
-                    self.whole = true;
-                }
-            }
+            Expr::Var { value, .. } => match value.as_string() {
+                // The document itself, not a path into it.
+                Ok(s) if s.as_ref() == "input" => self.whole = true,
+                Ok(s) if s.as_ref() == "data" => self.data_dynamic = true,
+                _ => {}
+            },
             Expr::Array { items, .. } | Expr::Set { items, .. } => {
                 for i in items {
                     self.expr(i);
@@ -462,6 +544,11 @@ impl Walk {
                 if let Some(name) = dotted(fcn) {
                     if NOT_PURE.contains(&name.as_str()) {
                         self.deterministic = false;
+                    }
+                    if let Some(rest) = name.strip_prefix("data.") {
+                        // A function of another package.
+                        self.data_refs
+                            .push(rest.split('.').map(str::to_owned).collect());
                     }
                 } else {
                     self.expr(fcn);
@@ -525,9 +612,24 @@ impl Walk {
             }
         }
         steps.reverse();
-        let rooted_at_input = matches!(cur, Expr::Var { value, .. }
-            if value.as_string().is_ok_and(|s| s.as_ref() == "input"));
-        if rooted_at_input {
+        let root = match cur {
+            Expr::Var { value, .. } => value.as_string().ok().map(|s| s.to_string()),
+            _ => None,
+        };
+        if root.as_deref() == Some("data") {
+            let mut path = Vec::new();
+            for s in &steps {
+                match s {
+                    Step::Key(k) => path.push(k.clone()),
+                    Step::Dynamic(_) => break,
+                }
+            }
+            if path.is_empty() {
+                self.data_dynamic = true;
+            } else {
+                self.data_refs.push(path);
+            }
+        } else if root.as_deref() == Some("input") {
             let mut path = Vec::new();
             for s in &steps {
                 match s {
@@ -659,6 +761,54 @@ mod tests {
             let a = analyse(&policy(impure));
             assert!(!a.memoisable(), "{impure}");
         }
+    }
+
+    fn analyse_query(modules: &[(&str, &str)], query: &str) -> InputAccess {
+        let mut engine = regorus::Engine::new();
+        for (name, src) in modules {
+            engine
+                .add_policy(name.to_string(), src.to_string())
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        InputAccess::of_query(engine.get_modules(), query)
+    }
+
+    #[test]
+    fn a_query_reads_what_its_reachable_packages_read() {
+        let a = "package a\nimport rego.v1\nallow if { input.x == 1; data.b.ok }\n";
+        let b = "package b\nimport rego.v1\nok if input.y == 2\nf(v) := v if input.w\n";
+        let c = "package c\nimport rego.v1\nallow if input.z == 3\n";
+        let helper = "package a\nimport rego.v1\nhelper if input.h\n";
+        let mods = [
+            ("a.rego", a),
+            ("b.rego", b),
+            ("c.rego", c),
+            ("a2.rego", helper),
+        ];
+        // Its own package (every module of it) and what it references, not c.
+        assert_eq!(
+            analyse_query(&mods, "data.a.allow").describe(),
+            ["input.h", "input.w", "input.x", "input.y"]
+        );
+        assert_eq!(analyse_query(&mods, "data.c.allow").describe(), ["input.z"]);
+        // A function of another package is a reference too.
+        let d = "package d\nimport rego.v1\nallow if data.b.f(1)\n";
+        let mods = [("b.rego", b), ("c.rego", c), ("d.rego", d)];
+        assert_eq!(
+            analyse_query(&mods, "data.d.allow").describe(),
+            ["input.w", "input.y"]
+        );
+        // An import is a reference.
+        let e = "package e\nimport rego.v1\nimport data.c\nallow if c.allow\n";
+        let mods = [("c.rego", c), ("e.rego", e), ("b.rego", b)];
+        assert_eq!(analyse_query(&mods, "data.e.allow").describe(), ["input.z"]);
+        // `data` through a computed key: every module.
+        let g = "package g\nimport rego.v1\nallow if { some p; data[p].allow }\n";
+        let mods = [("c.rego", c), ("g.rego", g), ("b.rego", b)];
+        assert_eq!(
+            analyse_query(&mods, "data.g.allow").describe(),
+            ["input.w", "input.y", "input.z"]
+        );
     }
 
     #[test]

@@ -192,6 +192,9 @@ enum Plan {
 struct QueryPlan {
     query: String,
     plan: Plan,
+    /// What the rules this query can reach read of the input.
+    access: InputAccess,
+    needs: InputNeeds,
     /// Results by the values at the input paths the policy reads.
     memo: Option<Memo>,
 }
@@ -316,9 +319,6 @@ pub struct PolicySet {
     /// Prepared interpreter engine; pooled clones evaluate fallback queries.
     prototype: Engine,
     engines: Mutex<Vec<Engine>>,
-    /// What the modules can read of the input.
-    access: InputAccess,
-    needs: InputNeeds,
 }
 
 impl std::fmt::Debug for PolicySet {
@@ -452,11 +452,13 @@ impl PolicySet {
                 message: format!("{e}"),
             })?;
 
-        let access = InputAccess::of_modules(engine.get_modules().iter());
-        tracing::debug!(revision = %short(&revision), reads = ?access.describe(), memoisable = access.memoisable(), "input access");
-        let memo = || {
-            (options.decision_cache > 0 && access.memoisable())
-                .then(|| Memo::new(options.decision_cache))
+        let modules = engine.get_modules().clone();
+        let analyse = |query: &str| {
+            let access = InputAccess::of_query(&modules, query);
+            tracing::debug!(revision = %short(&revision), %query, reads = ?access.describe(), memoisable = access.memoisable(), "input access");
+            let memo = (options.decision_cache > 0 && access.memoisable())
+                .then(|| Memo::new(options.decision_cache));
+            (access.needs(), access, memo)
         };
 
         let conflict_risk = if options.force_interpreter {
@@ -484,6 +486,8 @@ impl PolicySet {
                     plans.push(QueryPlan {
                         query: query.clone(),
                         plan: Plan::Undefined,
+                        access: InputAccess::everything(),
+                        needs: InputNeeds::all(),
                         memo: None,
                     });
                     continue;
@@ -514,10 +518,13 @@ impl PolicySet {
                     }
                 }
             };
+            let (needs, access, memo) = analyse(query);
             plans.push(QueryPlan {
                 query: query.clone(),
                 plan,
-                memo: memo(),
+                access,
+                needs,
+                memo,
             });
         }
 
@@ -538,19 +545,17 @@ impl PolicySet {
             files,
             prototype: engine,
             engines: Mutex::new(Vec::new()),
-            needs: access.needs(),
-            access,
         })
     }
 
-    /// What this revision's modules can read of the input.
-    pub fn input_access(&self) -> &InputAccess {
-        &self.access
+    /// What the rules query number `query` can reach read of the input.
+    pub fn input_access(&self, query: usize) -> Option<&InputAccess> {
+        self.queries.get(query).map(|q| &q.access)
     }
 
-    /// The fields the input document must carry for this revision.
-    pub fn input_needs(&self) -> &InputNeeds {
-        &self.needs
+    /// The fields the input document must carry for query number `query`.
+    pub fn input_needs(&self, query: usize) -> Option<&InputNeeds> {
+        self.queries.get(query).map(|q| &q.needs)
     }
 
     // Bundle revisions.
@@ -614,12 +619,14 @@ impl PolicySet {
         query: usize,
         facts: &InputFacts<'_>,
     ) -> (Result<Decision, DecisionError>, MemoUse) {
-        let memo = self.queries.get(query).and_then(|q| q.memo.as_ref());
-        let Some(memo) = memo.filter(|_| self.access.memoisable()) else {
-            let input = build_input_with(facts, &self.needs);
+        let Some(q) = self.queries.get(query) else {
+            return (Err(DecisionError::NoPolicy), MemoUse::Off);
+        };
+        let Some(memo) = q.memo.as_ref().filter(|_| q.access.memoisable()) else {
+            let input = build_input_with(facts, &q.needs);
             return (self.evaluate(query, input), MemoUse::Off);
         };
-        let key: Vec<Value> = self
+        let key: Vec<Value> = q
             .access
             .describe_paths()
             .iter()
@@ -629,7 +636,7 @@ impl PolicySet {
         if let Some(decision) = memo.get(hash, &key) {
             return (Ok(decision), MemoUse::Hit);
         }
-        let decision = self.evaluate(query, build_input_with(facts, &self.needs));
+        let decision = self.evaluate(query, build_input_with(facts, &q.needs));
         if let Ok(d) = &decision {
             memo.put(hash, key, d.clone());
         }
@@ -1414,7 +1421,11 @@ allow if { s := json.marshal(input); contains(s, "please") }
         for (name, src, memoisable) in sets {
             let plain = make(src, 0);
             let memo = make(src, 16); // small: the table starts over many times
-            assert_eq!(memo.input_access().memoisable(), memoisable, "{name}");
+            assert_eq!(
+                memo.input_access(0).map(InputAccess::memoisable),
+                Some(memoisable),
+                "{name}"
+            );
             let mut hits = 0;
             let mut checked = 0;
             // Two rounds: the second mostly answered from the memo.

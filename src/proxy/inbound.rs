@@ -122,16 +122,16 @@ impl Inbound {
                 Ok(info) => info.id,
                 Err(_) => return,
             };
+            let local_id = loaded.svid.id.to_string();
+            let hash = hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &leaf));
+            let xfcc = headers::xfcc_value(&local_id, &hash, peer_id.as_str());
             let conn = Arc::new(ConnInfo {
                 peer,
                 dest,
                 app,
                 peer_id: Some(peer_id),
-                peer_cert_hash: Some(hex::encode(aws_lc_rs::digest::digest(
-                    &aws_lc_rs::digest::SHA256,
-                    &leaf,
-                ))),
-                local_id: Some(loaded.svid.id.to_string()),
+                xfcc,
+                local_id: Some(local_id),
                 tls: true,
             });
             drop(loaded);
@@ -185,7 +185,7 @@ impl Inbound {
             dest,
             app,
             peer_id: None,
-            peer_cert_hash: None,
+            xfcc: None,
             local_id: self.identity.current().map(|l| l.svid.id.to_string()),
             tls: false,
         });
@@ -331,10 +331,8 @@ impl Inbound {
                 Ok(d) => d,
                 Err(denied) => return Ok(*denied),
             };
-        if let (Some(id), Some(hash), Some(by)) = (peer_id, &conn.peer_cert_hash, &conn.local_id) {
-            if let Some(v) = headers::xfcc_value(by, hash, id) {
-                parts.headers.insert(headers::XFCC, v);
-            }
+        if let Some(v) = &conn.xfcc {
+            parts.headers.insert(headers::XFCC, v.clone());
         }
         let to_http2 = parts.version == Version::HTTP_2
             && orig_proto.as_ref().map(|v| v.as_bytes()) != Some(b"HTTP/1.1");

@@ -77,8 +77,10 @@ pub struct ConnInfo {
     pub app: SocketAddr,
     /// The client's verified SPIFFE ID (mTLS only).
     pub peer_id: Option<SpiffeId>,
-    /// Hex SHA-256 of the client's leaf certificate (mTLS only).
-    pub peer_cert_hash: Option<String>,
+    /// The `x-forwarded-client-cert` value for this connection's peer (mTLS only):
+    /// `By=` own ID, `Hash=` SHA-256 of the peer's leaf, `URI=` peer ID. Built once
+    /// per connection.
+    pub xfcc: Option<http::HeaderValue>,
     /// This sidecar's own SPIFFE ID.
     pub local_id: Option<String>,
     pub tls: bool,
