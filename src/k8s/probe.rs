@@ -512,4 +512,84 @@ mod tests {
             StatusCode::NOT_FOUND
         );
     }
+
+    /// A gRPC health server (HTTP/2 without TLS, as kubelet's gRPC probe speaks it):
+    /// `SERVING` for the service "up", `NOT_SERVING` for "down", `NOT_FOUND` status
+    /// (grpc-status 5) for anything else.
+    async fn grpc_health_server() -> u16 {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((s, _)) = l.accept().await {
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(
+                        |req: Request<hyper::body::Incoming>| async move {
+                            let path = req.uri().path().to_owned();
+                            let body = req.into_body().collect().await.unwrap().to_bytes();
+                            // HealthCheckRequest { service = 1 } after the 5-byte prefix.
+                            let service = body
+                                .get(7..)
+                                .map(|b| String::from_utf8_lossy(b).into_owned())
+                                .unwrap_or_default();
+                            let (grpc_status, serving) = match (path.as_str(), service.as_str()) {
+                                ("/grpc.health.v1.Health/Check", "up") => ("0", 1u8),
+                                ("/grpc.health.v1.Health/Check", "down") => ("0", 2u8),
+                                _ => ("5", 0u8),
+                            };
+                            let mut frame = vec![0u8, 0, 0, 0, 2, 0x08, serving];
+                            if grpc_status != "0" {
+                                frame.clear();
+                            }
+                            let mut trailers = http::HeaderMap::new();
+                            trailers
+                                .insert("grpc-status", http::HeaderValue::from_static(grpc_status));
+                            let body =
+                                http_body_util::StreamBody::new(futures_util::stream::iter(vec![
+                                    Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(
+                                        Bytes::from(frame),
+                                    )),
+                                    Ok(hyper::body::Frame::trailers(trailers)),
+                                ]));
+                            Ok::<_, std::convert::Infallible>(
+                                http::Response::builder()
+                                    .header("content-type", "application/grpc")
+                                    .body(body)
+                                    .unwrap(),
+                            )
+                        },
+                    );
+                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(s), svc)
+                        .await;
+                });
+            }
+        });
+        port
+    }
+
+    #[tokio::test]
+    async fn grpc_probes_ask_a_real_health_service() {
+        let port = grpc_health_server().await;
+        let json = format!(
+            r#"{{"app/livez": {{"grpc": {{"port": {port}, "service": "up"}}}},
+                "app/readyz": {{"grpc": {{"port": {port}, "service": "down"}}}},
+                "app/startupz": {{"grpc": {{"port": {port}, "service": "unknown"}}}},
+                "db/livez": {{"grpc": {{"port": 1}}}}}}"#
+        );
+        let probes = AppProbes::from_json(&json).unwrap();
+        assert_eq!(
+            probes.handle("/app-health/app/livez").await.0,
+            StatusCode::OK
+        );
+        let (s, body) = probes.handle("/app-health/app/readyz").await;
+        assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body.contains("not SERVING"), "{body}");
+        let (s, body) = probes.handle("/app-health/app/startupz").await;
+        assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body.contains("grpc-status 5"), "{body}");
+        assert_eq!(
+            probes.handle("/app-health/db/livez").await.0,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+    }
 }
