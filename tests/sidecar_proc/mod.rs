@@ -37,6 +37,17 @@ pub struct Sidecar {
 
 /// Starts `portcullis run` serving `app` with the PKI's server SVID and `policies`.
 pub async fn start(pki: &Pki, policies: &Path, app: SocketAddr, extra: &str) -> Sidecar {
+    start_with_env(pki, policies, app, extra, &[]).await
+}
+
+/// [`start`] with extra environment variables for the sidecar.
+pub async fn start_with_env(
+    pki: &Pki,
+    policies: &Path,
+    app: SocketAddr,
+    extra: &str,
+    env: &[(&str, &str)],
+) -> Sidecar {
     let (inbound, admin, outbound) = (free_port(), free_port(), free_port());
     let p = pki.dir.path().join("portcullis.yaml");
     let text = format!(
@@ -53,6 +64,7 @@ pub async fn start(pki: &Pki, policies: &Path, app: SocketAddr, extra: &str) -> 
     std::fs::write(&p, text).unwrap();
     let child = Command::new(BIN)
         .args(["run", "--config", p.to_str().unwrap()])
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
