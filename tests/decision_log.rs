@@ -96,8 +96,13 @@ async fn entries_carry_reason_revision_and_masked_headers() {
     assert_eq!(r.status(), 403);
     assert_eq!(body, "nope: writes are closed\n");
 
-    // No `reason` field: the body is the reason.
-    let (r, body) = call(&c, addr, req("GET", "/other", &[], "")).await;
+    // No `reason` field: the body is the reason. A token in the query is masked.
+    let (r, body) = call(
+        &c,
+        addr,
+        req("GET", "/other?access_token=s3cr3t-qu3ry&x=1", &[], ""),
+    )
+    .await;
     assert_eq!(r.status(), 403);
     assert_eq!(body, "go away\n");
 
@@ -143,6 +148,7 @@ async fn entries_carry_reason_revision_and_masked_headers() {
     assert_eq!(deny["path"], "/orders");
     assert_eq!(deny["reason"], "writes are closed for maintenance");
     assert_eq!(entries[2]["reason"], "go away\n");
+    assert_eq!(entries[2]["path"], "/other?access_token=***&x=1");
     assert!(
         entries[3]["reason"]
             .as_str()

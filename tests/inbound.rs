@@ -192,13 +192,7 @@ async fn readiness_and_plaintext_refused_in_strict_mode() {
     let (status, _) = admin_get(sidecar.admin_addr, "/live").await;
     assert_eq!(status, 200);
     // Plain HTTP to the inbound port gets no HTTP answer at all.
-    let tcp = tokio::net::TcpStream::connect(sidecar.inbound_addr)
-        .await
-        .unwrap();
-    let (mut s, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let mut s = plain_h1(sidecar.inbound_addr).await;
     assert!(s
         .send_request(req("GET", "/public", &[], ""))
         .await
@@ -288,13 +282,7 @@ async fn permissive_mode_serves_plain_http1_and_h2c_prior_knowledge() {
     let sidecar = start(cfg).await;
 
     // HTTP/1.1 in plain text: decided without a principal, forwarded without XFCC.
-    let tcp = tokio::net::TcpStream::connect(sidecar.inbound_addr)
-        .await
-        .unwrap();
-    let (mut s, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let mut s = plain_h1(sidecar.inbound_addr).await;
     let resp = s
         .send_request(req(
             "GET",
@@ -341,4 +329,29 @@ async fn permissive_mode_serves_plain_http1_and_h2c_prior_knowledge() {
         .unwrap();
     let (r, _) = split(s.send_request(r).await.unwrap()).await;
     assert_eq!(r.status(), 403);
+}
+
+#[tokio::test]
+async fn repeated_requests_are_answered_from_the_decision_cache() {
+    let (pki, sidecar) = setup().await;
+    let c = pki.client("frontend", &[b"http/1.1"]);
+    let count = |text: &str, result: &str| {
+        metric(
+            text,
+            "portcullis_policy_decision_cache_total",
+            &[("direction", "inbound"), ("result", result)],
+        )
+    };
+    let before = admin_get(sidecar.admin_addr, "/metrics").await.1;
+    // Different request ids and connections, the same facts the policy reads.
+    for _ in 0..3 {
+        let (r, _) = call(&c, sidecar.inbound_addr, req("GET", "/public/x", &[], "")).await;
+        assert_eq!(r.status(), 200);
+    }
+    // What the policy reads differs (the method): evaluated, and denied.
+    let (r, _) = call(&c, sidecar.inbound_addr, req("POST", "/public/x", &[], "")).await;
+    assert_eq!(r.status(), 403);
+    let after = admin_get(sidecar.admin_addr, "/metrics").await.1;
+    assert!(count(&after, "hit") >= count(&before, "hit") + 2.0, "{after}");
+    assert!(count(&after, "miss") >= count(&before, "miss") + 2.0, "{after}");
 }

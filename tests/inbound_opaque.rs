@@ -6,12 +6,10 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
 
 const POLICY: &str = r#"
 package envoy.authz
@@ -36,30 +34,6 @@ allow if {
 
 const ALPN_TCP: &[u8] = b"portcullis-tcp";
 
-/// A TCP app that answers every chunk with `echo:` and the chunk.
-async fn tcp_echo() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let mut buf = [0u8; 1024];
-                while let Ok(n) = s.read(&mut buf).await {
-                    if n == 0 {
-                        break;
-                    }
-                    let mut out = b"echo:".to_vec();
-                    out.extend_from_slice(&buf[..n]);
-                    if s.write_all(&out).await.is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
-    addr
-}
-
 /// Reads until `want` bytes arrived, the peer closed, or a second passed.
 async fn read_some<S: AsyncReadExt + Unpin>(s: &mut S, want: usize) -> Vec<u8> {
     let mut got = Vec::new();
@@ -79,7 +53,7 @@ async fn opaque_ports_are_decided_once_without_http_and_relayed() {
     pki.issue("frontend", FRONTEND);
     pki.issue("reporting", REPORTING);
     let policies = policy_dir(&pki, &[("authz.rego", POLICY)]);
-    let app = tcp_echo().await;
+    let app = tcp_echo(b"echo:").await;
     let mut cfg = config(&pki, &policies, app);
     cfg.inbound.opaque_ports = vec![app.port()];
     let sidecar = start(cfg).await;
@@ -159,7 +133,7 @@ async fn tcp_alpn_with_non_http_bytes_is_relayed_after_one_decision() {
     pki.issue("frontend", FRONTEND);
     pki.issue("reporting", REPORTING);
     let policies = policy_dir(&pki, &[("authz.rego", POLICY)]);
-    let sidecar = start(config(&pki, &policies, tcp_echo().await)).await;
+    let sidecar = start(config(&pki, &policies, tcp_echo(b"echo:").await)).await;
 
     let mut s = tls_connect(&pki.client("reporting", &[ALPN_TCP]), sidecar.inbound_addr).await;
     s.write_all(b"\x00\x01binary").await.unwrap();

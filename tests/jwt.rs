@@ -479,6 +479,27 @@ async fn clock_skew_bounds_exp_and_nbf_and_the_metadata_name_is_configurable() {
 }
 
 #[tokio::test]
+async fn a_token_validated_before_still_expires() {
+    // The second and later uses of a token skip its decoding and signature check;
+    // its `exp` is still compared with the clock every time.
+    let pki = Pki::new();
+    pki.issue("frontend", FRONTEND);
+    let key = TestKey::es256("short");
+    let mut p = provider("short-lived", JwksSource::Inline(jwks(&[&key])));
+    p.clock_skew = Duration::ZERO;
+    let sidecar = sidecar(&pki, vec![p]).await;
+    let c = pki.client("frontend", &[b"http/1.1"]);
+    let token = bearer(&key.sign(&json!({"iss": ISS, "aud": "orders", "role": "admin", "exp": now() + 2})));
+    for _ in 0..3 {
+        let (s, body) = status(&c, sidecar.inbound_addr, "/x", &[("authorization", &token)]).await;
+        assert_eq!(s, 200, "{body}");
+    }
+    tokio::time::sleep(Duration::from_millis(3100)).await;
+    let (s, body) = status(&c, sidecar.inbound_addr, "/x", &[("authorization", &token)]).await;
+    assert_eq!(s, 401, "{body}");
+}
+
+#[tokio::test]
 async fn invalid_tokens_are_401_and_never_reach_policy_or_app() {
     let pki = Pki::new();
     pki.issue("frontend", FRONTEND);

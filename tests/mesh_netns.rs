@@ -92,28 +92,12 @@ impl Topology {
                 "netns", &ns,
             ]);
             run(&["ip", "-n", &sw, "link", "set", &port, "master", "br0", "up"]);
-            run(&[
-                "ip",
-                "-n",
-                &ns,
-                "addr",
-                "add",
-                &format!("{ip}/24"),
-                "dev",
-                "eth0",
-            ]);
             // Dual stack: IPv6 must not be a way around the sidecar.
-            run(&[
-                "ip",
-                "-n",
-                &ns,
-                "addr",
-                "add",
-                &format!("{ip6}/64"),
-                "dev",
-                "eth0",
-                "nodad",
-            ]);
+            for (addr, extra) in [(format!("{ip}/24"), None), (format!("{ip6}/64"), Some("nodad"))] {
+                let mut args = vec!["ip", "-n", &ns, "addr", "add", &addr, "dev", "eth0"];
+                args.extend(extra);
+                run(&args);
+            }
             run(&["ip", "-n", &ns, "link", "set", "eth0", "up"]);
             run(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
         }

@@ -39,25 +39,6 @@ allow if {
 }
 "#;
 
-async fn tcp_echo() -> SocketAddr {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let (mut s, _) = l.accept().await.unwrap();
-            tokio::spawn(async move {
-                let mut buf = [0u8; 1024];
-                while let Ok(n) = s.read(&mut buf).await {
-                    if n == 0 || s.write_all(&buf[..n]).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    addr
-}
-
 /// Sidecar B (backend) in front of `app`, and sidecar A (frontend) with routes to B.
 async fn mesh(
     app: SocketAddr,
@@ -115,11 +96,7 @@ async fn mesh_tweaked(
 }
 
 async fn plain_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut s, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let mut s = plain_h1(addr).await;
     let resp = s.send_request(req("GET", path, &[], "")).await.unwrap();
     let (p, b) = split(resp).await;
     (p.status().as_u16(), b)
@@ -216,7 +193,7 @@ async fn outbound_dry_run_lets_egress_denies_through_and_counts_them() {
 async fn tcp_route_relays_over_mtls_and_pinning_is_enforced() {
     // These tests count handshakes: one at a time.
     let _serial = METRICS_SERIAL.lock().await;
-    let app = tcp_echo().await;
+    let app = tcp_echo(b"").await;
     let wrong = "spiffe://cluster.local/ns/default/sa/someone-else";
     let (_pki, a, _b) = mesh(
         app,

@@ -1002,6 +1002,27 @@ mod tests {
             crate::config::Config::from_yaml_str(&sidecar_config(&opts), "generated")
                 .unwrap_or_else(|e| panic!("{e}"));
         }
+        // `--mesh-networks` reaches the sidecar's configuration.
+        let nets: Vec<ipnet::IpNet> = vec![
+            "10.244.0.0/16".parse().unwrap_or_else(|e| panic!("{e}")),
+            "fd00:10::/64".parse().unwrap_or_else(|e| panic!("{e}")),
+        ];
+        let opts = InjectOptions {
+            mesh_networks: nets.clone(),
+            ..InjectOptions::default()
+        };
+        let cfg = crate::config::Config::from_yaml_str(&sidecar_config(&opts), "generated")
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(cfg.outbound.mesh_networks, nets);
+        let default = crate::config::Config::from_yaml_str(
+            &sidecar_config(&InjectOptions::default()),
+            "generated",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            default.outbound.mesh_networks,
+            ["10.0.0.0/8".parse::<ipnet::IpNet>().unwrap_or_else(|e| panic!("{e}"))]
+        );
     }
 
     #[test]

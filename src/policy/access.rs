@@ -13,7 +13,6 @@
 //!   policy can read get the same decision from a deterministic policy.
 
 use regorus::unstable::{Expr, Literal, Module, Query, Ref, Rule, RuleHead};
-use regorus::Value;
 
 /// Builtins whose results depend on something other than their arguments, or that
 /// have effects: a policy calling one is never memoised.
@@ -51,8 +50,6 @@ pub enum HeaderNeeds {
 /// a path read lies under it or above it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InputNeeds {
-    /// The whole document (the policy reads `input` itself).
-    pub all: bool,
     pub source_address: bool,
     pub source_principal: bool,
     pub destination_address: bool,
@@ -82,7 +79,6 @@ impl InputNeeds {
     /// Every field.
     pub fn all() -> Self {
         InputNeeds {
-            all: true,
             source_address: true,
             source_principal: true,
             destination_address: true,
@@ -133,8 +129,6 @@ pub struct InputAccess {
     /// Minimal set of paths read (none is a prefix of another), sorted; meaningful
     /// only when `whole` is false.
     paths: Vec<Vec<String>>,
-    /// The same paths as object keys, built once for [`InputAccess::key`].
-    segments: Vec<Vec<Value>>,
     /// Something reads the input document as a whole.
     whole: bool,
     /// No builtin with results beyond its arguments, and no `with input`.
@@ -146,19 +140,9 @@ impl InputAccess {
     pub fn everything() -> Self {
         InputAccess {
             paths: Vec::new(),
-            segments: Vec::new(),
             whole: true,
             deterministic: false,
         }
-    }
-
-    /// Analyses every module of a policy set (a union: any rule may be reached).
-    pub fn of_modules<'a>(modules: impl IntoIterator<Item = &'a Ref<Module>>) -> Self {
-        let mut walk = Walk::default();
-        for m in modules {
-            walk.module(m);
-        }
-        Self::from_walk(walk)
     }
 
     /// Analyses the modules a query can reach: those of the query's package, then
@@ -216,10 +200,6 @@ impl InputAccess {
         }
         InputAccess {
             whole: walk.whole || minimal.iter().any(Vec::is_empty),
-            segments: minimal
-                .iter()
-                .map(|p| p.iter().map(|seg| Value::from(seg.as_str())).collect())
-                .collect(),
             paths: minimal,
             deterministic: walk.deterministic,
         }
@@ -232,13 +212,11 @@ impl InputAccess {
         }
         let mut names = Vec::new();
         for p in &self.paths {
-            let shared = p.iter().zip(HEADERS).take_while(|(a, b)| a == b).count();
-            if shared == p.len() && shared <= HEADERS.len() {
-                // A prefix of the headers path (or the path itself): all of them.
-                return HeaderNeeds::All;
-            }
-            if shared == HEADERS.len() {
-                names.push(p[HEADERS.len()].to_ascii_lowercase());
+            match relation(p, &HEADERS) {
+                // The headers object or one of its parents: all of them.
+                Relation::Above => return HeaderNeeds::All,
+                Relation::Below(name) => names.push(name.to_ascii_lowercase()),
+                Relation::Unrelated => {}
             }
         }
         if names.is_empty() {
@@ -256,14 +234,12 @@ impl InputAccess {
             return InputNeeds::all();
         }
         let field = |f: &[&str]| {
-            self.paths.iter().any(|p| {
-                let shared = p.iter().zip(f).take_while(|(a, b)| a == *b).count();
-                shared == p.len() || shared == f.len()
-            })
+            self.paths
+                .iter()
+                .any(|p| !matches!(relation(p, f), Relation::Unrelated))
         };
         let http = |name: &str| field(&["attributes", "request", "http", name]);
         InputNeeds {
-            all: false,
             source_address: field(&["attributes", "source", "address"]),
             source_principal: field(&["attributes", "source", "principal"]),
             destination_address: field(&["attributes", "destination", "address"]),
@@ -291,17 +267,12 @@ impl InputAccess {
     fn claims(&self) -> ClaimNeeds {
         let mut only = Vec::new();
         for p in &self.paths {
-            let shared = p
-                .iter()
-                .zip(JWT_METADATA)
-                .take_while(|(a, b)| a == b)
-                .count();
-            if shared == p.len() && shared <= JWT_METADATA.len() {
-                return ClaimNeeds::All;
-            }
-            if shared == JWT_METADATA.len() {
-                let name = p[JWT_METADATA.len()].clone();
-                only.push((name, p.get(JWT_METADATA.len() + 1).cloned()));
+            match relation(p, &JWT_METADATA) {
+                Relation::Above => return ClaimNeeds::All,
+                Relation::Below(name) => {
+                    only.push((name.to_owned(), p.get(JWT_METADATA.len() + 1).cloned()))
+                }
+                Relation::Unrelated => {}
             }
         }
         if only.is_empty() {
@@ -313,34 +284,14 @@ impl InputAccess {
         }
     }
 
-    /// Whether decisions may be memoised on [`InputAccess::key`].
+    /// Whether decisions may be memoised on the values at [`InputAccess::paths`].
     pub fn memoisable(&self) -> bool {
         self.deterministic && !self.whole
     }
 
-    /// The values of `input` at every path read (`Undefined` where absent): equal
-    /// keys mean the policy cannot tell the inputs apart. `None` when decisions must
-    /// not be memoised.
-    pub fn key(&self, input: &Value) -> Option<Vec<Value>> {
-        if !self.memoisable() {
-            return None;
-        }
-        let mut key = Vec::with_capacity(self.segments.len());
-        for p in &self.segments {
-            let mut v = input;
-            for seg in p {
-                v = match v {
-                    Value::Object(o) => o.get(seg).unwrap_or(&Value::Undefined),
-                    _ => &Value::Undefined,
-                };
-            }
-            key.push(v.clone());
-        }
-        Some(key)
-    }
-
-    /// The paths read, as segments (empty when the whole input is read).
-    pub fn describe_paths(&self) -> &[Vec<String>] {
+    /// The paths read, as segments (none when the whole input is read): the
+    /// decision cache's key is the input's values at these paths.
+    pub fn paths(&self) -> &[Vec<String>] {
         if self.whole {
             &[]
         } else {
@@ -368,6 +319,30 @@ impl InputAccess {
                 s
             })
             .collect()
+    }
+}
+
+/// How a path read stands to a field of the document.
+enum Relation<'a> {
+    /// The path is the field or one of its parents: all of the field is read.
+    Above,
+    /// The path goes into the field; the next segment below it.
+    Below(&'a str),
+    Unrelated,
+}
+
+fn relation<'a>(path: &'a [String], field: &[&str]) -> Relation<'a> {
+    let shared = path
+        .iter()
+        .zip(field)
+        .take_while(|(a, b)| a.as_str() == **b)
+        .count();
+    if shared == path.len() {
+        Relation::Above
+    } else if shared == field.len() {
+        Relation::Below(&path[shared])
+    } else {
+        Relation::Unrelated
     }
 }
 
@@ -489,13 +464,7 @@ impl Walk {
                     value,
                     collection,
                     ..
-                } => {
-                    if let Some(k) = key {
-                        self.expr(k);
-                    }
-                    self.expr(value);
-                    self.expr(collection);
-                }
+                } => self.membership(key.as_ref(), value, collection),
                 Literal::Expr { expr, .. } | Literal::NotExpr { expr, .. } => self.expr(expr),
                 Literal::Every { domain, query, .. } => {
                     self.expr(domain);
@@ -571,14 +540,17 @@ impl Walk {
                 value,
                 collection,
                 ..
-            } => {
-                if let Some(k) = key {
-                    self.expr(k);
-                }
-                self.expr(value);
-                self.expr(collection);
-            }
+            } => self.membership(key.as_ref(), value, collection),
         }
+    }
+
+    /// `[key,] value in collection`, as a literal (`some … in`) or an expression.
+    fn membership(&mut self, key: Option<&Ref<Expr>>, value: &Expr, collection: &Expr) {
+        if let Some(k) = key {
+            self.expr(k);
+        }
+        self.expr(value);
+        self.expr(collection);
     }
 
     /// A chain of `.field` and `[index]` steps: rooted at `input`, the fixed prefix
@@ -678,7 +650,7 @@ mod tests {
         engine
             .add_policy("p.rego".to_string(), src.to_string())
             .unwrap_or_else(|e| panic!("{e}"));
-        InputAccess::of_modules(engine.get_modules().iter())
+        InputAccess::of_query(engine.get_modules(), "data.p")
     }
 
     fn policy(body: &str) -> String {
@@ -809,23 +781,5 @@ mod tests {
             analyse_query(&mods, "data.g.allow").describe(),
             ["input.w", "input.y", "input.z"]
         );
-    }
-
-    #[test]
-    fn keys_are_the_values_at_the_paths() {
-        let a = analyse(&policy("allow if { input.a.b == 1; input.c == 2 }"));
-        let v = |j: serde_json::Value| crate::policy::input::json_to_value(&j);
-        let k1 = a.key(&v(
-            serde_json::json!({"a": {"b": 1, "x": 9}, "c": 2, "id": "r1"}),
-        ));
-        let k2 = a.key(&v(
-            serde_json::json!({"a": {"b": 1, "x": 8}, "c": 2, "id": "r2"}),
-        ));
-        let k3 = a.key(&v(serde_json::json!({"a": {"b": 2}, "c": 2})));
-        let k4 = a.key(&v(serde_json::json!({"c": 2})));
-        assert_eq!(k1, k2);
-        assert_ne!(k1, k3);
-        assert_ne!(k1, k4);
-        assert_eq!(k4, Some(vec![Value::Undefined, Value::from(2u64)]));
     }
 }

@@ -622,13 +622,14 @@ impl PolicySet {
         let Some(q) = self.queries.get(query) else {
             return (Err(DecisionError::NoPolicy), MemoUse::Off);
         };
-        let Some(memo) = q.memo.as_ref().filter(|_| q.access.memoisable()) else {
+        // A memo exists only for queries whose access is memoisable.
+        let Some(memo) = &q.memo else {
             let input = build_input_with(facts, &q.needs);
             return (self.evaluate(query, input), MemoUse::Off);
         };
         let key: Vec<Value> = q
             .access
-            .describe_paths()
+            .paths()
             .iter()
             .map(|p| value_at(facts, p))
             .collect();
@@ -954,6 +955,19 @@ mod tests {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("policies")
     }
 
+    /// Default options with a time budget that a debug build on a loaded machine
+    /// cannot exceed by accident: these tests are about results, not limits (the
+    /// limit tests set their own).
+    fn test_options() -> PolicyOptions {
+        PolicyOptions {
+            limits: EvalLimits {
+                timeout: Duration::from_secs(10),
+                ..EvalLimits::default()
+            },
+            ..PolicyOptions::default()
+        }
+    }
+
     fn example(options: PolicyOptions) -> PolicySet {
         let queries = vec![AUTHZ.to_string(), OUTBOUND.to_string()];
         PolicySet::load_dir(&policies_dir(), &queries, options)
@@ -1066,7 +1080,7 @@ mod tests {
 
     #[test]
     fn example_policy_uses_rvm_and_decides() {
-        let ps = example(PolicyOptions::default());
+        let ps = example(test_options());
         assert_eq!(ps.evaluator(0), Some(EvaluatorKind::Rvm), "{ps:?}");
         assert_eq!(ps.evaluator(1), Some(EvaluatorKind::Rvm), "{ps:?}");
         assert_eq!(ps.revision().len(), 64);
@@ -1098,10 +1112,10 @@ mod tests {
 
     #[test]
     fn rvm_and_interpreter_agree_on_example() {
-        let rvm = example(PolicyOptions::default());
+        let rvm = example(test_options());
         let interp = example(PolicyOptions {
             force_interpreter: true,
-            ..PolicyOptions::default()
+            ..test_options()
         });
         assert_eq!(interp.evaluator(0), Some(EvaluatorKind::Interpreter));
         assert_eq!(rvm.revision(), interp.revision());
@@ -1211,7 +1225,7 @@ reason := "no HTTP request" if {
                 &[AUTHZ.to_string()],
                 PolicyOptions {
                     force_interpreter,
-                    ..PolicyOptions::default()
+                    ..test_options()
                 },
             )
             .unwrap_or_else(|e| panic!("{e}"))
@@ -1219,7 +1233,7 @@ reason := "no HTTP request" if {
         let reference = reference_with(true);
         let reference_rvm = reference_with(false);
         assert_eq!(reference_rvm.evaluator(0), Some(EvaluatorKind::Rvm));
-        let rvm = example(PolicyOptions::default());
+        let rvm = example(test_options());
         assert_eq!(rvm.evaluator(0), Some(EvaluatorKind::Rvm));
 
         let principals = [
@@ -1377,7 +1391,7 @@ allow if { s := json.marshal(input); contains(s, "please") }
         let make = |src: Option<&str>, n: usize| {
             let options = PolicyOptions {
                 decision_cache: n,
-                ..PolicyOptions::default()
+                ..test_options()
             };
             match src {
                 None => example(options),
@@ -1504,7 +1518,7 @@ allow if { s := json.marshal(input); contains(s, "please") }
 
     #[test]
     fn outbound_policy() {
-        let ps = example(PolicyOptions::default());
+        let ps = example(test_options());
         let mk = |dst: &str, principal: Option<&'static str>, host: Option<&'static str>| {
             let headers = http::HeaderMap::new();
             let facts = InputFacts {
@@ -1754,6 +1768,20 @@ allow if { s := json.marshal(input); contains(s, "please") }
     }
 
     #[test]
+    fn a_link_loop_in_the_policy_directory_is_an_error_not_a_crash() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(dir.path().join("a.rego"), "package a\nimport rego.v1\nallow := true\n")
+            .unwrap_or_else(|e| panic!("{e}"));
+        std::fs::create_dir(dir.path().join("sub")).unwrap_or_else(|e| panic!("{e}"));
+        std::os::unix::fs::symlink(dir.path(), dir.path().join("sub/loop"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let err = PolicySet::load_dir(dir.path(), &["data.a.allow".to_string()], test_options())
+            .map(|_| ())
+            .unwrap_err();
+        assert!(err.to_string().contains("nested too deeply"), "{err}");
+    }
+
+    #[test]
     fn syntax_error_names_file_and_line() {
         let err = set(
             &[(
@@ -1855,7 +1883,7 @@ allow if { s := json.marshal(input); contains(s, "please") }
             &["data.a.allow".to_string()],
             PolicyOptions {
                 extensions: Some(hook),
-                ..PolicyOptions::default()
+                ..test_options()
             },
         )
         .unwrap_or_else(|e| panic!("{e}"));

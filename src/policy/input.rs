@@ -338,23 +338,15 @@ fn peer(k: &Interned, addr: &SocketAddr, principal: Option<&Value>) -> Value {
 
 /// Builds the OPA-Envoy input document for one decision.
 pub fn build_input(f: &InputFacts<'_>) -> Value {
-    build_full(f, &HeaderNeeds::All)
+    build_input_with(f, &InputNeeds::all())
 }
 
 /// [`build_input`] with only the fields a policy can read (see [`super::access`]):
 /// the document is the same as far as that policy can tell, and much cheaper to
-/// build (and drop) when the policy reads a few fields.
-pub fn build_input_with(f: &InputFacts<'_>, needs: &InputNeeds) -> Value {
-    if needs.all {
-        build_full(f, &needs.headers)
-    } else {
-        build_pruned(f, needs)
-    }
-}
-
-/// Only the needed fields; the objects on the way to them are built with what they
-/// hold, so a field is present exactly when it is present in the full document.
-fn build_pruned(f: &InputFacts<'_>, n: &InputNeeds) -> Value {
+/// build (and drop) when the policy reads a few fields. The objects on the way to a
+/// field are built with what they hold, so a field is present exactly when it is
+/// present in the full document.
+pub fn build_input_with(f: &InputFacts<'_>, n: &InputNeeds) -> Value {
     let k: &Interned = &INTERNED;
     let source_principal = f.source_principal.map(s);
     let mut attributes = BTreeMap::new();
@@ -377,14 +369,16 @@ fn build_pruned(f: &InputFacts<'_>, n: &InputNeeds) -> Value {
         if !needs_address && !needs_principal {
             continue;
         }
-        let mut peer = BTreeMap::new();
-        if needs_address {
-            peer.insert(k.address.clone(), address(k, addr));
-        }
-        if let (true, Some(p)) = (needs_principal, principal) {
-            peer.insert(k.principal.clone(), p);
-        }
-        attributes.insert(key.clone(), Value::from(peer));
+        let v = match (needs_address, needs_principal) {
+            (true, true) => peer(k, addr, principal.as_ref()),
+            (true, false) => fill(&k.t_peer, [(&k.address, address(k, addr))]),
+            _ => Value::from(
+                principal
+                    .map(|p| BTreeMap::from([(k.principal.clone(), p)]))
+                    .unwrap_or_default(),
+            ),
+        };
+        attributes.insert(key.clone(), v);
     }
     let mut root = BTreeMap::new();
     if let Some(h) = &f.http {
@@ -414,9 +408,14 @@ fn build_pruned(f: &InputFacts<'_>, n: &InputNeeds) -> Value {
             http.insert(k.protocol.clone(), k.word(h.protocol));
         }
         if let (true, Some(host), Some(path)) = (with_headers, &host, &path) {
+            let wanted = |name: &str| match &n.headers {
+                HeaderNeeds::All => true,
+                HeaderNeeds::Only(names) => names.iter().any(|n| n == name),
+                HeaderNeeds::None => false,
+            };
             http.insert(
                 k.headers.clone(),
-                headers(k, h, &n.headers, [host, &method, path, &scheme]),
+                headers(k, h, wanted, [host, &method, path, &scheme]),
             );
         }
         if let (true, Some(size)) = (n.http_size, h.size) {
@@ -425,11 +424,12 @@ fn build_pruned(f: &InputFacts<'_>, n: &InputNeeds) -> Value {
         if n.http_body {
             insert_body(k, &mut http, h);
         }
-        // `attributes.request` exists whenever there is HTTP; it is empty when no
-        // field of it is read (it is then read only as a whole… which reads them all).
-        let mut request = BTreeMap::new();
-        request.insert(k.http.clone(), Value::from(http));
-        attributes.insert(k.request.clone(), Value::from(request));
+        // `attributes.request.http` exists whenever there is HTTP, with the fields
+        // that are read.
+        attributes.insert(
+            k.request.clone(),
+            fill(&k.t_request, [(&k.http, Value::from(http))]),
+        );
 
         let (p, q) = h.path.split_once('?').unwrap_or((h.path, ""));
         if n.parsed_path {
@@ -483,9 +483,19 @@ fn build_pruned(f: &InputFacts<'_>, n: &InputNeeds) -> Value {
 /// names; any other path falls back to building it.
 pub fn value_at(f: &InputFacts<'_>, path: &[String]) -> Value {
     let k: &Interned = &INTERNED;
-    let p: Vec<&str> = path.iter().map(String::as_str).collect();
+    // The path as `&str`s on the stack (keys are short paths): no allocation per
+    // request. Longer paths take the slow way.
+    let mut view = [""; 8];
+    if path.len() > view.len() {
+        let p: Vec<&str> = path.iter().map(String::as_str).collect();
+        return fallback(f, &p);
+    }
+    for (slot, seg) in view.iter_mut().zip(path) {
+        *slot = seg.as_str();
+    }
+    let p = &view[..path.len()];
     let http = f.http.as_ref();
-    let (leaf, rest): (Option<Value>, &[&str]) = match p.as_slice() {
+    let (leaf, rest): (Option<Value>, &[&str]) = match p {
         ["attributes", "source", "principal", rest @ ..] => (f.source_principal.map(s), rest),
         ["attributes", "destination", "principal", rest @ ..] => {
             (f.destination_principal.map(s), rest)
@@ -510,14 +520,13 @@ pub fn value_at(f: &InputFacts<'_>, path: &[String]) -> Value {
                 "size" => (h.size.map(Value::from), rest),
                 "headers" => match rest {
                     [name, ..] => {
-                        let only = HeaderNeeds::Only(vec![(*name).to_owned()]);
                         let pseudo = [&s(h.host), &k.word(h.method), &s(h.path), &k.word(h.scheme)];
-                        let one = headers(k, h, &only, pseudo);
+                        let one = headers(k, h, |n| n == *name, pseudo);
                         return lookup(&one, &p[4..]).clone();
                     }
-                    [] => return fallback(f, &p),
+                    [] => return fallback(f, p),
                 },
-                _ => return fallback(f, &p),
+                _ => return fallback(f, p),
             }
         }
         ["attributes", "request", ..] if http.is_none() => return Value::Undefined,
@@ -555,7 +564,7 @@ pub fn value_at(f: &InputFacts<'_>, path: &[String]) -> Value {
         }
         ["source_principal", rest @ ..] => (f.source_principal.map(s), rest),
         ["version", rest @ ..] => (Some(k.version_value.clone()), rest),
-        _ => return fallback(f, &p),
+        _ => return fallback(f, p),
     };
     match leaf {
         Some(v) => lookup(&v, rest).clone(),
@@ -620,96 +629,17 @@ fn metadata_context(k: &Interned, name: &str, payload: Value) -> Value {
     )
 }
 
-fn build_full(f: &InputFacts<'_>, headers: &HeaderNeeds) -> Value {
-    let k: &Interned = &INTERNED;
-    // One value for `attributes.source.principal` and `source_principal`.
-    let source_principal = f.source_principal.map(s);
-    let destination_principal = f.destination_principal.map(s);
-
-    let mut attributes = BTreeMap::new();
-    attributes.insert(
-        k.source.clone(),
-        peer(k, &f.source_address, source_principal.as_ref()),
-    );
-    attributes.insert(
-        k.destination.clone(),
-        peer(k, &f.destination_address, destination_principal.as_ref()),
-    );
-
-    let mut root = BTreeMap::new();
-    if let Some(h) = &f.http {
-        attributes.insert(
-            k.request.clone(),
-            fill(&k.t_request, [(&k.http, http_attributes(k, h, headers))]),
-        );
-        let (path, query) = match h.path.split_once('?') {
-            Some((p, q)) => (p, q),
-            None => (h.path, ""),
-        };
-        root.insert(k.parsed_path.clone(), parsed_path(path));
-        let parsed_query = if query.is_empty() {
-            k.empty_object.clone()
-        } else {
-            parse_query(query)
-        };
-        root.insert(k.parsed_query.clone(), parsed_query);
-        if let Some(body) = h.body {
-            if let Some(parsed) = parsed_body(body, h.content_type) {
-                root.insert(k.parsed_body.clone(), parsed);
-            }
-            root.insert(k.truncated_body.clone(), Value::Bool(h.truncated_body));
-        }
-    }
-    if let Some((name, claims)) = f.jwt {
-        attributes.insert(
-            k.metadata_context.clone(),
-            metadata_context(k, name, json_to_value(claims)),
-        );
-    }
-    root.insert(k.attributes.clone(), Value::from(attributes));
-    if let Some(p) = source_principal {
-        root.insert(k.source_principal.clone(), p);
-    }
-    root.insert(k.version.clone(), k.version_value.clone());
-    Value::from(root)
-}
-
-fn http_attributes(k: &Interned, h: &HttpFacts<'_>, needs: &HeaderNeeds) -> Value {
-    // Values that appear twice (as a field and as a pseudo-header) are shared.
-    let method = k.word(h.method);
-    let path = s(h.path);
-    let host = s(h.host);
-    let scheme = k.word(h.scheme);
-    let mut m = BTreeMap::new();
-    if *needs != HeaderNeeds::None {
-        m.insert(
-            k.headers.clone(),
-            headers(k, h, needs, [&host, &method, &path, &scheme]),
-        );
-    }
-    m.insert(k.id.clone(), s(h.id));
-    m.insert(k.method.clone(), method);
-    m.insert(k.path.clone(), path);
-    m.insert(k.host.clone(), host);
-    m.insert(k.scheme.clone(), scheme);
-    m.insert(k.protocol.clone(), k.word(h.protocol));
-    if let Some(size) = h.size {
-        m.insert(k.size.clone(), Value::from(size));
-    }
-    insert_body(k, &mut m, h);
-    Value::from(m)
-}
-
 /// The `headers` object: lower-case names, repeated headers joined with `,`, and
 /// the request line as pseudo-headers (`:authority`, `:method`, `:path`,
 /// `:scheme`: `pseudo` holds their values in that order), as Envoy exposes them
-/// for HTTP/1.1 too (`host` is folded into `:authority`). Only `needs`' names.
-fn headers(k: &Interned, h: &HttpFacts<'_>, needs: &HeaderNeeds, pseudo: [&Value; 4]) -> Value {
-    let wanted = |name: &str| match needs {
-        HeaderNeeds::All => true,
-        HeaderNeeds::Only(names) => names.iter().any(|n| n == name),
-        HeaderNeeds::None => false,
-    };
+/// for HTTP/1.1 too (`host` is folded into `:authority`). Only the names `wanted`
+/// accepts.
+fn headers(
+    k: &Interned,
+    h: &HttpFacts<'_>,
+    wanted: impl Fn(&str) -> bool,
+    pseudo: [&Value; 4],
+) -> Value {
     let mut headers: BTreeMap<Value, Value> = BTreeMap::new();
     let keys = [&k.p_authority, &k.p_method, &k.p_path, &k.p_scheme];
     for ((name, key), value) in [":authority", ":method", ":path", ":scheme"]
@@ -1104,7 +1034,7 @@ mod pruning_tests {
         engine
             .add_policy("p.rego".to_string(), src.to_string())
             .unwrap_or_else(|e| panic!("{e}"));
-        InputAccess::of_modules(engine.get_modules().iter())
+        InputAccess::of_query(engine.get_modules(), "data.p")
     }
 
     /// Every path of the document a policy can name, and some it cannot find.
@@ -1337,11 +1267,11 @@ mod pruning_tests {
         let mut compared = 0;
         for src in &policies {
             let access = access(src);
-            assert!(!access.needs().all, "{src}");
+            assert_ne!(access.describe(), ["input"], "{src}");
             for facts in &facts_list {
                 let full = build_input(facts);
                 let pruned = build_input_with(facts, &access.needs());
-                for owned in access.describe_paths() {
+                for owned in access.paths() {
                     let path: Vec<&str> = owned.iter().map(String::as_str).collect();
                     assert_eq!(
                         lookup(&pruned, &path),
@@ -1360,4 +1290,66 @@ mod pruning_tests {
         }
         assert!(compared > 1000, "{compared}");
     }
+
+    /// The decision key is the input's values at the paths read: requests that differ
+    /// only elsewhere (id, ports, other headers) share it; any read difference splits it.
+    #[test]
+    fn decision_keys_tell_apart_only_what_the_policy_reads() {
+        let access = access(
+            "package p\nimport rego.v1\nallow if {\n input.attributes.source.principal == \"a\"\n input.attributes.request.http.method == \"GET\"\n}\n",
+        );
+        let key = |f: &InputFacts<'_>| -> Vec<Value> {
+            access.paths().iter().map(|p| value_at(f, p)).collect()
+        };
+        let mut h1 = HeaderMap::new();
+        h1.insert("x-one", HeaderValue::from_static("1"));
+        let h2 = HeaderMap::new();
+        let facts = |id, port, method, headers| InputFacts {
+            source_address: SocketAddr::from(([10, 0, 0, 1], port)),
+            source_principal: Some("spiffe://cluster.local/ns/a/sa/b"),
+            destination_address: "10.0.0.2:8080".parse().unwrap_or_else(|e| panic!("{e}")),
+            destination_principal: None,
+            http: Some(HttpFacts {
+                id,
+                method,
+                path: "/x",
+                host: "b",
+                scheme: "https",
+                protocol: "HTTP/1.1",
+                headers,
+                size: None,
+                body: None,
+                truncated_body: false,
+                content_type: None,
+            }),
+            jwt: None,
+        };
+        let k1 = key(&facts("r1", 1000, "GET", &h1));
+        let k2 = key(&facts("r2", 2000, "GET", &h2));
+        let k3 = key(&facts("r3", 1000, "POST", &h1));
+        let mut no_http = facts("r4", 1000, "GET", &h1);
+        no_http.http = None;
+        let k4 = key(&no_http);
+        assert_eq!(k1, k2);
+        assert_ne!(k1, k3);
+        assert_ne!(k1, k4);
+        // The document for this policy is pruned: no headers, no id, no addresses.
+        let base = facts("r1", 1000, "GET", &h1);
+        let (full, pruned) = (build_input(&base), build_input_with(&base, &access.needs()));
+        for path in [
+            &["attributes", "request", "http", "headers"][..],
+            &["attributes", "request", "http", "id"],
+            &["attributes", "source", "address"],
+            &["version"],
+        ] {
+            assert_ne!(lookup(&full, path), &Value::Undefined, "{path:?}");
+            assert_eq!(lookup(&pruned, path), &Value::Undefined, "{path:?}");
+        }
+        // Paths in order: `…request.http.method`, then `…source.principal`.
+        assert_eq!(
+            k4,
+            vec![Value::Undefined, Value::from("spiffe://cluster.local/ns/a/sa/b")]
+        );
+    }
+
 }

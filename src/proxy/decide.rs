@@ -11,7 +11,7 @@ use super::headers::add_headers;
 use crate::decision_log::{now_rfc3339, DecisionEntry, DecisionLog};
 use crate::metrics;
 use crate::policy::store::PolicyStore;
-use crate::policy::{Decision, DecisionError, InputFacts};
+use crate::policy::{Decision, DecisionError, InputFacts, PolicySet};
 
 /// What the data path does with a request.
 #[derive(Debug)]
@@ -64,18 +64,20 @@ impl Decider {
     pub fn decide(&self, facts: &InputFacts<'_>) -> (Verdict, Ticket) {
         let m = metrics::global();
         let start = Instant::now();
-        let (result, revision) = match self.policy.current() {
+        // The revision is copied into a decision log entry only when one is written.
+        let revision = self.policy.current();
+        let result = match &revision {
             Some(set) => {
-                // Only the headers this revision's rules can read go into the input.
+                // Only the fields this revision's rules can read go into the input.
                 let (result, memo) = set.decide(self.query, facts);
                 if let Some(label) = memo.label() {
                     m.policy_decision_cache
                         .with_label_values(&[self.direction, label])
                         .inc();
                 }
-                (result, set.revision().to_owned())
+                result
             }
-            None => (Err(DecisionError::NoPolicy), "none".to_owned()),
+            None => Err(DecisionError::NoPolicy),
         };
         let elapsed = start.elapsed();
         m.policy_eval_duration
@@ -159,7 +161,7 @@ impl Decider {
         &self,
         label: &'static str,
         reason: Option<String>,
-        policy_revision: String,
+        revision: Option<Arc<PolicySet>>,
         eval_ns: u64,
         facts: &InputFacts<'_>,
     ) -> Ticket {
@@ -182,7 +184,10 @@ impl Decider {
             decision: label,
             status: 0,
             reason,
-            policy_revision,
+            policy_revision: revision
+                .as_deref()
+                .map_or("none", PolicySet::revision)
+                .to_owned(),
             eval_ns,
             headers: http.map(|h| self.log.masked_headers(h.headers)),
         };

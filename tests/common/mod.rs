@@ -132,6 +132,41 @@ pub async fn echo_app() -> SocketAddr {
     addr
 }
 
+/// A TCP app that answers every chunk it reads with `prefix` and the chunk.
+pub async fn tcp_echo(prefix: &'static [u8]) -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    let mut out = prefix.to_vec();
+                    out.extend_from_slice(&buf[..n]);
+                    if s.write_all(&out).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Opens a plaintext HTTP/1.1 connection and returns its sender.
+pub async fn plain_h1(addr: SocketAddr) -> hyper::client::conn::http1::SendRequest<Full<Bytes>> {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
 /// Opens an mTLS connection to the sidecar.
 pub async fn tls_connect(
     cfg: &Arc<rustls::ClientConfig>,
