@@ -98,7 +98,7 @@ pub fn python_with(modules: &[&str]) -> Result<PathBuf, String> {
     }
     let imports = std::process::Command::new(&py)
         .arg("-c")
-        .arg(format!("import {}", modules.join(", ")))
+        .arg(format!("import sys, {}", modules.join(", ")).trim_end_matches(", "))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status();
@@ -402,7 +402,7 @@ pub fn expect_hello(app: &App, got: Result<Curl, String>, version: &str) -> Resu
     let body = String::from_utf8_lossy(&got.body);
     if got.status != 200 || body != app.hello || got.version != version {
         return Err(format!(
-            "{} over HTTP/{} ({}), app log: {}",
+            "{} over HTTP/{} ({}); app log: {}",
             got.status,
             got.version,
             body.trim(),
@@ -536,7 +536,7 @@ impl Cells {
             Ok(_) => "pass".to_owned(),
             Err(why) => {
                 self.failures.push(format!("{client} x {app}: {why}"));
-                format!("FAIL: {}", why.replace('|', "/").replace('\n', " "))
+                format!("FAIL: {}", short(why))
             }
         };
         println!(
@@ -554,6 +554,15 @@ impl Cells {
             "failed cells:\n{}",
             self.failures.join("\n")
         );
+    }
+}
+
+/// The first clause of a failure, short enough for a table cell.
+fn short(why: &str) -> String {
+    let first = why.split("; ").next().unwrap_or(why).replace(['|', '\n'], " ");
+    match first.char_indices().nth(90) {
+        Some((at, _)) => format!("{}…", &first[..at]),
+        None => first,
     }
 }
 
