@@ -36,15 +36,14 @@ async fn h1_apps(py: &Path, dir: &Path) -> Vec<App> {
 }
 
 fn have_quietly(name: &str) -> bool {
-    tool(name).map_err(|why| println!("({why}: its column stays empty)")).is_ok()
+    tool(name)
+        .map_err(|why| println!("({why}: its column stays empty)"))
+        .is_ok()
 }
 
 /// curl over mTLS, `flags` choosing the HTTP version it negotiates (ALPN).
 async fn curl_row(test: &str, row: &str, flags: &[&str], version: &str) {
-    let (Some(py), Some(_)) = (
-        or_skip(test, python_with(&[])),
-        or_skip(test, tool("curl")),
-    ) else {
+    let (Some(py), Some(_)) = (or_skip(test, python_with(&[])), or_skip(test, tool("curl"))) else {
         return;
     };
     let pki = pki();
@@ -59,7 +58,11 @@ async fn curl_row(test: &str, row: &str, flags: &[&str], version: &str) {
     }
     let sse = python_app(&py, "sse", pki.dir.path()).await;
     let s = sidecar(&pki, sse.addr).await;
-    cells.record(row, sse.name, sse_through(&pki, s.inbound_addr, &sse, flags).await);
+    cells.record(
+        row,
+        sse.name,
+        sse_through(&pki, s.inbound_addr, &sse, flags).await,
+    );
     cells.finish();
 }
 
@@ -136,6 +139,24 @@ async fn grpcio_client_over_mtls() {
     let target = format!("localhost:{}", s.inbound_addr.port());
     let report = py_client(&py, "grpc", &target, Some(&pki), &[]).await;
     cells.record(CLIENTS[3], app.name, grpc_outcome(report));
+    s.shutdown();
+
+    // A URI-SAN-only SVID (csi-driver-spiffe's, SPIRE's): grpcio checks a host name
+    // even with `grpc.ssl_target_name_override`, so it cannot verify such a server.
+    let spiffe_only = Pki::new();
+    spiffe_only.issue("frontend", FRONTEND);
+    let s = sidecar(&spiffe_only, app.addr).await;
+    let target = format!("localhost:{}", s.inbound_addr.port());
+    let name = ["--name", "backend"];
+    let r = py_client(&py, "grpc", &target, Some(&spiffe_only), &name).await;
+    let unary = r.as_ref().map(|r| r["unary"]["detail"].to_string());
+    println!("grpcio against a URI-SAN-only server SVID: {unary:?}");
+    assert!(
+        unary
+            .as_ref()
+            .is_ok_and(|d| d.contains("Hostname Verification")),
+        "grpcio accepted a server certificate without a DNS name: {unary:?}"
+    );
     s.shutdown();
     cells.finish();
 }
@@ -215,9 +236,10 @@ fn h2_protocol() -> Value {
     }})
 }
 
-fn tls_context(pki: &Pki, svid: &str, peer: &str, downstream: bool) -> Value {
+/// Envoy's TLS context with `svid`, requiring `peer`; `alpn` is left to Envoy when empty.
+fn tls_context(pki: &Pki, svid: &str, peer: &str, downstream: bool, alpn: &[&str]) -> Value {
     let dir = pki.path(svid);
-    let common = json!({
+    let mut common = json!({
         "tls_certificates": [{
             "certificate_chain": {"filename": dir.join("tls.crt")},
             "private_key": {"filename": dir.join("tls.key")},
@@ -227,6 +249,9 @@ fn tls_context(pki: &Pki, svid: &str, peer: &str, downstream: bool) -> Value {
             "match_typed_subject_alt_names": [{"san_type": "URI", "matcher": {"exact": peer}}],
         },
     });
+    if !alpn.is_empty() {
+        common["alpn_protocols"] = json!(alpn);
+    }
     let typed = if downstream {
         json!({
             "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
@@ -269,7 +294,13 @@ async fn start_envoy(pki: &Pki, name: &str, listeners: Vec<Value>, clusters: Vec
     let child = Command::new(bin)
         .arg("-c")
         .arg(&path)
-        .args(["--concurrency", "1", "--disable-hot-restart", "-l", "warning"])
+        .args([
+            "--concurrency",
+            "1",
+            "--disable-hot-restart",
+            "-l",
+            "warning",
+        ])
         .args(["--base-id", &admin.to_string()])
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())
@@ -297,7 +328,10 @@ async fn start_envoy(pki: &Pki, name: &str, listeners: Vec<Value>, clusters: Vec
 
 /// Plain curl to a local listener (Envoy's or the sidecar's outbound).
 fn plain_curl(addr: SocketAddr, path: &str) -> Vec<String> {
-    vec!["--http1.1".into(), format!("http://127.0.0.1:{}{path}", addr.port())]
+    vec![
+        "--http1.1".into(),
+        format!("http://127.0.0.1:{}{path}", addr.port()),
+    ]
 }
 
 /// What one app behind a hop answers, asked by the client that suits the app.
@@ -316,7 +350,11 @@ async fn ask(py: &Path, pki: &Pki, app: &App, front: SocketAddr) -> Result<Strin
                 .kill_on_drop(true);
             sse_read(cmd, app).await
         }
-        _ => expect_hello(app, curl(&plain_curl(front, "/hello"), &pki.path("body"), true).await, "1.1"),
+        _ => expect_hello(
+            app,
+            curl(&plain_curl(front, "/hello"), &pki.path("body"), true).await,
+            "1.1",
+        ),
     }
 }
 
@@ -356,8 +394,13 @@ async fn envoy_as_calling_peer() {
             "name": name, "address": sock(port),
             "filter_chains": [{"filters": [hcm(&name, &name, json!({}))]}],
         }));
-        let tls = tls_context(&pki, "frontend", SERVER_ID, false);
-        clusters.push(cluster(&name, s.inbound_addr, Some(tls), Some(auto_protocol())));
+        let tls = tls_context(&pki, "frontend", SERVER_ID, false, &[]);
+        clusters.push(cluster(
+            &name,
+            s.inbound_addr,
+            Some(tls),
+            Some(auto_protocol()),
+        ));
         fronts.push(SocketAddr::from(([127, 0, 0, 1], port)));
         sidecars.push(s);
     }
@@ -377,13 +420,24 @@ fn envoy_tail(e: &Envoy) -> String {
     last_line(&std::fs::read_to_string(&e.log).unwrap_or_default()).to_owned()
 }
 
-/// Envoy as the called sidecar (the server's SVID, requires the frontend's ID), its
-/// TLS left as Envoy's defaults (no ALPN configured), in front of each app; the
-/// sidecar's outbound routes (pinned to the server's ID) call it. Clients call the
-/// route listeners in plain text, as the app in the sidecar's pod would.
+/// Envoy as the called sidecar with its TLS defaults: no ALPN configured.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn envoy_as_called_peer() {
-    let test = "envoy_as_called_peer";
+async fn envoy_as_called_peer_with_tls_defaults() {
+    envoy_as_called_peer("envoy_as_called_peer_with_tls_defaults", CLIENTS[6], &[]).await;
+}
+
+/// Envoy as the called sidecar offering ALPN h2 and http/1.1, as Istio's inbound does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_as_called_peer_with_alpn() {
+    let alpn = ["h2", "http/1.1"];
+    envoy_as_called_peer("envoy_as_called_peer_with_alpn", CLIENTS[7], &alpn).await;
+}
+
+/// Envoy as the called sidecar (the server's SVID, requires the frontend's ID) in front
+/// of each app, offering `alpn`; the sidecar's outbound routes (pinned to the server's
+/// ID) call it. Clients call the route listeners in plain text, as the app in the
+/// sidecar's pod would.
+async fn envoy_as_called_peer(test: &str, row: &str, alpn: &[&str]) {
     let (Some(_), Some(py), Some(_)) = (
         or_skip(test, envoy_bin()),
         or_skip(test, python_with(&[])),
@@ -404,7 +458,7 @@ async fn envoy_as_called_peer() {
         listeners.push(json!({
             "name": name, "address": sock(port),
             "filter_chains": [{
-                "transport_socket": tls_context(&pki, "server", FRONTEND, true),
+                "transport_socket": tls_context(&pki, "server", FRONTEND, true, alpn),
                 "filters": [hcm(&name, &name, xfcc)],
             }],
         }));
@@ -436,7 +490,7 @@ async fn envoy_as_called_peer() {
     for (app, front) in apps.iter().zip(&s.route_addrs) {
         let outcome = ask(&py, &pki, app, *front).await;
         let outcome = outcome.map_err(|e| format!("{e}; envoy: {}", envoy_tail(&envoy)));
-        cells.record(CLIENTS[6], app.name, outcome);
+        cells.record(row, app.name, outcome);
     }
     s.shutdown();
     cells.finish();

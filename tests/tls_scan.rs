@@ -23,12 +23,8 @@ async fn scan(py: &std::path::Path, port: u16, client: Option<&Pki>) -> Value {
             .arg(pki.path("frontend/tls.key"));
     }
     let out = run(cmd, std::time::Duration::from_secs(120)).await.unwrap();
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
-        panic!(
-            "sslyze failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("sslyze failed: {}", String::from_utf8_lossy(&out.stderr)))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -51,7 +47,11 @@ async fn sslyze_finds_only_modern_tls_and_a_required_client_certificate() {
     let r = scan(&py, port, Some(&pki)).await;
     println!("sslyze with the frontend's SVID: {r}");
     for old in ["SSL 2.0", "SSL 3.0", "TLS 1.0", "TLS 1.1"] {
-        assert_eq!(r["suites"][old], Value::Array(vec![]), "{old} accepted: {r}");
+        assert_eq!(
+            r["suites"][old],
+            Value::Array(vec![]),
+            "{old} accepted: {r}"
+        );
     }
     let names = |v: &str| -> Vec<String> {
         r["suites"][v]

@@ -104,7 +104,11 @@ pub fn python_with(modules: &[&str]) -> Result<PathBuf, String> {
         .status();
     match imports {
         Ok(s) if s.success() => Ok(py),
-        _ => Err(format!("{} cannot import {}", py.display(), modules.join(", "))),
+        _ => Err(format!(
+            "{} cannot import {}",
+            py.display(),
+            modules.join(", ")
+        )),
     }
 }
 
@@ -176,12 +180,7 @@ impl App {
 }
 
 /// Starts `cmd`, which must print `LISTENING <port>` first.
-async fn announced(
-    name: &'static str,
-    hello: &'static str,
-    mut cmd: Command,
-    dir: &Path,
-) -> App {
+async fn announced(name: &'static str, hello: &'static str, mut cmd: Command, dir: &Path) -> App {
     let log = dir.join(format!("{}.log", name.replace(' ', "_")));
     let mut child = cmd
         .stdout(Stdio::piped())
@@ -435,7 +434,12 @@ pub fn sha256_file(path: &Path) -> String {
 /// seen the first one, and checks every event arrives once, in order. A proxy that
 /// buffers the stream never delivers the first event: the case then fails when the
 /// app gives up (20 s) and sends `event: timeout` instead.
-pub async fn sse_through(pki: &Pki, sidecar: SocketAddr, app: &App, flags: &[&str]) -> Result<String, String> {
+pub async fn sse_through(
+    pki: &Pki,
+    sidecar: SocketAddr,
+    app: &App,
+    flags: &[&str],
+) -> Result<String, String> {
     let mut cmd = Command::new("curl");
     cmd.args(["-sSN", "--max-time", "50"])
         .args(flags)
@@ -501,14 +505,15 @@ pub const APPS: [&str; 6] = [
 ];
 
 /// Rows of the table, in order.
-pub const CLIENTS: [&str; 9] = [
+pub const CLIENTS: [&str; 10] = [
     "curl, HTTP/1.1 over mTLS",
     "curl, HTTP/2 over mTLS",
     "httpx, HTTP/2, 300 concurrent streams",
     "grpcio client, mTLS",
     "websockets client, wss",
-    "Envoy 1.40 calling (ALPN chosen by Envoy)",
-    "Envoy 1.40 called (ALPN chosen by Envoy)",
+    "Envoy 1.40 calling, protocol chosen by Envoy (auto_config)",
+    "Envoy 1.40 called, Envoy's TLS defaults (no ALPN)",
+    "Envoy 1.40 called, ALPN h2 + http/1.1 (as Istio)",
     "curl HTTP/1.1, 50 MB down + 10 MB up",
     "curl HTTP/2, 50 MB down + 10 MB up",
 ];
@@ -559,7 +564,11 @@ impl Cells {
 
 /// The first clause of a failure, short enough for a table cell.
 fn short(why: &str) -> String {
-    let first = why.split("; ").next().unwrap_or(why).replace(['|', '\n'], " ");
+    let first = why
+        .split("; ")
+        .next()
+        .unwrap_or(why)
+        .replace(['|', '\n'], " ");
     match first.char_indices().nth(90) {
         Some((at, _)) => format!("{}…", &first[..at]),
         None => first,
