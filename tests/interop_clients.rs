@@ -464,3 +464,72 @@ async fn envoy_as_called_peer(test: &str, row: &str, alpn: &[&str]) {
     s.shutdown();
     cells.finish();
 }
+
+/// A client with a valid SVID that is not a portcullis sidecar sends the peer marker
+/// `x-portcullis-orig-proto`: no `x-portcullis-*` header reaches the app, and the
+/// marker does not change the HTTP version the app gets (a gRPC call sent over HTTP/2
+/// with the marker saying HTTP/1.1 still reaches the grpcio server over HTTP/2).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_cannot_pose_as_a_peer_sidecar() {
+    let test = "a_client_cannot_pose_as_a_peer_sidecar";
+    let (Some(py), Some(_)) = (or_skip(test, python_with(&[])), or_skip(test, tool("curl"))) else {
+        return;
+    };
+    let (pki, _app, s, _) = behind_sidecar(&py, "http").await;
+    let mut args: Vec<String> = ["--http1.1", "-H", "x-portcullis-orig-proto: HTTP/2"]
+        .map(String::from)
+        .to_vec();
+    args.extend(curl_mtls(&pki, s.inbound_addr, "/headers"));
+    let got = curl(&args, &pki.path("body"), true).await.unwrap();
+    let body = String::from_utf8_lossy(&got.body);
+    assert_eq!(got.status, 200, "{body}");
+    let seen: Value = serde_json::from_str(&body).unwrap();
+    let leaked: Vec<&String> = seen
+        .as_object()
+        .unwrap()
+        .keys()
+        .filter(|k| k.starts_with("x-portcullis-"))
+        .collect();
+    assert!(
+        leaked.is_empty(),
+        "peer markers reached the app: {leaked:?}"
+    );
+    assert!(
+        seen["x-forwarded-client-cert"]
+            .as_str()
+            .is_some_and(|x| x.contains(&format!("URI={FRONTEND}"))),
+        "{body}"
+    );
+    s.shutdown();
+
+    if python_with(&["grpc"]).is_err() {
+        return println!("SKIP {test} (gRPC part): grpcio missing");
+    }
+    let (pki, app, s, _) = behind_sidecar(&py, "grpc").await;
+    let head = pki.path("head.txt");
+    let mut args: Vec<String> = [
+        "--http2",
+        "-H",
+        "x-portcullis-orig-proto: HTTP/1.1",
+        "-H",
+        "content-type: application/grpc",
+        "-H",
+        "te: trailers",
+        "--data-binary",
+        "",
+        "-D",
+    ]
+    .map(String::from)
+    .to_vec();
+    args.push(head.display().to_string());
+    args.extend(curl_mtls(&pki, s.inbound_addr, "/interop.Echo/Echo"));
+    let got = curl(&args, &pki.path("body"), true).await.unwrap();
+    let head = std::fs::read_to_string(&head).unwrap_or_default();
+    assert!(
+        got.status == 200 && head.contains("content-type: application/grpc"),
+        "the marker sent the gRPC call to the app as HTTP/1.1: {} {head}; app log: {}",
+        got.status,
+        app.log_tail()
+    );
+    s.shutdown();
+}
