@@ -37,8 +37,11 @@ async fn download(
     let got = curl(&args, &out, false).await?;
     let sha = sha256_file(&out);
     let _ = std::fs::remove_file(&out);
-    if got.status != 200 || sha != pattern_sha256(DOWN) {
-        return Err(format!("download: {}, sha256 {sha}", got.status));
+    if got.status != 200 {
+        return Err(format!("download: {}", got.status));
+    }
+    if sha != pattern_sha256(DOWN) {
+        return Err(format!("download: sha256 {sha} differs"));
     }
     Ok(())
 }

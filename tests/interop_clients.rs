@@ -121,15 +121,21 @@ fn grpc_outcome(report: Result<Value, String>) -> Result<String, String> {
         denied["code"].as_str().unwrap_or(""),
         denied["message"].as_str().unwrap_or(""),
     );
-    let deny_ok = code == "PERMISSION_DENIED" && message.contains(REASON);
-    match (failed.is_empty(), deny_ok) {
-        (true, true) => Ok(format!(
+    let mut wrong: Vec<String> = Vec::new();
+    if !failed.is_empty() {
+        wrong.push(failed);
+    }
+    if code != "PERMISSION_DENIED" || !message.contains(REASON) {
+        wrong.push(format!(
+            "denied as {code}: {message:?}, not PERMISSION_DENIED with the policy's reason"
+        ));
+    }
+    if wrong.is_empty() {
+        Ok(format!(
             "unary, streams, app error, deadline; denied: {code}: {message}"
-        )),
-        (_, false) => Err(format!(
-            "{failed} denied as {code}: {message:?} (want PERMISSION_DENIED with the reason)"
-        )),
-        (false, true) => Err(failed),
+        ))
+    } else {
+        Err(wrong.join("; "))
     }
 }
 
