@@ -26,9 +26,19 @@ allow if {
 # By header.
 allow if input.attributes.request.http.headers["x-magic"] == "please"
 
-# The app must never see a client-supplied XFCC: the policy must not either.
+# The app must never see a client-supplied XFCC: the policy must not either. It sees
+# the one the sidecar sets, as Envoy's ext_authz does.
 allow if {
     input.parsed_path[0] == "echo"
+    xfcc := input.attributes.request.http.headers["x-forwarded-client-cert"]
+    startswith(xfcc, "By=spiffe://cluster.local/ns/default/sa/backend;Hash=")
+    not contains(xfcc, "admin")
+}
+
+# Plain text (permissive): no identity, so no XFCC at all, whatever the client sent.
+allow if {
+    input.parsed_path[0] == "echo"
+    not input.attributes.source.principal
     not input.attributes.request.http.headers["x-forwarded-client-cert"]
 }
 
@@ -161,7 +171,7 @@ async fn spoofed_xfcc_never_reaches_policy_or_app() {
         ),
     )
     .await;
-    // Allowed means the policy saw no XFCC header.
+    // Allowed means the policy saw the sidecar's XFCC, not the client's.
     assert_eq!(r.status(), 200, "{body}");
     let echoed: serde_json::Value = serde_json::from_str(&body).unwrap();
     let xfcc = echoed["headers"]["x-forwarded-client-cert"]

@@ -19,6 +19,7 @@ use ipnet::IpNet;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
+use super::app_protocol::{AppProtocols, Caller};
 use super::decide::{Decider, Ticket, Verdict};
 use super::forward::{text_response, AppClients, BoxError, ProxyBody};
 use super::headers::add_headers;
@@ -69,6 +70,8 @@ pub struct Outbound {
     pub peers: PeerPool,
     /// Plain clients for allowed non-mesh HTTP.
     pub external: AppClients,
+    /// The HTTP version non-mesh destinations get (the `auto` rule).
+    pub protocols: AppProtocols,
     pub mesh_networks: Vec<IpNet>,
     pub non_mesh: NonMeshAction,
     pub http: HttpServer,
@@ -240,14 +243,18 @@ impl Outbound {
         // 5. Forward.
         let mut resp = match peer {
             Some((peer, addr, pin)) if !headers::is_upgrade(&parts.headers) => {
-                let orig = if parts.version == Version::HTTP_2 {
-                    "HTTP/2"
-                } else {
-                    "HTTP/1.1"
-                };
-                parts
-                    .headers
-                    .insert(ORIG_PROTO, HeaderValue::from_static(orig));
+                if peer.portcullis {
+                    // The peer sidecar hands the request to its app with the version
+                    // the calling app used (when that app speaks it).
+                    let orig = if parts.version == Version::HTTP_2 {
+                        "HTTP/2"
+                    } else {
+                        "HTTP/1.1"
+                    };
+                    parts
+                        .headers
+                        .insert(ORIG_PROTO, HeaderValue::from_static(orig));
+                }
                 headers::remove_hop_by_hop(&mut parts.headers, false);
                 parts.headers.remove(HOST);
                 parts.version = Version::HTTP_2;
@@ -307,14 +314,22 @@ impl Outbound {
                 .await
             }
             None => {
+                // Outside the mesh: the version the destination speaks, by the same
+                // rule as the inbound side's app.
+                let upstream = conn.target.addr();
+                let caller = Caller::of(&parts.headers, parts.version);
+                let http2 = self.protocols.http2(upstream, caller).await;
                 let req = Request::from_parts(parts, body.map_err_boxed());
-                Box::pin(self.external.send(
-                    "outbound",
-                    &conn.target.addr().to_string(),
-                    false,
-                    req,
-                ))
-                .await
+                let resp =
+                    Box::pin(
+                        self.external
+                            .send("outbound", &upstream.to_string(), http2, req),
+                    )
+                    .await;
+                if http2 && resp.status() == StatusCode::BAD_GATEWAY {
+                    self.protocols.forget(upstream);
+                }
+                resp
             }
         };
         add_headers(resp.headers_mut(), &decision.response_headers_to_add);

@@ -21,7 +21,7 @@ use crate::identity::verifier::PeerAuthorization;
 use crate::identity::SpiffeId;
 use crate::metrics;
 
-pub use crate::identity::tls::ALPN_TCP;
+pub use crate::identity::tls::{ALPN_PEER_H2, ALPN_TCP};
 
 /// Why a peer connection could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +58,9 @@ pub enum PeerError {
 pub struct PeerConn {
     pub sender: http2::SendRequest<ProxyBody>,
     pub peer_id: SpiffeId,
+    /// The peer is a portcullis sidecar (it negotiated `portcullis-h2`): it reads
+    /// peer markers. Any other HTTP/2 server (Envoy) gets none.
+    pub portcullis: bool,
     /// Which connection of the pool this is (to replace exactly a failed one).
     generation: u64,
 }
@@ -125,10 +128,12 @@ impl PeerPool {
                 return Ok(conn.clone());
             }
         }
-        let (tls, peer_id) = self.connect_tls(addr, pin, &[b"h2"]).await?;
-        if tls.get_ref().1.alpn_protocol() != Some(b"h2") {
-            return Err(PeerError::NoH2(addr));
-        }
+        let (tls, peer_id) = self.connect_tls(addr, pin, &[ALPN_PEER_H2, b"h2"]).await?;
+        let portcullis = match tls.get_ref().1.alpn_protocol() {
+            Some(ALPN_PEER_H2) => true,
+            Some(b"h2") => false,
+            _ => return Err(PeerError::NoH2(addr)),
+        };
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .keep_alive_interval(Some(Duration::from_secs(30)))
@@ -143,6 +148,7 @@ impl PeerPool {
         let conn = PeerConn {
             sender,
             peer_id,
+            portcullis,
             generation: NEXT_GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         };
         *guard = Some(conn.clone());
