@@ -539,3 +539,34 @@ async fn a_client_cannot_pose_as_a_peer_sidecar() {
     );
     s.shutdown();
 }
+
+/// Bad input from the app side: an "app" that answers with something that is not HTTP
+/// (an SSH-style banner followed by the bytes it read). curl over HTTP/1.1 and HTTP/2
+/// gets a 502 with a reason, and a grpcio client gets `UNAVAILABLE`, all without a hang.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_that_is_not_http_gets_clients_a_502() {
+    let test = "an_app_that_is_not_http_gets_clients_a_502";
+    let Some(_) = or_skip(test, tool("curl")) else {
+        return;
+    };
+    let pki = pki();
+    let app = tcp_echo(b"SSH-2.0-OpenSSH_9.2\r\n").await;
+    let s = sidecar(&pki, app).await;
+    for flag in ["--http1.1", "--http2"] {
+        let mut args = vec![flag.to_owned()];
+        args.extend(curl_mtls(&pki, s.inbound_addr, "/hello"));
+        let got = curl(&args, &pki.path("body"), true).await.unwrap();
+        let body = String::from_utf8_lossy(&got.body);
+        assert_eq!(got.status, 502, "{flag}: {body}");
+        assert!(!body.trim().is_empty(), "{flag}: a 502 without a reason");
+    }
+    if let Ok(py) = python_with(&["grpc"]) {
+        let target = format!("localhost:{}", s.inbound_addr.port());
+        let r = py_client(&py, "grpc", &target, Some(&pki), &[])
+            .await
+            .unwrap();
+        let unary = r["unary"]["detail"].as_str().unwrap_or("");
+        assert!(unary.contains("UNAVAILABLE"), "grpcio got: {unary}");
+    }
+    s.shutdown();
+}
