@@ -83,12 +83,12 @@ async fn fifty_mb_down_and_ten_mb_up_keep_their_bytes() {
     let pki = pki();
     let (file, sha) = upload_file(&pki);
     let mut apps = Vec::new();
-    if tool("nginx").is_ok() {
+    if optional("nginx") {
         let big: Vec<u8> = (0..DOWN).map(|i| (i % 251) as u8).collect();
         apps.push(nginx_app(pki.dir.path(), &[("big.bin", &big)]).await);
     }
     apps.push(python_app(&py, "http", pki.dir.path()).await);
-    if tool("node").is_ok() {
+    if optional("node") {
         apps.push(node_app(pki.dir.path()).await);
     }
     let mut cells = Cells::default();

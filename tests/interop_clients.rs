@@ -26,20 +26,14 @@ use tokio::process::Command;
 /// The HTTP/1.1-only apps whose tools are installed.
 async fn h1_apps(py: &Path, dir: &Path) -> Vec<App> {
     let mut apps = Vec::new();
-    if have_quietly("nginx") {
+    if optional("nginx") {
         apps.push(nginx_app(dir, &[]).await);
     }
     apps.push(python_app(py, "http", dir).await);
-    if have_quietly("node") {
+    if optional("node") {
         apps.push(node_app(dir).await);
     }
     apps
-}
-
-fn have_quietly(name: &str) -> bool {
-    tool(name)
-        .map_err(|why| println!("({why}: its column stays empty)"))
-        .is_ok()
 }
 
 /// curl over mTLS, `flags` choosing the HTTP version it negotiates (ALPN).
@@ -348,8 +342,9 @@ async fn envoy_case(test: &str) -> Option<(std::path::PathBuf, Pki, Vec<App>)> {
 /// Every app this row's tools can run.
 async fn all_apps(py: &Path, dir: &Path) -> Vec<App> {
     let mut apps = h1_apps(py, dir).await;
-    if python_with(&["grpc"]).is_ok() {
-        apps.push(python_app(py, "grpc", dir).await);
+    match python_with(&["grpc"]) {
+        Ok(_) => apps.push(python_app(py, "grpc", dir).await),
+        Err(why) => println!("({why}: the grpcio column stays empty)"),
     }
     apps.push(python_app(py, "sse", dir).await);
     apps

@@ -84,6 +84,13 @@ pub fn tool(name: &str) -> Result<PathBuf, String> {
     }
 }
 
+/// Whether an optional tool (one column of a row) is installed; says so when not.
+pub fn optional(name: &str) -> bool {
+    tool(name)
+        .map_err(|why| println!("({why}: its column stays empty)"))
+        .is_ok()
+}
+
 /// The suite's Python (`PORTCULLIS_PYTHON`, else `bench/.venv`), if it imports `modules`.
 pub fn python_with(modules: &[&str]) -> Result<PathBuf, String> {
     let py = match std::env::var_os("PORTCULLIS_PYTHON") {
@@ -594,7 +601,9 @@ pub fn render_table() -> String {
         out.push('\n');
     }
     out.push_str("\n`pass`: every check of the case held; `·`: not applicable or not run.\n");
-    let tmp = target_dir().join(format!("interop-table.md.{}", std::process::id()));
+    static RENDERS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = RENDERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = target_dir().join(format!("interop-table.md.{}.{n}", std::process::id()));
     if std::fs::write(&tmp, &out).is_ok() {
         let _ = std::fs::rename(tmp, table_path());
     }
