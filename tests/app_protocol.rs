@@ -395,3 +395,51 @@ async fn http2_client_reaches_pythons_http_server() {
         assert_eq!(body, "hello from python\n");
     }
 }
+
+/// An app that answers every connection with `answer` (or nothing) and keeps it open.
+async fn raw_app(answer: &'static [u8]) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                let _ = s.read(&mut buf).await;
+                let _ = s.write_all(answer).await;
+                tokio::time::sleep(Duration::from_secs(30)).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn an_app_that_does_not_speak_http_gets_the_client_an_answer() {
+    let pki = Pki::new();
+    pki.issue("frontend", FRONTEND);
+    // Not HTTP at all: 502 with a reason, for HTTP/1.1 and HTTP/2 clients and gRPC.
+    let garbage = raw_app(b"SSH-2.0-OpenSSH_9.2\r\n").await;
+    let sc = sidecar(&pki, garbage, |_| {}).await;
+    let c = pki.client("frontend", &[b"http/1.1"]);
+    let (r, body) = call(&c, sc.inbound_addr, req("GET", "/ok/x", &[], "")).await;
+    assert_eq!(r.status(), 502, "{body}");
+    assert_eq!(body, "upstream unavailable\n");
+    let mut h2 = h2_over_mtls(&pki, &[b"h2"], sc.inbound_addr).await;
+    let (r, _) = split(h2.send_request(h2_req("/ok/y", &[])).await.unwrap()).await;
+    assert_eq!(r.status(), 502);
+    let grpc = [("content-type", "application/grpc")];
+    let (r, _) = split(h2.send_request(h2_req("/svc.Open/Z", &grpc)).await.unwrap()).await;
+    assert_eq!(r.headers()["grpc-status"], "14");
+
+    // Silent: 504 at the upstream timeout, never a hang.
+    let silent = raw_app(b"").await;
+    let sc = sidecar(&pki, silent, |cfg| {
+        cfg.limits.upstream_timeout = Duration::from_millis(500);
+    })
+    .await;
+    let call_it = call(&c, sc.inbound_addr, req("GET", "/ok/z", &[], ""));
+    let (r, body) = tokio::time::timeout(Duration::from_secs(10), call_it)
+        .await
+        .expect("the sidecar must answer");
+    assert_eq!(r.status(), 504, "{body}");
+}
