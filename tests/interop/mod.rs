@@ -457,9 +457,10 @@ pub async fn sse_read(mut cmd: Command, app: &App) -> Result<String, String> {
         Err(_) => return Err("the first event never arrived".into()),
     }
     // Only now may the app send the rest.
-    let (status, _) = admin_get(app.addr, "/release").await;
-    if status != 200 {
-        return Err(format!("release answered {status}"));
+    match tokio::time::timeout(WAIT, admin_get(app.addr, "/release")).await {
+        Ok((200, _)) => {}
+        Ok((status, _)) => return Err(format!("release answered {status}")),
+        Err(_) => return Err("the app did not answer the release".into()),
     }
     let rest = tokio::time::timeout(WAIT, async {
         while let Ok(Some(line)) = lines.next_line().await {
