@@ -382,14 +382,37 @@ async fn envoy_as_calling_peer() {
     }
     let envoy = envoy(&pki, "envoy-calling", listeners, clusters).await;
     let mut cells = Cells::default();
-    for (app, front) in apps.iter().zip(&fronts) {
+    for (i, (app, front)) in apps.iter().zip(&fronts).enumerate() {
         wait_listening(*front).await;
         let outcome = ask(&py, &pki, app, *front).await;
+        // Envoy chose HTTP/2 to the sidecar: the HTTP/1.1 apps' cells are the "HTTP/2
+        // client in front of an HTTP/1.1 app" case.
+        let h2 = envoy_counter(&envoy, &format!("cluster.app{i}.upstream_cx_http2_total")).await;
+        let outcome = outcome.and_then(|detail| match h2 {
+            0 => Err(format!(
+                "{detail}, but Envoy did not use HTTP/2 to the sidecar"
+            )),
+            _ => Ok(format!("{detail}; Envoy to the sidecar over HTTP/2")),
+        });
         let outcome = outcome.map_err(|e| format!("{e}; envoy: {}", envoy_tail(&envoy)));
         cells.record(CLIENTS[5], app.name, outcome);
     }
     sidecars.iter().for_each(|s| s.shutdown());
     cells.finish();
+}
+
+/// One counter from Envoy's admin `/stats` (0 when absent).
+async fn envoy_counter(e: &Envoy, name: &str) -> u64 {
+    let (_, text) = admin_get(e.admin, &format!("/stats?filter=^{name}$")).await;
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(name)?
+                .strip_prefix(": ")?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
 }
 
 fn envoy_tail(e: &Envoy) -> String {
