@@ -23,11 +23,11 @@ use portcullis::identity::SpiffeId;
 /// The longest any single client run or app start-up may take.
 pub const WAIT: Duration = Duration::from_secs(60);
 
-/// The reason the interop policy gives for `/interop.Echo/Forbidden` and `/forbidden`:
+/// The reason the interop policies give for `/interop.Echo/Forbidden`:
 /// non-ASCII and `%` so that gRPC's percent-encoding is exercised.
 pub const REASON: &str = "orders are closed: caf\u{e9} \u{2713} 100%";
 
-/// Lets the frontend in, except on the forbidden paths, with a reason for every deny.
+/// Lets the frontend in, except on the forbidden gRPC method, with a reason for every deny.
 pub const POLICY: &str = r#"
 package envoy.authz
 import rego.v1
@@ -42,7 +42,6 @@ allow := {"allowed": false, "reason": "orders are closed: café ✓ 100%"} if {
 }
 trusted if input.attributes.source.principal == "spiffe://cluster.local/ns/default/sa/frontend"
 forbidden if input.attributes.request.http.path == "/interop.Echo/Forbidden"
-forbidden if startswith(input.attributes.request.http.path, "/forbidden")
 "#;
 
 /// The outbound side of the same rule: mesh peers only, the forbidden path denied.
