@@ -421,7 +421,6 @@ fn envoy_tail(e: &Envoy) -> String {
 
 /// Envoy as the called sidecar with its TLS defaults: no ALPN configured.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the outbound to fall back to HTTP/1.1 when a mesh peer negotiates no ALPN (Envoy's TLS defaults): 502 today"]
 async fn envoy_as_called_peer_with_tls_defaults() {
     envoy_as_called_peer("envoy_as_called_peer_with_tls_defaults", CLIENTS[6], &[]).await;
 }

@@ -138,19 +138,26 @@ pub async fn probe(upstream: SocketAddr) -> Option<bool> {
         _ => return None,
     };
     let _ = stream.set_nodelay(true);
+    Some(answers_preface(&mut stream).await)
+}
+
+/// Sends the HTTP/2 preface on `stream` and tells whether the other side answers with
+/// a `SETTINGS` frame; the stream is shut down afterwards (it is a probe only).
+pub async fn answers_preface<S>(stream: &mut S) -> bool
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let answer = tokio::time::timeout(PROBE_TIMEOUT, async {
         stream.write_all(PREFACE).await?;
+        stream.flush().await?;
         let mut head = [0u8; 9];
         stream.read_exact(&mut head).await?;
         Ok::<_, std::io::Error>(head)
     })
     .await;
     let _ = stream.shutdown().await;
-    match answer {
-        // A frame header: 24-bit length, type (4 = SETTINGS), flags (no ACK), stream 0.
-        Ok(Ok(h)) => Some(h[3] == 0x04 && h[4] & 0x01 == 0 && h[5..9] == [0, 0, 0, 0]),
-        _ => Some(false),
-    }
+    // A frame header: 24-bit length, type (4 = SETTINGS), flags (no ACK), stream 0.
+    matches!(answer, Ok(Ok(h)) if h[3] == 0x04 && h[4] & 0x01 == 0 && h[5..9] == [0, 0, 0, 0])
 }
 
 #[cfg(test)]

@@ -25,7 +25,7 @@ use super::forward::{text_response, AppClients, BoxError, ProxyBody};
 use super::headers::add_headers;
 use super::inbound::ORIG_PROTO;
 use super::listener::{ConnGuard, HttpServer};
-use super::peer::{PeerConn, PeerError, PeerPool, ALPN_TCP};
+use super::peer::{Http1Peer, PeerConn, PeerError, PeerLink, PeerPool, ALPN_TCP};
 use super::sniff::{self, Sniffed};
 use super::{headers, Prelude};
 use crate::config::NonMeshAction;
@@ -189,7 +189,7 @@ impl Outbound {
             // Futures that are large (TLS handshakes, client state) are boxed so the
             // request's own future stays small: it is moved, they are not.
             Target::Mesh { addr, pin } => {
-                match Box::pin(self.peers.http2(*addr, pin.as_ref())).await {
+                match Box::pin(self.peers.link(*addr, pin.as_ref())).await {
                     Ok(p) => Some((p, *addr, pin.as_ref())),
                     Err(e) => return Ok(self.peer_failure(e, started)),
                 }
@@ -213,7 +213,7 @@ impl Outbound {
                 source_address: conn.app,
                 source_principal: conn.own_id.as_deref(),
                 destination_address: conn.target.addr(),
-                destination_principal: peer.as_ref().map(|(p, ..)| p.peer_id.as_str()),
+                destination_principal: peer.as_ref().map(|(p, ..)| p.peer_id().as_str()),
                 http: Some(HttpFacts {
                     id: &request_id,
                     method: parts.method.as_str(),
@@ -242,7 +242,11 @@ impl Outbound {
 
         // 5. Forward.
         let mut resp = match peer {
-            Some((peer, addr, pin)) if !headers::is_upgrade(&parts.headers) => {
+            Some((PeerLink::H1(link), addr, pin)) if !headers::is_upgrade(&parts.headers) => {
+                let req = Request::from_parts(parts, body.map_err_boxed());
+                Box::pin(self.send_http1_to_peer(addr, pin, link, &host, req)).await
+            }
+            Some((PeerLink::H2(peer), addr, pin)) if !headers::is_upgrade(&parts.headers) => {
                 if peer.portcullis {
                     // The peer sidecar hands the request to its app with the version
                     // the calling app used (when that app speaks it).
@@ -335,6 +339,54 @@ impl Outbound {
         add_headers(resp.headers_mut(), &decision.response_headers_to_add);
         self.decider.finish(ticket, resp.status().as_u16(), started);
         Ok(resp)
+    }
+
+    /// Sends a request to a peer that speaks HTTP/1.1 only, over a pooled mTLS
+    /// connection of its own; the connection is returned to the pool for reuse.
+    async fn send_http1_to_peer(
+        &self,
+        addr: SocketAddr,
+        pin: Option<&SpiffeId>,
+        mut link: Http1Peer,
+        host: &str,
+        mut req: Request<ProxyBody>,
+    ) -> Response<ProxyBody> {
+        headers::remove_hop_by_hop(req.headers_mut(), false);
+        if let Ok(v) = HeaderValue::from_str(host) {
+            req.headers_mut().insert(HOST, v);
+        }
+        let pq = req
+            .uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+        if let Ok(u) = Uri::builder().path_and_query(pq).build() {
+            *req.uri_mut() = u;
+        }
+        *req.version_mut() = Version::HTTP_11;
+        let sent = tokio::time::timeout(self.upstream_timeout, link.sender.send_request(req)).await;
+        let resp = match sent {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                metrics::global()
+                    .upstream_errors
+                    .with_label_values(&["outbound", "protocol"])
+                    .inc();
+                tracing::warn!(peer = %addr, error = %e, "peer HTTP/1.1 request failed");
+                return text_response(StatusCode::BAD_GATEWAY, "upstream unavailable\n");
+            }
+            Err(_) => {
+                metrics::global()
+                    .upstream_errors
+                    .with_label_values(&["outbound", "timeout"])
+                    .inc();
+                return text_response(StatusCode::GATEWAY_TIMEOUT, "upstream timed out\n");
+            }
+        };
+        self.peers.give_back(addr, pin, link);
+        let (mut p, b) = resp.into_parts();
+        headers::remove_hop_by_hop(&mut p.headers, false);
+        Response::from_parts(p, b.map_err_boxed())
     }
 
     /// Carries an HTTP/1.1 upgrade (WebSocket) over a dedicated mTLS connection.
