@@ -1237,3 +1237,55 @@ async fn der_malformations() {
     )
     .await;
 }
+
+// --- Own SVID at rotation: refused with its reason in the reload metric ----------------
+
+#[tokio::test]
+async fn a_rotation_to_a_defective_chain_is_refused_with_its_reason() {
+    use portcullis::identity::source::{crypto_provider, FileSource, Identity};
+    let dir = tempfile::tempdir().unwrap();
+    let write = |c: &Chain| {
+        let cert: String = c.presented.iter().map(|d| pem("CERTIFICATE", d)).collect();
+        std::fs::write(dir.path().join("tls.crt"), cert).unwrap();
+        std::fs::write(dir.path().join("tls.key"), c.leaf_key.serialize_pem()).unwrap();
+        std::fs::write(dir.path().join("ca.crt"), pem("CERTIFICATE", &c.root)).unwrap();
+    };
+    write(&three(root(), int(), leaf()));
+    let source = FileSource {
+        cert: dir.path().join("tls.crt"),
+        key: dir.path().join("tls.key"),
+        bundle: dir.path().join("ca.crt"),
+        federated: vec![],
+        trust_domain: td(),
+        poll_interval: Duration::from_millis(50),
+    };
+    let identity = Identity::new(crypto_provider());
+    source.load(&identity).unwrap();
+    let serial = identity.current().unwrap().svid.serial.clone();
+    let refused = || {
+        portcullis::metrics::global()
+            .identity_reloads
+            .with_label_values(&["error", "ca_no_key_cert_sign"])
+            .get()
+    };
+    let before = refused();
+    tokio::spawn(source.watch(identity.clone()));
+    // Each round writes a freshly generated defective chain (so the files always
+    // change, whenever the watcher took its first look) and waits a poll interval.
+    for _ in 0..100 {
+        write(&three(root(), int().ku(&[Ku::DigitalSignature]), leaf()));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if refused() > before {
+            break;
+        }
+    }
+    assert!(
+        refused() > before,
+        "rotation refusal not counted with its reason"
+    );
+    assert_eq!(
+        identity.current().unwrap().svid.serial,
+        serial,
+        "current identity replaced"
+    );
+}
