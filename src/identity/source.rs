@@ -47,9 +47,7 @@ pub enum IdentityError {
     #[error("private key does not match the certificate")]
     KeyMismatch,
     #[error("bundle: {0}")]
-    Bundle(String),
-    #[error("bundle: {0}")]
-    BundleRejected(#[from] SvidError),
+    Bundle(#[from] SvidError),
     #[error("own certificate is not a valid SVID: {0}")]
     NotAnSvid(SvidRejection),
     #[error("own SPIFFE ID {id} is outside the trust domain {td}")]
@@ -71,10 +69,9 @@ impl IdentityError {
             Self::Pem { .. } => "malformed_pem",
             Self::Key(_) => "bad_private_key",
             Self::KeyMismatch => "key_mismatch",
+            Self::Bundle(SvidError::NoUsableRoot { .. }) => "no_usable_root",
+            Self::Bundle(SvidError::Rejected(r)) => r.reason(),
             Self::Bundle(_) => "bad_bundle",
-            Self::BundleRejected(SvidError::NoUsableRoot { .. }) => "no_usable_root",
-            Self::BundleRejected(SvidError::Rejected(r)) => r.reason(),
-            Self::BundleRejected(_) => "bad_bundle",
             Self::NotAnSvid(r) => r.reason(),
             Self::WrongTrustDomain { .. } => "wrong_trust_domain",
             Self::DevCa(_) => "dev_ca",
