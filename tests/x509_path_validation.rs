@@ -128,6 +128,8 @@ enum Edit {
     RemoveExtension(&'static [u8]),
     /// Set the criticality of the extension with this OID.
     Critical(&'static [u8], bool),
+    /// Repeat the extension with this OID.
+    DuplicateExtension(&'static [u8]),
     /// Replace the outer signatureAlgorithm only (the TBS keeps its own).
     OuterSignatureAlgorithm(Vec<u8>),
     /// Replace the version field ([0] EXPLICIT INTEGER) with this value.
@@ -149,7 +151,7 @@ fn apply(tbs: &[u8], edit: &Edit) -> Vec<u8> {
         }
         Edit::Version(v) => fields[0] = der::tlv(0xa0, &der::tlv(0x02, &[*v])),
         Edit::Spki(spki) => fields[6] = spki.clone(),
-        Edit::RemoveExtension(oid) | Edit::Critical(oid, _) => {
+        Edit::RemoveExtension(oid) | Edit::Critical(oid, _) | Edit::DuplicateExtension(oid) => {
             let last = fields.len() - 1;
             assert_eq!(fields[last][0], 0xa3, "no extensions to edit");
             let list = der::content(der::content(&fields[last])).to_vec();
@@ -157,6 +159,11 @@ fn apply(tbs: &[u8], edit: &Edit) -> Vec<u8> {
             for ext in der::children(&list) {
                 let parts = der::children(der::content(&ext));
                 if der::content(&parts[0]) != *oid {
+                    exts.push(ext);
+                    continue;
+                }
+                if let Edit::DuplicateExtension(_) = edit {
+                    exts.push(ext.clone());
                     exts.push(ext);
                     continue;
                 }
@@ -1225,6 +1232,30 @@ async fn der_malformations() {
     refused_everywhere(
         three(root(), int(), leaf().edit(Edit::Version(1))),
         SvidRejection::NotVersion3,
+    )
+    .await;
+    // An extension twice (RFC 5280 §4.2: "MUST NOT include more than one instance").
+    refused_everywhere(
+        three(
+            root(),
+            int(),
+            leaf().edit(Edit::DuplicateExtension(OID_SAN)),
+        ),
+        SvidRejection::Malformed,
+    )
+    .await;
+    refused_everywhere(
+        three(
+            root(),
+            int().edit(Edit::DuplicateExtension(OID_SKI)),
+            leaf(),
+        ),
+        SvidRejection::Malformed,
+    )
+    .await;
+    root_refused(
+        root().edit(Edit::DuplicateExtension(OID_BC)),
+        SvidRejection::Malformed,
     )
     .await;
     // Trailing bytes after the leaf.

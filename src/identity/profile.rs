@@ -78,7 +78,7 @@ fn usage_allowed(usage: SvidUsage, server: bool, client: bool) -> bool {
 }
 
 /// The rules every certificate of a path follows, whatever its position:
-/// v3, a positive serial of at most 20 octets (RFC 5280 §4.1.2.2), matching signature
+/// v3, each extension at most once, a positive serial of at most 20 octets (RFC 5280 §4.1.2.2), matching signature
 /// algorithm fields (§4.1.1.2), extensions that parse, no unknown critical extension
 /// (§4.2), an acceptable public key.
 fn check_common(cert: &X509Certificate<'_>) -> Result<(), SvidRejection> {
@@ -89,7 +89,12 @@ fn check_common(cert: &X509Certificate<'_>) -> Result<(), SvidRejection> {
     if cert.signature_algorithm != cert.tbs_certificate.signature {
         return Err(SvidRejection::SignatureAlgorithmMismatch);
     }
-    for ext in cert.extensions() {
+    let exts = cert.extensions();
+    for (i, ext) in exts.iter().enumerate() {
+        // At most one instance of each extension (RFC 5280 §4.2).
+        if exts[..i].iter().any(|e| e.oid == ext.oid) {
+            return Err(SvidRejection::Malformed);
+        }
         match ext.parsed_extension() {
             ParsedExtension::ParseError { .. } => return Err(SvidRejection::MalformedExtension),
             ParsedExtension::UnsupportedExtension { .. } if ext.critical => {
