@@ -21,6 +21,8 @@ use super::svid::{SvidRejection, SvidUsage};
 
 /// Smallest RSA modulus accepted anywhere in a path (NIST SP 800-57, RFC 7518 §3.3).
 pub const MIN_RSA_BITS: usize = 2048;
+/// Largest RSA modulus the signature algorithms of the crypto provider verify.
+pub const MAX_RSA_BITS: usize = 8192;
 
 /// Parses one certificate: DER X.509 with nothing after it.
 pub(crate) fn parse(der: &[u8]) -> Result<X509Certificate<'_>, SvidRejection> {
@@ -153,7 +155,7 @@ pub(crate) fn check_serial(raw: &[u8]) -> Result<(), SvidRejection> {
     Ok(())
 }
 
-/// RSA of at least [`MIN_RSA_BITS`], ECDSA on P-256, P-384 or P-521, or Ed25519.
+/// RSA of [`MIN_RSA_BITS`] to [`MAX_RSA_BITS`], ECDSA on P-256, P-384 or P-521, or Ed25519.
 fn check_public_key(cert: &X509Certificate<'_>) -> Result<(), SvidRejection> {
     let spki = cert.public_key();
     let alg = &spki.algorithm.algorithm;
@@ -165,13 +167,12 @@ fn check_public_key(cert: &X509Certificate<'_>) -> Result<(), SvidRejection> {
         };
     }
     match spki.parsed() {
-        Ok(PublicKey::RSA(rsa)) => {
-            if rsa_bits(rsa.modulus) < MIN_RSA_BITS {
-                Err(SvidRejection::WeakKey)
-            } else {
-                Ok(())
-            }
-        }
+        Ok(PublicKey::RSA(rsa)) => match rsa_bits(rsa.modulus) {
+            bits if bits < MIN_RSA_BITS => Err(SvidRejection::WeakKey),
+            // Larger moduli than the verifier's algorithms accept (RSA_*_2048_8192).
+            bits if bits > MAX_RSA_BITS => Err(SvidRejection::UnsupportedKey),
+            _ => Ok(()),
+        },
         Ok(PublicKey::EC(_)) => {
             let curve = spki
                 .algorithm
