@@ -1196,6 +1196,22 @@ async fn key_identifiers_and_profile_extensions() {
         SvidRejection::MalformedExtension,
     )
     .await;
+    // Policy constraints: non-critical is malformed, critical is not processed.
+    let pc = der::seq(&[der::tlv(0x80, &[0])]);
+    refused_everywhere(
+        three(
+            root(),
+            int().ext(&[2, 5, 29, 36], false, pc.clone()),
+            leaf(),
+        ),
+        SvidRejection::MalformedExtension,
+    )
+    .await;
+    refused_everywhere(
+        three(root(), int().ext(&[2, 5, 29, 36], true, pc), leaf()),
+        SvidRejection::UnknownCriticalExtension,
+    )
+    .await;
     // An empty subject needs a critical SAN; a CA needs a subject.
     refused_everywhere(
         three(root(), int(), leaf().edit(Edit::Critical(OID_SAN, false))),

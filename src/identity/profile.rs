@@ -111,6 +111,13 @@ fn check_common(cert: &X509Certificate<'_>) -> Result<(), SvidRejection> {
             {
                 return Err(SvidRejection::MalformedExtension)
             }
+            // Policy constraints and inhibitAnyPolicy MUST be critical (RFC 5280
+            // §4.2.1.11, §4.2.1.14) — and, critical, are not processed here (below).
+            ParsedExtension::PolicyConstraints(_) | ParsedExtension::InhibitAnyPolicy(_)
+                if !ext.critical =>
+            {
+                return Err(SvidRejection::MalformedExtension)
+            }
             parsed if ext.critical && !critical_understood(parsed) => {
                 return Err(SvidRejection::UnknownCriticalExtension)
             }
