@@ -1336,3 +1336,49 @@ async fn a_rotation_to_a_defective_chain_is_refused_with_its_reason() {
         "current identity replaced"
     );
 }
+
+#[test]
+fn start_up_fails_when_a_trust_domain_has_no_usable_root() {
+    use portcullis::identity::source::{crypto_provider, FileSource, Identity};
+    let dir = tempfile::tempdir().unwrap();
+    let good = three(root(), int(), leaf());
+    let cert: String = good
+        .presented
+        .iter()
+        .map(|d| pem("CERTIFICATE", d))
+        .collect();
+    std::fs::write(dir.path().join("tls.crt"), cert).unwrap();
+    std::fs::write(dir.path().join("tls.key"), good.leaf_key.serialize_pem()).unwrap();
+    std::fs::write(dir.path().join("ca.crt"), pem("CERTIFICATE", &good.root)).unwrap();
+    let expired_root = make(&root().validity(-7200, -3600), None);
+    std::fs::write(
+        dir.path().join("federated.crt"),
+        pem("CERTIFICATE", &expired_root.der),
+    )
+    .unwrap();
+    let source = |federated: Vec<(TrustDomain, std::path::PathBuf)>, bundle: &str| FileSource {
+        cert: dir.path().join("tls.crt"),
+        key: dir.path().join("tls.key"),
+        bundle: dir.path().join(bundle),
+        federated,
+        trust_domain: td(),
+        poll_interval: Duration::from_secs(60),
+    };
+    let identity = Identity::new(crypto_provider());
+    // The own bundle with only an expired root.
+    let err = source(vec![], "federated.crt").load(&identity).unwrap_err();
+    assert_eq!(err.reason(), "no_usable_root", "{err}");
+    assert!(err.to_string().contains("root_expired"), "{err}");
+    // A federated trust domain left with no usable root.
+    let fed = vec![(
+        TrustDomain::parse("partner.example").unwrap(),
+        dir.path().join("federated.crt"),
+    )];
+    let err = source(fed, "ca.crt").load(&identity).unwrap_err();
+    assert_eq!(err.reason(), "no_usable_root", "{err}");
+    assert!(err.to_string().contains("partner.example"), "{err}");
+    assert!(identity.current().is_none());
+    // Both good: loads.
+    source(vec![], "ca.crt").load(&identity).unwrap();
+    assert!(identity.current().is_some());
+}
