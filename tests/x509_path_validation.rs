@@ -899,6 +899,23 @@ async fn key_usage_of_every_ca() {
     .await;
     root_refused(root().ku(&[Ku::CrlSign]), SvidRejection::CaNoKeyCertSign).await;
     root_refused(root().ku(&[]), SvidRejection::CaNoKeyUsage).await;
+    // X.509-SVID §4.3: keyUsage is critical, in CAs and leaves.
+    const OID_KU: &[u8] = &[0x55, 0x1d, 0x0f];
+    refused_everywhere(
+        three(root(), int().edit(Edit::Critical(OID_KU, false)), leaf()),
+        SvidRejection::KeyUsageNotCritical,
+    )
+    .await;
+    refused_everywhere(
+        three(root(), int(), leaf().edit(Edit::Critical(OID_KU, false))),
+        SvidRejection::KeyUsageNotCritical,
+    )
+    .await;
+    root_refused(
+        root().edit(Edit::Critical(OID_KU, false)),
+        SvidRejection::KeyUsageNotCritical,
+    )
+    .await;
     refused_everywhere(
         three(
             root(),
@@ -929,19 +946,24 @@ async fn extended_key_usage_of_leaf_and_cas() {
         SvidRejection::CaExtendedKeyUsage,
     )
     .await;
-    // Role by role: a server-only leaf is refused as a client, and vice versa.
-    let server_only = three(root(), int(), leaf().eku(&[Eku::ServerAuth]));
-    assert_eq!(
-        inbound(&server_only).await,
-        Err(SvidRejection::WrongExtendedKeyUsage)
-    );
-    assert_eq!(outbound(&server_only).await, Ok(()));
-    let client_only = three(root(), int(), leaf().eku(&[Eku::ClientAuth]));
-    assert_eq!(inbound(&client_only).await, Ok(()));
-    assert_eq!(
-        outbound(&client_only).await,
-        Err(SvidRejection::WrongExtendedKeyUsage)
-    );
+    // X.509-SVID §4.4: a leaf EKU has both TLS purposes, whatever the role.
+    refused_everywhere(
+        three(root(), int(), leaf().eku(&[Eku::ServerAuth])),
+        SvidRejection::WrongExtendedKeyUsage,
+    )
+    .await;
+    refused_everywhere(
+        three(root(), int(), leaf().eku(&[Eku::ClientAuth])),
+        SvidRejection::WrongExtendedKeyUsage,
+    )
+    .await;
+    refused_everywhere(
+        three(root(), int(), leaf().eku(&[Eku::Any])),
+        SvidRejection::WrongExtendedKeyUsage,
+    )
+    .await;
+    // Without EKU, a leaf is accepted in both roles.
+    accepted_everywhere(three(root(), int(), leaf().eku(&[]))).await;
     // A CA limited to serverAuth cannot vouch for clients.
     let server_ca = three(root(), int().eku(&[Eku::ServerAuth]), leaf());
     assert_eq!(

@@ -214,20 +214,19 @@ pub(crate) fn rsa_bits(modulus: &[u8]) -> usize {
     }
 }
 
-/// The leaf's extended key usage, when present, allows the TLS role (RFC 5280
-/// §4.2.1.12). Checked here, before path building, so that a refusal by the path
-/// builder's EKU check can only concern a CA.
-pub(crate) fn check_leaf_usage(
-    cert: &X509Certificate<'_>,
-    usage: SvidUsage,
-) -> Result<(), SvidRejection> {
+/// The leaf's extended key usage, when present, has both id-kp-serverAuth and
+/// id-kp-clientAuth (X.509-SVID §4.4: "When included, fields id-kp-serverAuth and
+/// id-kp-clientAuth MUST be set"), whatever role it is checked for. Checked before
+/// path building, so that a refusal by the path builder's EKU check can only concern
+/// a CA.
+pub(crate) fn check_leaf_usage(cert: &X509Certificate<'_>) -> Result<(), SvidRejection> {
     let Some(eku) = cert
         .extended_key_usage()
         .map_err(|_| SvidRejection::Malformed)?
     else {
         return Ok(());
     };
-    if usage_allowed(usage, eku.value.server_auth, eku.value.client_auth) {
+    if eku.value.server_auth && eku.value.client_auth {
         Ok(())
     } else {
         Err(SvidRejection::WrongExtendedKeyUsage)
@@ -277,9 +276,9 @@ pub(crate) enum CaRole {
     Intermediate,
 }
 
-/// The CA rules (X.509-SVID §4.1 and RFC 5280 §4.2.1.3, §4.2.1.9, §4.2.1.2, §4.1.2.6,
-/// §4.2.1.10): [`check_common`]; `basicConstraints` present, critical, `cA` TRUE and
-/// no path length on a non-CA; `keyUsage` with `keyCertSign`; a subject key
+/// The CA rules (X.509-SVID §3.2, §4.1, §4.3 and RFC 5280 §4.2.1.3, §4.2.1.9, §4.2.1.2,
+/// §4.1.2.6, §4.2.1.10): [`check_common`]; `basicConstraints` present, critical, `cA`
+/// TRUE and no path length on a non-CA; a critical `keyUsage` with `keyCertSign`; a subject key
 /// identifier; a non-empty subject; an authority key identifier unless a root;
 /// well-formed name constraints.
 pub(crate) fn check_ca(cert: &X509Certificate<'_>, role: CaRole) -> Result<CaFacts, SvidRejection> {
@@ -304,6 +303,9 @@ pub(crate) fn check_ca(cert: &X509Certificate<'_>, role: CaRole) -> Result<CaFac
         .ok_or(SvidRejection::CaNoKeyUsage)?;
     if !ku.value.key_cert_sign() {
         return Err(SvidRejection::CaNoKeyCertSign);
+    }
+    if !ku.critical {
+        return Err(SvidRejection::KeyUsageNotCritical);
     }
     let has_ski = cert.extensions().iter().any(|e| {
         matches!(

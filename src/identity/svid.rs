@@ -312,6 +312,8 @@ pub enum SvidRejection {
     CaNoKeyUsage,
     #[error("a CA certificate's keyUsage lacks keyCertSign")]
     CaNoKeyCertSign,
+    #[error("a keyUsage extension is not critical")]
+    KeyUsageNotCritical,
     #[error("a CA certificate has no subject key identifier")]
     CaMissingSubjectKeyId,
     #[error("a CA certificate has an empty subject")]
@@ -370,6 +372,7 @@ impl SvidRejection {
             Self::ContradictoryBasicConstraints => "contradictory_basic_constraints",
             Self::CaNoKeyUsage => "ca_no_key_usage",
             Self::CaNoKeyCertSign => "ca_no_key_cert_sign",
+            Self::KeyUsageNotCritical => "key_usage_not_critical",
             Self::CaMissingSubjectKeyId => "ca_missing_subject_key_id",
             Self::CaEmptySubject => "ca_empty_subject",
             Self::CaExtendedKeyUsage => "ca_extended_key_usage",
@@ -480,7 +483,7 @@ pub fn verify_svid_with(
     let cert = profile::parse(leaf.as_ref())?;
     let id = check_leaf(&cert)?;
     profile::check_leaf(&cert)?;
-    profile::check_leaf_usage(&cert, usage)?;
+    profile::check_leaf_usage(&cert)?;
     let secs = unix_secs(now);
     if secs < cert.validity().not_before.timestamp() {
         return Err(SvidRejection::NotYetValid);
@@ -648,6 +651,10 @@ fn check_leaf(cert: &X509Certificate<'_>) -> Result<SpiffeId, SvidRejection> {
     }
     if ku.value.crl_sign() {
         return Err(SvidRejection::CrlSign);
+    }
+    // X.509-SVID §4.3: "MUST be marked critical".
+    if !ku.critical {
+        return Err(SvidRejection::KeyUsageNotCritical);
     }
     Ok(id)
 }
@@ -846,32 +853,30 @@ mod tests {
     }
 
     #[test]
-    fn eku_is_enforced_per_role() {
+    fn leaf_eku_needs_both_tls_purposes() {
+        // X.509-SVID §4.4: when present, serverAuth and clientAuth are both set.
         let (ca, bundles) = setup();
         let leaf = ca
             .issue_custom(&LeafOptions::for_id(&id("spiffe://example.org/w")).server_auth_only())
             .unwrap();
-        let algs = DEFAULT_ALGS.all;
-        assert!(verify_svid_with(
-            &leaf.cert_der,
-            &[],
-            &bundles,
-            now(),
+        for usage in [
             SvidUsage::ServerAuth,
-            algs
-        )
-        .is_ok());
-        assert_eq!(
-            verify_svid_with(
-                &leaf.cert_der,
-                &[],
-                &bundles,
-                now(),
-                SvidUsage::ClientAuth,
-                algs
-            ),
-            Err(SvidRejection::WrongExtendedKeyUsage)
-        );
+            SvidUsage::ClientAuth,
+            SvidUsage::AnyTls,
+        ] {
+            assert_eq!(
+                verify_svid_with(
+                    &leaf.cert_der,
+                    &[],
+                    &bundles,
+                    now(),
+                    usage,
+                    DEFAULT_ALGS.all
+                ),
+                Err(SvidRejection::WrongExtendedKeyUsage),
+                "{usage:?}"
+            );
+        }
     }
 
     #[test]
