@@ -121,6 +121,8 @@ pub fn svid_san(data: &[u8]) {
             && opts.digital_signature
             && !opts.key_cert_sign
             && !opts.crl_sign
+            // X.509-SVID §4.4: an EKU has both serverAuth and clientAuth.
+            && !opts.server_auth_only
     });
     match &verdict {
         Ok(id) => {

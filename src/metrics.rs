@@ -43,6 +43,7 @@ pub struct Metrics {
     pub identity_cert_expiry: IntGauge,
     /// Certificate (SVID) reloads by result.
     pub identity_reloads: IntCounterVec,
+    pub trust_bundle_roots_refused: IntCounterVec,
     /// Policy reloads by result.
     pub policy_reloads: IntCounterVec,
     /// The loaded policy revision, as an info metric (value 1).
@@ -175,8 +176,14 @@ impl Metrics {
             identity_reloads: counter(
                 &registry,
                 "portcullis_identity_reloads_total",
-                "Identity certificate loads and reloads, by result.",
-                &["result"],
+                "Identity certificate loads and reloads, by result and reason (`none` on success).",
+                &["result", "reason"],
+            ),
+            trust_bundle_roots_refused: counter(
+                &registry,
+                "portcullis_trust_bundle_roots_refused_total",
+                "Trust-bundle roots refused when a bundle was loaded, by source and reason.",
+                &["source", "reason"],
             ),
             policy_reloads: counter(
                 &registry,

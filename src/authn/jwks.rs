@@ -24,10 +24,10 @@ use bytes::Bytes;
 use http::{header, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::rt::TokioIo;
-use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, PublicKeyUse};
+use jsonwebtoken::jwk::KeyAlgorithm;
 use jsonwebtoken::Algorithm;
 use rustls_pki_types::ServerName;
-use serde_json::Value;
+use serde_json::{Map, Value};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
@@ -104,6 +104,80 @@ impl JwksError {
     }
 }
 
+/// The JWS algorithms the providers verify: RFC 7518 §3.1 (HMAC, RSA PKCS#1 v1.5,
+/// RSA-PSS, ECDSA on P-256/P-384/P-521) and EdDSA with Ed25519 (RFC 8037). `none`
+/// never. jsonwebtoken's `Algorithm` has no ES512, hence this enum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum JwsAlgorithm {
+    HS256,
+    HS384,
+    HS512,
+    RS256,
+    RS384,
+    RS512,
+    PS256,
+    PS384,
+    PS512,
+    ES256,
+    ES384,
+    ES512,
+    EdDSA,
+}
+
+impl JwsAlgorithm {
+    /// Every algorithm, for iteration.
+    pub const ALL: [JwsAlgorithm; 13] = [
+        Self::HS256,
+        Self::HS384,
+        Self::HS512,
+        Self::RS256,
+        Self::RS384,
+        Self::RS512,
+        Self::PS256,
+        Self::PS384,
+        Self::PS512,
+        Self::ES256,
+        Self::ES384,
+        Self::ES512,
+        Self::EdDSA,
+    ];
+
+    /// The registered name (`alg` header value, case-sensitive).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::HS256 => "HS256",
+            Self::HS384 => "HS384",
+            Self::HS512 => "HS512",
+            Self::RS256 => "RS256",
+            Self::RS384 => "RS384",
+            Self::RS512 => "RS512",
+            Self::PS256 => "PS256",
+            Self::PS384 => "PS384",
+            Self::PS512 => "PS512",
+            Self::ES256 => "ES256",
+            Self::ES384 => "ES384",
+            Self::ES512 => "ES512",
+            Self::EdDSA => "EdDSA",
+        }
+    }
+
+    /// The algorithm an `alg` value names exactly (names are case-sensitive,
+    /// RFC 7515 §4.1.1).
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|a| a.name() == name)
+    }
+
+    /// For HMAC: the smallest key, the hash output size (RFC 7518 §3.2).
+    pub fn min_hmac_key_bytes(self) -> Option<usize> {
+        match self {
+            Self::HS256 => Some(32),
+            Self::HS384 => Some(48),
+            Self::HS512 => Some(64),
+            _ => None,
+        }
+    }
+}
+
 /// A key ready to verify signatures with one algorithm.
 pub enum Verifier {
     /// RSA, ECDSA or Ed25519 public key, parsed once.
@@ -128,24 +202,24 @@ pub struct Key {
     pub kid: Option<String>,
     /// Algorithms this key may verify (its `alg`, or the ones its type allows),
     /// each with the key prepared for it.
-    pub verifiers: Vec<(Algorithm, Verifier)>,
+    pub verifiers: Vec<(JwsAlgorithm, Verifier)>,
 }
 
 impl Key {
     /// Whether this key may verify `alg` at all.
-    pub fn allows(&self, alg: Algorithm) -> bool {
+    pub fn allows(&self, alg: JwsAlgorithm) -> bool {
         self.verifiers.iter().any(|(a, _)| *a == alg)
     }
 
     /// Verifies `signature` over `message` with `alg` (false if not allowed).
-    pub fn verify(&self, alg: Algorithm, message: &[u8], signature: &[u8]) -> bool {
+    pub fn verify(&self, alg: JwsAlgorithm, message: &[u8], signature: &[u8]) -> bool {
         self.verifiers
             .iter()
             .any(|(a, v)| *a == alg && v.verify(message, signature))
     }
 
     /// The algorithms allowed.
-    pub fn algorithms(&self) -> Vec<Algorithm> {
+    pub fn algorithms(&self) -> Vec<JwsAlgorithm> {
         self.verifiers.iter().map(|(a, _)| *a).collect()
     }
 }
@@ -170,7 +244,8 @@ pub struct KeySet {
 
 impl KeySet {
     /// Parses a JWKS (`{"keys": [...]}`) or a single JWK. Keys that cannot verify
-    /// signatures are skipped; symmetric (`oct`) keys only when `allow_symmetric`.
+    /// signatures are skipped (each logged at debug with its [`JwkError`]);
+    /// symmetric (`oct`) keys only when `allow_symmetric`.
     pub fn parse(json: &[u8], allow_symmetric: bool) -> Result<KeySet, JwksError> {
         let doc: Value = serde_json::from_slice(json)?;
         let entries: Vec<&Value> = match &doc {
@@ -184,9 +259,12 @@ impl KeySet {
         let mut keys = Vec::with_capacity(entries.len());
         let mut skipped = 0;
         for entry in entries {
-            match key_from_jwk(entry, allow_symmetric) {
-                Some(k) => keys.push(k),
-                None => skipped += 1,
+            match parse_jwk(entry, allow_symmetric) {
+                Ok(k) => keys.push(k),
+                Err(e) => {
+                    tracing::debug!(reason = e.reason(), "JWK skipped: {e}");
+                    skipped += 1;
+                }
             }
         }
         if keys.is_empty() {
@@ -196,36 +274,65 @@ impl KeySet {
     }
 }
 
-/// The algorithms a JWK may verify, derived from the key itself (RFC 8725 §3.1):
-/// its `alg` if it has one (and it fits the key type), else its type's family.
-pub fn allowed_algorithms(jwk: &Jwk, allow_symmetric: bool) -> Option<Vec<Algorithm>> {
-    let family: Vec<Algorithm> = match &jwk.algorithm {
-        AlgorithmParameters::RSA(_) => vec![
-            Algorithm::RS256,
-            Algorithm::RS384,
-            Algorithm::RS512,
-            Algorithm::PS256,
-            Algorithm::PS384,
-            Algorithm::PS512,
-        ],
-        AlgorithmParameters::EllipticCurve(p) => match p.curve {
-            EllipticCurve::P256 => vec![Algorithm::ES256],
-            EllipticCurve::P384 => vec![Algorithm::ES384],
-            _ => return None,
-        },
-        AlgorithmParameters::OctetKeyPair(p) if p.curve == EllipticCurve::Ed25519 => {
-            vec![Algorithm::EdDSA]
-        }
-        AlgorithmParameters::OctetKey(_) if allow_symmetric => {
-            vec![Algorithm::HS256, Algorithm::HS384, Algorithm::HS512]
-        }
-        _ => return None,
-    };
-    match jwk.common.key_algorithm {
-        None => Some(family),
-        Some(ka) => {
-            let alg = algorithm_of(ka)?;
-            family.contains(&alg).then(|| vec![alg])
+/// Why one JWK cannot verify signatures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum JwkError {
+    /// Not a JSON object, or a member of the wrong JSON type.
+    #[error("the JWK is malformed")]
+    Malformed,
+    /// A required member is absent.
+    #[error("the JWK lacks a required member")]
+    MissingMember,
+    /// A member is not canonical unpadded base64url (RFC 7515 §2), or an integer
+    /// has leading zero octets (RFC 7518 §2, Base64urlUInt).
+    #[error("a JWK member is not canonical base64url")]
+    Base64,
+    /// `use` other than `sig`, or `key_ops` without `verify` (RFC 7517 §4.2, §4.3).
+    #[error("the JWK is not for signature verification")]
+    NotForSignatures,
+    /// `key_ops` with a repeated value (RFC 7517 §4.3).
+    #[error("the JWK key_ops repeats a value")]
+    DuplicateKeyOps,
+    /// An unknown `kty`, or `oct` where symmetric keys are not allowed.
+    #[error("the JWK key type is not supported here")]
+    UnsupportedKeyType,
+    /// A `crv` that is unknown or does not fit the key type.
+    #[error("the JWK curve is not supported")]
+    UnsupportedCurve,
+    /// An `alg` that is unknown or does not fit the key type and curve.
+    #[error("the JWK alg does not fit the key")]
+    AlgorithmMismatch,
+    /// Coordinates or key of the wrong length for the curve.
+    #[error("the JWK key size does not fit its curve")]
+    KeySize,
+    /// RSA under 2048 bits (RFC 7518 §3.3) or an HMAC secret shorter than the hash
+    /// output (RFC 7518 §3.2).
+    #[error("the JWK key is too small")]
+    WeakKey,
+    /// Private key material (`d`, `p`, ...) in a verification key set.
+    #[error("the JWK carries private key material")]
+    PrivateKey,
+    /// The key material does not form a valid public key (e.g. a point off the curve).
+    #[error("the JWK key material is invalid")]
+    InvalidKey,
+}
+
+impl JwkError {
+    /// A snake_case label for logs.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Malformed => "malformed",
+            Self::MissingMember => "missing_member",
+            Self::Base64 => "base64",
+            Self::NotForSignatures => "not_for_signatures",
+            Self::DuplicateKeyOps => "duplicate_key_ops",
+            Self::UnsupportedKeyType => "unsupported_key_type",
+            Self::UnsupportedCurve => "unsupported_curve",
+            Self::AlgorithmMismatch => "algorithm_mismatch",
+            Self::KeySize => "key_size",
+            Self::WeakKey => "weak_key",
+            Self::PrivateKey => "private_key",
+            Self::InvalidKey => "invalid_key",
         }
     }
 }
@@ -249,115 +356,192 @@ pub fn algorithm_of(ka: KeyAlgorithm) -> Option<Algorithm> {
     })
 }
 
-/// A JWK usable for signature verification: `use` absent or `sig`, `key_ops`
-/// absent or containing `verify`.
-pub fn is_signing_key(jwk: &Jwk, raw: &Value) -> bool {
-    if matches!(jwk.common.public_key_use, Some(ref u) if *u != PublicKeyUse::Signature) {
-        return false;
-    }
-    match raw.get("key_ops") {
-        None => true,
-        Some(Value::Array(ops)) => ops.iter().any(|o| o == "verify"),
-        Some(_) => false,
+/// An optional string member.
+fn opt_str<'a>(o: &'a Map<String, Value>, name: &str) -> Result<Option<&'a str>, JwkError> {
+    match o.get(name) {
+        None => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(JwkError::Malformed),
     }
 }
 
-fn key_from_jwk(raw: &Value, allow_symmetric: bool) -> Option<Key> {
-    let jwk: Jwk = match serde_json::from_value(raw.clone()) {
-        Ok(j) => j,
-        Err(e) => {
-            tracing::debug!(error = %e, "JWK skipped: unparsable");
-            return None;
-        }
-    };
-    if !is_signing_key(&jwk, raw) {
-        return None;
+/// A required base64url member, decoded strictly (no padding, URL alphabet, canonical
+/// trailing bits, not empty).
+fn b64_member(o: &Map<String, Value>, name: &str) -> Result<Vec<u8>, JwkError> {
+    let s = opt_str(o, name)?.ok_or(JwkError::MissingMember)?;
+    let bytes = URL_SAFE_NO_PAD.decode(s).map_err(|_| JwkError::Base64)?;
+    if bytes.is_empty() {
+        return Err(JwkError::Base64);
     }
-    let algs = allowed_algorithms(&jwk, allow_symmetric)?;
-    let mut verifiers = Vec::with_capacity(algs.len());
-    for alg in algs {
-        match verifier(&jwk.algorithm, alg) {
-            Some(v) => verifiers.push((alg, v)),
-            None => {
-                tracing::debug!(kid = ?jwk.common.key_id, "JWK skipped: bad key parameters");
-                return None;
+    Ok(bytes)
+}
+
+/// A Base64urlUInt member (RFC 7518 §2): minimal octets, so no leading zero octet
+/// unless the value is zero itself.
+fn uint_member(o: &Map<String, Value>, name: &str) -> Result<Vec<u8>, JwkError> {
+    let bytes = b64_member(o, name)?;
+    if bytes.len() > 1 && bytes[0] == 0 {
+        return Err(JwkError::Base64);
+    }
+    Ok(bytes)
+}
+
+/// Private members of RSA, EC, OKP keys (RFC 7518 §6.2.2, §6.3.2; RFC 8037 §2).
+const PRIVATE_MEMBERS: &[&str] = &["d", "p", "q", "dp", "dq", "qi", "oth"];
+
+/// `use` and `key_ops` (RFC 7517 §4.2, §4.3): absent, `sig`, or a list of distinct
+/// strings containing `verify`.
+fn check_key_use(o: &Map<String, Value>) -> Result<(), JwkError> {
+    if let Some(u) = opt_str(o, "use")? {
+        if u != "sig" {
+            return Err(JwkError::NotForSignatures);
+        }
+    }
+    match o.get("key_ops") {
+        None => Ok(()),
+        Some(Value::Array(ops)) => {
+            let mut seen = Vec::with_capacity(ops.len());
+            for op in ops {
+                let op = op.as_str().ok_or(JwkError::Malformed)?;
+                if seen.contains(&op) {
+                    return Err(JwkError::DuplicateKeyOps);
+                }
+                seen.push(op);
+            }
+            if seen.contains(&"verify") {
+                Ok(())
+            } else {
+                Err(JwkError::NotForSignatures)
             }
         }
+        Some(_) => Err(JwkError::Malformed),
     }
-    Some(Key {
-        kid: jwk.common.key_id.clone(),
-        verifiers,
-    })
 }
 
-fn b64(s: &str) -> Option<Vec<u8>> {
-    URL_SAFE_NO_PAD.decode(s.trim_end_matches('=')).ok()
-}
-
-/// The key material of a JWK prepared for one algorithm (key type already checked).
-fn verifier(params: &AlgorithmParameters, alg: Algorithm) -> Option<Verifier> {
-    let public = |a: &'static dyn sig::VerificationAlgorithm, bytes: &[u8]| {
-        ParsedPublicKey::new(a, bytes).ok().map(Verifier::Public)
+/// Parses one JWK into a verification key, strictly: `use`/`key_ops` allow
+/// verification; `kty`, `crv`, `alg` and the key size agree (RFC 7518 §3, §6;
+/// RFC 8037 §2); RSA keys of at least 2048 bits; HMAC secrets at least as long as
+/// the hash output; no private key material; every binary member canonical
+/// base64url. `oct` keys only when `allow_symmetric`.
+pub fn parse_jwk(raw: &Value, allow_symmetric: bool) -> Result<Key, JwkError> {
+    let o = raw.as_object().ok_or(JwkError::Malformed)?;
+    let kty = opt_str(o, "kty")?.ok_or(JwkError::MissingMember)?;
+    check_key_use(o)?;
+    let kid = opt_str(o, "kid")?.map(str::to_owned);
+    let alg = match opt_str(o, "alg")? {
+        None => None,
+        Some(name) => Some(JwsAlgorithm::from_name(name).ok_or(JwkError::AlgorithmMismatch)?),
     };
-    match params {
-        AlgorithmParameters::RSA(p) => {
-            let n = b64(&p.n)?;
-            let e = b64(&p.e)?;
-            let strip = |b: &[u8]| -> Vec<u8> {
-                let first = b.iter().position(|x| *x != 0).unwrap_or(b.len());
-                b[first..].to_vec()
-            };
-            let params: &'static sig::RsaParameters = match alg {
-                Algorithm::RS256 => &sig::RSA_PKCS1_2048_8192_SHA256,
-                Algorithm::RS384 => &sig::RSA_PKCS1_2048_8192_SHA384,
-                Algorithm::RS512 => &sig::RSA_PKCS1_2048_8192_SHA512,
-                Algorithm::PS256 => &sig::RSA_PSS_2048_8192_SHA256,
-                Algorithm::PS384 => &sig::RSA_PSS_2048_8192_SHA384,
-                Algorithm::PS512 => &sig::RSA_PSS_2048_8192_SHA512,
-                _ => return None,
-            };
-            RsaPublicKeyComponents {
-                n: strip(&n),
-                e: strip(&e),
-            }
-            .to_parsed_public_key(params)
-            .ok()
-            .map(Verifier::Public)
+    if kty != "oct" && PRIVATE_MEMBERS.iter().any(|m| o.contains_key(*m)) {
+        return Err(JwkError::PrivateKey);
+    }
+    let crv = opt_str(o, "crv")?;
+    if kty != "EC" && kty != "OKP" && crv.is_some() {
+        return Err(JwkError::UnsupportedCurve);
+    }
+    use JwsAlgorithm as A;
+    let pick = |family: &[JwsAlgorithm]| -> Result<Vec<JwsAlgorithm>, JwkError> {
+        match alg {
+            None => Ok(family.to_vec()),
+            Some(a) if family.contains(&a) => Ok(vec![a]),
+            Some(_) => Err(JwkError::AlgorithmMismatch),
         }
-        AlgorithmParameters::EllipticCurve(p) => {
-            let (x, y) = (b64(&p.x)?, b64(&p.y)?);
-            let (a, len): (&'static dyn sig::VerificationAlgorithm, usize) = match alg {
-                Algorithm::ES256 => (&sig::ECDSA_P256_SHA256_FIXED, 32),
-                Algorithm::ES384 => (&sig::ECDSA_P384_SHA384_FIXED, 48),
-                _ => return None,
-            };
+    };
+    let verifiers = match kty {
+        "RSA" => {
+            let n = uint_member(o, "n")?;
+            let e = uint_member(o, "e")?;
+            if crate::identity::profile::rsa_bits(&n) < crate::identity::profile::MIN_RSA_BITS {
+                return Err(JwkError::WeakKey);
+            }
+            let algs = pick(&[A::RS256, A::RS384, A::RS512, A::PS256, A::PS384, A::PS512])?;
+            let mut out = Vec::with_capacity(algs.len());
+            for a in algs {
+                let params: &'static sig::RsaParameters = match a {
+                    A::RS256 => &sig::RSA_PKCS1_2048_8192_SHA256,
+                    A::RS384 => &sig::RSA_PKCS1_2048_8192_SHA384,
+                    A::RS512 => &sig::RSA_PKCS1_2048_8192_SHA512,
+                    A::PS256 => &sig::RSA_PSS_2048_8192_SHA256,
+                    A::PS384 => &sig::RSA_PSS_2048_8192_SHA384,
+                    _ => &sig::RSA_PSS_2048_8192_SHA512,
+                };
+                let key = RsaPublicKeyComponents {
+                    n: n.as_slice(),
+                    e: e.as_slice(),
+                }
+                .to_parsed_public_key(params)
+                .map_err(|_| JwkError::InvalidKey)?;
+                out.push((a, Verifier::Public(key)));
+            }
+            out
+        }
+        "EC" => {
+            let (a, len, verify): (_, usize, &'static dyn sig::VerificationAlgorithm) =
+                match crv.ok_or(JwkError::MissingMember)? {
+                    "P-256" => (A::ES256, 32, &sig::ECDSA_P256_SHA256_FIXED),
+                    "P-384" => (A::ES384, 48, &sig::ECDSA_P384_SHA384_FIXED),
+                    "P-521" => (A::ES512, 66, &sig::ECDSA_P521_SHA512_FIXED),
+                    _ => return Err(JwkError::UnsupportedCurve),
+                };
+            let algs = pick(&[a])?;
+            let (x, y) = (b64_member(o, "x")?, b64_member(o, "y")?);
             if x.len() != len || y.len() != len {
-                return None;
+                return Err(JwkError::KeySize);
             }
             let mut point = Vec::with_capacity(1 + 2 * len);
             point.push(4);
             point.extend_from_slice(&x);
             point.extend_from_slice(&y);
-            public(a, &point)
+            let key = ParsedPublicKey::new(verify, &point).map_err(|_| JwkError::InvalidKey)?;
+            vec![(algs[0], Verifier::Public(key))]
         }
-        AlgorithmParameters::OctetKeyPair(p) if alg == Algorithm::EdDSA => {
-            public(&sig::ED25519, &b64(&p.x)?)
-        }
-        AlgorithmParameters::OctetKey(p) => {
-            let h = match alg {
-                Algorithm::HS256 => aws_lc_rs::hmac::HMAC_SHA256,
-                Algorithm::HS384 => aws_lc_rs::hmac::HMAC_SHA384,
-                Algorithm::HS512 => aws_lc_rs::hmac::HMAC_SHA512,
-                _ => return None,
-            };
-            let k = b64(&p.value)?;
-            if k.is_empty() {
-                return None;
+        "OKP" => {
+            if crv.ok_or(JwkError::MissingMember)? != "Ed25519" {
+                return Err(JwkError::UnsupportedCurve);
             }
-            Some(Verifier::Hmac(Box::new(aws_lc_rs::hmac::Key::new(h, &k))))
+            let algs = pick(&[A::EdDSA])?;
+            let x = b64_member(o, "x")?;
+            if x.len() != 32 {
+                return Err(JwkError::KeySize);
+            }
+            let key = ParsedPublicKey::new(&sig::ED25519, &x).map_err(|_| JwkError::InvalidKey)?;
+            vec![(algs[0], Verifier::Public(key))]
         }
-        _ => None,
-    }
+        "oct" if allow_symmetric => {
+            let k = b64_member(o, "k").map_err(|e| match e {
+                // An empty secret is a weak key, not an encoding problem.
+                JwkError::Base64 if opt_str(o, "k") == Ok(Some("")) => JwkError::WeakKey,
+                other => other,
+            })?;
+            let family: Vec<JwsAlgorithm> = [A::HS256, A::HS384, A::HS512]
+                .into_iter()
+                .filter(|a| a.min_hmac_key_bytes().is_some_and(|min| k.len() >= min))
+                .collect();
+            let algs = match alg {
+                Some(a) if a.min_hmac_key_bytes().is_none() => {
+                    return Err(JwkError::AlgorithmMismatch)
+                }
+                Some(a) if !family.contains(&a) => return Err(JwkError::WeakKey),
+                _ if family.is_empty() => return Err(JwkError::WeakKey),
+                _ => pick(&family)?,
+            };
+            algs.into_iter()
+                .map(|a| {
+                    let h = match a {
+                        A::HS256 => aws_lc_rs::hmac::HMAC_SHA256,
+                        A::HS384 => aws_lc_rs::hmac::HMAC_SHA384,
+                        _ => aws_lc_rs::hmac::HMAC_SHA512,
+                    };
+                    (
+                        a,
+                        Verifier::Hmac(Box::new(aws_lc_rs::hmac::Key::new(h, &k))),
+                    )
+                })
+                .collect()
+        }
+        _ => return Err(JwkError::UnsupportedKeyType),
+    };
+    Ok(Key { kid, verifiers })
 }
 
 /// Where a provider's keys come from, ready to load.
@@ -788,7 +972,7 @@ mod tests {
         .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(set.keys.len(), 1);
         assert_eq!(set.keys[0].kid.as_deref(), Some("e1"));
-        assert_eq!(set.keys[0].algorithms(), vec![Algorithm::ES256]);
+        assert_eq!(set.keys[0].algorithms(), vec![JwsAlgorithm::ES256]);
         // A single JWK is a set of one; symmetric keys only where allowed.
         assert_eq!(
             KeySet::parse(EC.as_bytes(), false)
@@ -796,8 +980,12 @@ mod tests {
                 .ok(),
             Some(1)
         );
-        let oct = KeySet::parse(br#"{"kty":"oct","k":"c2VjcmV0"}"#, true)
-            .unwrap_or_else(|e| panic!("{e}"));
+        let secret = URL_SAFE_NO_PAD.encode([7u8; 64]);
+        let oct = KeySet::parse(
+            format!(r#"{{"kty":"oct","k":"{secret}"}}"#).as_bytes(),
+            true,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(oct.keys[0].algorithms().len(), 3);
         assert!(matches!(
             KeySet::parse(br#"{"keys":[]}"#, true),
@@ -824,7 +1012,7 @@ mod tests {
             .map(|s| s.keys[0].algorithms())
             .ok()
         };
-        assert_eq!(with_alg("ES256"), Some(vec![Algorithm::ES256]));
+        assert_eq!(with_alg("ES256"), Some(vec![JwsAlgorithm::ES256]));
         assert_eq!(with_alg("HS256"), None);
         assert_eq!(with_alg("RS256"), None);
         assert_eq!(with_alg("ES384"), None);

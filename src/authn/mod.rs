@@ -24,13 +24,12 @@ use std::time::Duration;
 
 use http::header::{HeaderName, HeaderValue, COOKIE};
 use http::{HeaderMap, StatusCode};
-use jsonwebtoken::Algorithm;
 use percent_encoding::percent_decode_str;
 use serde_json::{Map, Value};
 
 use crate::config::{JwksSource, JwtConfig, TokenLocation};
 use crate::metrics;
-use jwks::{HttpFetcher, JwksCache, JwksError, KeySet, Source};
+use jwks::{HttpFetcher, JwksCache, JwksError, JwsAlgorithm, KeySet, Source};
 use token::TokenError;
 
 /// Why the authenticator could not be built (start-up stops).
@@ -425,7 +424,7 @@ impl Provider {
         header: &token::JoseHeader,
         payload: &Map<String, Value>,
     ) -> Result<(), &'static str> {
-        let Ok(alg) = header.alg.parse::<Algorithm>() else {
+        let Some(alg) = JwsAlgorithm::from_name(&header.alg) else {
             return Err("bad_algorithm");
         };
         let mut set = self.jwks.current();
@@ -592,7 +591,7 @@ enum Selection {
     Miss,
 }
 
-fn select(set: &KeySet, kid: Option<&str>, alg: Algorithm) -> Selection {
+fn select(set: &KeySet, kid: Option<&str>, alg: JwsAlgorithm) -> Selection {
     match kid {
         Some(kid) => {
             let mut found = false;

@@ -6,7 +6,9 @@
 //! signature verification (oversized, malformed, `alg: none`, keys or key URLs
 //! carried in the token itself).
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::alphabet;
+use base64::engine::general_purpose::{GeneralPurpose, PAD, URL_SAFE_NO_PAD};
+use base64::engine::DecodePaddingMode;
 use base64::Engine as _;
 use serde_json::{Map, Value};
 
@@ -79,15 +81,29 @@ pub fn split(token: &str) -> Result<Segments<'_>, TokenError> {
     })
 }
 
-/// Decodes one base64url segment. Strict (no padding, URL alphabet only) unless
-/// `lenient`, which also accepts `=` padding as OPA's decoder does.
+/// base64url with exactly the canonical `=` padding.
+const URL_SAFE_CANONICAL_PAD: GeneralPurpose = GeneralPurpose::new(
+    &alphabet::URL_SAFE,
+    PAD.with_decode_padding_mode(DecodePaddingMode::RequireCanonical),
+);
+
+/// Decodes one base64url segment.
+///
+/// Strict (`lenient == false`, what RFC 7515 §2 requires of every JWS segment and
+/// what the providers use): the URL-safe alphabet only, no padding, no whitespace
+/// or other characters, no length of 1 modulo 4, and the unused low bits of the
+/// last character zero, so each byte string has exactly one accepted encoding and
+/// the bytes a signature covers are the bytes that are decoded.
+///
+/// `lenient` additionally accepts the canonical `=` padding (and only that: a
+/// wrong amount of padding is refused); everything else stays strict.
 pub fn b64url(segment: &str, lenient: bool) -> Result<Vec<u8>, TokenError> {
-    let s = if lenient {
-        segment.trim_end_matches('=')
+    let decoded = if lenient && segment.ends_with('=') {
+        URL_SAFE_CANONICAL_PAD.decode(segment)
     } else {
-        segment
+        URL_SAFE_NO_PAD.decode(segment)
     };
-    URL_SAFE_NO_PAD.decode(s).map_err(|_| TokenError::Base64)
+    decoded.map_err(|_| TokenError::Base64)
 }
 
 /// Decodes a segment holding a JSON object.
@@ -201,6 +217,30 @@ mod tests {
             Err(TokenError::Json)
         );
         assert!(json_object(&enc(&json!({"a": 1})), false).is_ok());
+    }
+
+    #[test]
+    fn base64url_is_canonical() {
+        // `{}` is "e30"; every other spelling of it is refused in strict mode.
+        assert_eq!(b64url("e30", false), Ok(b"{}".to_vec()));
+        for bad in [
+            "e30=", "e30==", " e30", "e30 ", "e3 0", "e30\n", "e30#", "e30?", "e30.", "e31", "e32",
+            "e3+", "e3/", "e", "e30%3D",
+        ] {
+            assert_eq!(b64url(bad, false), Err(TokenError::Base64), "{bad:?}");
+        }
+        // Lenient: the canonical padding and nothing more.
+        assert_eq!(b64url("e30=", true), Ok(b"{}".to_vec()));
+        assert_eq!(b64url("e30", true), Ok(b"{}".to_vec()));
+        for bad in ["e30==", "e30===", "e3==", "e31=", "e30 =", "e3+="] {
+            assert_eq!(b64url(bad, true), Err(TokenError::Base64), "{bad:?}");
+        }
+        // Two bytes: the last character's two low bits must be zero.
+        assert_eq!(b64url("AAE", false), Ok(vec![0, 1]));
+        assert_eq!(b64url("AAF", false), Err(TokenError::Base64));
+        // One byte: four low bits.
+        assert_eq!(b64url("AQ", false), Ok(vec![1]));
+        assert_eq!(b64url("AR", false), Err(TokenError::Base64));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Workload identity: SPIFFE IDs, X.509-SVID verification, certificate sources.
 
 pub mod dev_ca;
+pub mod profile;
 pub mod source;
 pub mod spiffe_id;
 pub mod svid;

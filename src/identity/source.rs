@@ -20,7 +20,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 use tokio::sync::watch;
 
 use super::dev_ca::DevCa;
-use super::svid::{leaf_info, verify_svid, TrustBundles};
+use super::svid::{leaf_info, verify_svid, SvidError, SvidRejection, TrustBundles};
 use super::tls::TlsConfigs;
 use super::{SpiffeId, TrustDomain};
 use crate::metrics;
@@ -47,15 +47,37 @@ pub enum IdentityError {
     #[error("private key does not match the certificate")]
     KeyMismatch,
     #[error("bundle: {0}")]
-    Bundle(String),
+    Bundle(#[from] SvidError),
     #[error("own certificate is not a valid SVID: {0}")]
-    NotAnSvid(String),
+    NotAnSvid(SvidRejection),
     #[error("own SPIFFE ID {id} is outside the trust domain {td}")]
     WrongTrustDomain { id: SpiffeId, td: TrustDomain },
     #[error("development CA: {0}")]
     DevCa(String),
     #[error("TLS configuration: {0}")]
     Tls(String),
+}
+
+impl IdentityError {
+    /// A snake_case label for the `reason` of `portcullis_identity_reloads_total`:
+    /// the [`SvidRejection`] reason when the own SVID or a bundle root was refused.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Read { .. } => "read_error",
+            Self::NoCertificate(_) => "no_certificate",
+            Self::NoKey(_) => "no_private_key",
+            Self::Pem { .. } => "malformed_pem",
+            Self::Key(_) => "bad_private_key",
+            Self::KeyMismatch => "key_mismatch",
+            Self::Bundle(SvidError::NoUsableRoot { .. }) => "no_usable_root",
+            Self::Bundle(SvidError::Rejected(r)) => r.reason(),
+            Self::Bundle(_) => "bad_bundle",
+            Self::NotAnSvid(r) => r.reason(),
+            Self::WrongTrustDomain { .. } => "wrong_trust_domain",
+            Self::DevCa(_) => "dev_ca",
+            Self::Tls(_) => "tls_config",
+        }
+    }
 }
 
 /// The process-wide crypto provider; passed explicitly everywhere (STACK.md).
@@ -98,14 +120,29 @@ impl Svid {
         td: &TrustDomain,
         provider: &CryptoProvider,
     ) -> Result<Svid, IdentityError> {
+        Self::from_pem_from(pem, td, provider, "pem")
+    }
+
+    /// [`Svid::from_pem`], naming the source (`files`, `workload_api`, `dev_ca`) in the
+    /// log lines and metrics of refused bundle roots. Every bundle (own and federated)
+    /// must keep at least one usable root.
+    pub fn from_pem_from(
+        pem: &SvidPem<'_>,
+        td: &TrustDomain,
+        provider: &CryptoProvider,
+        source: &str,
+    ) -> Result<Svid, IdentityError> {
         let chain = parse_certs(pem.cert, "certificate")?;
         let key = parse_key(pem.key)?;
-        let mut bundles = TrustBundles::from_pem(td.clone(), pem.bundle)
-            .map_err(|e| IdentityError::Bundle(e.to_string()))?;
+        let mut bundles = TrustBundles::from_pem_from(td.clone(), pem.bundle, source)?;
         for (fed_td, fed_pem) in pem.federated {
-            bundles
-                .add_pem(fed_td.clone(), fed_pem)
-                .map_err(|e| IdentityError::Bundle(format!("{fed_td}: {e}")))?;
+            bundles.add_pem_from(fed_td.clone(), fed_pem, source)?;
+        }
+        // The path first, so that a refused certificate is reported by its own reason.
+        let id =
+            verify_svid(&chain, &bundles, UnixTime::now()).map_err(IdentityError::NotAnSvid)?;
+        if id.trust_domain_name() != td.as_str() {
+            return Err(IdentityError::WrongTrustDomain { id, td: td.clone() });
         }
         let signing_key = provider
             .key_provider
@@ -117,12 +154,7 @@ impl Svid {
         if certified.keys_match().is_err() {
             return Err(IdentityError::KeyMismatch);
         }
-        let id = verify_svid(&chain, &bundles, UnixTime::now())
-            .map_err(|r| IdentityError::NotAnSvid(r.to_string()))?;
-        if id.trust_domain_name() != td.as_str() {
-            return Err(IdentityError::WrongTrustDomain { id, td: td.clone() });
-        }
-        let info = leaf_info(&chain[0]).map_err(|r| IdentityError::NotAnSvid(r.to_string()))?;
+        let info = leaf_info(&chain[0]).map_err(IdentityError::NotAnSvid)?;
         Ok(Svid {
             id,
             certified_key: Arc::new(certified),
@@ -217,19 +249,21 @@ impl Identity {
     }
 }
 
-/// Records a refused candidate: log line and metric, the current identity stays.
-fn refuse(source: &str, err: &IdentityError) {
-    tracing::warn!(source, error = %err, "identity update refused; keeping the current one");
+/// Records a refused candidate: log line and metric (with the reason), the current
+/// identity stays.
+pub(crate) fn refuse(source: &str, err: &IdentityError) {
+    let reason = err.reason();
+    tracing::warn!(source, reason, error = %err, "identity update refused; keeping the current one");
     metrics::global()
         .identity_reloads
-        .with_label_values(&["error"])
+        .with_label_values(&["error", reason])
         .inc();
 }
 
-fn accepted() {
+pub(crate) fn accepted() {
     metrics::global()
         .identity_reloads
-        .with_label_values(&["success"])
+        .with_label_values(&["success", "none"])
         .inc();
 }
 
@@ -282,7 +316,7 @@ impl FileSource {
             .zip(files.iter().skip(3))
             .map(|((td, _), pem)| (td.clone(), pem.clone()))
             .collect();
-        Svid::from_pem(
+        Svid::from_pem_from(
             &SvidPem {
                 cert: &files[0],
                 key: &files[1],
@@ -291,6 +325,7 @@ impl FileSource {
             },
             &self.trust_domain,
             provider,
+            "files",
         )
     }
 
@@ -370,7 +405,7 @@ impl DevCaSource {
             .ca
             .issue(&self.id, self.ttl)
             .map_err(|e| IdentityError::DevCa(e.to_string()))?;
-        let svid = Svid::from_pem(
+        let svid = Svid::from_pem_from(
             &SvidPem {
                 cert: issued.cert_pem.as_bytes(),
                 key: issued.key_pem.as_bytes(),
@@ -379,6 +414,7 @@ impl DevCaSource {
             },
             self.ca.trust_domain(),
             identity.provider(),
+            "dev_ca",
         )?;
         identity.install(svid)?;
         accepted();

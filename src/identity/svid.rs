@@ -3,9 +3,13 @@
 //! anchors of the leaf ID's own trust domain only.
 //!
 //! The leaf rules are checked first (with x509-parser) so that every rejection has a
-//! precise reason; path building, signatures and the validity window are then left to
-//! webpki.
+//! precise reason; path building and signatures are then left to webpki, and every
+//! path webpki finds is checked against the profile rules of [`super::profile`]
+//! before it is accepted (a path that fails them makes webpki try the next one).
+//! Roots are checked once, when their bundle is loaded; a root's validity window is
+//! checked on every verification, so a root that expires stops anchoring at once.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::sync::LazyLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -16,8 +20,9 @@ use rustls_pki_types::{
 };
 use webpki::{ExtendedKeyUsageValidator, KeyPurposeId, KeyPurposeIdIter, KeyUsage};
 use x509_parser::extensions::GeneralName;
-use x509_parser::prelude::{FromDer, X509Certificate};
+use x509_parser::prelude::X509Certificate;
 
+use super::profile::{self, CaFacts, CaRole};
 use super::spiffe_id::{SpiffeId, TrustDomain};
 
 /// Trust anchors (CA certificates) per trust domain: our own bundle plus federated ones.
@@ -29,19 +34,98 @@ pub struct TrustBundles {
 #[derive(Debug, Clone, Default)]
 struct Bundle {
     certs: Vec<CertificateDer<'static>>,
-    /// Anchors parsed once from `certs`; certificates that do not parse are left out.
+    /// Anchors parsed once from the usable roots of `certs`.
     anchors: Vec<TrustAnchor<'static>>,
+    /// What each anchor (same index) imposes at verification time.
+    roots: Vec<Root>,
+}
+
+/// The facts about a bundle root that are checked on every verification.
+#[derive(Debug, Clone)]
+struct Root {
+    not_before: i64,
+    not_after: i64,
+    facts: CaFacts,
+}
+
+impl Root {
+    fn check(&self, now: UnixTime, usage: SvidUsage) -> Result<(), SvidRejection> {
+        let now = unix_secs(now);
+        if now < self.not_before {
+            return Err(SvidRejection::RootNotYetValid);
+        }
+        if now > self.not_after {
+            return Err(SvidRejection::RootExpired);
+        }
+        self.facts.check_usage(usage)
+    }
+}
+
+fn unix_secs(t: UnixTime) -> i64 {
+    i64::try_from(t.as_secs()).unwrap_or(i64::MAX)
+}
+
+/// Checks one bundle certificate as a root at `now`: it parses as a trust anchor,
+/// follows the CA rules and is inside its validity window.
+fn validate_root(
+    cert: &CertificateDer<'_>,
+    now: UnixTime,
+) -> Result<(TrustAnchor<'static>, Root), SvidRejection> {
+    let parsed = profile::parse(cert.as_ref())?;
+    let anchor = webpki::anchor_from_trusted_cert(cert)
+        .map_err(|_| SvidRejection::Malformed)?
+        .to_owned();
+    let facts = profile::check_ca(&parsed, CaRole::Root)?;
+    let root = Root {
+        not_before: parsed.validity().not_before.timestamp(),
+        not_after: parsed.validity().not_after.timestamp(),
+        facts,
+    };
+    let secs = unix_secs(now);
+    if secs < root.not_before {
+        return Err(SvidRejection::RootNotYetValid);
+    }
+    if secs > root.not_after {
+        return Err(SvidRejection::RootExpired);
+    }
+    Ok((anchor, root))
 }
 
 impl Bundle {
-    fn extend(&mut self, certs: Vec<CertificateDer<'static>>) {
-        for cert in certs {
-            match webpki::anchor_from_trusted_cert(&cert) {
-                Ok(anchor) => self.anchors.push(anchor.to_owned()),
-                Err(e) => tracing::warn!(error = %e, "trust anchor does not parse; ignored"),
+    /// Adds the usable roots of `certs`; each refused one is logged (naming `source`
+    /// and `td`), counted, and returned with its index and reason.
+    fn extend(
+        &mut self,
+        certs: Vec<CertificateDer<'static>>,
+        td: &TrustDomain,
+        source: &str,
+    ) -> Vec<(usize, SvidRejection)> {
+        let mut refused = Vec::new();
+        let now = UnixTime::now();
+        for (index, cert) in certs.into_iter().enumerate() {
+            match validate_root(&cert, now) {
+                Ok((anchor, root)) => {
+                    self.anchors.push(anchor);
+                    self.roots.push(root);
+                    self.certs.push(cert);
+                }
+                Err(reason) => {
+                    tracing::warn!(
+                        source,
+                        trust_domain = %td,
+                        index,
+                        reason = reason.reason(),
+                        "trust bundle root refused: {reason}"
+                    );
+                    crate::metrics::global()
+                        .trust_bundle_roots_refused
+                        .with_label_values(&[source, reason.reason()])
+                        .inc();
+                    refused.push((index, reason));
+                }
             }
-            self.certs.push(cert);
         }
+        refused
     }
 }
 
@@ -51,28 +135,52 @@ impl TrustBundles {
         Self::default()
     }
 
-    /// Adds `anchors` to the bundle of `td` (appending if the domain is already present).
-    /// Anchors that do not parse as certificates are logged and never match.
+    /// Adds the roots `anchors` to the bundle of `td` (appending if the domain is
+    /// already present). Roots that are not valid CAs now are logged, counted and
+    /// left out (see [`TrustBundles::add_pem_from`] for the checked form).
     pub fn add(&mut self, td: TrustDomain, anchors: Vec<CertificateDer<'static>>) {
-        self.domains.entry(td).or_default().extend(anchors);
+        let bundle = self.domains.entry(td.clone()).or_default();
+        bundle.extend(anchors, &td, "api");
     }
 
     /// Builds the bundles from one trust domain's PEM bundle file (`ca.crt`).
     pub fn from_pem(td: TrustDomain, pem: &[u8]) -> Result<Self, SvidError> {
+        Self::from_pem_from(td, pem, "bundle")
+    }
+
+    /// [`TrustBundles::from_pem`], naming where the bundle came from in logs and metrics.
+    pub fn from_pem_from(td: TrustDomain, pem: &[u8], source: &str) -> Result<Self, SvidError> {
         let mut bundles = Self::new();
-        bundles.add_pem(td, pem)?;
+        bundles.add_pem_from(td, pem, source)?;
         Ok(bundles)
     }
 
-    /// Adds a (federated) trust domain's PEM bundle. Every certificate must parse as a
-    /// trust anchor; nothing is added on error.
+    /// Adds a (federated) trust domain's PEM bundle.
     pub fn add_pem(&mut self, td: TrustDomain, pem: &[u8]) -> Result<(), SvidError> {
+        self.add_pem_from(td, pem, "bundle")
+    }
+
+    /// Adds a trust domain's PEM bundle from `source` (`files`, `workload_api`, ...).
+    /// Each root is checked ([`SvidRejection`] reasons); refused roots are logged with
+    /// the source, the trust domain and the reason, and counted in
+    /// `portcullis_trust_bundle_roots_refused_total{source,reason}`. When no root of
+    /// the bundle is usable nothing is added and the error lists why.
+    pub fn add_pem_from(
+        &mut self,
+        td: TrustDomain,
+        pem: &[u8],
+        source: &str,
+    ) -> Result<(), SvidError> {
         let certs = certs_from_pem(pem)?;
-        for (index, cert) in certs.iter().enumerate() {
-            webpki::anchor_from_trusted_cert(cert)
-                .map_err(|source| SvidError::InvalidAnchor { index, source })?;
+        let mut bundle = Bundle::default();
+        let refused = bundle.extend(certs, &td, source);
+        if bundle.anchors.is_empty() {
+            return Err(SvidError::NoUsableRoot { td, refused });
         }
-        self.add(td, certs);
+        let entry = self.domains.entry(td).or_default();
+        entry.certs.extend(bundle.certs);
+        entry.anchors.extend(bundle.anchors);
+        entry.roots.extend(bundle.roots);
         Ok(())
     }
 
@@ -86,10 +194,10 @@ impl TrustBundles {
         self.domains.get(td).map(|b| b.certs.as_slice())
     }
 
-    fn anchors_for(&self, td_name: &str) -> Option<&[TrustAnchor<'static>]> {
+    fn bundle_for(&self, td_name: &str) -> Option<&Bundle> {
         // TrustDomain is a validated newtype; the name from a parsed SpiffeId is valid.
         let td = TrustDomain::parse(td_name).ok()?;
-        self.domains.get(&td).map(|b| b.anchors.as_slice())
+        self.domains.get(&td)
     }
 }
 
@@ -102,14 +210,22 @@ pub enum SvidError {
     NoCertificates,
     #[error("no private key (PKCS#8, PKCS#1 or SEC1) found in PEM input")]
     NoPrivateKey,
-    #[error("certificate #{index} of the bundle is not a usable trust anchor: {source}")]
-    InvalidAnchor {
-        index: usize,
-        #[source]
-        source: webpki::Error,
+    #[error("trust domain {td} has no usable root: {}", describe_refused(.refused))]
+    NoUsableRoot {
+        td: TrustDomain,
+        /// Each refused certificate of the bundle: its index and why.
+        refused: Vec<(usize, SvidRejection)>,
     },
     #[error("certificate is not an acceptable X.509-SVID: {0}")]
     Rejected(#[from] SvidRejection),
+}
+
+fn describe_refused(refused: &[(usize, SvidRejection)]) -> String {
+    let parts: Vec<String> = refused
+        .iter()
+        .map(|(i, r)| format!("certificate #{i}: {r} ({})", r.reason()))
+        .collect();
+    parts.join("; ")
 }
 
 /// Why a presented certificate chain is not an acceptable X.509-SVID.
@@ -156,6 +272,60 @@ pub enum SvidRejection {
     InvalidChain,
     #[error("peer SPIFFE ID is not authorized")]
     NotAuthorized,
+    #[error("an intermediate certificate of the path is expired")]
+    IntermediateExpired,
+    #[error("an intermediate certificate of the path is not yet valid")]
+    IntermediateNotYetValid,
+    #[error("the trust-bundle root of the path is expired")]
+    RootExpired,
+    #[error("the trust-bundle root of the path is not yet valid")]
+    RootNotYetValid,
+    #[error("a certificate is not X.509 version 3")]
+    NotVersion3,
+    #[error("a serial number is zero or negative")]
+    SerialNotPositive,
+    #[error("a serial number is longer than 20 octets")]
+    SerialTooLong,
+    #[error("signatureAlgorithm differs from the TBSCertificate signature field")]
+    SignatureAlgorithmMismatch,
+    #[error("a certificate has an extension that does not parse")]
+    MalformedExtension,
+    #[error("a certificate has an unknown critical extension")]
+    UnknownCriticalExtension,
+    #[error("a public key is too small (RSA under 2048 bits)")]
+    WeakKey,
+    #[error("a public key has an unsupported type or curve")]
+    UnsupportedKey,
+    #[error("the leaf carries name constraints")]
+    LeafNameConstraints,
+    #[error("a non-root certificate has no authority key identifier")]
+    MissingAuthorityKeyId,
+    #[error("the leaf has an empty subject and a non-critical subjectAltName")]
+    SanNotCritical,
+    #[error("a CA certificate lacks basicConstraints cA:TRUE")]
+    CaNotCa,
+    #[error("a CA certificate's basicConstraints is not critical")]
+    CaBasicConstraintsNotCritical,
+    #[error("a certificate has a path length constraint without cA:TRUE")]
+    ContradictoryBasicConstraints,
+    #[error("a CA certificate has no keyUsage extension")]
+    CaNoKeyUsage,
+    #[error("a CA certificate's keyUsage lacks keyCertSign")]
+    CaNoKeyCertSign,
+    #[error("a keyUsage extension is not critical")]
+    KeyUsageNotCritical,
+    #[error("a CA certificate has no subject key identifier")]
+    CaMissingSubjectKeyId,
+    #[error("a CA certificate has an empty subject")]
+    CaEmptySubject,
+    #[error("a CA certificate's extendedKeyUsage does not allow this TLS role")]
+    CaExtendedKeyUsage,
+    #[error("a path length constraint is exceeded")]
+    PathLengthExceeded,
+    #[error("a name constraint of a CA is violated")]
+    NameConstraintViolation,
+    #[error("a CA certificate has malformed name constraints")]
+    MalformedNameConstraints,
 }
 
 impl SvidRejection {
@@ -182,6 +352,33 @@ impl SvidRejection {
             Self::UnsupportedSignatureAlgorithm => "unsupported_signature_algorithm",
             Self::InvalidChain => "invalid_chain",
             Self::NotAuthorized => "not_authorized",
+            Self::IntermediateExpired => "intermediate_expired",
+            Self::IntermediateNotYetValid => "intermediate_not_yet_valid",
+            Self::RootExpired => "root_expired",
+            Self::RootNotYetValid => "root_not_yet_valid",
+            Self::NotVersion3 => "not_version_3",
+            Self::SerialNotPositive => "serial_not_positive",
+            Self::SerialTooLong => "serial_too_long",
+            Self::SignatureAlgorithmMismatch => "signature_algorithm_mismatch",
+            Self::MalformedExtension => "malformed_extension",
+            Self::UnknownCriticalExtension => "unknown_critical_extension",
+            Self::WeakKey => "weak_key",
+            Self::UnsupportedKey => "unsupported_key",
+            Self::LeafNameConstraints => "leaf_name_constraints",
+            Self::MissingAuthorityKeyId => "missing_authority_key_id",
+            Self::SanNotCritical => "san_not_critical",
+            Self::CaNotCa => "ca_not_ca",
+            Self::CaBasicConstraintsNotCritical => "ca_basic_constraints_not_critical",
+            Self::ContradictoryBasicConstraints => "contradictory_basic_constraints",
+            Self::CaNoKeyUsage => "ca_no_key_usage",
+            Self::CaNoKeyCertSign => "ca_no_key_cert_sign",
+            Self::KeyUsageNotCritical => "key_usage_not_critical",
+            Self::CaMissingSubjectKeyId => "ca_missing_subject_key_id",
+            Self::CaEmptySubject => "ca_empty_subject",
+            Self::CaExtendedKeyUsage => "ca_extended_key_usage",
+            Self::PathLengthExceeded => "path_length_exceeded",
+            Self::NameConstraintViolation => "name_constraint_violation",
+            Self::MalformedNameConstraints => "malformed_name_constraints",
         }
     }
 }
@@ -272,7 +469,9 @@ pub fn verify_svid(
 }
 
 /// [`verify_svid`] with an explicit TLS role and signature algorithms (from the
-/// crypto provider's `signature_verification_algorithms.all`).
+/// crypto provider's `signature_verification_algorithms.all`). This is the one path
+/// validator: the rustls verifiers (both directions), the own SVID at load and at
+/// every rotation, and Workload API updates all come through here.
 pub fn verify_svid_with(
     leaf: &CertificateDer<'_>,
     intermediates: &[CertificateDer<'_>],
@@ -281,31 +480,101 @@ pub fn verify_svid_with(
     usage: SvidUsage,
     algs: &[&'static dyn SignatureVerificationAlgorithm],
 ) -> Result<SpiffeId, SvidRejection> {
-    let info = leaf_info(leaf)?;
-    let anchors = bundles
-        .anchors_for(info.id.trust_domain_name())
+    let cert = profile::parse(leaf.as_ref())?;
+    let id = check_leaf(&cert)?;
+    profile::check_leaf(&cert)?;
+    profile::check_leaf_usage(&cert)?;
+    let secs = unix_secs(now);
+    if secs < cert.validity().not_before.timestamp() {
+        return Err(SvidRejection::NotYetValid);
+    }
+    if secs > cert.validity().not_after.timestamp() {
+        return Err(SvidRejection::Expired);
+    }
+    let bundle = bundles
+        .bundle_for(id.trust_domain_name())
         .ok_or(SvidRejection::UntrustedTrustDomain)?;
-    if anchors.is_empty() {
+    if bundle.anchors.is_empty() {
         return Err(SvidRejection::UnknownIssuer);
     }
     let ee = webpki::EndEntityCert::try_from(leaf).map_err(|_| SvidRejection::Malformed)?;
-    ee.verify_for_usage(algs, anchors, intermediates, now, usage, None, None)
-        .map_err(|e| map_webpki_error(&e))?;
-    Ok(info.id)
+    // The profile rules run on each candidate path; the last refusal is reported when
+    // no path passes.
+    let refusal = Cell::new(None);
+    let check = |path: &webpki::VerifiedPath<'_>| {
+        check_path(path, bundle, now, usage).map_err(|r| {
+            refusal.set(Some(r));
+            webpki::Error::UnknownIssuer
+        })
+    };
+    match ee.verify_for_usage(
+        algs,
+        &bundle.anchors,
+        intermediates,
+        now,
+        usage,
+        None,
+        Some(&check),
+    ) {
+        Ok(_) => Ok(id),
+        Err(e) => Err(refusal.take().unwrap_or_else(|| map_webpki_error(&e))),
+    }
 }
 
-/// Maps a webpki path-building error to the rejection reason.
+/// The profile rules on a path webpki built: the root's validity and EKU, then each
+/// intermediate as a CA.
+fn check_path(
+    path: &webpki::VerifiedPath<'_>,
+    bundle: &Bundle,
+    now: UnixTime,
+    usage: SvidUsage,
+) -> Result<(), SvidRejection> {
+    let anchor = path.anchor();
+    let root = bundle
+        .anchors
+        .iter()
+        .position(|a| std::ptr::eq(a, anchor))
+        .and_then(|i| bundle.roots.get(i))
+        .ok_or(SvidRejection::UnknownIssuer)?;
+    root.check(now, usage)?;
+    // Intermediates from the leaf's issuer upwards; `below` counts the
+    // non-self-issued ones under each CA (RFC 5280 §6.1.4 (l), (m)).
+    let mut below = 0;
+    for cert in path.intermediate_certificates() {
+        let der = cert.der();
+        let parsed = profile::parse(der.as_ref())?;
+        let facts = profile::check_ca(&parsed, CaRole::Intermediate)?;
+        facts.check_usage(usage)?;
+        facts.check_path_len(below)?;
+        if !facts.self_issued() {
+            below += 1;
+        }
+    }
+    root.facts.check_path_len(below)
+}
+
+/// Maps a webpki path-building error to the rejection reason. The leaf's own validity
+/// was checked before path building, so a time error names an intermediate.
 fn map_webpki_error(e: &webpki::Error) -> SvidRejection {
     use webpki::Error as E;
     #[allow(deprecated)]
     match e {
-        E::CertExpired { .. } => SvidRejection::Expired,
-        E::CertNotValidYet { .. } => SvidRejection::NotYetValid,
+        E::CertExpired { .. } => SvidRejection::IntermediateExpired,
+        E::CertNotValidYet { .. } => SvidRejection::IntermediateNotYetValid,
         E::UnknownIssuer => SvidRejection::UnknownIssuer,
         E::InvalidSignatureForPublicKey => SvidRejection::BadSignature,
         E::CaUsedAsEndEntity => SvidRejection::LeafIsCa,
+        E::EndEntityUsedAsCa => SvidRejection::CaNotCa,
+        E::PathLenConstraintViolated => SvidRejection::PathLengthExceeded,
+        E::NameConstraintViolation => SvidRejection::NameConstraintViolation,
+        E::MalformedNameConstraint | E::InvalidNetworkMaskConstraint => {
+            SvidRejection::MalformedNameConstraints
+        }
+        E::UnsupportedCriticalExtension => SvidRejection::UnknownCriticalExtension,
+        E::SignatureAlgorithmMismatch => SvidRejection::SignatureAlgorithmMismatch,
+        // The leaf's EKU was checked before path building: this one is a CA's.
         E::RequiredEkuNotFound | E::RequiredEkuNotFoundContext(_) | E::EmptyEkuExtension => {
-            SvidRejection::WrongExtendedKeyUsage
+            SvidRejection::CaExtendedKeyUsage
         }
         E::UnsupportedSignatureAlgorithm
         | E::UnsupportedSignatureAlgorithmContext(_)
@@ -324,11 +593,7 @@ fn map_webpki_error(e: &webpki::Error) -> SvidRejection {
 /// ID, not-after and serial. Used for our own SVID on load and for a verified peer's ID.
 /// It does not check the validity window or the chain.
 pub fn leaf_info(leaf: &CertificateDer<'_>) -> Result<LeafInfo, SvidRejection> {
-    let (rest, cert) =
-        X509Certificate::from_der(leaf.as_ref()).map_err(|_| SvidRejection::Malformed)?;
-    if !rest.is_empty() {
-        return Err(SvidRejection::Malformed);
-    }
+    let cert = profile::parse(leaf.as_ref())?;
     let id = check_leaf(&cert)?;
     let not_after = unix_to_system_time(cert.validity().not_after.timestamp());
     Ok(LeafInfo {
@@ -386,6 +651,10 @@ fn check_leaf(cert: &X509Certificate<'_>) -> Result<SpiffeId, SvidRejection> {
     }
     if ku.value.crl_sign() {
         return Err(SvidRejection::CrlSign);
+    }
+    // X.509-SVID §4.3: "MUST be marked critical".
+    if !ku.critical {
+        return Err(SvidRejection::KeyUsageNotCritical);
     }
     Ok(id)
 }
@@ -584,32 +853,30 @@ mod tests {
     }
 
     #[test]
-    fn eku_is_enforced_per_role() {
+    fn leaf_eku_needs_both_tls_purposes() {
+        // X.509-SVID §4.4: when present, serverAuth and clientAuth are both set.
         let (ca, bundles) = setup();
         let leaf = ca
             .issue_custom(&LeafOptions::for_id(&id("spiffe://example.org/w")).server_auth_only())
             .unwrap();
-        let algs = DEFAULT_ALGS.all;
-        assert!(verify_svid_with(
-            &leaf.cert_der,
-            &[],
-            &bundles,
-            now(),
+        for usage in [
             SvidUsage::ServerAuth,
-            algs
-        )
-        .is_ok());
-        assert_eq!(
-            verify_svid_with(
-                &leaf.cert_der,
-                &[],
-                &bundles,
-                now(),
-                SvidUsage::ClientAuth,
-                algs
-            ),
-            Err(SvidRejection::WrongExtendedKeyUsage)
-        );
+            SvidUsage::ClientAuth,
+            SvidUsage::AnyTls,
+        ] {
+            assert_eq!(
+                verify_svid_with(
+                    &leaf.cert_der,
+                    &[],
+                    &bundles,
+                    now(),
+                    usage,
+                    DEFAULT_ALGS.all
+                ),
+                Err(SvidRejection::WrongExtendedKeyUsage),
+                "{usage:?}"
+            );
+        }
     }
 
     #[test]
@@ -619,10 +886,12 @@ mod tests {
             Err(SvidError::NoCertificates)
         ));
         let bad = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
-        assert!(matches!(
-            TrustBundles::from_pem(td("a"), bad.as_bytes()),
-            Err(SvidError::InvalidAnchor { index: 0, .. })
-        ));
+        match TrustBundles::from_pem(td("a"), bad.as_bytes()) {
+            Err(SvidError::NoUsableRoot { refused, .. }) => {
+                assert_eq!(refused, vec![(0, SvidRejection::Malformed)])
+            }
+            other => panic!("{:?}", other.map(|_| ())),
+        }
         assert!(matches!(
             private_key_from_pem(b"nothing"),
             Err(SvidError::NoPrivateKey)

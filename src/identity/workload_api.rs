@@ -22,7 +22,7 @@ use base64::Engine as _;
 use futures_util::StreamExt;
 use spiffe::workload_api::{WorkloadApiClient, X509Context};
 
-use super::source::{Identity, IdentityError, Svid, SvidPem, SvidSource};
+use super::source::{accepted, refuse, Identity, IdentityError, Svid, SvidPem, SvidSource};
 use super::TrustDomain;
 use crate::metrics;
 
@@ -49,6 +49,19 @@ pub enum WorkloadApiError {
     /// The SVID did not verify.
     #[error(transparent)]
     Identity(#[from] IdentityError),
+}
+
+impl WorkloadApiError {
+    /// The `reason` label of `portcullis_identity_reloads_total`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Stream { .. } => "stream_error",
+            Self::NoSvid => "no_svid",
+            Self::NoBundle(_) => "no_bundle",
+            Self::TrustDomain(..) => "invalid_trust_domain",
+            Self::Identity(e) => e.reason(),
+        }
+    }
 }
 
 /// Follows the Workload API and installs every valid SVID it pushes.
@@ -129,16 +142,15 @@ impl WorkloadApiSource {
             {
                 Ok(()) => {
                     installed = true;
-                    metrics::global()
-                        .identity_reloads
-                        .with_label_values(&["success"])
-                        .inc();
+                    accepted();
                 }
+                Err(WorkloadApiError::Identity(e)) => refuse("workload_api", &e),
                 Err(e) => {
-                    tracing::warn!(error = %e, "workload API update refused; keeping the current identity");
+                    tracing::warn!(source = "workload_api", reason = e.reason(), error = %e,
+                        "workload API update refused; keeping the current identity");
                     metrics::global()
                         .identity_reloads
-                        .with_label_values(&["error"])
+                        .with_label_values(&["error", e.reason()])
                         .inc();
                 }
             }
@@ -172,7 +184,7 @@ impl WorkloadApiSource {
             }
         }
         let bundle = bundle.ok_or(WorkloadApiError::NoBundle(own_td))?;
-        Ok(Svid::from_pem(
+        Ok(Svid::from_pem_from(
             &SvidPem {
                 cert: cert.as_bytes(),
                 key: key.as_bytes(),
@@ -181,6 +193,7 @@ impl WorkloadApiSource {
             },
             &self.trust_domain,
             identity.provider(),
+            "workload_api",
         )?)
     }
 }
