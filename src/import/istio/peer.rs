@@ -185,18 +185,22 @@ pub fn module(all: &[PeerAuthn]) -> String {
             );
         }
     }
+    // The most specific level that is set wins; levels no resource sets are left out.
+    let mut chain = String::from("\neffective := ");
+    for l in [
+        "port_level",
+        "workload_level",
+        "namespace_level",
+        "mesh_level",
+    ] {
+        if out.contains(&format!("\n{l} := ")) {
+            let _ = write!(chain, "{l} if {{\n\t{l}\n}} else := ");
+        }
+    }
+    chain.push_str("{\"mode\": \"PERMISSIVE\", \"resource\": \"Istio's default\"}\n");
+    out.push_str(&chain);
     out.push_str(
         r#"
-effective := port_level if {
-	port_level
-} else := workload_level if {
-	workload_level
-} else := namespace_level if {
-	namespace_level
-} else := mesh_level if {
-	mesh_level
-} else := {"mode": "PERMISSIVE", "resource": "Istio's default"}
-
 refusal := concat("", ["plain text refused: ", effective.resource, " requires mutual TLS (STRICT)"]) if {
 	effective.mode == "STRICT"
 	not input.attributes.source.principal
