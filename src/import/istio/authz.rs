@@ -527,9 +527,9 @@ fn paths(res: &Resource, field: &str, v: &[String]) -> Result<Test, ImportError>
     Ok(Test::Path(plain, templates))
 }
 
-/// Characters a `{*}` segment may hold (RFC 3986 pchar without `/`, as Envoy's
-/// URI template matcher defines them).
-const SEGMENT_CHARS: &str = r"a-zA-Z0-9\-._~%!$&'()+,;:@=";
+/// Characters a `{*}` segment may hold: RFC 3986 pchar without `/`, plus `*`, as
+/// Envoy's URI template matcher (which Istio configures) accepts them.
+const SEGMENT_CHARS: &str = r"a-zA-Z0-9\-._~%!$&'()*+,;:@=";
 
 /// An Istio path template (`/a/{*}/b`, `/a/{**}`) as an anchored regular expression.
 pub fn template_regex(path: &str) -> Result<String, String> {
