@@ -840,8 +840,8 @@ fn resources(policies: &str, port: u16, jwks: &str) -> (String, Vec<Value>) {
     (yaml, aps)
 }
 
-/// `portcullis import istio` into `dir`, the workload's labels beside it, and a
-/// configuration built from the generated fragment.
+/// `portcullis import istio` into `dir`, the workload's labels file beside it
+/// (`policy.workload_labels`), and a configuration built from the generated fragment.
 fn import_and_configure(
     pki: &Pki,
     dir: &Path,
@@ -865,11 +865,11 @@ fn import_and_configure(
         "import: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let labels = policies.join("portcullis/workload");
-    std::fs::create_dir_all(&labels).unwrap();
+    // The pod's labels as the downward API writes them (`inject` mounts this file).
+    let labels = dir.join("labels");
     std::fs::write(
-        labels.join("data.json"),
-        json!({"labels": {"app": APP_LABEL}}).to_string(),
+        &labels,
+        format!("app=\"{APP_LABEL}\"\npod-template-hash=\"5d8f\"\n"),
     )
     .unwrap();
 
@@ -883,7 +883,11 @@ fn import_and_configure(
         "inbound": {"listen": format!("127.0.0.1:{listen}"), "app": format!("127.0.0.1:{app}"), "mtls": "strict"},
         "outbound": {"listen": "127.0.0.1:0"},
         "admin": {"listen": format!("127.0.0.1:{admin}")},
-        "policy": {"dir": policies, "inbound_query": fragment["policy"]["inbound_query"]},
+        "policy": {
+            "dir": policies,
+            "inbound_query": fragment["policy"]["inbound_query"],
+            "workload_labels": labels,
+        },
         "log": {"decisions": false},
     });
     cfg["jwt"] = fragment["jwt"].clone();

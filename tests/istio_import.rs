@@ -302,3 +302,41 @@ fn unsupported_and_invalid_fields_name_resource_field_and_reason() {
     assert!(text(&o.stderr)
         .contains("AuthorizationPolicy shop/ext: CUSTOM policy (provider \"opa\") skipped"));
 }
+
+/// `inject` mounts the pod's labels through the downward API and points
+/// `policy.workload_labels` at them, in a configuration the sidecar accepts.
+#[test]
+fn inject_gives_the_sidecar_its_labels() {
+    let fixture = format!(
+        "{}/tests/fixtures/k8s/deployment-probes.yaml",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let o = run(&["inject", "-f", &fixture]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let doc: Value = serde_yaml::from_str(&text(&o.stdout)).unwrap();
+    let pod = &doc["spec"]["template"];
+    let config = pod["metadata"]["annotations"]["portcullis.io/config"]
+        .as_str()
+        .unwrap();
+    assert!(
+        config.contains("workload_labels: /etc/portcullis/config/labels"),
+        "{config}"
+    );
+    let volumes = pod["spec"]["volumes"].as_array().unwrap();
+    let items: Vec<&Value> = volumes
+        .iter()
+        .filter_map(|v| v["downwardAPI"]["items"].as_array())
+        .flatten()
+        .collect();
+    assert!(
+        items
+            .iter()
+            .any(|i| i["path"] == "labels" && i["fieldRef"]["fieldPath"] == "metadata.labels"),
+        "{items:?}"
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("portcullis.yaml");
+    std::fs::write(&file, config).unwrap();
+    let o = run(&["run", "--check-config", "--config", file.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+}

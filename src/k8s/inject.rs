@@ -71,6 +71,8 @@ pub const PROXY_UID: i64 = 1337;
 
 const CONFIG_DIR: &str = "/etc/portcullis/config";
 const CONFIG_FILE: &str = "portcullis.yaml";
+/// The pod's labels (downward API), beside the configuration.
+const LABELS_FILE: &str = "labels";
 const POLICIES_DIR: &str = "/etc/portcullis/policies";
 const SVID_DIR: &str = "/var/run/secrets/spiffe.io";
 const SPIRE_DIR: &str = "/run/spire/sockets";
@@ -590,7 +592,7 @@ pub fn sidecar_config(opts: &InjectOptions) -> String {
          inbound:\n  listen: 0.0.0.0:{INBOUND_PORT}\n  mtls: {mtls}\n  original_destination: true\n\
          outbound:\n  listen: 127.0.0.1:{OUTBOUND_PORT}\n  mode: transparent\n  mesh_networks: [{mesh}]\n\
          admin:\n  listen: 0.0.0.0:{ADMIN_PORT}\n\
-         policy:\n  dir: {POLICIES_DIR}\n\
+         policy:\n  dir: {POLICIES_DIR}\n  workload_labels: {CONFIG_DIR}/{LABELS_FILE}\n\
          log:\n  level: {level}\n",
         td = opts.trust_domain,
         mesh = opts
@@ -818,14 +820,25 @@ fn pod_volumes(opts: &InjectOptions) -> Vec<Volume> {
         Volume {
             name: VOL_CONFIG.into(),
             downward_api: Some(DownwardAPIVolumeSource {
-                items: Some(vec![DownwardAPIVolumeFile {
-                    path: CONFIG_FILE.into(),
-                    field_ref: Some(ObjectFieldSelector {
-                        field_path: format!("metadata.annotations['{ANNOTATION_CONFIG}']"),
-                        ..ObjectFieldSelector::default()
-                    }),
-                    ..DownwardAPIVolumeFile::default()
-                }]),
+                items: Some(vec![
+                    DownwardAPIVolumeFile {
+                        path: CONFIG_FILE.into(),
+                        field_ref: Some(ObjectFieldSelector {
+                            field_path: format!("metadata.annotations['{ANNOTATION_CONFIG}']"),
+                            ..ObjectFieldSelector::default()
+                        }),
+                        ..DownwardAPIVolumeFile::default()
+                    },
+                    // For policies that select workloads by label (`import istio`).
+                    DownwardAPIVolumeFile {
+                        path: LABELS_FILE.into(),
+                        field_ref: Some(ObjectFieldSelector {
+                            field_path: "metadata.labels".into(),
+                            ..ObjectFieldSelector::default()
+                        }),
+                        ..DownwardAPIVolumeFile::default()
+                    },
+                ]),
                 ..DownwardAPIVolumeSource::default()
             }),
             ..Volume::default()
