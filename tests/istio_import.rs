@@ -66,6 +66,8 @@ struct Req {
     port: u16,
     headers: Value,
     claims: Option<Value>,
+    /// An opaque TCP connection: no `attributes.request`.
+    tcp: bool,
 }
 
 impl Default for Req {
@@ -79,6 +81,7 @@ impl Default for Req {
             port: 8080,
             headers: json!({}),
             claims: None,
+            tcp: false,
         }
     }
 }
@@ -100,6 +103,9 @@ impl Req {
             },
             "request": {"http": {"method": self.method, "path": self.path, "host": self.host, "headers": headers}},
         });
+        if self.tcp {
+            attrs.as_object_mut().unwrap().remove("request");
+        }
         if let Some(c) = &self.claims {
             attrs["metadataContext"] =
                 json!({"filterMetadata": {"envoy.filters.http.jwt_authn": {"jwt_payload": c}}});
@@ -234,7 +240,30 @@ fn decisions_follow_istio_order_and_name_the_deciding_resource() {
         ("spec: {} allows nothing", Req { workload_ns: "vault", ..Req::default() }, false, "no rule of AuthorizationPolicy istio-system/health, AuthorizationPolicy vault/lockdown matched"),
         ("but the mesh-wide ALLOW still applies", Req { workload_ns: "vault", path: "/healthz", ..Req::default() }, true, "allowed by AuthorizationPolicy istio-system/health"),
     ];
-    for (name, req, allowed, reason) in cases {
+    // Opaque TCP: HTTP-only fields make ALLOW rules miss and are ignored in DENY rules
+    // (so no-delete's `methods: [DELETE]` drops out and its namespace condition decides).
+    let tcp: Vec<(&str, Req, bool, &str)> = vec![
+        (
+            "TCP: DENY without its HTTP-only field",
+            Req {
+                tcp: true,
+                ..Req::default()
+            },
+            false,
+            "denied by AuthorizationPolicy shop/no-delete",
+        ),
+        (
+            "TCP: ALLOW rules with HTTP-only fields miss",
+            Req {
+                tcp: true,
+                principal: Some("spiffe://cluster.local/ns/ops/sa/admin"),
+                ..Req::default()
+            },
+            false,
+            "no rule of",
+        ),
+    ];
+    for (name, req, allowed, reason) in cases.into_iter().chain(tcp) {
         let (ok, why) = decide(dir, &req);
         assert_eq!(ok, allowed, "{name}: {why}");
         assert!(
