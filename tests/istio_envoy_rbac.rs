@@ -650,6 +650,23 @@ const SCENARIOS: &[(&str, &str)] = &[
         notValues: ["*"]
 "#,
     ),
+    (
+        "audiences, queries, segment characters, exclusions",
+        r#"
+- metadata: {name: misc, namespace: default}
+  spec:
+    rules:
+    - to:
+      - operation: {paths: ["/info/x", "/users/{*}/orders"], methods: ["G*"]}
+      when:
+      - key: request.auth.audiences
+        values: ["ord*"]
+    - from:
+      - source: {notRequestPrincipals: ["https://idp.example/bob"], principals: ["cluster.local/ns/ops/sa/admin"]}
+    - to:
+      - operation: {hosts: ["ORDERS.EXAMPLE.COM"]}
+"#,
+    ),
 ];
 
 struct Request {
@@ -747,6 +764,24 @@ const REQUESTS: &[Request] = &[
         "DELETE",
         "/data",
         &["x-env: prod"],
+        "alice",
+    ),
+    req(
+        "tester",
+        "127.0.0.1",
+        "GET",
+        "/users/a*b/orders",
+        &[],
+        "alice",
+    ),
+    req("frontend", "127.0.0.1", "GET", "/info/x?y=1", &[], "bob"),
+    req("admin", "127.0.0.2", "POST", "/data", &[], "bob"),
+    req(
+        "admin",
+        "127.0.0.2",
+        "POST",
+        "/data",
+        &["Host: orders.example.com"],
         "alice",
     ),
 ];
