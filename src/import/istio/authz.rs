@@ -344,7 +344,9 @@ fn condition_checks(res: &Resource, at: &str, c: &Condition) -> Result<Vec<Check
     let key = c.key.trim();
     let build: Box<ValuesBuilder> = if let Some(name) = bracketed(key, "request.headers") {
         let name = single(res, &field, &name)?.to_ascii_lowercase();
-        if name.is_empty() || !name.bytes().all(is_token_byte) {
+        // Pseudo-headers (`:authority`, `:method`, `:path`) are in the input too.
+        let bare = name.strip_prefix(':').unwrap_or(&name);
+        if bare.is_empty() || !bare.bytes().all(is_token_byte) {
             return Err(res.invalid(&field, &format!("{name:?} is not a header name")));
         }
         Box::new(move |_, v| Ok(Test::Header(name.clone(), v.to_vec())))
@@ -360,7 +362,6 @@ fn condition_checks(res: &Resource, at: &str, c: &Condition) -> Result<Vec<Check
             "destination.port" => Box::new(|f, v| ports(res, f, v)),
             "source.namespace" => Box::new(|f, v| namespaces(res, f, v)),
             "source.principal" => Box::new(|f, v| principals(res, f, v)),
-            "source.serviceAccount" => Box::new(|f, v| service_accounts(res, f, v)),
             "request.auth.principal" => Box::new(|f, v| request_principals(res, f, v)),
             "request.auth.audiences" => Box::new(|_, v| Ok(Test::Audience(v.to_vec()))),
             "request.auth.presenter" => Box::new(|_, v| Ok(Test::Presenter(v.to_vec()))),
@@ -688,5 +689,44 @@ fn check_line(c: &Check, helper: &str, tcp_ignores: bool, helpers: &mut String) 
         format!("lib.http; {line}")
     } else {
         line
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_templates_become_anchored_regexes() {
+        let r = regex::Regex::new(&template_regex("/users/{*}/orders").unwrap()).unwrap();
+        assert!(r.is_match("/users/7/orders"));
+        assert!(r.is_match("/users/a*b/orders"));
+        assert!(!r.is_match("/users//orders"));
+        assert!(!r.is_match("/users/7/8/orders"));
+        assert!(!r.is_match("/x/users/7/orders"));
+        let r = regex::Regex::new(&template_regex("/api/{**}").unwrap()).unwrap();
+        assert!(r.is_match("/api/"));
+        assert!(r.is_match("/api/a/b"));
+        assert!(!r.is_match("/api"));
+        let dots = regex::Regex::new(&template_regex("/v1.0/{*}").unwrap()).unwrap();
+        assert!(!dots.is_match("/v1x0/a"), "literal segments are escaped");
+        for bad in ["/a/{**}/b", "/a{*}", "users/{*}", "/a/{x}/{*}"] {
+            assert!(template_regex(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn bracketed_keys_split_into_names() {
+        assert_eq!(
+            bracketed("request.auth.claims[org][tier]", "request.auth.claims"),
+            Some(vec!["org".to_owned(), "tier".to_owned()])
+        );
+        assert_eq!(
+            bracketed("request.headers[X-A]", "request.headers"),
+            Some(vec!["X-A".to_owned()])
+        );
+        assert_eq!(bracketed("request.headers", "request.headers"), None);
+        assert_eq!(bracketed("request.headers[x", "request.headers"), None);
+        assert_eq!(bracketed("request.headersx[a]", "request.headers"), None);
     }
 }

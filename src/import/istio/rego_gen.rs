@@ -377,3 +377,20 @@ allow := denial(403, sort(unresolved)[0]) if {
     );
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identifiers_are_rego_safe_and_unique() {
+        assert_eq!(ident("deny-admin"), "deny_admin");
+        assert_eq!(ident("default"), "_default");
+        assert_eq!(ident("9lives"), "_9lives");
+        assert_eq!(ident("Ünïcode.x"), "_n_code_x");
+        let mut n = Names::default();
+        assert_eq!(n.fresh("a.b_c"), "a.b_c");
+        assert_eq!(n.fresh("a.b_c"), "a.b_c_2");
+        assert_eq!(quote("a\"b\\"), r#""a\"b\\""#);
+    }
+}

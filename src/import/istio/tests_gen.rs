@@ -327,9 +327,12 @@ fn matching(rule: &RuleIr) -> Option<Witness> {
         .flatten()
         .chain(&rule.when)
         .collect();
-    // Positive checks first, so a negated one can still move a value they left free.
+    // Positive checks first, so a negated one can still move a value they left free;
+    // a check that already holds (a namespace of the principal set before) is kept.
     for c in checks.iter().filter(|c| !c.negated) {
-        make_hold(c, &mut w);
+        if !check_holds(c, &w) {
+            make_hold(c, &mut w);
+        }
     }
     for c in checks.iter().filter(|c| c.negated) {
         if !check_holds(c, &w) {
