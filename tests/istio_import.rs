@@ -275,9 +275,18 @@ fn decisions_follow_istio_order_and_name_the_deciding_resource() {
 
 fn import_text(yaml: &str, extra: &[&str]) -> Output {
     let tmp = tempfile::tempdir().unwrap();
+    import_into_with(tmp.path(), yaml, extra)
+}
+
+fn import_into(dir: &Path, yaml: &str) -> Output {
+    import_into_with(dir, yaml, &[])
+}
+
+/// `import istio -f - -o DIR` with `yaml` on standard input.
+fn import_into_with(dir: &Path, yaml: &str, extra: &[&str]) -> Output {
     let mut child = Command::new(BIN)
         .args(["import", "istio", "-f", "-", "-o"])
-        .arg(tmp.path())
+        .arg(dir)
         .args(extra)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -368,4 +377,27 @@ fn inject_gives_the_sidecar_its_labels() {
     std::fs::write(&file, config).unwrap();
     let o = run(&["run", "--check-config", "--config", file.to_str().unwrap()]);
     assert!(o.status.success(), "{}", text(&o.stderr));
+}
+
+/// Importing again replaces the previous import (a removed policy must not linger),
+/// and a foreign `istio/` directory is never overwritten.
+#[test]
+fn reimport_replaces_the_previous_import_only() {
+    let tmp = tempfile::tempdir().unwrap();
+    import(tmp.path());
+    let o = import_into(tmp.path(), &ap("only", "  rules: [{}]\n"));
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(!tmp
+        .path()
+        .join("istio/authz/shop/orders_read.rego")
+        .exists());
+    assert!(tmp.path().join("istio/authz/shop/only.rego").exists());
+
+    let foreign = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(foreign.path().join("istio")).unwrap();
+    std::fs::write(foreign.path().join("istio/mine.rego"), "package mine\n").unwrap();
+    let o = import_into(foreign.path(), &ap("only", "  rules: [{}]\n"));
+    assert!(!o.status.success());
+    assert!(text(&o.stderr).contains("was not written by `portcullis import istio`"));
+    assert!(foreign.path().join("istio/mine.rego").exists());
 }

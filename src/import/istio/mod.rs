@@ -187,6 +187,22 @@ pub fn run(opts: &ImportOptions) -> Result<Output, ImportError> {
 }
 
 fn write(dir: &Path, out: &Output) -> Result<(), ImportError> {
+    // A previous import's packages would still be loaded beside the new ones: the
+    // `istio/` tree is replaced whole, but only if an import wrote it.
+    let ours = dir.join("istio");
+    if ours.exists() {
+        let lib = std::fs::read_to_string(ours.join("lib.rego")).unwrap_or_default();
+        if !lib.starts_with(GENERATED) {
+            return Err(ImportError::Write {
+                path: ours,
+                source: std::io::Error::other(
+                    "exists and was not written by `portcullis import istio`; choose another -o",
+                ),
+            });
+        }
+        std::fs::remove_dir_all(&ours)
+            .map_err(|source| ImportError::Write { path: ours, source })?;
+    }
     for (rel, text) in &out.files {
         let path = dir.join(rel);
         if let Some(parent) = path.parent() {
