@@ -679,7 +679,7 @@ fn check_line(c: &Check, helper: &str, tcp_ignores: bool, helpers: &mut String) 
     if tcp_ignores {
         let _ = write!(
             helpers,
-            "\n# {} is HTTP only: ignored on TCP connections, as Istio does in this policy's action\n\
+            "\n# {} is HTTP only: Istio ignores it on TCP connections in DENY and AUDIT policies\n\
              {helper} if not lib.http\n\n{helper} if {{\n\tlib.http\n\t{line}\n}}\n",
             c.origin
         );

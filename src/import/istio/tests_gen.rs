@@ -218,7 +218,10 @@ fn satisfy(test: &Test, w: &mut Witness) {
             ))
         }
         Test::ServiceAccount(v) => {
-            let (ns, sa) = v[0].split_once('/').unwrap_or(("", ""));
+            let (ns, sa) = v
+                .first()
+                .and_then(|a| a.split_once('/'))
+                .unwrap_or(("", ""));
             w.principal = Some(format!("cluster.local/ns/{ns}/sa/{sa}"));
         }
         Test::RequestPrincipal(v) => {
