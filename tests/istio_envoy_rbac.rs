@@ -809,24 +809,17 @@ fn tokens(key: &TestKey) -> Tokens {
     Tokens { alice, bob, bad }
 }
 
-/// Sends one request with curl; returns the status (000 when the connection failed).
-fn send(pki: &Pki, port: u16, r: &Request, t: &Tokens) -> String {
+/// Sends one request with curl; returns the status (000 when the connection failed)
+/// and the body.
+fn send(pki: &Pki, port: u16, r: &Request, t: &Tokens) -> (String, String) {
     let dir = pki.path(r.who);
     let mut cmd = Command::new("curl");
-    cmd.args([
-        "-s",
-        "-k",
-        "--http1.1",
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code}",
-    ])
-    .arg("--cert")
-    .arg(dir.join("tls.crt"))
-    .arg("--key")
-    .arg(dir.join("tls.key"))
-    .args(["--interface", r.source]);
+    cmd.args(["-s", "-k", "--http1.1", "-w", "\n%{http_code}"])
+        .arg("--cert")
+        .arg(dir.join("tls.crt"))
+        .arg("--key")
+        .arg(dir.join("tls.key"))
+        .args(["--interface", r.source]);
     if r.method == "HEAD" {
         cmd.arg("-I");
     } else {
@@ -845,7 +838,9 @@ fn send(pki: &Pki, port: u16, r: &Request, t: &Tokens) -> String {
         cmd.args(["-H", &format!("authorization: Bearer {tok}")]);
     }
     cmd.arg(format!("https://127.0.0.1:{port}{}", r.path));
-    String::from_utf8_lossy(&cmd.output().unwrap().stdout).into_owned()
+    let out = String::from_utf8_lossy(&cmd.output().unwrap().stdout).into_owned();
+    let (body, status) = out.rsplit_once('\n').unwrap_or(("", &out));
+    (status.to_owned(), body.to_owned())
 }
 
 fn request_authentication(jwks: &str) -> String {
@@ -960,6 +955,7 @@ fn imported_policies_decide_as_envoy_rbac_does() {
 
     let mut total = 0;
     let mut agree = 0;
+    let mut named = 0;
     let mut allowed = 0;
     let mut disagreements = Vec::new();
     for (n, (name, policies)) in SCENARIOS.iter().enumerate() {
@@ -1022,8 +1018,19 @@ fn imported_policies_decide_as_envoy_rbac_does() {
         );
 
         for r in REQUESTS {
-            let want = send(&pki, e_listen, r, &toks);
-            let got = send(&pki, p_listen, r, &toks);
+            let (want, _) = send(&pki, e_listen, r, &toks);
+            let (got, body) = send(&pki, p_listen, r, &toks);
+            // Every denial names the Istio resource that decided.
+            if got == "403" && r.method != "HEAD" {
+                assert!(
+                    body.starts_with("RBAC: access denied: ")
+                        && body.contains("AuthorizationPolicy "),
+                    "{name}: {} {}: 403 body {body:?}",
+                    r.method,
+                    r.path
+                );
+                named += 1;
+            }
             total += 1;
             if want == "200" {
                 allowed += 1;
@@ -1039,7 +1046,7 @@ fn imported_policies_decide_as_envoy_rbac_does() {
         }
     }
     println!(
-        "istio differential: {} scenarios, {total} requests, {agree} agree ({allowed} allowed by Envoy)",
+        "istio differential: {} scenarios, {total} requests, {agree} agree ({allowed} allowed by Envoy; {named} portcullis denials name their AuthorizationPolicy)",
         SCENARIOS.len()
     );
     assert!(
