@@ -251,6 +251,21 @@ pub enum MtlsMode {
     Permissive,
 }
 
+/// The HTTP version allowed requests are forwarded to the app with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AppProtocol {
+    /// Per request (default): WebSocket upgrades and HTTP/1.x callers get HTTP/1.1,
+    /// gRPC gets HTTP/2, other HTTP/2 callers get HTTP/2 only if the app's port
+    /// answers the HTTP/2 preface (probed once, cached, refreshed).
+    #[default]
+    Auto,
+    /// Always HTTP/1.1 (upgrades included).
+    Http1,
+    /// Always HTTP/2 with prior knowledge (h2c), except HTTP/1.1 upgrades.
+    Http2,
+}
+
 /// The inbound listener, in front of the app.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -267,6 +282,17 @@ pub struct InboundConfig {
     /// Ports whose traffic is never parsed as HTTP (decided once per connection).
     #[serde(deserialize_with = "or_default")]
     pub opaque_ports: Vec<u16>,
+    /// The HTTP version the app speaks: `auto` (default), `http1` or `http2`.
+    pub app_protocol: AppProtocol,
+    /// Per-port overrides of `app_protocol`, keyed by the app's port.
+    #[serde(deserialize_with = "or_default")]
+    pub port_protocols: std::collections::BTreeMap<u16, AppProtocol>,
+    /// With `original_destination`: ports forwarded to loopback (`127.0.0.1:<port>`,
+    /// `[::1]:<port>`) instead of the original destination address, for apps that
+    /// listen on localhost only. Anything bound to localhost is otherwise unreachable
+    /// from outside the pod, as it is without a sidecar.
+    #[serde(deserialize_with = "or_default")]
+    pub loopback_ports: Vec<u16>,
     /// Trust domains whose bundles arrive at run time (federated bundles from the
     /// Workload API), which `outbound.routes[].spiffe_id` may therefore name. Peers
     /// are accepted when their SVID chains to a bundle of their own trust domain.
@@ -282,6 +308,9 @@ impl Default for InboundConfig {
             app: SocketAddr::from(([127, 0, 0, 1], 8080)),
             original_destination: false,
             opaque_ports: Vec::new(),
+            app_protocol: AppProtocol::Auto,
+            port_protocols: std::collections::BTreeMap::new(),
+            loopback_ports: Vec::new(),
             trusted_domains: Vec::new(),
         }
     }
@@ -1087,6 +1116,17 @@ impl Config {
             if *p == 0 {
                 return fail(format!("inbound.opaque_ports[{i}]"), "port 0 is not a port");
             }
+        }
+        for (i, p) in self.inbound.loopback_ports.iter().enumerate() {
+            if *p == 0 {
+                return fail(
+                    format!("inbound.loopback_ports[{i}]"),
+                    "port 0 is not a port",
+                );
+            }
+        }
+        if self.inbound.port_protocols.contains_key(&0) {
+            return fail("inbound.port_protocols", "port 0 is not a port");
         }
 
         // outbound

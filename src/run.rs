@@ -251,6 +251,11 @@ pub async fn start(cfg: Config, set_log_level: LevelSetter) -> anyhow::Result<Ru
         ),
         app: cfg.inbound.app,
         original_destination: cfg.inbound.original_destination,
+        loopback_ports: cfg.inbound.loopback_ports.clone(),
+        protocols: crate::proxy::app_protocol::AppProtocols::new(
+            cfg.inbound.app_protocol,
+            cfg.inbound.port_protocols.clone(),
+        ),
         mtls: cfg.inbound.mtls,
         opaque_ports: cfg.inbound.opaque_ports.clone(),
         body: cfg.policy.body.clone(),
@@ -286,6 +291,10 @@ pub async fn start(cfg: Config, set_log_level: LevelSetter) -> anyhow::Result<Ru
             cfg.limits.connect_timeout,
             cfg.limits.upstream_timeout,
             cfg.limits.idle_timeout,
+        ),
+        protocols: crate::proxy::app_protocol::AppProtocols::new(
+            crate::config::AppProtocol::Auto,
+            Default::default(),
         ),
         mesh_networks: cfg.outbound.mesh_networks.clone(),
         non_mesh: cfg.outbound.non_mesh,

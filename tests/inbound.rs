@@ -26,9 +26,19 @@ allow if {
 # By header.
 allow if input.attributes.request.http.headers["x-magic"] == "please"
 
-# The app must never see a client-supplied XFCC: the policy must not either.
+# The app must never see a client-supplied XFCC: the policy must not either. It sees
+# the one the sidecar sets, as Envoy's ext_authz does.
 allow if {
     input.parsed_path[0] == "echo"
+    xfcc := input.attributes.request.http.headers["x-forwarded-client-cert"]
+    startswith(xfcc, "By=spiffe://cluster.local/ns/default/sa/backend;Hash=")
+    not contains(xfcc, "admin")
+}
+
+# Plain text (permissive): no identity, so no XFCC at all, whatever the client sent.
+allow if {
+    input.parsed_path[0] == "echo"
+    not input.attributes.source.principal
     not input.attributes.request.http.headers["x-forwarded-client-cert"]
 }
 
@@ -161,7 +171,7 @@ async fn spoofed_xfcc_never_reaches_policy_or_app() {
         ),
     )
     .await;
-    // Allowed means the policy saw no XFCC header.
+    // Allowed means the policy saw the sidecar's XFCC, not the client's.
     assert_eq!(r.status(), 200, "{body}");
     let echoed: serde_json::Value = serde_json::from_str(&body).unwrap();
     let xfcc = echoed["headers"]["x-forwarded-client-cert"]
@@ -352,6 +362,12 @@ async fn repeated_requests_are_answered_from_the_decision_cache() {
     let (r, _) = call(&c, sidecar.inbound_addr, req("POST", "/public/x", &[], "")).await;
     assert_eq!(r.status(), 403);
     let after = admin_get(sidecar.admin_addr, "/metrics").await.1;
-    assert!(count(&after, "hit") >= count(&before, "hit") + 2.0, "{after}");
-    assert!(count(&after, "miss") >= count(&before, "miss") + 2.0, "{after}");
+    assert!(
+        count(&after, "hit") >= count(&before, "hit") + 2.0,
+        "{after}"
+    );
+    assert!(
+        count(&after, "miss") >= count(&before, "miss") + 2.0,
+        "{after}"
+    );
 }

@@ -93,7 +93,10 @@ impl Topology {
             ]);
             run(&["ip", "-n", &sw, "link", "set", &port, "master", "br0", "up"]);
             // Dual stack: IPv6 must not be a way around the sidecar.
-            for (addr, extra) in [(format!("{ip}/24"), None), (format!("{ip6}/64"), Some("nodad"))] {
+            for (addr, extra) in [
+                (format!("{ip}/24"), None),
+                (format!("{ip6}/64"), Some("nodad")),
+            ] {
                 let mut args = vec!["ip", "-n", &ns, "addr", "add", &addr, "dev", "eth0"];
                 args.extend(extra);
                 run(&args);
@@ -226,7 +229,7 @@ fn pod_dir(pki: &Pki, name: &str, id: &str, policies: &[(&str, &str)]) -> PathBu
     let config = format!(
         "trust_domain: cluster.local\n\
          identity:\n  files:\n    cert: {d}/tls.crt\n    key: {d}/tls.key\n    bundle: {d}/ca.crt\n\
-         inbound:\n  listen: 0.0.0.0:15006\n  original_destination: true\n  mtls: strict\n\
+         inbound:\n  listen: 0.0.0.0:15006\n  original_destination: true\n  mtls: strict\n  loopback_ports: [8083]\n\
          outbound:\n  listen: 127.0.0.1:15001\n  mode: transparent\n  mesh_networks: [10.77.0.1/32, 10.77.0.2/32]\n\
          admin:\n  listen: 0.0.0.0:15000\n\
          policy:\n  dir: {d}\n\
@@ -340,6 +343,21 @@ fn two_pods_with_transparent_interception() {
         &[BIN, "echo", "--listen", "[::]:8080"],
         &logs.join("app-b.log"),
     );
+    // Pod B's other apps: one bound to the pod IP only, one to localhost only (an
+    // admin port meant to stay inside the pod), and one on localhost that the
+    // sidecar is told to reach there (`inbound.loopback_ports`).
+    for (listen, log) in [
+        ("10.77.0.2:8081", "app-b-pod-ip.log"),
+        ("127.0.0.1:8082", "app-b-localhost.log"),
+        ("127.0.0.1:8083", "app-b-loopback-port.log"),
+    ] {
+        t.spawn(
+            "b",
+            false,
+            &[BIN, "echo", "--listen", listen],
+            &logs.join(log),
+        );
+    }
     t.spawn(
         "c",
         false,
@@ -401,6 +419,25 @@ fn two_pods_with_transparent_interception() {
     assert_eq!(echoed["path"], "/hello");
     assert_eq!(echoed["version"], "HTTP/1.1");
 
+    // 1b. Transparent inbound forwards to where the app listens: an app bound to the
+    //     pod IP only is reached; a localhost-only app is not reachable from another
+    //     pod through the sidecar (502 at A's app), unless its port is listed in
+    //     `inbound.loopback_ports`.
+    let (code, body, _) = curl(&t, "a", "http://10.77.0.2:8081/pod-ip");
+    assert_eq!(code, "200", "app on the pod IP: {body}");
+    let echoed: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(echoed["path"], "/pod-ip");
+    let (code, body, _) = curl(&t, "a", "http://10.77.0.2:8082/private");
+    assert_eq!(
+        code, "502",
+        "a localhost-only app must stay private: {body}"
+    );
+    let (code, body, _) = curl(&t, "a", "http://10.77.0.2:8083/loopback");
+    assert_eq!(code, "200", "a loopback_ports app: {body}");
+    // Inside pod B, the localhost-only app is still there for B's own processes.
+    let (code, _, _) = curl(&t, "b", "http://127.0.0.1:8082/private");
+    assert_eq!(code, "200");
+
     // 2. A path B's policy denies: 403 at A.
     let (code, _, _) = curl(&t, "a", "http://10.77.0.2:8080/forbidden");
     assert_eq!(code, "403");
@@ -434,10 +471,11 @@ fn two_pods_with_transparent_interception() {
     let (code, _, _) = curl(&t, "b", "http://[::1]:8080/hello");
     assert_eq!(code, "200");
 
-    // Both requests from A to B used one mTLS connection from A's sidecar.
+    // Requests from A to B used one mTLS connection per destination address from A's
+    // sidecar (ports 8080, 8081, 8082 and 8083).
     let (_, metrics, _) = curl(&t, "a", "http://127.0.0.1:15000/metrics");
     assert!(
-        metrics.contains("portcullis_tls_handshakes_total{direction=\"outbound\"} 1\n"),
+        metrics.contains("portcullis_tls_handshakes_total{direction=\"outbound\"} 4\n"),
         "{metrics}"
     );
 

@@ -18,6 +18,11 @@ pub const ALPN: &[&[u8]] = &[b"h2", b"http/1.1"];
 /// ALPN a sidecar offers for opaque TCP over mTLS: the inbound side relays bytes.
 pub const ALPN_TCP: &[u8] = b"portcullis-tcp";
 
+/// ALPN a sidecar offers for HTTP/2 to a peer sidecar: only on a connection that
+/// negotiated it are peer markers (`x-portcullis-orig-proto`) honoured. Other clients
+/// (Envoy, curl, gRPC) negotiate `h2` and have every `x-portcullis-*` header stripped.
+pub const ALPN_PEER_H2: &[u8] = b"portcullis-h2";
+
 /// TLS configurations for the current identity.
 pub struct TlsConfigs {
     /// Inbound: terminates mTLS, accepting any valid SVID of a trusted domain.
@@ -64,7 +69,11 @@ pub fn server_config(
         .map_err(|e| IdentityError::Tls(e.to_string()))?
         .with_client_cert_verifier(Arc::new(verifier))
         .with_cert_resolver(Arc::new(SingleCert(svid.certified_key.clone())));
-    config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
+    // The server's order decides: a peer sidecar offering `portcullis-h2` gets it.
+    config.alpn_protocols = vec![ALPN_PEER_H2.to_vec()];
+    config
+        .alpn_protocols
+        .extend(ALPN.iter().map(|p| p.to_vec()));
     config.alpn_protocols.push(ALPN_TCP.to_vec());
     Ok(config)
 }

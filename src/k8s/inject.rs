@@ -50,6 +50,62 @@ pub const ANNOTATION_EXCLUDE_OUTBOUND_CIDRS: &str = "portcullis.io/exclude-outbo
 pub const ANNOTATION_INCLUDE_OUTBOUND_CIDRS: &str = "portcullis.io/include-outbound-cidrs";
 /// `native` or `container`: overrides the sidecar mode for one pod.
 pub const ANNOTATION_SIDECAR_MODE: &str = "portcullis.io/sidecar-mode";
+/// `PORT=http1|http2|auto,...`: the HTTP version each app port speaks (overrides
+/// what the container port names say).
+pub const ANNOTATION_APP_PROTOCOLS: &str = "portcullis.io/app-protocols";
+/// Comma-separated app ports reached on loopback (apps that listen on localhost only).
+pub const ANNOTATION_LOOPBACK_PORTS: &str = "portcullis.io/loopback-ports";
+
+/// What one pod tells its sidecar about its app's ports.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AppPorts {
+    /// `inbound.port_protocols`: from container port names (`grpc*`, `http2*`,
+    /// `h2c*` → `http2`) and the app-protocols annotation.
+    pub protocols: BTreeMap<u16, &'static str>,
+    /// `inbound.loopback_ports`.
+    pub loopback: Vec<u16>,
+}
+
+/// The protocol a container port's name implies, as Istio reads port names: gRPC and
+/// HTTP/2 ports speak HTTP/2 with prior knowledge (gRPC-Web does not).
+fn protocol_of_port_name(name: &str) -> Option<&'static str> {
+    let name = name.to_ascii_lowercase();
+    if name.starts_with("grpc-web") {
+        None
+    } else if name.starts_with("grpc") || name.starts_with("http2") || name.starts_with("h2c") {
+        Some("http2")
+    } else {
+        None
+    }
+}
+
+/// Container ports whose names imply a protocol.
+fn named_port_protocols(template: &Value) -> BTreeMap<u16, &'static str> {
+    let mut out = BTreeMap::new();
+    let containers = template
+        .get("spec")
+        .and_then(|s| s.get("containers"))
+        .and_then(Value::as_array);
+    for c in containers.into_iter().flatten() {
+        for p in c
+            .get("ports")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let name = p.get("name").and_then(Value::as_str).unwrap_or("");
+            let port = p
+                .get("containerPort")
+                .and_then(Value::as_u64)
+                .and_then(|n| u16::try_from(n).ok())
+                .filter(|n| *n != 0);
+            if let (Some(port), Some(proto)) = (port, protocol_of_port_name(name)) {
+                out.insert(port, proto);
+            }
+        }
+    }
+    out
+}
 
 /// Name of the sidecar container.
 pub const SIDECAR_NAME: &str = "portcullis";
@@ -418,6 +474,30 @@ pub fn inject_pod_template(
             .map_err(|item| bad(key, format!("{item:?} is not a CIDR")))
             .map(Option::unwrap_or_default)
     };
+    let mut app_ports = AppPorts {
+        protocols: named_port_protocols(template),
+        loopback: ports(ANNOTATION_LOOPBACK_PORTS)?,
+    };
+    if let Some(v) = annotation(template, ANNOTATION_APP_PROTOCOLS) {
+        let pairs = parse_list(v, |item| {
+            let (port, proto) = item.split_once('=')?;
+            let port = port.trim().parse::<u16>().ok().filter(|p| *p != 0)?;
+            let proto = match proto.trim() {
+                "http1" => "http1",
+                "http2" => "http2",
+                "auto" => "auto",
+                _ => return None,
+            };
+            Some((port, proto))
+        })
+        .map_err(|item| {
+            bad(
+                ANNOTATION_APP_PROTOCOLS,
+                format!("{item:?} is not PORT=http1|http2|auto"),
+            )
+        })?;
+        app_ports.protocols.extend(pairs);
+    }
     let excluded_in = ports(ANNOTATION_EXCLUDE_INBOUND_PORTS)?;
     let excluded_out = ports(ANNOTATION_EXCLUDE_OUTBOUND_PORTS)?;
     let excluded_cidrs = cidrs(ANNOTATION_EXCLUDE_OUTBOUND_CIDRS)?;
@@ -450,7 +530,7 @@ pub fn inject_pod_template(
     }
     let sidecar = to_value(sidecar);
 
-    let config = sidecar_config(opts);
+    let config = sidecar_config_for(opts, &app_ports);
     let meta = ensure_object(template, "metadata");
     let Some(ann) = ensure_object(meta, "annotations").as_object_mut() else {
         unreachable!("ensure_object returns an object")
@@ -577,6 +657,22 @@ pub fn iptables_args(
 /// The sidecar's configuration file (stored in the `portcullis.io/config`
 /// annotation and projected into the sidecar by the downward API).
 pub fn sidecar_config(opts: &InjectOptions) -> String {
+    sidecar_config_for(opts, &AppPorts::default())
+}
+
+/// [`sidecar_config`] for a pod whose app ports say what they speak.
+pub fn sidecar_config_for(opts: &InjectOptions, app: &AppPorts) -> String {
+    let mut app_lines = String::new();
+    if !app.protocols.is_empty() {
+        app_lines.push_str("  port_protocols:\n");
+        for (port, proto) in &app.protocols {
+            app_lines.push_str(&format!("    {port}: {proto}\n"));
+        }
+    }
+    if !app.loopback.is_empty() {
+        let ports: Vec<String> = app.loopback.iter().map(u16::to_string).collect();
+        app_lines.push_str(&format!("  loopback_ports: [{}]\n", ports.join(", ")));
+    }
     let identity = match opts.svid {
         SvidSource::CsiDriverSpiffe | SvidSource::Secret(_) => format!(
             "  files:\n    cert: {SVID_DIR}/tls.crt\n    key: {SVID_DIR}/tls.key\n    bundle: {SVID_DIR}/ca.crt\n"
@@ -589,7 +685,7 @@ pub fn sidecar_config(opts: &InjectOptions) -> String {
         "# Generated by portcullis inject.\n\
          trust_domain: {td}\n\
          identity:\n{identity}\
-         inbound:\n  listen: 0.0.0.0:{INBOUND_PORT}\n  mtls: {mtls}\n  original_destination: true\n\
+         inbound:\n  listen: 0.0.0.0:{INBOUND_PORT}\n  mtls: {mtls}\n  original_destination: true\n{app_lines}\
          outbound:\n  listen: 127.0.0.1:{OUTBOUND_PORT}\n  mode: transparent\n  mesh_networks: [{mesh}]\n\
          admin:\n  listen: 0.0.0.0:{ADMIN_PORT}\n\
          policy:\n  dir: {POLICIES_DIR}\n  workload_labels: {CONFIG_DIR}/{LABELS_FILE}\n\
@@ -958,6 +1054,44 @@ mod tests {
     }
 
     #[test]
+    fn app_port_protocols_from_names_and_annotation() {
+        let mut p = pod();
+        p["spec"]["containers"][0]["ports"] = json!([
+            {"name": "http", "containerPort": 8080},
+            {"name": "grpc-api", "containerPort": 9090},
+            {"name": "h2c", "containerPort": 9091},
+            {"name": "http2-x", "containerPort": 9092},
+            {"name": "grpc-web", "containerPort": 9093},
+            {"containerPort": 9094}
+        ]);
+        p["metadata"]["annotations"][ANNOTATION_APP_PROTOCOLS] = json!("9092=http1, 7000=http2");
+        p["metadata"]["annotations"][ANNOTATION_LOOPBACK_PORTS] = json!("9100");
+        inject_pod_template(&mut p, &InjectOptions::default(), "Pod/web").unwrap();
+        let yaml = p["metadata"]["annotations"][ANNOTATION_CONFIG]
+            .as_str()
+            .unwrap();
+        let cfg = crate::config::Config::from_yaml_str(yaml, "generated")
+            .unwrap_or_else(|e| panic!("{e}"));
+        use crate::config::AppProtocol::{Http1, Http2};
+        let expected: BTreeMap<u16, crate::config::AppProtocol> =
+            [(7000, Http2), (9090, Http2), (9091, Http2), (9092, Http1)]
+                .into_iter()
+                .collect();
+        assert_eq!(cfg.inbound.port_protocols, expected);
+        assert_eq!(cfg.inbound.loopback_ports, [9100]);
+        // A malformed annotation is an error naming it.
+        let mut bad = pod();
+        bad["metadata"]["annotations"][ANNOTATION_APP_PROTOCOLS] = json!("9090=h3");
+        let e = inject_pod_template(&mut bad, &InjectOptions::default(), "Pod/web")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(ANNOTATION_APP_PROTOCOLS) && e.contains("9090=h3"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn pod_is_injected_once() {
         let mut p = pod();
         let opts = InjectOptions::default();
@@ -1034,7 +1168,9 @@ mod tests {
         .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(
             default.outbound.mesh_networks,
-            ["10.0.0.0/8".parse::<ipnet::IpNet>().unwrap_or_else(|e| panic!("{e}"))]
+            ["10.0.0.0/8"
+                .parse::<ipnet::IpNet>()
+                .unwrap_or_else(|e| panic!("{e}"))]
         );
     }
 

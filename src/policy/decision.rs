@@ -26,6 +26,9 @@ pub struct Decision {
     pub http_status: Option<u16>,
     /// Body for a denied response.
     pub body: Option<String>,
+    /// gRPC status (1..=16) for a denied gRPC request; by default it is mapped from
+    /// the HTTP status.
+    pub grpc_status: Option<u8>,
     /// Human-readable reason for the decision log: the result's `reason` field
     /// if present, else `body` when the request is denied.
     pub reason: Option<String>,
@@ -143,6 +146,20 @@ pub fn decision_from_value(v: &Value) -> Result<Decision, DecisionError> {
     }
     if let Some(s) = obj.get(&Value::from("http_status")) {
         d.http_status = Some(status(s)?);
+    }
+    if let Some(g) = obj.get(&Value::from("grpc_status")) {
+        d.grpc_status = Some(match g {
+            Value::Number(n)
+                if n.is_integer() && n.as_u64().is_some_and(|c| (1..=16).contains(&c)) =>
+            {
+                n.as_u64().and_then(|c| u8::try_from(c).ok()).unwrap_or(2)
+            }
+            other => {
+                return Err(wrong(format!(
+                "`grpc_status` must be an integer in 1..=16 (a refusal is never OK), got {other}"
+            )))
+            }
+        });
     }
     if let Some(b) = obj.get(&Value::from("body")) {
         match b {

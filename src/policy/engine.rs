@@ -1789,8 +1789,11 @@ allow if { s := json.marshal(input); contains(s, "please") }
     #[test]
     fn a_link_loop_in_the_policy_directory_is_an_error_not_a_crash() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        std::fs::write(dir.path().join("a.rego"), "package a\nimport rego.v1\nallow := true\n")
-            .unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(
+            dir.path().join("a.rego"),
+            "package a\nimport rego.v1\nallow := true\n",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
         std::fs::create_dir(dir.path().join("sub")).unwrap_or_else(|e| panic!("{e}"));
         std::os::unix::fs::symlink(dir.path(), dir.path().join("sub/loop"))
             .unwrap_or_else(|e| panic!("{e}"));

@@ -7,6 +7,7 @@ use std::time::Instant;
 use http::{HeaderMap, Response, StatusCode};
 
 use super::forward::{text_response, ProxyBody};
+use super::grpc::LocalReply;
 use super::headers::add_headers;
 use crate::decision_log::{now_rfc3339, DecisionEntry, DecisionLog};
 use crate::metrics;
@@ -26,6 +27,11 @@ pub enum Verdict {
 #[derive(Debug)]
 pub struct Denial {
     pub status: StatusCode,
+    /// The gRPC status a gRPC caller gets (the policy's `grpc_status`), when set.
+    pub grpc_status: Option<u8>,
+    /// What a gRPC caller is told (`grpc-message`): the policy's reason, never
+    /// policy internals.
+    pub grpc_message: String,
     pub body: String,
     pub headers: Vec<(String, String)>,
     pub reason: String,
@@ -103,6 +109,8 @@ impl Decider {
                     .unwrap_or(StatusCode::FORBIDDEN);
                 Denial {
                     status,
+                    grpc_status: d.grpc_status,
+                    grpc_message: reason.clone(),
                     body: d
                         .body
                         .clone()
@@ -129,6 +137,8 @@ impl Decider {
                 };
                 Denial {
                     status,
+                    grpc_status: None,
+                    grpc_message: format!("access denied: policy {}", e.reason()),
                     // Details stay in the log: policy internals are not for clients.
                     body: format!("access denied: policy {}\n", e.reason()),
                     headers: Vec::new(),
@@ -210,6 +220,11 @@ impl Decider {
         match verdict {
             Verdict::Deny(denial) => {
                 let mut resp = text_response(denial.status, denial.body);
+                // A gRPC caller is told the policy's reason, not the body's wording.
+                resp.extensions_mut().insert(LocalReply {
+                    message: denial.grpc_message,
+                    grpc_status: denial.grpc_status,
+                });
                 add_headers(resp.headers_mut(), &denial.headers);
                 self.finish(ticket, resp.status().as_u16(), started);
                 Err(Box::new(resp))

@@ -40,14 +40,21 @@ pub fn full(body: impl Into<Bytes>) -> ProxyBody {
         .boxed_unsync()
 }
 
-/// A local response with a text body.
+/// A local response with a text body, marked as the sidecar's own answer (the text
+/// is what a gRPC caller is told, see [`super::grpc`]).
 pub fn text_response(status: StatusCode, body: impl Into<Bytes>) -> Response<ProxyBody> {
+    let body: Bytes = body.into();
+    let message = String::from_utf8_lossy(&body).trim_end().to_owned();
     let mut r = Response::new(full(body));
     *r.status_mut() = status;
     r.headers_mut().insert(
         http::header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
+    r.extensions_mut().insert(super::grpc::LocalReply {
+        message,
+        grpc_status: None,
+    });
     r
 }
 

@@ -51,6 +51,9 @@ pub struct Activity {
 const AMBIGUOUS_CL_TE: u8 = 1;
 /// A line of the head ends in a bare LF instead of CRLF.
 const AMBIGUOUS_BARE_LF: u8 = 2;
+/// The request target has a fragment (`#`), which the URI parser drops silently: the
+/// path decided on would not be the one the client sent.
+const AMBIGUOUS_FRAGMENT: u8 = 3;
 
 impl Activity {
     pub fn new() -> Arc<Self> {
@@ -77,6 +80,7 @@ impl Activity {
         match self.ambiguous.swap(0, Ordering::AcqRel) {
             AMBIGUOUS_CL_TE => Some("both Content-Length and Transfer-Encoding"),
             AMBIGUOUS_BARE_LF => Some("a header line ends in a bare LF"),
+            AMBIGUOUS_FRAGMENT => Some("a fragment (#) in the request target"),
             _ => None,
         }
     }
@@ -196,6 +200,8 @@ struct HeadScan {
     content_length: bool,
     transfer_encoding: bool,
     bare_lf: bool,
+    /// A `#` in the request line.
+    fragment: bool,
 }
 
 impl HeadScan {
@@ -224,6 +230,9 @@ impl HeadScan {
     /// Bytes of the current line (before its LF, possibly in several reads).
     fn take(&mut self, part: &[u8]) {
         let Some(&last) = part.last() else { return };
+        if self.lines == 0 && !self.fragment {
+            self.fragment = memchr::memchr(b'#', part).is_some();
+        }
         if let Some(room) = self.start.get_mut(self.len..) {
             for (slot, b) in room.iter_mut().zip(part) {
                 *slot = b.to_ascii_lowercase();
@@ -249,10 +258,14 @@ impl HeadScan {
                 return None;
             }
             self.done = true;
-            return match (self.content_length && self.transfer_encoding, self.bare_lf) {
-                (true, _) => Some(AMBIGUOUS_CL_TE),
-                (_, true) => Some(AMBIGUOUS_BARE_LF),
-                _ => None,
+            return if self.content_length && self.transfer_encoding {
+                Some(AMBIGUOUS_CL_TE)
+            } else if self.bare_lf {
+                Some(AMBIGUOUS_BARE_LF)
+            } else if self.fragment {
+                Some(AMBIGUOUS_FRAGMENT)
+            } else {
+                None
             };
         }
         if self.lines > 0 {
@@ -426,6 +439,16 @@ mod tests {
         for split in 0..fine.len() {
             assert_eq!(verdict(fine, split), None, "{split}");
         }
+        let fragment = b"GET /a?b=1#frag HTTP/1.1\r\nHost: b\r\nX-Ref: a#b\r\n\r\n";
+        for split in 0..fragment.len() {
+            assert_eq!(
+                verdict(fragment, split),
+                Some(AMBIGUOUS_FRAGMENT),
+                "{split}"
+            );
+        }
+        // A `#` in a header value is not a fragment.
+        assert_eq!(verdict(b"GET /a HTTP/1.1\r\nX-Ref: a#b\r\n\r\n", 5), None);
         // Body bytes after the head are not read as header lines.
         let mut scan = HeadScan::default();
         assert_eq!(

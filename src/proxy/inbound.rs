@@ -15,6 +15,7 @@ use hyper::body::Incoming;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
+use super::app_protocol::{AppProtocols, Caller};
 use super::decide::{Decider, Ticket};
 use super::forward::{text_response, AppClients, ProxyBody};
 use super::listener::{ConnGuard, HttpServer};
@@ -38,6 +39,10 @@ pub struct Inbound {
     pub clients: AppClients,
     pub app: SocketAddr,
     pub original_destination: bool,
+    /// With `original_destination`: ports forwarded to loopback instead.
+    pub loopback_ports: Vec<u16>,
+    /// The HTTP version each app port gets.
+    pub protocols: AppProtocols,
     pub mtls: MtlsMode,
     pub opaque_ports: Vec<u16>,
     pub body: BodyConfig,
@@ -68,7 +73,12 @@ impl Inbound {
         // else the configured app.
         let (app, dest) = if self.original_destination {
             match super::orig_dst::original_destination(&stream, local) {
-                Ok(d) => (SocketAddr::new(loopback_for(d), d.port()), d),
+                // Where the app listens: the address the client meant, so an app bound
+                // to the pod IP is reached and a localhost-only port stays private.
+                Ok(d) if self.loopback_ports.contains(&d.port()) => {
+                    (SocketAddr::new(loopback_for(d), d.port()), d)
+                }
+                Ok(d) => (d, d),
                 Err(e) => {
                     tracing::warn!(%peer, error = %e, "no original destination; closing");
                     return;
@@ -112,8 +122,12 @@ impl Inbound {
                 .inc();
             let session = tls.get_ref().1;
             let leaf = session.peer_certificates().and_then(|c| c.first()).cloned();
-            // A peer sidecar relaying non-HTTP traffic says so with its ALPN.
+            // A peer sidecar relaying non-HTTP traffic says so with its ALPN; one
+            // carrying HTTP negotiates its own ALPN, the only way to be trusted with
+            // peer markers.
             let opaque = session.alpn_protocol() == Some(crate::identity::tls::ALPN_TCP);
+            let portcullis_peer =
+                session.alpn_protocol() == Some(crate::identity::tls::ALPN_PEER_H2);
             let Some(leaf) = leaf else {
                 record_tls_failure("no_client_certificate");
                 return;
@@ -130,6 +144,7 @@ impl Inbound {
                 dest,
                 app,
                 peer_id: Some(peer_id),
+                portcullis_peer,
                 xfcc,
                 local_id: Some(local_id),
                 tls: true,
@@ -185,6 +200,7 @@ impl Inbound {
             dest,
             app,
             peer_id: None,
+            portcullis_peer: false,
             xfcc: None,
             local_id: self.identity.current().map(|l| l.svid.id.to_string()),
             tls: false,
@@ -209,11 +225,17 @@ impl Inbound {
         let (mut parts, body) = req.into_parts();
 
         // 1. Hygiene: nothing a client sends may claim an identity the sidecar vouches
-        //    for. A peer sidecar's protocol marker is read first; the prelude strips it.
-        let orig_proto = conn
-            .peer_id
-            .as_ref()
-            .and_then(|_| parts.headers.get(&ORIG_PROTO).cloned());
+        //    for. A verified portcullis peer's protocol marker is read first; the
+        //    prelude strips every `x-portcullis-*` header, from everyone.
+        let caller_version = if conn.portcullis_peer {
+            match parts.headers.get(&ORIG_PROTO).map(|v| v.as_bytes()) {
+                Some(b"HTTP/1.1") => Version::HTTP_11,
+                Some(b"HTTP/2") => Version::HTTP_2,
+                _ => parts.version,
+            }
+        } else {
+            parts.version
+        };
 
         // 2. Framing, one normalised path (the policy decides on exactly what the app
         //    receives), and a request ID: the prelude both directions share.
@@ -228,6 +250,12 @@ impl Inbound {
         };
         if let Ok(uri) = rebuild_uri(&parts.uri, &path) {
             parts.uri = uri;
+        }
+        // 3a. The client's identity for the policy and the app, as Envoy's ext_authz
+        //     sees it: the `x-forwarded-client-cert` this sidecar sets (the client's
+        //     own was stripped by the prelude).
+        if let Some(v) = &conn.xfcc {
+            parts.headers.insert(headers::XFCC, v.clone());
         }
 
         // 3b. JWT authentication: a present but invalid token is answered 401 here and
@@ -331,14 +359,15 @@ impl Inbound {
                 Ok(d) => d,
                 Err(denied) => return Ok(*denied),
             };
-        if let Some(v) = &conn.xfcc {
-            parts.headers.insert(headers::XFCC, v.clone());
-        }
-        let to_http2 = parts.version == Version::HTTP_2
-            && orig_proto.as_ref().map(|v| v.as_bytes()) != Some(b"HTTP/1.1");
+        let caller = Caller::of(&parts.headers, caller_version);
+        let to_http2 = self.protocols.http2(conn.app, caller).await;
         let authority = conn.app.to_string();
         let req = Request::from_parts(parts, body);
         let mut resp = Box::pin(self.clients.send("inbound", &authority, to_http2, req)).await;
+        if to_http2 && resp.status() == StatusCode::BAD_GATEWAY {
+            // Probe again next time: the app may have changed what it speaks.
+            self.protocols.forget(conn.app);
+        }
         if body_failed.load(std::sync::atomic::Ordering::Relaxed) {
             // The upstream failed because the client's body was malformed.
             return Ok(self.refuse(

@@ -247,6 +247,8 @@ impl HttpServer {
         let handler = move |req: Request<Incoming>| {
             let in_flight = tracker.begin();
             let connect = req.method() == http::Method::CONNECT;
+            // gRPC callers get the sidecar's own refusals as gRPC statuses.
+            let grpc = super::grpc::is_grpc(req.headers());
             let tracker = tracker.clone();
             // Framing the parser resolved on its own but another parser could read
             // differently (request smuggling): refused before anything else.
@@ -270,9 +272,15 @@ impl HttpServer {
                         http::header::CONNECTION,
                         http::HeaderValue::from_static("close"),
                     );
+                    if grpc {
+                        resp = super::grpc::answer_as_grpc(resp);
+                    }
                     return Ok(resp.map(|b| Tracked::new(b, in_flight)));
                 };
-                let resp = response.await?;
+                let mut resp = response.await?;
+                if grpc {
+                    resp = super::grpc::answer_as_grpc(resp);
+                }
                 let status = resp.status();
                 if status == http::StatusCode::SWITCHING_PROTOCOLS
                     || (connect && status.is_success())

@@ -45,9 +45,11 @@ macro_rules! write_through {
     };
 }
 
+pub mod app_protocol;
 pub mod body;
 pub mod decide;
 pub mod forward;
+pub mod grpc;
 pub mod head_deadline;
 pub mod headers;
 pub mod inbound;
@@ -77,6 +79,9 @@ pub struct ConnInfo {
     pub app: SocketAddr,
     /// The client's verified SPIFFE ID (mTLS only).
     pub peer_id: Option<SpiffeId>,
+    /// The client is a portcullis sidecar (mTLS with ALPN `portcullis-h2`): the only
+    /// client whose peer markers are honoured.
+    pub portcullis_peer: bool,
     /// The `x-forwarded-client-cert` value for this connection's peer (mTLS only):
     /// `By=` own ID, `Hash=` SHA-256 of the peer's leaf, `URI=` peer ID. Built once
     /// per connection.

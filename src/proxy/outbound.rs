@@ -19,12 +19,13 @@ use ipnet::IpNet;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
+use super::app_protocol::{AppProtocols, Caller};
 use super::decide::{Decider, Ticket, Verdict};
 use super::forward::{text_response, AppClients, BoxError, ProxyBody};
 use super::headers::add_headers;
 use super::inbound::ORIG_PROTO;
 use super::listener::{ConnGuard, HttpServer};
-use super::peer::{PeerConn, PeerError, PeerPool, ALPN_TCP};
+use super::peer::{Http1Peer, PeerConn, PeerError, PeerLink, PeerPool, ALPN_TCP};
 use super::sniff::{self, Sniffed};
 use super::{headers, Prelude};
 use crate::config::NonMeshAction;
@@ -69,6 +70,8 @@ pub struct Outbound {
     pub peers: PeerPool,
     /// Plain clients for allowed non-mesh HTTP.
     pub external: AppClients,
+    /// The HTTP version non-mesh destinations get (the `auto` rule).
+    pub protocols: AppProtocols,
     pub mesh_networks: Vec<IpNet>,
     pub non_mesh: NonMeshAction,
     pub http: HttpServer,
@@ -186,7 +189,7 @@ impl Outbound {
             // Futures that are large (TLS handshakes, client state) are boxed so the
             // request's own future stays small: it is moved, they are not.
             Target::Mesh { addr, pin } => {
-                match Box::pin(self.peers.http2(*addr, pin.as_ref())).await {
+                match Box::pin(self.peers.link(*addr, pin.as_ref())).await {
                     Ok(p) => Some((p, *addr, pin.as_ref())),
                     Err(e) => return Ok(self.peer_failure(e, started)),
                 }
@@ -210,7 +213,7 @@ impl Outbound {
                 source_address: conn.app,
                 source_principal: conn.own_id.as_deref(),
                 destination_address: conn.target.addr(),
-                destination_principal: peer.as_ref().map(|(p, ..)| p.peer_id.as_str()),
+                destination_principal: peer.as_ref().map(|(p, ..)| p.peer_id().as_str()),
                 http: Some(HttpFacts {
                     id: &request_id,
                     method: parts.method.as_str(),
@@ -239,15 +242,23 @@ impl Outbound {
 
         // 5. Forward.
         let mut resp = match peer {
-            Some((peer, addr, pin)) if !headers::is_upgrade(&parts.headers) => {
-                let orig = if parts.version == Version::HTTP_2 {
-                    "HTTP/2"
-                } else {
-                    "HTTP/1.1"
-                };
-                parts
-                    .headers
-                    .insert(ORIG_PROTO, HeaderValue::from_static(orig));
+            Some((PeerLink::H1(link), addr, pin)) if !headers::is_upgrade(&parts.headers) => {
+                let req = Request::from_parts(parts, body.map_err_boxed());
+                Box::pin(self.send_http1_to_peer(addr, pin, link, &host, req)).await
+            }
+            Some((PeerLink::H2(peer), addr, pin)) if !headers::is_upgrade(&parts.headers) => {
+                if peer.portcullis {
+                    // The peer sidecar hands the request to its app with the version
+                    // the calling app used (when that app speaks it).
+                    let orig = if parts.version == Version::HTTP_2 {
+                        "HTTP/2"
+                    } else {
+                        "HTTP/1.1"
+                    };
+                    parts
+                        .headers
+                        .insert(ORIG_PROTO, HeaderValue::from_static(orig));
+                }
                 headers::remove_hop_by_hop(&mut parts.headers, false);
                 parts.headers.remove(HOST);
                 parts.version = Version::HTTP_2;
@@ -307,19 +318,75 @@ impl Outbound {
                 .await
             }
             None => {
+                // Outside the mesh: the version the destination speaks, by the same
+                // rule as the inbound side's app.
+                let upstream = conn.target.addr();
+                let caller = Caller::of(&parts.headers, parts.version);
+                let http2 = self.protocols.http2(upstream, caller).await;
                 let req = Request::from_parts(parts, body.map_err_boxed());
-                Box::pin(self.external.send(
-                    "outbound",
-                    &conn.target.addr().to_string(),
-                    false,
-                    req,
-                ))
-                .await
+                let resp =
+                    Box::pin(
+                        self.external
+                            .send("outbound", &upstream.to_string(), http2, req),
+                    )
+                    .await;
+                if http2 && resp.status() == StatusCode::BAD_GATEWAY {
+                    self.protocols.forget(upstream);
+                }
+                resp
             }
         };
         add_headers(resp.headers_mut(), &decision.response_headers_to_add);
         self.decider.finish(ticket, resp.status().as_u16(), started);
         Ok(resp)
+    }
+
+    /// Sends a request to a peer that speaks HTTP/1.1 only, over a pooled mTLS
+    /// connection of its own; the connection is returned to the pool for reuse.
+    async fn send_http1_to_peer(
+        &self,
+        addr: SocketAddr,
+        pin: Option<&SpiffeId>,
+        mut link: Http1Peer,
+        host: &str,
+        mut req: Request<ProxyBody>,
+    ) -> Response<ProxyBody> {
+        headers::remove_hop_by_hop(req.headers_mut(), false);
+        if let Ok(v) = HeaderValue::from_str(host) {
+            req.headers_mut().insert(HOST, v);
+        }
+        let pq = req
+            .uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+        if let Ok(u) = Uri::builder().path_and_query(pq).build() {
+            *req.uri_mut() = u;
+        }
+        *req.version_mut() = Version::HTTP_11;
+        let sent = tokio::time::timeout(self.upstream_timeout, link.sender.send_request(req)).await;
+        let resp = match sent {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                metrics::global()
+                    .upstream_errors
+                    .with_label_values(&["outbound", "protocol"])
+                    .inc();
+                tracing::warn!(peer = %addr, error = %e, "peer HTTP/1.1 request failed");
+                return text_response(StatusCode::BAD_GATEWAY, "upstream unavailable\n");
+            }
+            Err(_) => {
+                metrics::global()
+                    .upstream_errors
+                    .with_label_values(&["outbound", "timeout"])
+                    .inc();
+                return text_response(StatusCode::GATEWAY_TIMEOUT, "upstream timed out\n");
+            }
+        };
+        self.peers.give_back(addr, pin, link);
+        let (mut p, b) = resp.into_parts();
+        headers::remove_hop_by_hop(&mut p.headers, false);
+        Response::from_parts(p, b.map_err_boxed())
     }
 
     /// Carries an HTTP/1.1 upgrade (WebSocket) over a dedicated mTLS connection.

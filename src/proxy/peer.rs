@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hyper::client::conn::http2;
+use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
@@ -21,7 +21,7 @@ use crate::identity::verifier::PeerAuthorization;
 use crate::identity::SpiffeId;
 use crate::metrics;
 
-pub use crate::identity::tls::ALPN_TCP;
+pub use crate::identity::tls::{ALPN_PEER_H2, ALPN_TCP};
 
 /// Why a peer connection could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -42,12 +42,12 @@ pub enum PeerError {
     },
     #[error("{0} presented no SPIFFE ID")]
     NoPeerId(SocketAddr),
-    #[error("HTTP/2 with {addr}: {source}")]
+    #[error("HTTP with {addr}: {source}")]
     Http2 {
         addr: SocketAddr,
         source: hyper::Error,
     },
-    #[error("{0} did not negotiate HTTP/2")]
+    #[error("{0} negotiated an unknown protocol")]
     NoH2(SocketAddr),
     #[error("TLS configuration: {0}")]
     Config(String),
@@ -58,9 +58,42 @@ pub enum PeerError {
 pub struct PeerConn {
     pub sender: http2::SendRequest<ProxyBody>,
     pub peer_id: SpiffeId,
+    /// The peer is a portcullis sidecar (it negotiated `portcullis-h2`): it reads
+    /// peer markers. Any other HTTP/2 server (Envoy) gets none.
+    pub portcullis: bool,
     /// Which connection of the pool this is (to replace exactly a failed one).
     generation: u64,
 }
+
+/// An HTTP/1.1 connection to a peer that negotiated no HTTP/2 (ALPN `http/1.1` or
+/// none, e.g. Envoy with its TLS defaults). Kept for reuse once its response is done.
+pub struct Http1Peer {
+    pub sender: http1::SendRequest<ProxyBody>,
+    pub peer_id: SpiffeId,
+}
+
+/// A connection to a peer, as the peer agreed to speak.
+pub enum PeerLink {
+    /// Multiplexed HTTP/2, shared by every request to the destination.
+    H2(PeerConn),
+    /// HTTP/1.1, one request at a time.
+    H1(Http1Peer),
+}
+
+impl PeerLink {
+    /// The peer's verified SPIFFE ID.
+    pub fn peer_id(&self) -> &SpiffeId {
+        match self {
+            PeerLink::H2(c) => &c.peer_id,
+            PeerLink::H1(c) => &c.peer_id,
+        }
+    }
+}
+
+/// Idle HTTP/1.1 peer connections kept per destination.
+const HTTP1_IDLE_PER_PEER: usize = 32;
+
+type Key = (SocketAddr, Option<SpiffeId>);
 
 /// Numbers every pooled connection.
 static NEXT_GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -71,7 +104,11 @@ type Slot = Arc<tokio::sync::Mutex<Option<PeerConn>>>;
 pub struct PeerPool {
     identity: Arc<Identity>,
     connect_timeout: Duration,
-    slots: Mutex<HashMap<(SocketAddr, Option<SpiffeId>), Slot>>,
+    slots: Mutex<HashMap<Key, Slot>>,
+    /// HTTP/1.1 connections to peers without HTTP/2, returned after use.
+    http1: Mutex<HashMap<Key, Vec<Http1Peer>>>,
+    /// Peers that negotiate no ALPN: whether they answer the HTTP/2 preface.
+    no_alpn_h2: Mutex<HashMap<Key, bool>>,
 }
 
 impl PeerPool {
@@ -80,17 +117,70 @@ impl PeerPool {
             identity,
             connect_timeout,
             slots: Mutex::new(HashMap::new()),
+            http1: Mutex::new(HashMap::new()),
+            no_alpn_h2: Mutex::new(HashMap::new()),
         }
     }
 
-    /// A ready HTTP/2 connection to `addr`, reusing a live one. Concurrent callers
-    /// for the same destination wait for one handshake instead of racing.
-    pub async fn http2(
+    /// A connection to `addr`: the live HTTP/2 one, shared; else an idle HTTP/1.1 one
+    /// to a peer that does not speak HTTP/2; else a new one, HTTP/2 if the peer
+    /// negotiates it (`portcullis-h2` or `h2`), HTTP/1.1 if it negotiates `http/1.1`
+    /// or no ALPN at all (RFC 9113 §3.2: HTTP/2 over TLS needs ALPN). Concurrent
+    /// callers for the same destination wait for one handshake instead of racing.
+    pub async fn link(
         &self,
         addr: SocketAddr,
         pin: Option<&SpiffeId>,
-    ) -> Result<PeerConn, PeerError> {
+    ) -> Result<PeerLink, PeerError> {
+        if let Some(idle) = self.idle_http1(addr, pin) {
+            return Ok(PeerLink::H1(idle));
+        }
         self.http2_replacing(addr, pin, None).await
+    }
+
+    /// Returns an HTTP/1.1 connection after its request was sent; it is reused once
+    /// its response has been read.
+    pub fn give_back(&self, addr: SocketAddr, pin: Option<&SpiffeId>, conn: Http1Peer) {
+        if conn.sender.is_closed() {
+            return;
+        }
+        let mut idle = self.http1.lock().unwrap_or_else(|p| p.into_inner());
+        let list = idle.entry((addr, pin.cloned())).or_default();
+        if list.len() < HTTP1_IDLE_PER_PEER {
+            list.push(conn);
+        }
+    }
+
+    async fn answers_http2_without_alpn(&self, addr: SocketAddr, pin: Option<&SpiffeId>) -> bool {
+        let key = (addr, pin.cloned());
+        let known = self
+            .no_alpn_h2
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+            .copied();
+        if let Some(h2) = known {
+            return h2;
+        }
+        let h2 = match self.connect_tls(addr, pin, &[]).await {
+            Ok((mut probe, _)) => super::app_protocol::answers_preface(&mut probe).await,
+            Err(_) => return false,
+        };
+        tracing::debug!(%addr, http2 = h2, "peer without ALPN probed for HTTP/2");
+        let mut known = self.no_alpn_h2.lock().unwrap_or_else(|p| p.into_inner());
+        if known.len() >= 4096 {
+            known.clear();
+        }
+        known.insert(key, h2);
+        h2
+    }
+
+    fn idle_http1(&self, addr: SocketAddr, pin: Option<&SpiffeId>) -> Option<Http1Peer> {
+        let mut idle = self.http1.lock().unwrap_or_else(|p| p.into_inner());
+        let list = idle.get_mut(&(addr, pin.cloned()))?;
+        list.retain(|c| !c.sender.is_closed());
+        let i = list.iter().position(|c| c.sender.is_ready())?;
+        Some(list.swap_remove(i))
     }
 
     /// Like [`PeerPool::http2`], but `failed` (a connection that refused a request
@@ -102,7 +192,10 @@ impl PeerPool {
         pin: Option<&SpiffeId>,
         failed: &PeerConn,
     ) -> Result<PeerConn, PeerError> {
-        self.http2_replacing(addr, pin, Some(failed)).await
+        match self.http2_replacing(addr, pin, Some(failed)).await? {
+            PeerLink::H2(c) => Ok(c),
+            PeerLink::H1(_) => Err(PeerError::NoH2(addr)),
+        }
     }
 
     async fn http2_replacing(
@@ -110,7 +203,7 @@ impl PeerPool {
         addr: SocketAddr,
         pin: Option<&SpiffeId>,
         replacing: Option<&PeerConn>,
-    ) -> Result<PeerConn, PeerError> {
+    ) -> Result<PeerLink, PeerError> {
         let slot = {
             let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
             slots
@@ -122,13 +215,33 @@ impl PeerPool {
         if let Some(conn) = guard.as_ref() {
             let failed = replacing.is_some_and(|f| f.generation == conn.generation);
             if !conn.sender.is_closed() && !failed {
-                return Ok(conn.clone());
+                return Ok(PeerLink::H2(conn.clone()));
             }
         }
-        let (tls, peer_id) = self.connect_tls(addr, pin, &[b"h2"]).await?;
-        if tls.get_ref().1.alpn_protocol() != Some(b"h2") {
-            return Err(PeerError::NoH2(addr));
-        }
+        let (tls, peer_id) = self
+            .connect_tls(addr, pin, &[ALPN_PEER_H2, b"h2", b"http/1.1"])
+            .await?;
+        let portcullis = match tls.get_ref().1.alpn_protocol() {
+            Some(ALPN_PEER_H2) => true,
+            Some(b"h2") => false,
+            // No ALPN: a server that reads the HTTP/2 preface anyway (Envoy's
+            // automatic codec) is asked once on a connection of its own, so gRPC,
+            // which needs HTTP/2, still works; the answer is remembered.
+            None if self.answers_http2_without_alpn(addr, pin).await => false,
+            Some(b"http/1.1") | None => {
+                drop(guard);
+                let (sender, conn) = http1::handshake(TokioIo::new(tls))
+                    .await
+                    .map_err(|source| PeerError::Http2 { addr, source })?;
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(%addr, error = %e, "peer HTTP/1.1 connection ended");
+                    }
+                });
+                return Ok(PeerLink::H1(Http1Peer { sender, peer_id }));
+            }
+            Some(_) => return Err(PeerError::NoH2(addr)),
+        };
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .keep_alive_interval(Some(Duration::from_secs(30)))
@@ -143,10 +256,11 @@ impl PeerPool {
         let conn = PeerConn {
             sender,
             peer_id,
+            portcullis,
             generation: NEXT_GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         };
         *guard = Some(conn.clone());
-        Ok(conn)
+        Ok(PeerLink::H2(conn))
     }
 
     /// A new mTLS connection offering `alpn`; returns the peer's verified ID.
