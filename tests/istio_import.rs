@@ -323,6 +323,8 @@ fn unsupported_and_invalid_fields_name_resource_field_and_reason() {
         ("apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: off, namespace: shop}\nspec: {mtls: {mode: DISABLE}}\n".into(), "PeerAuthentication shop/off: spec.mtls.mode: not supported: DISABLE"),
         ("apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {name: ra, namespace: shop}\nspec:\n  jwtRules:\n  - {issuer: a, jwksUri: 'https://a/k', outputPayloadToHeader: x-payload}\n".into(), "RequestAuthentication shop/ra: spec.jwtRules[0].outputPayloadToHeader: not supported"),
         ("apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {name: ra, namespace: shop}\nspec:\n  jwtRules:\n  - {issuer: a}\n".into(), "spec.jwtRules[0].jwksUri: not supported: OpenID discovery"),
+        ("apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: x, namespace: ../../etc}\nspec: {}\n".into(), "namespace \"../../etc\" is not a Kubernetes namespace name"),
+        ("apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: Bad_Name}\nspec: {}\n".into(), "metadata.name \"Bad_Name\" is not a Kubernetes object name"),
         ("apiVersion: security.istio.io/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: old}\nspec: {}\n".into(), "apiVersion security.istio.io/v1alpha1 is not v1 or v1beta1"),
     ];
     for (yaml, want) in &cases {

@@ -301,22 +301,49 @@ fn collect(
             )))
         }
     };
-    if meta.name.is_empty() {
+    let namespace = meta.namespace.unwrap_or_else(|| default_ns.to_owned());
+    // Kubernetes' own rules; they also keep generated file names inside the output.
+    if !dns_name(&meta.name, 253, true) {
         return Err(parse_err(format!(
-            "{}: metadata.name is required",
-            kind.as_str()
+            "{}: metadata.name {:?} is not a Kubernetes object name",
+            kind.as_str(),
+            meta.name
+        )));
+    }
+    if !dns_name(&namespace, 63, false) {
+        return Err(parse_err(format!(
+            "{} {}: namespace {namespace:?} is not a Kubernetes namespace name",
+            kind.as_str(),
+            meta.name
         )));
     }
     out.push(Resource {
         kind,
         name: meta.name,
-        namespace: meta.namespace.unwrap_or_else(|| default_ns.to_owned()),
+        namespace,
         spec: v
             .get("spec")
             .cloned()
             .unwrap_or(Value::Object(Default::default())),
     });
     Ok(())
+}
+
+/// A DNS-1123 label (or, with `dots`, subdomain) of at most `max` characters.
+fn dns_name(s: &str, max: usize, dots: bool) -> bool {
+    let alnum = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    let label = |l: &str| {
+        !l.is_empty()
+            && l.bytes().all(|b| alnum(b) || b == b'-')
+            && l.bytes().next().is_some_and(alnum)
+            && l.bytes().last().is_some_and(alnum)
+    };
+    s.len() <= max
+        && (if dots {
+            s.split('.').all(label)
+        } else {
+            label(s)
+        })
 }
 
 /// Translates the inputs into the files of a policy directory.
