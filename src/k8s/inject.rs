@@ -14,7 +14,8 @@
 //! - volumes: the SVID (csi-driver-spiffe CSI volume, a Secret, or the SPIRE
 //!   agent socket through the SPIFFE CSI driver), the policies ConfigMap and the
 //!   sidecar configuration, projected from the pod annotation
-//!   `portcullis.io/config` through the downward API;
+//!   `portcullis.io/config` through the downward API with the pod's labels
+//!   beside it (`policy.workload_labels`);
 //! - the app's HTTP/TCP/gRPC probes rewritten to `/app-health/...` on the admin
 //!   port, the originals passed in `PORTCULLIS_APP_PROBES`;
 //! - Prometheus scrape annotations (unless the pod already has its own).
