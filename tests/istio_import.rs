@@ -163,6 +163,8 @@ fn imported_directory_passes_its_generated_tests() {
         "{module}"
     );
 
+    let o = run(&["policy", "check", tmp.path().to_str().unwrap()]);
+    assert!(o.status.success(), "{}{}", text(&o.stdout), text(&o.stderr));
     let o = run(&[
         "policy",
         "test",
