@@ -60,6 +60,7 @@ fn load_with(force_interpreter: bool, decision_cache: usize) -> PolicySet {
         force_interpreter,
         extensions: None,
         decision_cache,
+        workload_labels: None,
     };
     match PolicySet::load_dir(&dir, &queries, options) {
         Ok(ps) => ps,

@@ -123,3 +123,50 @@ pub fn echo(listen: std::net::SocketAddr) -> anyhow::Result<()> {
         Ok(())
     })
 }
+
+/// Arguments of `portcullis import istio`.
+#[derive(Debug, clap::Args)]
+pub struct ImportIstioArgs {
+    /// Input YAML (repeatable); `-` reads standard input.
+    #[arg(short = 'f', long = "filename", required = true)]
+    pub files: Vec<std::path::PathBuf>,
+    /// The policy directory to write.
+    #[arg(short = 'o', long = "out")]
+    pub out: std::path::PathBuf,
+    /// Istio's root namespace: its policies without a selector apply to the whole mesh.
+    #[arg(long, default_value = "istio-system")]
+    pub root_namespace: String,
+    /// Namespace of resources without `metadata.namespace`.
+    #[arg(long, default_value = "default")]
+    pub namespace: String,
+    /// Import without CUSTOM AuthorizationPolicies instead of refusing them.
+    #[arg(long)]
+    pub skip_custom: bool,
+}
+
+/// `portcullis import istio -f FILE... -o DIR`.
+pub fn import_istio(args: &ImportIstioArgs) -> anyhow::Result<()> {
+    let out = crate::import::istio::run(&crate::import::istio::ImportOptions {
+        files: args.files.clone(),
+        out: args.out.clone(),
+        root_namespace: args.root_namespace.clone(),
+        default_namespace: args.namespace.clone(),
+        skip_custom: args.skip_custom,
+    })?;
+    for note in &out.notes {
+        eprintln!("note: {note}");
+    }
+    let counts: Vec<String> = out.counts.iter().map(|(k, n)| format!("{n} {k}")).collect();
+    println!(
+        "imported {} into {} ({} files); review it, then `portcullis policy test {}`",
+        if counts.is_empty() {
+            "nothing".to_owned()
+        } else {
+            counts.join(", ")
+        },
+        args.out.display(),
+        out.files.len(),
+        args.out.display()
+    );
+    Ok(())
+}

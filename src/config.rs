@@ -428,6 +428,9 @@ pub struct PolicyConfig {
     /// How often `dir` is checked for changes (default 1s).
     #[serde(deserialize_with = "de_duration")]
     pub watch_interval: Duration,
+    /// The pod's labels file written by the downward API (`inject` sets it), given
+    /// to policies as `data.portcullis.workload.labels` (default none).
+    pub workload_labels: Option<PathBuf>,
 }
 
 impl Default for PolicyConfig {
@@ -443,6 +446,7 @@ impl Default for PolicyConfig {
             max_instructions: 1_000_000,
             decision_cache: 1024,
             watch_interval: Duration::from_secs(1),
+            workload_labels: None,
         }
     }
 }

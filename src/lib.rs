@@ -12,6 +12,7 @@
 //! - [`run`]: start-up, signals and draining; [`demo`]: the zero-configuration quick start.
 //! - [`commands`]: what the command line calls.
 //! - [`k8s`]: iptables rules, `inject`, the admission `webhook`, the app probe runner.
+//! - [`import`]: `portcullis import istio` (Istio security resources → Rego).
 //! - `fuzzing` (hidden): the entry points of the fuzz targets in `fuzz/`.
 
 pub mod admin;
@@ -23,6 +24,7 @@ pub mod demo;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod identity;
+pub mod import;
 pub mod k8s;
 pub mod metrics;
 pub mod policy;

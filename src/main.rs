@@ -62,11 +62,23 @@ enum Command {
     Inject(portcullis::k8s::cli::InjectCmd),
     /// Run the mutating admission webhook that injects the sidecar.
     Webhook(portcullis::k8s::cli::WebhookCmd),
+    /// Import another system's access rules into a policy directory.
+    Import {
+        #[command(subcommand)]
+        command: ImportCommand,
+    },
     /// The development certificate authority.
     Ca {
         #[command(subcommand)]
         command: CaCommand,
     },
+}
+
+#[derive(Subcommand)]
+enum ImportCommand {
+    /// Istio AuthorizationPolicy, RequestAuthentication and PeerAuthentication
+    /// (YAML, multi-document or List) → Rego modules, tests and a config fragment.
+    Istio(commands::ImportIstioArgs),
 }
 
 #[derive(Subcommand)]
@@ -110,6 +122,9 @@ fn main() -> ExitCode {
             ipv6,
         } => commands::iptables(&rules, apply, cleanup, ipv6),
         Command::Echo { listen } => commands::echo(listen),
+        Command::Import {
+            command: ImportCommand::Istio(args),
+        } => commands::import_istio(&args),
         // Kubernetes
         Command::Inject(cmd) => portcullis::k8s::cli::run_inject(&cmd),
         Command::Webhook(cmd) => portcullis::k8s::cli::run_webhook(&cmd),

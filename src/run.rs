@@ -110,6 +110,7 @@ pub fn policy_options(cfg: &Config) -> PolicyOptions {
         },
         extensions: Some(builtins::jwt_extensions()),
         decision_cache: cfg.policy.decision_cache,
+        workload_labels: cfg.policy.workload_labels.clone(),
         ..PolicyOptions::default()
     }
 }

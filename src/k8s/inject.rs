@@ -14,7 +14,8 @@
 //! - volumes: the SVID (csi-driver-spiffe CSI volume, a Secret, or the SPIRE
 //!   agent socket through the SPIFFE CSI driver), the policies ConfigMap and the
 //!   sidecar configuration, projected from the pod annotation
-//!   `portcullis.io/config` through the downward API;
+//!   `portcullis.io/config` through the downward API with the pod's labels
+//!   beside it (`policy.workload_labels`);
 //! - the app's HTTP/TCP/gRPC probes rewritten to `/app-health/...` on the admin
 //!   port, the originals passed in `PORTCULLIS_APP_PROBES`;
 //! - Prometheus scrape annotations (unless the pod already has its own).
@@ -127,6 +128,8 @@ pub const PROXY_UID: i64 = 1337;
 
 const CONFIG_DIR: &str = "/etc/portcullis/config";
 const CONFIG_FILE: &str = "portcullis.yaml";
+/// The pod's labels (downward API), beside the configuration.
+const LABELS_FILE: &str = "labels";
 const POLICIES_DIR: &str = "/etc/portcullis/policies";
 const SVID_DIR: &str = "/var/run/secrets/spiffe.io";
 const SPIRE_DIR: &str = "/run/spire/sockets";
@@ -686,7 +689,7 @@ pub fn sidecar_config_for(opts: &InjectOptions, app: &AppPorts) -> String {
          inbound:\n  listen: 0.0.0.0:{INBOUND_PORT}\n  mtls: {mtls}\n  original_destination: true\n{app_lines}\
          outbound:\n  listen: 127.0.0.1:{OUTBOUND_PORT}\n  mode: transparent\n  mesh_networks: [{mesh}]\n\
          admin:\n  listen: 0.0.0.0:{ADMIN_PORT}\n\
-         policy:\n  dir: {POLICIES_DIR}\n\
+         policy:\n  dir: {POLICIES_DIR}\n  workload_labels: {CONFIG_DIR}/{LABELS_FILE}\n\
          log:\n  level: {level}\n",
         td = opts.trust_domain,
         mesh = opts
@@ -914,14 +917,25 @@ fn pod_volumes(opts: &InjectOptions) -> Vec<Volume> {
         Volume {
             name: VOL_CONFIG.into(),
             downward_api: Some(DownwardAPIVolumeSource {
-                items: Some(vec![DownwardAPIVolumeFile {
-                    path: CONFIG_FILE.into(),
-                    field_ref: Some(ObjectFieldSelector {
-                        field_path: format!("metadata.annotations['{ANNOTATION_CONFIG}']"),
-                        ..ObjectFieldSelector::default()
-                    }),
-                    ..DownwardAPIVolumeFile::default()
-                }]),
+                items: Some(vec![
+                    DownwardAPIVolumeFile {
+                        path: CONFIG_FILE.into(),
+                        field_ref: Some(ObjectFieldSelector {
+                            field_path: format!("metadata.annotations['{ANNOTATION_CONFIG}']"),
+                            ..ObjectFieldSelector::default()
+                        }),
+                        ..DownwardAPIVolumeFile::default()
+                    },
+                    // For policies that select workloads by label (`import istio`).
+                    DownwardAPIVolumeFile {
+                        path: LABELS_FILE.into(),
+                        field_ref: Some(ObjectFieldSelector {
+                            field_path: "metadata.labels".into(),
+                            ..ObjectFieldSelector::default()
+                        }),
+                        ..DownwardAPIVolumeFile::default()
+                    },
+                ]),
                 ..DownwardAPIVolumeSource::default()
             }),
             ..Volume::default()

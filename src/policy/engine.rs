@@ -78,6 +78,9 @@ pub struct PolicyOptions {
     /// Decisions remembered per query, keyed on the input values the policy can
     /// read (see [`super::access`]); 0 (the default) remembers none.
     pub decision_cache: usize,
+    /// The pod's downward API labels file, read at every build into
+    /// `data.portcullis.workload.labels` (see [`super::workload_labels`]).
+    pub workload_labels: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for PolicyOptions {
@@ -87,6 +90,7 @@ impl std::fmt::Debug for PolicyOptions {
             .field("extensions", &self.extensions.is_some())
             .field("force_interpreter", &self.force_interpreter)
             .field("decision_cache", &self.decision_cache)
+            .field("workload_labels", &self.workload_labels)
             .finish()
     }
 }
@@ -432,6 +436,18 @@ impl PolicySet {
         revision: String,
     ) -> Result<PolicySet, PolicyError> {
         let limits = options.limits;
+        let mut data = data;
+        if let Some(path) = &options.workload_labels {
+            if let Some(labels) = super::workload_labels::read(path)? {
+                let at = super::workload_labels::DATA_PATH.map(String::from);
+                super::bundle::merge_at(&mut data, &at, labels).map_err(|message| {
+                    PolicyError::Data {
+                        path: path.display().to_string(),
+                        message,
+                    }
+                })?;
+            }
+        }
         let data_value = json_to_value(&data);
         let files: Vec<String> = modules.iter().map(|(n, _)| n.clone()).collect();
 
@@ -1668,6 +1684,7 @@ allow if { s := json.marshal(input); contains(s, "please") }
                     force_interpreter: false,
                     extensions: None,
                     decision_cache: 0,
+                    workload_labels: None,
                 },
             )
             .unwrap_or_else(|e| panic!("{e}"))
@@ -1702,6 +1719,7 @@ allow if { s := json.marshal(input); contains(s, "please") }
                 force_interpreter: false,
                 extensions: None,
                 decision_cache: 0,
+                workload_labels: None,
             },
         )
         .unwrap_or_else(|e| panic!("{e}"));
@@ -1752,6 +1770,7 @@ allow if { s := json.marshal(input); contains(s, "please") }
                 force_interpreter: true,
                 extensions: None,
                 decision_cache: 0,
+                workload_labels: None,
             },
         )
         .unwrap_or_else(|e| panic!("{e}"));

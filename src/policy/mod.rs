@@ -11,6 +11,7 @@ pub mod input;
 pub mod store;
 pub mod test_runner;
 pub mod watch;
+pub mod workload_labels;
 
 pub use access::{HeaderNeeds, InputAccess, InputNeeds};
 pub use decision::{decision_from_value, Decision, DecisionError};
