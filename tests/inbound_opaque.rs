@@ -24,11 +24,14 @@ allow if {
     input.attributes.source.principal == "spiffe://cluster.local/ns/default/sa/reporting"
 }
 
-# HTTP: GET /open, and only when the client sent no XFCC of its own.
+# HTTP: GET /open, and only when the XFCC the policy sees is the sidecar's own (the
+# client's was stripped).
 allow if {
     input.attributes.request.http.method == "GET"
     input.parsed_path[0] == "open"
-    not input.attributes.request.http.headers["x-forwarded-client-cert"]
+    xfcc := input.attributes.request.http.headers["x-forwarded-client-cert"]
+    endswith(xfcc, ";URI=spiffe://cluster.local/ns/default/sa/reporting")
+    not contains(xfcc, "sa/admin")
 }
 "#;
 
