@@ -2,6 +2,7 @@
 
 pub mod dev_ca;
 pub mod profile;
+pub mod refusal_log;
 pub mod source;
 pub mod spiffe_id;
 pub mod svid;

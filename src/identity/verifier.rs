@@ -6,7 +6,8 @@
 //! ([`verify_svid_with`]) and its SPIFFE ID passes the [`PeerAuthorization`]. The DNS
 //! name a client connects with is ignored: SVIDs carry no DNS names.
 //!
-//! Every rejection is logged (`warn!`, reason only) and counted in
+//! Every rejection is logged ([`super::refusal_log`]: `debug`, and `warn` within a
+//! budget a peer cannot raise) and counted in
 //! `portcullis_tls_handshake_failures_total{direction, reason}`, and travels inside the
 //! rustls error as `CertificateError::Other`, from which [`rejection_of`] recovers it.
 
@@ -21,7 +22,6 @@ use rustls::{
     CertificateError, DigitallySignedStruct, DistinguishedName, OtherError, SignatureScheme,
 };
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
-use tracing::warn;
 
 use super::spiffe_id::SpiffeId;
 use super::svid::{leaf_info, verify_svid_with, SvidRejection, SvidUsage, TrustBundles};
@@ -66,8 +66,16 @@ fn reject(
 ) -> rustls::Error {
     let reason = rejection.reason();
     match peer {
-        Some(id) => warn!(direction, reason, peer = %id, "peer certificate rejected: {rejection}"),
-        None => warn!(direction, reason, "peer certificate rejected: {rejection}"),
+        Some(id) => super::refusal_log::refused(
+            direction,
+            reason,
+            &format_args!("peer certificate of {id} rejected: {rejection}"),
+        ),
+        None => super::refusal_log::refused(
+            direction,
+            reason,
+            &format_args!("peer certificate rejected: {rejection}"),
+        ),
     }
     crate::metrics::global()
         .tls_handshake_failures
@@ -353,7 +361,11 @@ pub fn record_handshake_failure(direction: &'static str, err: &rustls::Error) {
         return;
     }
     let reason = handshake_failure_reason(err);
-    warn!(direction, reason, "TLS handshake failed: {err}");
+    super::refusal_log::refused(
+        direction,
+        reason,
+        &format_args!("TLS handshake failed: {err}"),
+    );
     crate::metrics::global()
         .tls_handshake_failures
         .with_label_values(&[direction, reason])
@@ -369,7 +381,11 @@ pub fn record_handshake_io_failure(direction: &'static str, err: &std::io::Error
     {
         Some(tls) => record_handshake_failure(direction, tls),
         None => {
-            warn!(direction, reason = "io", "TLS handshake failed: {err}");
+            super::refusal_log::refused(
+                direction,
+                "io",
+                &format_args!("TLS handshake failed: {err}"),
+            );
             crate::metrics::global()
                 .tls_handshake_failures
                 .with_label_values(&[direction, "io"])
