@@ -47,7 +47,8 @@ pub fn jwt_extensions() -> ExtensionHook {
     Arc::new(register)
 }
 
-/// Registers every `io.jwt.*` builtin on `engine`.
+/// Registers every `io.jwt.*` builtin on `engine`, and the other OPA builtins
+/// regorus lacks ([`super::extra_builtins`]).
 pub fn register(engine: &mut Engine) -> anyhow::Result<()> {
     engine.add_extension(
         "io.jwt.decode".to_owned(),
@@ -88,7 +89,20 @@ pub fn register(engine: &mut Engine) -> anyhow::Result<()> {
             Box::new(move |args: Vec<Value>| verify_with_secret(&args, alg)),
         )?;
     }
-    Ok(())
+    super::extra_builtins::register(engine)
+}
+
+/// The arity of an extension [`register`] adds (for the output-argument call form).
+pub fn arity(name: &str) -> Option<usize> {
+    match name {
+        "io.jwt.decode" => Some(1),
+        "io.jwt.decode_verify" => Some(2),
+        n if n.starts_with("io.jwt.verify_") => Some(2),
+        n => super::extra_builtins::FUNCTIONS
+            .iter()
+            .find(|(f, _)| *f == n)
+            .map(|(_, a)| *a),
+    }
 }
 
 fn now_ns() -> f64 {

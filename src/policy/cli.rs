@@ -262,7 +262,7 @@ fn check(
     // Every module on its own, so all parse errors are reported, not only the first.
     let mut errors = Vec::new();
     for (name, text) in &sources.modules {
-        let mut engine = regorus::Engine::new();
+        let mut engine = super::parity::new_engine();
         if let Err(e) = engine.add_policy(name.clone(), text.clone()) {
             errors.push(rego_error(name, &e).to_string());
         }

@@ -435,11 +435,12 @@ impl PolicySet {
         let data_value = json_to_value(&data);
         let files: Vec<String> = modules.iter().map(|(n, _)| n.clone()).collect();
 
-        let mut engine = Engine::new();
+        let mut engine = super::parity::new_engine();
         engine.set_execution_timer_config(timer(&limits));
         if let Some(hook) = &options.extensions {
             hook(&mut engine).map_err(|e| PolicyError::Extension(format!("{e:#}")))?;
         }
+        let modules = super::parity::rewrite_output_args(modules, &super::builtins::arity);
         for (name, text) in modules {
             engine
                 .add_policy(name.clone(), text)
@@ -451,6 +452,7 @@ impl PolicySet {
                 path: "<data>".to_string(),
                 message: format!("{e}"),
             })?;
+        super::parity::refuse(&mut engine)?;
 
         let modules = engine.get_modules().clone();
         let analyse = |query: &str| {
