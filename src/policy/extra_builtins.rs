@@ -215,8 +215,7 @@ fn hmac_equal(args: &[Value]) -> anyhow::Result<Value> {
     let b = string_arg(args, 1, "crypto.hmac.equal")?;
     // Constant time in the contents (the lengths are not secret).
     let equal = a.len() == b.len()
-        && a
-            .bytes()
+        && a.bytes()
             .zip(b.bytes())
             .fold(0u8, |acc, (x, y)| acc | (x ^ y))
             == 0;

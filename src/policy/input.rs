@@ -1348,8 +1348,10 @@ mod pruning_tests {
         // Paths in order: `…request.http.method`, then `…source.principal`.
         assert_eq!(
             k4,
-            vec![Value::Undefined, Value::from("spiffe://cluster.local/ns/a/sa/b")]
+            vec![
+                Value::Undefined,
+                Value::from("spiffe://cluster.local/ns/a/sa/b")
+            ]
         );
     }
-
 }

@@ -82,17 +82,17 @@ pub const OPA_BUILTINS_REFUSED: &[(&str, &str)] = &[
         "rego.parse_module",
         "regorus' syntax tree differs from OPA's",
     ),
-    (
-        "regex.find_all_string_submatch_n",
-        "not implemented",
-    ),
+    ("regex.find_all_string_submatch_n", "not implemented"),
     ("array.flatten", "not implemented"),
     ("strings.split_n", "not implemented"),
     ("any", "deprecated in OPA; Rego v1 refuses it"),
     ("all", "deprecated in OPA; Rego v1 refuses it"),
     ("re_match", "deprecated in OPA: use regex.match"),
     ("set_diff", "deprecated in OPA: use the `-` operator"),
-    ("net.cidr_overlap", "deprecated in OPA: use net.cidr_contains"),
+    (
+        "net.cidr_overlap",
+        "deprecated in OPA: use net.cidr_contains",
+    ),
     ("cast_array", "deprecated in OPA"),
     ("cast_boolean", "deprecated in OPA"),
     ("cast_null", "deprecated in OPA"),
@@ -225,6 +225,37 @@ impl Index {
     }
 }
 
+/// Whether `query` (`data.a.b`) names a document built from partial rules: a
+/// `contains` rule, or rules defining keys below it (`b["k"] := …`, `b.k := …`,
+/// `b[x] := …`). regorus' bytecode VM does not always assemble these as OPA does,
+/// so such queries are evaluated with the interpreter.
+pub fn is_partial_document(modules: &[Ref<Module>], query: &str) -> bool {
+    let target: Vec<&str> = query.trim_start_matches("data.").split('.').collect();
+    for m in modules {
+        let package = static_path(&m.package.refr).unwrap_or_default();
+        for rule in &m.policy {
+            let Rule::Spec { head, .. } = rule.as_ref() else {
+                continue;
+            };
+            let (refr, set) = match head {
+                RuleHead::Compr { refr, .. } => (refr, false),
+                RuleHead::Set { refr, .. } => (refr, true),
+                RuleHead::Func { .. } => continue,
+            };
+            let fixed = static_path(refr);
+            let mut path = package.clone();
+            path.extend(fixed.clone().unwrap_or_else(|| fixed_prefix(refr)));
+            let names_target =
+                path.len() >= target.len() && path.iter().zip(&target).all(|(a, b)| a == b);
+            let below = path.len() > target.len() || fixed.is_none();
+            if names_target && (set || below) {
+                return true;
+            }
+        }
+    }
+    false
+}
+
 /// `import data.a.b as c` → `c` ↦ `data.a.b`; without `as`, the last segment.
 fn import_aliases(m: &Module) -> BTreeMap<String, Vec<String>> {
     let mut out = BTreeMap::new();
@@ -264,6 +295,15 @@ fn static_path(e: &Expr) -> Option<Vec<String>> {
             }
         }
         _ => None,
+    }
+}
+
+/// Where a reference starts (`a` of `a.b.c`): regorus places a step's span at
+/// the step.
+fn root_span(e: &Expr) -> &Span {
+    match e {
+        Expr::RefDot { refr, .. } | Expr::RefBrack { refr, .. } => root_span(refr),
+        _ => e.span(),
     }
 }
 
@@ -548,7 +588,7 @@ impl RuleScan<'_> {
                 self.expr(key, false);
                 self.expr(value, false);
             }
-            Expr::Call { span, fcn, params, .. } => self.call(span, fcn, params, positive),
+            Expr::Call { fcn, params, .. } => self.call(fcn, params, positive),
             Expr::UnaryExpr { expr, .. } => self.expr(expr, positive),
             Expr::RefDot { refr, .. } => self.expr(refr, positive),
             Expr::RefBrack { refr, index, .. } => {
@@ -594,7 +634,7 @@ impl RuleScan<'_> {
         }
     }
 
-    fn call(&mut self, span: &Span, fcn: &Expr, params: &[Ref<Expr>], positive: bool) {
+    fn call(&mut self, fcn: &Expr, params: &[Ref<Expr>], positive: bool) {
         let Some(name) = static_path(fcn) else {
             self.expr(fcn, positive);
             for p in params {
@@ -608,7 +648,7 @@ impl RuleScan<'_> {
             Callee::Builtin(nargs) => {
                 if params.len() != nargs && params.len() != nargs + 1 {
                     self.refusals.push(Refusal::at(
-                        span,
+                        root_span(fcn),
                         format!(
                             "`{dotted}` takes {nargs} argument(s), called with {} (OPA refuses the module: rego_type_error)",
                             params.len()
@@ -627,7 +667,7 @@ impl RuleScan<'_> {
                         "call to undefined function `{dotted}`: neither a rule of the policy set nor a builtin (OPA refuses the module: rego_type_error)"
                     ),
                 };
-                self.refusals.push(Refusal::at(span, why));
+                self.refusals.push(Refusal::at(root_span(fcn), why));
                 None
             }
         };
@@ -711,7 +751,10 @@ pub fn rewrite_output_args(
                 let Literal::Expr { expr, .. } = &stmt.literal else {
                     continue;
                 };
-                let Expr::Call { span, fcn, params, .. } = expr.as_ref() else {
+                let Expr::Call {
+                    span, fcn, params, ..
+                } = expr.as_ref()
+                else {
                     continue;
                 };
                 let Some(fname) = static_path(fcn) else {
@@ -775,7 +818,8 @@ fn output_edit(
         return None;
     }
     let out_span = out.span();
-    let out_text = text.get(usize::try_from(out_span.start).ok()?..usize::try_from(out_span.end).ok()?)?;
+    let out_text =
+        text.get(usize::try_from(out_span.start).ok()?..usize::try_from(out_span.end).ok()?)?;
     let head_end = match inputs.last() {
         Some(last) => usize::try_from(last.span().end).ok()?,
         None => usize::try_from(fcn.span().end).ok()?,
@@ -862,9 +906,7 @@ mod tests {
         for (rule, at, want) in cases {
             let src = format!("package a\nimport rego.v1\n{rule}\n");
             let got = refusals(&src);
-            let first = got
-                .first()
-                .unwrap_or_else(|| panic!("{rule}: not refused"));
+            let first = got.first().unwrap_or_else(|| panic!("{rule}: not refused"));
             assert_eq!(first.location, format!("p.rego:{at}"), "{rule}: {got:?}");
             assert!(first.message.contains(want), "{rule}: {got:?}");
         }
@@ -930,7 +972,8 @@ mod tests {
     #[test]
     fn long_lines_load() {
         let pem = "A".repeat(5000);
-        let src = format!("package a\nimport rego.v1\ncert := \"{pem}\"\nallow if count(cert) > 0\n");
+        let src =
+            format!("package a\nimport rego.v1\ncert := \"{pem}\"\nallow if count(cert) > 0\n");
         let mut engine = new_engine();
         engine
             .add_policy("p.rego".to_string(), src)
