@@ -42,24 +42,56 @@ use crate::authn::token;
 /// Nested tokens deeper than this are not decoded.
 const MAX_NESTING: usize = 8;
 
-/// The hook registering every `io.jwt.*` builtin, for [`super::PolicyOptions`].
+/// The hook registering every extension builtin, for [`super::PolicyOptions`]:
+/// builtin errors make the call undefined, as in OPA-Envoy (non-strict).
 pub fn jwt_extensions() -> ExtensionHook {
-    Arc::new(register)
+    Arc::new(|engine: &mut Engine| register_with(engine, false))
+}
+
+/// The same builtins with strict errors (`policy eval --strict-builtin-errors`,
+/// like `opa eval --strict-builtin-errors`): a builtin error is an evaluation error.
+pub fn strict_extensions() -> ExtensionHook {
+    Arc::new(|engine: &mut Engine| register_with(engine, true))
 }
 
 /// Registers every `io.jwt.*` builtin on `engine`, and the other OPA builtins
-/// regorus lacks ([`super::extra_builtins`]).
+/// regorus lacks ([`super::extra_builtins`]), non-strict.
 pub fn register(engine: &mut Engine) -> anyhow::Result<()> {
-    engine.add_extension(
-        "io.jwt.decode".to_owned(),
-        1,
-        Box::new(|args: Vec<Value>| decode(&args)),
-    )?;
-    engine.add_extension(
-        "io.jwt.decode_verify".to_owned(),
-        2,
-        Box::new(|args: Vec<Value>| decode_verify(&args, now_ns())),
-    )?;
+    register_with(engine, false)
+}
+
+/// Adds extensions to an engine; with `strict` off an error makes the call
+/// undefined (OPA's default for builtin errors).
+pub struct Registrar<'a> {
+    engine: &'a mut Engine,
+    strict: bool,
+}
+
+impl Registrar<'_> {
+    /// Registers `f` as the builtin `name` taking `nargs` arguments.
+    pub fn add<F>(&mut self, name: &str, nargs: u8, f: F) -> anyhow::Result<()>
+    where
+        F: Fn(&[Value]) -> anyhow::Result<Value> + Clone + Send + Sync + 'static,
+    {
+        let strict = self.strict;
+        self.engine.add_extension(
+            name.to_owned(),
+            nargs,
+            Box::new(move |args: Vec<Value>| match f(&args) {
+                Err(_) if !strict => Ok(Value::Undefined),
+                other => other,
+            }),
+        )
+    }
+}
+
+/// Registers every extension builtin with the given error mode.
+pub fn register_with(engine: &mut Engine, strict: bool) -> anyhow::Result<()> {
+    let mut r = Registrar { engine, strict };
+    r.add("io.jwt.decode", 1, decode)?;
+    r.add("io.jwt.decode_verify", 2, |args: &[Value]| {
+        decode_verify(args, now_ns())
+    })?;
     let asymmetric = [
         ("rs256", Algorithm::RS256),
         ("rs384", Algorithm::RS384),
@@ -71,10 +103,10 @@ pub fn register(engine: &mut Engine) -> anyhow::Result<()> {
         ("es384", Algorithm::ES384),
     ];
     for (name, alg) in asymmetric {
-        engine.add_extension(
-            format!("io.jwt.verify_{name}"),
+        r.add(
+            &format!("io.jwt.verify_{name}"),
             2,
-            Box::new(move |args: Vec<Value>| verify_with_cert(&args, alg)),
+            move |args: &[Value]| verify_with_cert(args, alg),
         )?;
     }
     let hmac = [
@@ -83,13 +115,13 @@ pub fn register(engine: &mut Engine) -> anyhow::Result<()> {
         ("hs512", Algorithm::HS512),
     ];
     for (name, alg) in hmac {
-        engine.add_extension(
-            format!("io.jwt.verify_{name}"),
+        r.add(
+            &format!("io.jwt.verify_{name}"),
             2,
-            Box::new(move |args: Vec<Value>| verify_with_secret(&args, alg)),
+            move |args: &[Value]| verify_with_secret(args, alg),
         )?;
     }
-    super::extra_builtins::register(engine)
+    super::extra_builtins::register(&mut r)
 }
 
 /// The arity of an extension [`register`] adds (for the output-argument call form).

@@ -439,6 +439,9 @@ impl PolicySet {
 
         let mut engine = super::parity::new_engine();
         engine.set_execution_timer_config(timer(&limits));
+        // OPA-Envoy evaluates with non-strict builtin errors: a failing builtin call
+        // is undefined (the RVM's default too).
+        engine.set_strict_builtin_errors(false);
         if let Some(hook) = &options.extensions {
             hook(&mut engine).map_err(|e| PolicyError::Extension(format!("{e:#}")))?;
         }
@@ -1749,19 +1752,24 @@ decision.reason := "mesh peer"
 
     #[test]
     fn runtime_errors_are_eval_errors() {
-        // Direct division by zero: the RVM yields undefined; the re-check finds the error.
-        let ps = set(
-            &[(
-                "a.rego",
-                "package a\nimport rego.v1\nallow := 1 / input.z\n",
-            )],
-            "data.a.allow",
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
-        let input = Value::from_json_str(r#"{"z": 0}"#).unwrap_or_else(|e| panic!("{e}"));
-        match ps.evaluate(0, input) {
-            Err(DecisionError::Eval(msg)) => assert!(msg.contains("a.rego:3"), "{msg}"),
-            other => panic!("expected Eval, got {other:?}"),
+        // Division by zero is a builtin error: non-strict, as OPA-Envoy evaluates,
+        // the expression is undefined (so is the rule), on the VM and the interpreter.
+        for force_interpreter in [false, true] {
+            let ps = PolicySet::from_sources(
+                vec![(
+                    "a.rego".to_string(),
+                    "package a\nimport rego.v1\nallow := 1 / input.z\n".to_string(),
+                )],
+                serde_json::Value::Null,
+                &["data.a.allow".to_string()],
+                PolicyOptions {
+                    force_interpreter,
+                    ..test_options()
+                },
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
+            let input = Value::from_json_str(r#"{"z": 0}"#).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(ps.evaluate(0, input), Err(DecisionError::Undefined));
         }
 
         // Conflicting complete rule: evaluated with the interpreter, an error.

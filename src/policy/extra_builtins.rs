@@ -10,7 +10,9 @@ use std::net::IpAddr;
 use anyhow::{anyhow, bail};
 use aws_lc_rs::{digest, hmac};
 use ipnet::IpNet;
-use regorus::{Engine, Value};
+use regorus::Value;
+
+use super::builtins::Registrar;
 
 /// The functions registered by [`register`], with their arities.
 pub const FUNCTIONS: &[(&str, usize)] = &[
@@ -29,8 +31,8 @@ pub const FUNCTIONS: &[(&str, usize)] = &[
 
 type Builtin = fn(&[Value]) -> anyhow::Result<Value>;
 
-/// Registers every function of [`FUNCTIONS`] on `engine`.
-pub fn register(engine: &mut Engine) -> anyhow::Result<()> {
+/// Registers every function of [`FUNCTIONS`].
+pub fn register(r: &mut Registrar<'_>) -> anyhow::Result<()> {
     let table: [(&str, Builtin); 11] = [
         ("crypto.md5", |a| digest_hex(a, "crypto.md5", Hash::Md5)),
         ("crypto.sha1", |a| digest_hex(a, "crypto.sha1", Hash::Sha1)),
@@ -57,11 +59,7 @@ pub fn register(engine: &mut Engine) -> anyhow::Result<()> {
     for ((name, f), (listed, nargs)) in table.into_iter().zip(FUNCTIONS) {
         debug_assert_eq!(name, *listed);
         let nargs = u8::try_from(*nargs).map_err(|_| anyhow!("{name}: arity"))?;
-        engine.add_extension(
-            name.to_owned(),
-            nargs,
-            Box::new(move |args: Vec<Value>| f(&args)),
-        )?;
+        r.add(name, nargs, f)?;
     }
     Ok(())
 }

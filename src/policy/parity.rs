@@ -782,7 +782,7 @@ pub fn rewrite_output_args(
             out.push((name, text));
             continue;
         }
-        edits.sort_by(|a, b| b.0.cmp(&a.0));
+        edits.sort_by_key(|e| std::cmp::Reverse(e.0));
         let mut text = text;
         for (start, end, replacement) in edits {
             text.replace_range(start..end, &replacement);
