@@ -171,7 +171,7 @@ struct Header {
 
 impl Header {
     fn parse(segment: &str) -> Option<Header> {
-        let json = token::json_object(segment, true).ok()?;
+        let json = token::json_object(segment, false).ok()?;
         let text = |k: &str| match json.get(k) {
             None => Some(String::new()),
             Some(serde_json::Value::String(s)) => Some(s.clone()),
@@ -207,37 +207,51 @@ impl Header {
     }
 }
 
+/// A header as `io.jwt.decode` reads it: any JSON object (OPA checks the types
+/// of `kid`, `typ`, … only when verifying), but never a JWE (`enc`).
+fn decode_header(segment: &str) -> anyhow::Result<serde_json::Map<String, serde_json::Value>> {
+    let json =
+        token::json_object(segment, false).map_err(|e| anyhow!("invalid JWT header: {e}"))?;
+    if json.contains_key("enc") {
+        bail!("JWT is a JWE object, which is not supported");
+    }
+    Ok(json)
+}
+
+/// A payload: JSON from bytes that need not be UTF-8 (invalid sequences become
+/// U+FFFD, as in OPA).
+fn payload_json(bytes: &[u8]) -> anyhow::Result<serde_json::Map<String, serde_json::Value>> {
+    let text = String::from_utf8_lossy(bytes);
+    match serde_json::from_str(&text) {
+        Ok(serde_json::Value::Object(o)) => Ok(o),
+        Ok(_) => bail!("JWT payload must be a JSON object"),
+        Err(e) => bail!("invalid JSON: {e}"),
+    }
+}
+
 /// `io.jwt.decode(jwt)`.
 fn decode(args: &[Value]) -> anyhow::Result<Value> {
     let mut jwt = string_arg(args, 0, "io.jwt.decode")?.to_owned();
     for _ in 0..MAX_NESTING {
-        let Ok(seg) = token::split(&jwt) else {
-            return Ok(Value::Undefined);
-        };
-        let Some(header) = Header::parse(seg.header) else {
-            return Ok(Value::Undefined);
-        };
-        let Ok(payload) = token::b64url(seg.payload, true) else {
-            return Ok(Value::Undefined);
-        };
-        if header.cty == "JWT" {
+        let seg = token::split(&jwt).map_err(|e| anyhow!("io.jwt.decode: {e}"))?;
+        let header = decode_header(seg.header).map_err(|e| anyhow!("io.jwt.decode: {e}"))?;
+        let payload = token::b64url(seg.payload, false)
+            .map_err(|e| anyhow!("io.jwt.decode: JWT payload: {e}"))?;
+        if header.get("cty").and_then(serde_json::Value::as_str) == Some("JWT") {
             let inner = String::from_utf8_lossy(&payload);
             jwt = inner.trim_matches(|c| c == '"' || c == '\'').to_owned();
             continue;
         }
-        let Ok(serde_json::Value::Object(payload)) = serde_json::from_slice(&payload) else {
-            return Ok(Value::Undefined);
-        };
-        let Ok(sig) = token::b64url(seg.signature, true) else {
-            return Ok(Value::Undefined);
-        };
+        let payload = payload_json(&payload).map_err(|e| anyhow!("io.jwt.decode: {e}"))?;
+        let sig = token::b64url(seg.signature, false)
+            .map_err(|e| anyhow!("io.jwt.decode: JWT signature: {e}"))?;
         return Ok(Value::from(vec![
-            Value::from(serde_json::Value::Object(header.json)),
+            Value::from(serde_json::Value::Object(header)),
             Value::from(serde_json::Value::Object(payload)),
             Value::from(hex::encode(sig)),
         ]));
     }
-    Ok(Value::Undefined)
+    bail!("io.jwt.decode: tokens nested too deeply")
 }
 
 /// A verification key from a `cert` (PEM certificate or public key, or a JWK set).
@@ -250,8 +264,9 @@ struct VerifyKey {
 
 /// OPA's `getKeysFromCertOrJWK`.
 fn keys_from_cert_or_jwk(text: &str) -> anyhow::Result<Vec<VerifyKey>> {
-    if text.trim_start().starts_with("-----BEGIN") {
-        let (rest, pem) = x509_parser::pem::parse_x509_pem(text.trim_start().as_bytes())
+    // OPA reads a PEM only when the text starts with one (no leading whitespace).
+    if text.starts_with("-----BEGIN") {
+        let (rest, pem) = x509_parser::pem::parse_x509_pem(text.as_bytes())
             .map_err(|e| anyhow!("failed to parse a PEM block: {e}"))?;
         if !rest.iter().all(u8::is_ascii_whitespace) {
             bail!("extra data after a PEM certificate block");
@@ -268,7 +283,7 @@ fn keys_from_cert_or_jwk(text: &str) -> anyhow::Result<Vec<VerifyKey>> {
                     .map_err(|e| anyhow!("failed to parse a PEM public key: {e}"))?;
                 key_from_spki(&spki)?
             }
-            "RSA PUBLIC KEY" => DecodingKey::from_rsa_der(&pem.contents),
+            // OPA does not read PKCS#1 `RSA PUBLIC KEY` blocks.
             _ => bail!("failed to extract a Key from the PEM certificate"),
         };
         return Ok(vec![VerifyKey {
@@ -368,7 +383,7 @@ fn verify_with_cert(args: &[Value], alg: Algorithm) -> anyhow::Result<Value> {
         return Ok(Value::Undefined);
     };
     let keys = keys_from_cert_or_jwk(cert)?;
-    if token::b64url(seg.signature, true).is_err() {
+    if token::b64url(seg.signature, false).is_err() {
         return Ok(Value::Undefined);
     }
     let Some(header) = Header::parse(seg.header) else {
@@ -400,7 +415,7 @@ fn verify_with_secret(args: &[Value], alg: Algorithm) -> anyhow::Result<Value> {
     let Ok(seg) = token::split(jwt) else {
         return Ok(Value::Undefined);
     };
-    if token::b64url(seg.signature, true).is_err() {
+    if token::b64url(seg.signature, false).is_err() {
         return Ok(Value::Undefined);
     }
     let key = DecodingKey::from_secret(secret.as_bytes());
@@ -445,8 +460,11 @@ impl Constraints {
                 "aud" => c.aud = text()?,
                 "time" => {
                     let t = match v {
+                        // Nanoseconds exceed f64's exact integers: convert lossily.
                         Value::Number(n) => n
                             .as_f64()
+                            .or_else(|| n.as_i64().map(|i| i as f64))
+                            .or_else(|| n.as_u64().map(|u| u as f64))
                             .ok_or_else(|| anyhow!("token time constraint: invalid number"))?,
                         _ => bail!("token time constraint: must be a number"),
                     };
@@ -471,7 +489,8 @@ impl Constraints {
             return false; // `none`, ES512, unknown
         };
         if let Some(keys) = &self.keys {
-            let fits = |k: &VerifyKey| k.alg.is_none() || k.alg == Some(alg);
+            // OPA verifies with the token's algorithm whatever a JWK's own `alg` says.
+            let fits = |_: &VerifyKey| true;
             if !header.kid.is_empty() {
                 if let Some(k) = keys.iter().find(|k| k.kid == header.kid) {
                     return fits(k) && verifies(signature, message, &k.key, alg);
@@ -511,21 +530,24 @@ fn decode_verify(args: &[Value], now_ns: f64) -> anyhow::Result<Value> {
             return Ok(Value::Undefined);
         };
         let Some(header) = Header::parse(seg.header) else {
-            return Ok(Value::Undefined);
+            bail!("io.jwt.decode_verify: invalid JOSE header (alg, kid, typ, cty must be strings)");
         };
+        if header.json.contains_key("enc") {
+            bail!("io.jwt.decode_verify: JWT is a JWE object, which is not supported");
+        }
         if !header.valid() {
             return Ok(unverified());
         }
         if !constraints.alg.is_empty() && constraints.alg != header.alg {
             return Ok(unverified());
         }
-        if token::b64url(seg.signature, true).is_err() {
+        if token::b64url(seg.signature, false).is_err() {
             return Ok(Value::Undefined);
         }
         if !constraints.verify(&header, seg.signature, seg.signing_input) {
             return Ok(unverified());
         }
-        let Ok(payload) = token::b64url(seg.payload, true) else {
+        let Ok(payload) = token::b64url(seg.payload, false) else {
             return Ok(Value::Undefined);
         };
         if header.cty.eq_ignore_ascii_case("JWT") {
@@ -534,9 +556,7 @@ fn decode_verify(args: &[Value], now_ns: f64) -> anyhow::Result<Value> {
         }
         break (header, payload);
     };
-    let Ok(serde_json::Value::Object(payload)) = serde_json::from_slice(&payload) else {
-        return Ok(Value::Undefined);
-    };
+    let payload = payload_json(&payload).map_err(|e| anyhow!("io.jwt.decode_verify: {e}"))?;
 
     if !constraints.iss.is_empty() {
         match payload.get("iss") {

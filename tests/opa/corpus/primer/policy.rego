@@ -37,7 +37,7 @@ action_allowed if {
 
 token := {"valid": valid, "payload": payload} if {
 	[_, encoded] := split(http_request.headers.authorization, " ")
-	[valid, _, payload] := io.jwt.decode_verify(encoded, {"cert": data.keys.cert, "aud": "orders"})
+	[valid, _, payload] := io.jwt.decode_verify(encoded, {"cert": data.keys.cert, "aud": "orders", "time": time.now_ns()})
 }
 
 result["allowed"] := allow
