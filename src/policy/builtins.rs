@@ -3,7 +3,7 @@
 //!
 //! Provided: `io.jwt.decode`, `io.jwt.decode_verify` (constraints `cert`,
 //! `secret`, `alg`, `iss`, `aud`, `time`), `io.jwt.verify_rs256/384/512`,
-//! `verify_ps256/384/512`, `verify_es256/384`, `verify_hs256/384/512`.
+//! `verify_ps256/384/512`, `verify_es256/384`, `verify_eddsa`, `verify_hs256/384/512`.
 //!
 //! Semantics follow OPA's documentation and implementation:
 //! - `decode(jwt)` → `[header, payload, signature_hex]` (nested `cty: JWT` tokens
@@ -12,14 +12,20 @@
 //!   signature verifies and `iss`, `aud`, `exp` (`time < exp`) and `nbf`
 //!   (`time >= nbf`) hold at `time` (ns, default now); `[false, {}, {}]` otherwise.
 //!   The algorithm comes from the header but must fit the key: HMAC only with
-//!   `secret`, RSA/ECDSA only with `cert` keys of the matching type (and a
-//!   JWK's own `alg`, when it has one); `none` never verifies.
+//!   `secret`, RSA/ECDSA/EdDSA only with `cert` keys of the matching type (a
+//!   JWK's own `alg` is ignored, as in OPA); `none` never verifies.
 //! - `verify_XXX(jwt, cert_or_secret)` → boolean; the algorithm is the
 //!   function's, whatever the header says.
 //!
-//! Errors: a token that cannot be decoded makes the call undefined (OPA's
-//! default, non-strict builtin errors); wrongly typed arguments and invalid
-//! constraints or keys (a policy bug) are evaluation errors.
+//! Strictness follows OPA's: no padded or non-canonical base64url segments, no
+//! JWE (`enc`) headers, PEM only at the start of the text and never PKCS#1 `RSA
+//! PUBLIC KEY`; `decode` accepts header fields of any type, `decode_verify` wants
+//! `alg`, `kid`, `typ`, `cty` as strings; payload bytes that are not UTF-8 are
+//! replaced.
+//!
+//! Errors (undecodable tokens, wrongly typed arguments, invalid constraints or
+//! keys) are builtin errors: the call is undefined, as in OPA-Envoy's non-strict
+//! evaluation, unless registered strict ([`strict_extensions`]).
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -101,6 +107,7 @@ pub fn register_with(engine: &mut Engine, strict: bool) -> anyhow::Result<()> {
         ("ps512", Algorithm::PS512),
         ("es256", Algorithm::ES256),
         ("es384", Algorithm::ES384),
+        ("eddsa", Algorithm::EdDSA),
     ];
     for (name, alg) in asymmetric {
         r.add(
@@ -124,17 +131,31 @@ pub fn register_with(engine: &mut Engine, strict: bool) -> anyhow::Result<()> {
     super::extra_builtins::register(&mut r)
 }
 
+/// The `io.jwt.*` functions [`register`] adds, with their arities.
+pub const JWT_FUNCTIONS: &[(&str, usize)] = &[
+    ("io.jwt.decode", 1),
+    ("io.jwt.decode_verify", 2),
+    ("io.jwt.verify_rs256", 2),
+    ("io.jwt.verify_rs384", 2),
+    ("io.jwt.verify_rs512", 2),
+    ("io.jwt.verify_ps256", 2),
+    ("io.jwt.verify_ps384", 2),
+    ("io.jwt.verify_ps512", 2),
+    ("io.jwt.verify_es256", 2),
+    ("io.jwt.verify_es384", 2),
+    ("io.jwt.verify_eddsa", 2),
+    ("io.jwt.verify_hs256", 2),
+    ("io.jwt.verify_hs384", 2),
+    ("io.jwt.verify_hs512", 2),
+];
+
 /// The arity of an extension [`register`] adds (for the output-argument call form).
 pub fn arity(name: &str) -> Option<usize> {
-    match name {
-        "io.jwt.decode" => Some(1),
-        "io.jwt.decode_verify" => Some(2),
-        n if n.starts_with("io.jwt.verify_") => Some(2),
-        n => super::extra_builtins::FUNCTIONS
-            .iter()
-            .find(|(f, _)| *f == n)
-            .map(|(_, a)| *a),
-    }
+    JWT_FUNCTIONS
+        .iter()
+        .chain(super::extra_builtins::FUNCTIONS)
+        .find(|(f, _)| *f == name)
+        .map(|(_, a)| *a)
 }
 
 fn now_ns() -> f64 {

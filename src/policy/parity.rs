@@ -82,7 +82,10 @@ pub const OPA_BUILTINS_REFUSED: &[(&str, &str)] = &[
         "rego.parse_module",
         "regorus' syntax tree differs from OPA's",
     ),
-    ("regex.find_all_string_submatch_n", "not implemented"),
+    (
+        "regex.globs_match",
+        "the intersection of two regular expressions is not implemented",
+    ),
     ("array.flatten", "not implemented"),
     ("strings.split_n", "not implemented"),
     ("any", "deprecated in OPA; Rego v1 refuses it"),
@@ -99,7 +102,269 @@ pub const OPA_BUILTINS_REFUSED: &[(&str, &str)] = &[
     ("cast_object", "deprecated in OPA"),
     ("cast_set", "deprecated in OPA"),
     ("cast_string", "deprecated in OPA"),
+    (
+        "crypto.x509.parse_certificates",
+        "its result is Go's x509.Certificate as JSON, which cannot be reproduced exactly",
+    ),
+    (
+        "crypto.x509.parse_and_verify_certificates",
+        "its result is Go's x509.Certificate as JSON, which cannot be reproduced exactly",
+    ),
+    (
+        "json.match_schema",
+        "regorus' optional `jsonschema` feature is not built in",
+    ),
+    (
+        "json.verify_schema",
+        "regorus' optional `jsonschema` feature is not built in",
+    ),
+    (
+        "rego.metadata.chain",
+        "regorus does not parse METADATA annotations",
+    ),
+    (
+        "rego.metadata.rule",
+        "regorus does not parse METADATA annotations",
+    ),
+    (
+        "strings.render_template",
+        "Go text/template semantics are not implemented",
+    ),
+    ("io.jwt.encode_sign", "token signing is not implemented"),
+    ("io.jwt.encode_sign_raw", "token signing is not implemented"),
+    ("io.jwt.verify_es512", "P-521 keys are not supported"),
 ];
+
+/// Every OPA (1.x) builtin function called by name (operators such as `==` and
+/// `+` and OPA's `internal.*` helpers left out), for the README table.
+pub const OPA_BUILTINS: &[&str] = &[
+    "abs",
+    "all",
+    "any",
+    "array.concat",
+    "array.flatten",
+    "array.reverse",
+    "array.slice",
+    "base64.decode",
+    "base64.encode",
+    "base64.is_valid",
+    "base64url.decode",
+    "base64url.encode",
+    "base64url.encode_no_pad",
+    "bits.and",
+    "bits.lsh",
+    "bits.negate",
+    "bits.or",
+    "bits.rsh",
+    "bits.xor",
+    "cast_array",
+    "cast_boolean",
+    "cast_null",
+    "cast_object",
+    "cast_set",
+    "cast_string",
+    "ceil",
+    "concat",
+    "contains",
+    "count",
+    "crypto.hmac.equal",
+    "crypto.hmac.md5",
+    "crypto.hmac.sha1",
+    "crypto.hmac.sha256",
+    "crypto.hmac.sha512",
+    "crypto.md5",
+    "crypto.parse_private_keys",
+    "crypto.sha1",
+    "crypto.sha256",
+    "crypto.x509.parse_and_verify_certificates",
+    "crypto.x509.parse_and_verify_certificates_with_options",
+    "crypto.x509.parse_certificate_request",
+    "crypto.x509.parse_certificates",
+    "crypto.x509.parse_keypair",
+    "crypto.x509.parse_rsa_private_key",
+    "endswith",
+    "floor",
+    "format_int",
+    "glob.match",
+    "glob.quote_meta",
+    "graph.reachable",
+    "graph.reachable_paths",
+    "graphql.is_valid",
+    "graphql.parse",
+    "graphql.parse_and_verify",
+    "graphql.parse_query",
+    "graphql.parse_schema",
+    "graphql.schema_is_valid",
+    "hex.decode",
+    "hex.encode",
+    "http.send",
+    "indexof",
+    "indexof_n",
+    "intersection",
+    "io.jwt.decode",
+    "io.jwt.decode_verify",
+    "io.jwt.encode_sign",
+    "io.jwt.encode_sign_raw",
+    "io.jwt.verify_eddsa",
+    "io.jwt.verify_es256",
+    "io.jwt.verify_es384",
+    "io.jwt.verify_es512",
+    "io.jwt.verify_hs256",
+    "io.jwt.verify_hs384",
+    "io.jwt.verify_hs512",
+    "io.jwt.verify_ps256",
+    "io.jwt.verify_ps384",
+    "io.jwt.verify_ps512",
+    "io.jwt.verify_rs256",
+    "io.jwt.verify_rs384",
+    "io.jwt.verify_rs512",
+    "is_array",
+    "is_boolean",
+    "is_null",
+    "is_number",
+    "is_object",
+    "is_set",
+    "is_string",
+    "json.filter",
+    "json.is_valid",
+    "json.marshal",
+    "json.marshal_with_options",
+    "json.match_schema",
+    "json.patch",
+    "json.remove",
+    "json.unmarshal",
+    "json.verify_schema",
+    "lower",
+    "max",
+    "min",
+    "net.cidr_contains",
+    "net.cidr_contains_matches",
+    "net.cidr_expand",
+    "net.cidr_intersects",
+    "net.cidr_is_valid",
+    "net.cidr_merge",
+    "net.cidr_overlap",
+    "net.lookup_ip_addr",
+    "numbers.range",
+    "numbers.range_step",
+    "object.filter",
+    "object.get",
+    "object.keys",
+    "object.remove",
+    "object.subset",
+    "object.union",
+    "object.union_n",
+    "opa.runtime",
+    "print",
+    "product",
+    "providers.aws.sign_req",
+    "rand.intn",
+    "re_match",
+    "regex.find_all_string_submatch_n",
+    "regex.find_n",
+    "regex.globs_match",
+    "regex.is_valid",
+    "regex.match",
+    "regex.replace",
+    "regex.split",
+    "regex.template_match",
+    "rego.metadata.chain",
+    "rego.metadata.rule",
+    "rego.parse_module",
+    "replace",
+    "round",
+    "semver.compare",
+    "semver.is_valid",
+    "set_diff",
+    "sort",
+    "split",
+    "sprintf",
+    "startswith",
+    "strings.any_prefix_match",
+    "strings.any_suffix_match",
+    "strings.count",
+    "strings.render_template",
+    "strings.replace_n",
+    "strings.reverse",
+    "strings.split_n",
+    "substring",
+    "sum",
+    "time.add_date",
+    "time.clock",
+    "time.date",
+    "time.diff",
+    "time.format",
+    "time.now_ns",
+    "time.parse_duration_ns",
+    "time.parse_ns",
+    "time.parse_rfc3339_ns",
+    "time.weekday",
+    "to_number",
+    "trace",
+    "trim",
+    "trim_left",
+    "trim_prefix",
+    "trim_right",
+    "trim_space",
+    "trim_suffix",
+    "type_name",
+    "union",
+    "units.parse",
+    "units.parse_bytes",
+    "upper",
+    "urlquery.decode",
+    "urlquery.decode_object",
+    "urlquery.encode",
+    "urlquery.encode_object",
+    "uuid.parse",
+    "uuid.rfc4122",
+    "walk",
+    "yaml.is_valid",
+    "yaml.marshal",
+    "yaml.unmarshal",
+];
+
+/// How portcullis provides the OPA builtin `name`: `Ok` with who implements it,
+/// or `Err` with why a call to it is refused at load.
+pub fn builtin_support(name: &str) -> Result<&'static str, String> {
+    if name == "print" || regorus::unstable::BUILTINS.contains_key(name) {
+        return Ok("regorus");
+    }
+    if super::builtins::arity(name).is_some() {
+        return Ok("portcullis");
+    }
+    Err(OPA_BUILTINS_REFUSED
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map_or_else(|| "not provided".to_string(), |(_, why)| (*why).to_string()))
+}
+
+/// The README's table of OPA builtins, one row per namespace.
+pub fn builtin_table() -> String {
+    let mut rows: BTreeMap<&str, (Vec<&str>, Vec<String>)> = BTreeMap::new();
+    for name in OPA_BUILTINS {
+        let namespace = match name.rsplit_once('.') {
+            Some((ns, _)) if !ns.is_empty() => ns,
+            _ => "(top level)",
+        };
+        let row = rows.entry(namespace).or_default();
+        match builtin_support(name) {
+            Ok(_) => row.0.push(name),
+            Err(why) => row.1.push(format!("`{name}` ({why})")),
+        }
+    }
+    let mut out =
+        String::from("| namespace | supported | refused at load (why) |\n|---|---|---|\n");
+    for (ns, (ok, refused)) in rows {
+        let ok: Vec<String> = ok.iter().map(|n| format!("`{n}`")).collect();
+        out.push_str(&format!(
+            "| {ns} | {} | {} |\n",
+            ok.join(", "),
+            refused.join(", ")
+        ));
+    }
+    out
+}
 
 /// What the checks need to know about the functions a call can name.
 pub struct Functions<'a> {
@@ -967,6 +1232,35 @@ mod tests {
                 .unwrap_or_else(|e| panic!("{e}"));
         }
         assert_eq!(refuse(&mut engine).map_err(|e| e.to_string()), Ok(()));
+    }
+
+    /// Every OPA builtin is either provided or refused at load with a reason, and
+    /// the README's table says which.
+    #[test]
+    fn readme_lists_every_opa_builtin() {
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let table = builtin_table();
+        assert!(
+            readme.contains(&table),
+            "README.md's builtin table is out of date; it should read:\n{table}"
+        );
+        for name in [
+            "crypto.sha256",
+            "net.cidr_merge",
+            "io.jwt.verify_eddsa",
+            "walk",
+            "json.patch",
+        ] {
+            assert!(builtin_support(name).is_ok(), "{name}");
+        }
+        for name in [
+            "rego.metadata.rule",
+            "io.jwt.verify_es512",
+            "strings.render_template",
+        ] {
+            assert!(builtin_support(name).is_err(), "{name}");
+        }
     }
 
     #[test]
