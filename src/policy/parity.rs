@@ -1029,7 +1029,9 @@ pub fn rewrite_output_args(
                     Callee::Rule(Some(n)) | Callee::Builtin(n) => Some(n),
                     _ => extension_arity(&fname.join(".")),
                 };
-                if arity.is_some_and(|n| params.len() == n + 1) {
+                // `walk` is a relation (one result per pair), which regorus already
+                // evaluates in the output form; a unification would not iterate.
+                if fname.join(".") != "walk" && arity.is_some_and(|n| params.len() == n + 1) {
                     if let Some(edit) = output_edit(&text, span, fcn, params) {
                         edits.push(edit);
                     }
@@ -1082,25 +1084,23 @@ fn output_edit(
     if text.get(start..end)? != call.text() {
         return None;
     }
-    let out_span = out.span();
-    let out_text =
-        text.get(usize::try_from(out_span.start).ok()?..usize::try_from(out_span.end).ok()?)?;
-    let head_end = match inputs.last() {
-        Some(last) => usize::try_from(last.span().end).ok()?,
-        None => usize::try_from(fcn.span().end).ok()?,
+    let out_start = usize::try_from(out.span().start).ok()?;
+    let out_end = usize::try_from(out.span().end).ok()?;
+    let out_text = text.get(out_start..out_end)?;
+    // `fcn(a, b, ` up to the output argument (spans of string literals exclude
+    // their quotes, so the text before the output is cut at its comma).
+    let before = text.get(start..out_start)?.trim_end();
+    let head = if inputs.is_empty() {
+        let fcn_end = usize::try_from(fcn.span().end).ok()?;
+        format!("{}(", text.get(start..fcn_end)?.trim_end())
+    } else {
+        before.strip_suffix(',')?.to_string()
     };
-    let between = text.get(head_end..usize::try_from(out_span.start).ok()?)?;
-    let after = text.get(usize::try_from(out_span.end).ok()?..end)?;
-    if between.contains('\n') || after.contains('\n') {
+    let after = text.get(out_end..end)?;
+    if head.contains('\n') || after.contains('\n') {
         return None;
     }
-    let head = text.get(start..head_end)?;
-    let call_text = if inputs.is_empty() {
-        format!("{head}()")
-    } else {
-        format!("{head})")
-    };
-    Some((start, end, format!("{out_text} = {call_text}")))
+    Some((start, end, format!("{out_text} = {head})")))
 }
 
 /// A regorus engine for user policies: lines of any length load (a PEM or a JWKS
