@@ -521,3 +521,73 @@ fn io_jwt_follows_opa_both_ways() {
     let token384 = rs384.sign(&json!({"sub": "a"}));
     assert!(verified(verify(&token384, json!({"cert": jwks(&[&rsa])}))));
 }
+
+/// ES512 (P-521, which jsonwebtoken lacks): `verify_es512` and `decode_verify`
+/// with a PEM public key, a certificate and a JWK set; a tampered token, another
+/// key and another algorithm's function do not verify.
+#[test]
+fn es512_verifies_with_pem_certificate_and_jwk() {
+    use aws_lc_rs::signature::{EcdsaKeyPair, KeyPair, ECDSA_P521_SHA512_FIXED_SIGNING};
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine as _;
+    let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P521_SHA512).unwrap();
+    let signer =
+        EcdsaKeyPair::from_pkcs8(&ECDSA_P521_SHA512_FIXED_SIGNING, &kp.serialize_der()).unwrap();
+    let rng = aws_lc_rs::rand::SystemRandom::new();
+    let sign = |header: &Value, claims: &Value| {
+        let input = format!("{}.{}", b64(header), b64(claims));
+        let sig = signer.sign(&rng, input.as_bytes()).unwrap();
+        format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig.as_ref()))
+    };
+    let token = sign(
+        &json!({"alg": "ES512", "kid": "p521"}),
+        &json!({"sub": "a", "exp": now() + 600}),
+    );
+    let point = signer.public_key().as_ref().to_vec();
+    assert_eq!(point.len(), 133);
+    let jwk = json!({"keys": [{
+        "kty": "EC", "crv": "P-521", "kid": "p521",
+        "x": URL_SAFE_NO_PAD.encode(&point[1..67]),
+        "y": URL_SAFE_NO_PAD.encode(&point[67..]),
+    }]})
+    .to_string();
+    let cert = rcgen::CertificateParams::new(vec!["idp.test".to_owned()])
+        .unwrap()
+        .self_signed(&kp)
+        .unwrap()
+        .pem();
+    for key in [kp.public_key_pem(), cert, jwk] {
+        let check = |t: &str| {
+            eval(
+                "io.jwt.verify_es512(input.t, input.k)",
+                json!({"t": t, "k": key}),
+            )
+            .unwrap()
+            .unwrap()
+        };
+        assert_eq!(check(&token), json!(true), "{key}");
+        let mut parts: Vec<&str> = token.split('.').collect();
+        let forged = b64(&json!({"sub": "mallory"}));
+        parts[1] = &forged;
+        assert_eq!(check(&parts.join(".")), json!(false));
+        assert!(
+            verified(decode_verify(&token, json!({"cert": key}))),
+            "{key}"
+        );
+        assert_eq!(
+            eval(
+                "io.jwt.verify_es384(input.t, input.k)",
+                json!({"t": token, "k": key})
+            ),
+            Ok(Some(json!(false)))
+        );
+    }
+    let other = TestKey::es256("e");
+    assert_eq!(
+        eval(
+            "io.jwt.verify_es512(input.t, input.k)",
+            json!({"t": token, "k": other.public_pem})
+        ),
+        Ok(Some(json!(false)))
+    );
+}

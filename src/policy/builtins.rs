@@ -3,7 +3,7 @@
 //!
 //! Provided: `io.jwt.decode`, `io.jwt.decode_verify` (constraints `cert`,
 //! `secret`, `alg`, `iss`, `aud`, `time`), `io.jwt.verify_rs256/384/512`,
-//! `verify_ps256/384/512`, `verify_es256/384`, `verify_eddsa`, `verify_hs256/384/512`.
+//! `verify_ps256/384/512`, `verify_es256/384/512`, `verify_eddsa`, `verify_hs256/384/512`.
 //!
 //! Semantics follow OPA's documentation and implementation:
 //! - `decode(jwt)` → `[header, payload, signature_hex]` (nested `cty: JWT` tokens
@@ -35,8 +35,8 @@ use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, DecodingKey};
 use regorus::{Engine, Value};
 use x509_parser::oid_registry::{
-    OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY, OID_NIST_EC_P384, OID_PKCS1_RSAENCRYPTION,
-    OID_SIG_ED25519,
+    OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY, OID_NIST_EC_P384, OID_NIST_EC_P521,
+    OID_PKCS1_RSAENCRYPTION, OID_SIG_ED25519,
 };
 use x509_parser::prelude::FromDer;
 use x509_parser::x509::SubjectPublicKeyInfo;
@@ -108,7 +108,10 @@ pub fn register_with(engine: &mut Engine, strict: bool) -> anyhow::Result<()> {
         ("es256", Algorithm::ES256),
         ("es384", Algorithm::ES384),
         ("eddsa", Algorithm::EdDSA),
-    ];
+    ]
+    .map(|(n, a)| (n, Alg::Jose(a)))
+    .into_iter()
+    .chain([("es512", Alg::Es512)]);
     for (name, alg) in asymmetric {
         r.add(
             &format!("io.jwt.verify_{name}"),
@@ -143,6 +146,7 @@ pub const JWT_FUNCTIONS: &[(&str, usize)] = &[
     ("io.jwt.verify_ps512", 2),
     ("io.jwt.verify_es256", 2),
     ("io.jwt.verify_es384", 2),
+    ("io.jwt.verify_es512", 2),
     ("io.jwt.verify_eddsa", 2),
     ("io.jwt.verify_hs256", 2),
     ("io.jwt.verify_hs384", 2),
@@ -280,7 +284,54 @@ struct VerifyKey {
     kid: String,
     /// The JWK's own `alg`, if it had one.
     alg: Option<Algorithm>,
-    key: DecodingKey,
+    key: Key,
+}
+
+/// Key material: what jsonwebtoken verifies, or a P-521 public point (ES512,
+/// which jsonwebtoken lacks, verified with aws-lc-rs).
+enum Key {
+    Jose(DecodingKey),
+    P521(Vec<u8>),
+}
+
+/// A signature algorithm: jsonwebtoken's, or ES512.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Alg {
+    Jose(Algorithm),
+    Es512,
+}
+
+impl Alg {
+    fn parse(name: &str) -> Option<Alg> {
+        match name {
+            "ES512" => Some(Alg::Es512),
+            other => other.parse().ok().map(Alg::Jose),
+        }
+    }
+}
+
+/// A P-521 public key from a JWK's `x` and `y` (uncompressed point).
+fn p521_from_jwk(entry: &serde_json::Value) -> anyhow::Result<Key> {
+    let coordinate = |name: &str| -> anyhow::Result<Vec<u8>> {
+        let text = entry
+            .get(name)
+            .and_then(serde_json::Value::as_str)
+            .ok_or_else(|| {
+                anyhow!("failed to parse a JWK key (set): P-521 key without `{name}`")
+            })?;
+        let bytes = token::b64url(text, false)
+            .map_err(|e| anyhow!("failed to parse a JWK key (set): `{name}`: {e}"))?;
+        if bytes.len() > 66 {
+            bail!("failed to parse a JWK key (set): `{name}` too long for P-521");
+        }
+        let mut out = vec![0u8; 66 - bytes.len()];
+        out.extend_from_slice(&bytes);
+        Ok(out)
+    };
+    let mut point = vec![4u8];
+    point.extend(coordinate("x")?);
+    point.extend(coordinate("y")?);
+    Ok(Key::P521(point))
 }
 
 /// OPA's `getKeysFromCertOrJWK`.
@@ -325,6 +376,20 @@ fn keys_from_cert_or_jwk(text: &str) -> anyhow::Result<Vec<VerifyKey>> {
     };
     let mut keys = Vec::with_capacity(entries.len());
     for entry in entries {
+        if entry.get("kty").and_then(serde_json::Value::as_str) == Some("EC")
+            && entry.get("crv").and_then(serde_json::Value::as_str) == Some("P-521")
+        {
+            keys.push(VerifyKey {
+                kid: entry
+                    .get("kid")
+                    .and_then(serde_json::Value::as_str)
+                    .unwrap_or_default()
+                    .to_string(),
+                alg: None,
+                key: p521_from_jwk(&entry)?,
+            });
+            continue;
+        }
         let jwk: Jwk = serde_json::from_value(entry)
             .map_err(|e| anyhow!("failed to parse a JWK key (set): {e}"))?;
         let alg = match jwk.common.key_algorithm {
@@ -335,8 +400,10 @@ fn keys_from_cert_or_jwk(text: &str) -> anyhow::Result<Vec<VerifyKey>> {
                 None => continue,
             },
         };
-        let key = DecodingKey::from_jwk(&jwk)
-            .map_err(|e| anyhow!("failed to parse a JWK key (set): {e}"))?;
+        let key = Key::Jose(
+            DecodingKey::from_jwk(&jwk)
+                .map_err(|e| anyhow!("failed to parse a JWK key (set): {e}"))?,
+        );
         keys.push(VerifyKey {
             kid: jwk.common.key_id.clone().unwrap_or_default(),
             alg,
@@ -346,7 +413,7 @@ fn keys_from_cert_or_jwk(text: &str) -> anyhow::Result<Vec<VerifyKey>> {
     Ok(keys)
 }
 
-fn key_from_spki(spki: &SubjectPublicKeyInfo<'_>) -> anyhow::Result<DecodingKey> {
+fn key_from_spki(spki: &SubjectPublicKeyInfo<'_>) -> anyhow::Result<Key> {
     let oid = &spki.algorithm.algorithm;
     let bits: &[u8] = &spki.subject_public_key.data;
     if *oid == OID_PKCS1_RSAENCRYPTION {
@@ -357,10 +424,10 @@ fn key_from_spki(spki: &SubjectPublicKeyInfo<'_>) -> anyhow::Result<DecodingKey>
             let first = b.iter().position(|x| *x != 0).unwrap_or(b.len());
             b[first..].to_vec()
         };
-        return Ok(DecodingKey::from_rsa_raw_components(
+        return Ok(Key::Jose(DecodingKey::from_rsa_raw_components(
             &strip(rsa.modulus),
             &strip(rsa.exponent),
-        ));
+        )));
     }
     if *oid == OID_KEY_TYPE_EC_PUBLIC_KEY {
         let curve = spki
@@ -370,33 +437,48 @@ fn key_from_spki(spki: &SubjectPublicKeyInfo<'_>) -> anyhow::Result<DecodingKey>
             .and_then(|p| p.as_oid().ok());
         return match curve {
             Some(c) if c == OID_EC_P256 || c == OID_NIST_EC_P384 => {
-                Ok(DecodingKey::from_ec_der(bits))
+                Ok(Key::Jose(DecodingKey::from_ec_der(bits)))
             }
+            Some(c) if c == OID_NIST_EC_P521 => Ok(Key::P521(bits.to_vec())),
             _ => bail!("unsupported elliptic curve"),
         };
     }
     if *oid == OID_SIG_ED25519 {
-        return Ok(DecodingKey::from_ed_der(bits));
+        return Ok(Key::Jose(DecodingKey::from_ed_der(bits)));
     }
     bail!("unsupported public key type")
 }
 
 /// Verifies `signature` (base64url) over `message` with `key` for `alg`. A key
 /// of another family (e.g. an RSA key for HS256) never verifies.
-fn verifies(signature: &str, message: &str, key: &DecodingKey, alg: Algorithm) -> bool {
-    jsonwebtoken::crypto::verify(
-        signature.trim_end_matches('='),
-        message.as_bytes(),
-        key,
-        alg,
-    )
-    .unwrap_or(false)
+fn verifies(signature: &str, message: &str, key: &Key, alg: Alg) -> bool {
+    match (key, alg) {
+        (Key::Jose(key), Alg::Jose(alg)) => jsonwebtoken::crypto::verify(
+            signature.trim_end_matches('='),
+            message.as_bytes(),
+            key,
+            alg,
+        )
+        .unwrap_or(false),
+        (Key::P521(point), Alg::Es512) => {
+            let Ok(sig) = token::b64url(signature, false) else {
+                return false;
+            };
+            aws_lc_rs::signature::UnparsedPublicKey::new(
+                &aws_lc_rs::signature::ECDSA_P521_SHA512_FIXED,
+                point,
+            )
+            .verify(message.as_bytes(), &sig)
+            .is_ok()
+        }
+        _ => false,
+    }
 }
 
 /// `io.jwt.verify_{rs,ps,es}*`: the function's algorithm; the `kid` key first
 /// if the header names one, else every key (skipping JWKs whose `alg` differs
 /// from the header's).
-fn verify_with_cert(args: &[Value], alg: Algorithm) -> anyhow::Result<Value> {
+fn verify_with_cert(args: &[Value], alg: Alg) -> anyhow::Result<Value> {
     let f = "io.jwt.verify";
     let jwt = string_arg(args, 0, f)?;
     let cert = string_arg(args, 1, f)?;
@@ -439,12 +521,12 @@ fn verify_with_secret(args: &[Value], alg: Algorithm) -> anyhow::Result<Value> {
     if token::b64url(seg.signature, false).is_err() {
         return Ok(Value::Undefined);
     }
-    let key = DecodingKey::from_secret(secret.as_bytes());
+    let key = Key::Jose(DecodingKey::from_secret(secret.as_bytes()));
     Ok(Value::from(verifies(
         seg.signature,
         seg.signing_input,
         &key,
-        alg,
+        Alg::Jose(alg),
     )))
 }
 
@@ -506,8 +588,8 @@ impl Constraints {
 
     /// Signature check with the header's algorithm, restricted by the keys.
     fn verify(&self, header: &Header, signature: &str, message: &str) -> bool {
-        let Ok(alg) = header.alg.parse::<Algorithm>() else {
-            return false; // `none`, ES512, unknown
+        let Some(alg) = Alg::parse(&header.alg) else {
+            return false; // `none`, unknown
         };
         if let Some(keys) = &self.keys {
             // OPA verifies with the token's algorithm whatever a JWK's own `alg` says.
@@ -522,7 +604,7 @@ impl Constraints {
                 .filter(|k| fits(k))
                 .any(|k| verifies(signature, message, &k.key, alg));
         }
-        let key = DecodingKey::from_secret(self.secret.as_bytes());
+        let key = Key::Jose(DecodingKey::from_secret(self.secret.as_bytes()));
         verifies(signature, message, &key, alg)
     }
 
