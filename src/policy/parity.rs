@@ -375,7 +375,9 @@ pub struct Functions<'a> {
 /// by rule (empty when the set may load).
 pub fn check(modules: &[Ref<Module>], functions: &Functions<'_>) -> Vec<Refusal> {
     let index = Index::new(modules);
-    let mut out = Vec::new();
+    let mut out = conflicting_rules(modules, &index);
+    // Rule path → (where it is first defined, the paths it reads or calls).
+    let mut graph: BTreeMap<Vec<String>, (Span, BTreeSet<Vec<String>>)> = BTreeMap::new();
     for (m, package) in modules.iter().zip(&index.module_packages) {
         let globals = index.globals(m, package);
         let aliases = import_aliases(m);
@@ -391,9 +393,43 @@ pub fn check(modules: &[Ref<Module>], functions: &Functions<'_>) -> Vec<Refusal>
                 uses: Vec::new(),
                 declared: Vec::new(),
                 refusals: Vec::new(),
+                refs: Vec::new(),
+                in_ref: false,
+                calls: Vec::new(),
             };
             scan.rule(rule);
             out.append(&mut scan.refusals);
+            let (head, span) = rule_head(rule);
+            let mut path = package.clone();
+            path.extend(fixed_prefix(head));
+            let entry = graph
+                .entry(path)
+                .or_insert_with(|| (span.clone(), BTreeSet::new()));
+            entry.1.extend(scan.calls.iter().cloned());
+            for r in &scan.refs {
+                let Some(root) = r.first() else { continue };
+                let dep = if root == "data" {
+                    Some(r[1..].to_vec())
+                } else if let Some(target) = aliases.get(root) {
+                    (target.first().map(String::as_str) == Some("data")).then(|| {
+                        let mut d = target[1..].to_vec();
+                        d.extend(r[1..].iter().cloned());
+                        d
+                    })
+                } else if !scan.bound.contains(root)
+                    && index
+                        .roots
+                        .get(package)
+                        .is_some_and(|roots| roots.contains(root))
+                {
+                    let mut d = package.clone();
+                    d.extend(r.iter().cloned());
+                    Some(d)
+                } else {
+                    None
+                };
+                entry.1.extend(dep);
+            }
             let mut reported = BTreeSet::new();
             for (name, span) in &scan.uses {
                 if name == "_"
@@ -420,7 +456,173 @@ pub fn check(modules: &[Ref<Module>], functions: &Functions<'_>) -> Vec<Refusal>
             }
         }
     }
+    out.extend(recursion(&graph));
     out.dedup();
+    out
+}
+
+/// A rule's head reference and the rule's span.
+fn rule_head(rule: &Rule) -> (&Expr, &Span) {
+    match rule {
+        Rule::Spec { head, span, .. } => match head {
+            RuleHead::Compr { refr, .. }
+            | RuleHead::Set { refr, .. }
+            | RuleHead::Func { refr, .. } => (refr, span),
+        },
+        Rule::Default { refr, span, .. } => (refr, span),
+    }
+}
+
+/// Rules that depend on themselves (OPA: rego_recursion_error), found on the graph
+/// of rule paths and the paths they read: a read of `p` reaches every rule at,
+/// above or below `p`.
+fn recursion(graph: &BTreeMap<Vec<String>, (Span, BTreeSet<Vec<String>>)>) -> Vec<Refusal> {
+    let paths: Vec<&Vec<String>> = graph.keys().collect();
+    let related = |a: &[String], b: &[String]| a.starts_with(b) || b.starts_with(a);
+    let edges: Vec<Vec<usize>> = paths
+        .iter()
+        .map(|p| {
+            let deps = &graph[*p].1;
+            (0..paths.len())
+                .filter(|&j| deps.iter().any(|d| related(paths[j], d)))
+                .collect()
+        })
+        .collect();
+    // Iterative depth-first search; 0 unvisited, 1 on the stack, 2 done.
+    let mut state = vec![0u8; paths.len()];
+    let mut out = Vec::new();
+    for start in 0..paths.len() {
+        if state[start] != 0 {
+            continue;
+        }
+        let mut stack: Vec<(usize, usize)> = vec![(start, 0)];
+        state[start] = 1;
+        while let Some((node, next)) = stack.last().copied() {
+            if let Some(&to) = edges[node].get(next) {
+                if let Some(top) = stack.last_mut() {
+                    top.1 += 1;
+                }
+                match state[to] {
+                    0 => {
+                        state[to] = 1;
+                        stack.push((to, 0));
+                    }
+                    1 => {
+                        let from = stack.iter().position(|(n, _)| *n == to).unwrap_or(0);
+                        let cycle: Vec<String> = stack[from..]
+                            .iter()
+                            .map(|(n, _)| format!("data.{}", paths[*n].join(".")))
+                            .chain(std::iter::once(format!("data.{}", paths[to].join("."))))
+                            .collect();
+                        out.push(Refusal::at(
+                            &graph[paths[to]].0,
+                            format!(
+                                "rule data.{} is recursive: {} (OPA refuses the module: rego_recursion_error)",
+                                paths[to].join("."),
+                                cycle.join(" -> ")
+                            ),
+                        ));
+                    }
+                    _ => {}
+                }
+            } else {
+                state[node] = 2;
+                stack.pop();
+            }
+        }
+    }
+    out
+}
+
+/// What a rule defines at its path.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum RuleKind {
+    /// `p := v`, `p if …`, `p.q.r := v` (a value at a fixed path).
+    Complete,
+    /// `p contains x`.
+    Set,
+    /// `p[k] := v` (keys computed).
+    Object,
+    /// `f(x) := v`.
+    Function,
+}
+
+/// Rules OPA's compiler refuses as conflicting: one path defined as two kinds of
+/// rule (`allow if …` and `allow contains …`), a complete rule with rules below
+/// it (`p := 1` and `p.q := 2`), and more than one `default` for a rule.
+fn conflicting_rules(modules: &[Ref<Module>], index: &Index) -> Vec<Refusal> {
+    let mut kinds: BTreeMap<Vec<String>, (RuleKind, Span)> = BTreeMap::new();
+    let mut defaults: BTreeMap<Vec<String>, usize> = BTreeMap::new();
+    let mut out = Vec::new();
+    let data_path = |p: &[String]| format!("data.{}", p.join("."));
+    for (m, package) in modules.iter().zip(&index.module_packages) {
+        for rule in &m.policy {
+            let (refr, kind) = match rule.as_ref() {
+                Rule::Spec { head, .. } => match head {
+                    RuleHead::Compr { refr, .. } => (
+                        refr,
+                        if static_path(refr).is_some() {
+                            RuleKind::Complete
+                        } else {
+                            RuleKind::Object
+                        },
+                    ),
+                    RuleHead::Set { refr, .. } => (refr, RuleKind::Set),
+                    RuleHead::Func { refr, .. } => (refr, RuleKind::Function),
+                },
+                Rule::Default { refr, .. } => {
+                    let mut path = package.clone();
+                    path.extend(fixed_prefix(refr));
+                    let n = defaults.entry(path.clone()).or_default();
+                    *n += 1;
+                    if *n == 2 {
+                        out.push(Refusal::at(
+                            root_span(refr),
+                            format!("multiple default rules {} found (OPA refuses the module: rego_type_error)", data_path(&path)),
+                        ));
+                    }
+                    continue;
+                }
+            };
+            let mut path = package.clone();
+            path.extend(fixed_prefix(refr));
+            let span = root_span(refr).clone();
+            match kinds.get(&path) {
+                Some((k, _)) if *k != kind => out.push(Refusal::at(
+                    &span,
+                    format!(
+                        "conflicting rules {} found: defined as {:?} and as {:?} (OPA refuses the module: rego_type_error)",
+                        data_path(&path),
+                        k,
+                        kind
+                    ),
+                )),
+                Some(_) => {}
+                None => {
+                    kinds.insert(path, (kind, span));
+                }
+            }
+        }
+    }
+    // A complete rule, set or function with other rules below its path.
+    for (path, (kind, span)) in &kinds {
+        if *kind == RuleKind::Object {
+            continue;
+        }
+        if let Some((below, _)) = kinds
+            .range(path.clone()..)
+            .find(|(p, _)| p.len() > path.len() && p.starts_with(path))
+        {
+            out.push(Refusal::at(
+                span,
+                format!(
+                    "rule {} conflicts with rule {} (OPA refuses the module: rego_type_error)",
+                    data_path(path),
+                    data_path(below)
+                ),
+            ));
+        }
+    }
     out
 }
 
@@ -584,8 +786,9 @@ fn fixed_prefix(e: &Expr) -> Vec<String> {
 
 /// What a called name resolves to.
 enum Callee {
-    /// A rule of the set (a user-defined function), with its arity when known.
-    Rule(Option<usize>),
+    /// A rule of the set (a user-defined function), with its arity when known,
+    /// and its path.
+    Rule(Option<usize>, Vec<String>),
     /// A regorus builtin with its arity.
     Builtin(usize),
     /// `print` or an extension: arity not checked.
@@ -622,14 +825,14 @@ impl Resolver<'_> {
         };
         if let Some(path) = data_path {
             return match self.index.rules.get(&path) {
-                Some(arity) => Callee::Rule(*arity),
+                Some(arity) => Callee::Rule(*arity, path),
                 None => Callee::Unknown,
             };
         }
         let mut local = self.package.to_vec();
         local.extend(name.iter().cloned());
         if let Some(arity) = self.index.rules.get(&local) {
-            return Callee::Rule(*arity);
+            return Callee::Rule(*arity, local);
         }
         let dotted = name.join(".");
         if let Some((_, nargs)) = regorus::unstable::BUILTINS.get(dotted.as_str()) {
@@ -650,6 +853,12 @@ struct RuleScan<'a> {
     /// `some`/`every` declarations: name, where, and whether anything reads it.
     declared: Vec<(String, Span, bool)>,
     refusals: Vec<Refusal>,
+    /// The fixed parts of the references the rule makes (`data.a.b`, `p.q`, `x`).
+    refs: Vec<Vec<String>>,
+    /// Inside a reference chain (its root is not a reference of its own).
+    in_ref: bool,
+    /// Paths of the rules the rule calls.
+    calls: Vec<Vec<String>>,
 }
 
 impl RuleScan<'_> {
@@ -720,6 +929,7 @@ impl RuleScan<'_> {
         for stmt in &q.stmts {
             for w in &stmt.with_mods {
                 self.expr(&w.r#as, false);
+                self.with_target(&w.refr);
             }
             match &stmt.literal {
                 Literal::SomeVars { vars, .. } => {
@@ -776,6 +986,37 @@ impl RuleScan<'_> {
         }
     }
 
+    /// Records the fixed part of the outermost reference of a chain (`p.q[x]` →
+    /// `p.q`); returns whether a chain was already being walked.
+    fn enter_ref(&mut self, e: &Expr) -> bool {
+        let outer = self.in_ref;
+        if !outer {
+            self.refs.push(fixed_prefix(e));
+        }
+        self.in_ref = true;
+        outer
+    }
+
+    /// `with` replaces `input…`, `data…` or a function, nothing else.
+    fn with_target(&mut self, refr: &Expr) {
+        let Some(path) = static_path(refr) else {
+            return;
+        };
+        let first = path.first().map(String::as_str);
+        if matches!(first, Some("input" | "data")) {
+            return;
+        }
+        if matches!(self.resolver.resolve(&path), Callee::Unknown) {
+            self.refusals.push(Refusal::at(
+                root_span(refr),
+                format!(
+                    "`with {}`: the target must be input, data or a function (OPA refuses the module: rego_type_error)",
+                    path.join(".")
+                ),
+            ));
+        }
+    }
+
     /// Every variable in `e` is bound (an assignment's target, `some … in`).
     fn bind_all(&mut self, e: &Expr) {
         match e {
@@ -828,6 +1069,9 @@ impl RuleScan<'_> {
             Expr::Var { span, value, .. } => {
                 if let Ok(s) = value.as_string() {
                     self.uses.push((s.to_string(), span.clone()));
+                    if !self.in_ref {
+                        self.refs.push(vec![s.to_string()]);
+                    }
                 }
             }
             Expr::Array { items, .. } | Expr::Set { items, .. } => {
@@ -854,15 +1098,22 @@ impl RuleScan<'_> {
             }
             Expr::Call { fcn, params, .. } => self.call(fcn, params, positive),
             Expr::UnaryExpr { expr, .. } => self.expr(expr, positive),
-            Expr::RefDot { refr, .. } => self.expr(refr, positive),
+            Expr::RefDot { refr, .. } => {
+                let outer = self.enter_ref(e);
+                self.expr(refr, positive);
+                self.in_ref = outer;
+            }
             Expr::RefBrack { refr, index, .. } => {
                 if positive {
                     if let Expr::Var { .. } = index.as_ref() {
                         self.bind_all(index);
                     }
                 }
+                let outer = self.enter_ref(e);
                 self.expr(refr, positive);
+                self.in_ref = false;
                 self.expr(index, positive);
+                self.in_ref = outer;
             }
             Expr::AssignExpr { op, lhs, rhs, .. } => {
                 if positive {
@@ -908,7 +1159,10 @@ impl RuleScan<'_> {
         };
         let dotted = name.join(".");
         let arity = match self.resolver.resolve(&name) {
-            Callee::Rule(arity) => arity,
+            Callee::Rule(arity, path) => {
+                self.calls.push(path);
+                arity
+            }
             Callee::Builtin(nargs) => {
                 if params.len() != nargs && params.len() != nargs + 1 {
                     self.refusals.push(Refusal::at(
@@ -1025,7 +1279,7 @@ pub fn rewrite_output_args(
                     continue;
                 };
                 let arity = match resolver.resolve(&fname) {
-                    Callee::Rule(Some(n)) | Callee::Builtin(n) => Some(n),
+                    Callee::Rule(Some(n), _) | Callee::Builtin(n) => Some(n),
                     _ => extension_arity(&fname.join(".")),
                 };
                 // `walk` is a relation (one result per pair), which regorus already
@@ -1161,6 +1415,12 @@ mod tests {
             ("allow if { foo.bar(1) }", "3:12", "undefined function `foo.bar`"),
             ("allow if { count(1, 2, 3) }", "3:12", "`count` takes 1 argument(s), called with 3"),
             ("allow if { data.lib.nope(1) }", "3:12", "undefined function `data.lib.nope`"),
+            ("allow if b\nb if allow", "3:1", "rule data.a.allow is recursive"),
+            ("allow if { data.a.allow }", "3:1", "is recursive"),
+            ("allow if true\nallow contains 1 if true", "4:1", "conflicting rules data.a.allow"),
+            ("p.q := 1\np := 2", "4:1", "rule data.a.p conflicts with rule data.a.p.q"),
+            ("default allow := false\ndefault allow := true", "4:9", "multiple default rules"),
+            ("allow if { input.a with foo as 1 }", "3:25", "`with foo`"),
             (
                 "allow if { crypto.x509.parse_rsa_private_key(input.k) }",
                 "3:12",
@@ -1207,6 +1467,10 @@ mod tests {
             "allow if { some i; input.xs[i] == 1 }",
             "allow if { print(input.a) }",
             "a.b.c := 1\nallow if a.b.c == 1",
+            "r[k] := 1 if some k in input.xs\nr.z := 2\nallow if r.z",
+            "allow if { input.a with time.now_ns as 1 }",
+            "f(x) := 1\nallow if { input.a with f as 2 }",
+            "x := 1\nallow if { data.a.x == 1 }",
             "allow if { glob.match(\"a.*\", [\".\"], input.h) }",
         ];
         for rule in cases {
