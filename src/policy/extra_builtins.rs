@@ -261,18 +261,53 @@ fn cidr_merge(args: &[Value]) -> anyhow::Result<Value> {
         ),
         None => bail!("{F}: operand 1 missing"),
     };
-    let mut nets = Vec::with_capacity(items.len());
+    // (the network, how OPA prints it when nothing merges into it)
+    let mut nets: Vec<(IpNet, String)> = Vec::with_capacity(items.len());
     for item in items {
         let Value::String(s) = item else {
             bail!("{F}: element must be string but got {}", type_name(item));
         };
-        nets.push(parse_cidr_or_ip(s, F)?);
+        nets.push(merge_operand(s)?);
     }
-    let merged: BTreeSet<Value> = IpNet::aggregate(&nets)
+    let networks: Vec<IpNet> = nets.iter().map(|(n, _)| *n).collect();
+    let merged: BTreeSet<Value> = IpNet::aggregate(&networks)
         .into_iter()
-        .map(|n| Value::from(n.to_string()))
+        .map(|out| {
+            // A network nothing else merged into keeps its input's form (an
+            // address keeps its host bits, as OPA prints it).
+            let mut inside = nets.iter().filter(|(n, _)| out.contains(n));
+            match (inside.next(), inside.next()) {
+                (Some((n, text)), None) if n.trunc() == out => Value::from(text.clone()),
+                _ => Value::from(out.to_string()),
+            }
+        })
         .collect();
     Ok(Value::from(merged))
+}
+
+/// An operand of `net.cidr_merge` as OPA reads it: a CIDR (its network), or an
+/// IPv4 address with its classful default mask (Go's `IP.DefaultMask`: /8 below
+/// 128.0.0.0, /16 below 192.0.0.0, else /24), printed with its host bits. An
+/// IPv6 address needs a prefix length.
+fn merge_operand(s: &str) -> anyhow::Result<(IpNet, String)> {
+    const F: &str = "net.cidr_merge";
+    if let Ok(net) = s.parse::<IpNet>() {
+        let net = net.trunc();
+        return Ok((net, net.to_string()));
+    }
+    match s.parse::<IpAddr>() {
+        Ok(IpAddr::V4(ip)) => {
+            let len = match ip.octets()[0] {
+                0..=127 => 8,
+                128..=191 => 16,
+                _ => 24,
+            };
+            let net = ipnet::Ipv4Net::new(ip, len).map_err(|e| anyhow!("{F}: {e}"))?;
+            Ok((IpNet::V4(net.trunc()), format!("{ip}/{len}")))
+        }
+        Ok(IpAddr::V6(_)) => bail!("{F}: IPv6 invalid: needs prefix length"),
+        Err(_) => bail!("{F}: invalid CIDR or IP address: {s}"),
+    }
 }
 
 /// The `(key, cidr)` pairs of an operand of `net.cidr_contains_matches`: a string
@@ -380,19 +415,36 @@ mod tests {
             Value::from(false)
         );
         assert!(cidr_intersects(&[s("10.0.0.1"), s("10.0.0.0/8")]).is_err());
-        let merged = t(
-            cidr_merge,
-            vec![Value::from(vec![
-                s("192.168.0.0/24"),
-                s("192.168.1.0/24"),
-                s("10.0.0.1"),
-                s("10.0.0.0/30"),
-            ])],
+        // Expected values as OPA 1.x computes them.
+        let merge = |xs: &[&str]| {
+            t(
+                cidr_merge,
+                vec![Value::from(xs.iter().map(|x| s(x)).collect::<Vec<_>>())],
+            )
+        };
+        let set = |xs: &[&str]| Value::from(xs.iter().map(|x| s(x)).collect::<BTreeSet<_>>());
+        assert_eq!(
+            merge(&["192.168.0.0/24", "192.168.1.0/24", "10.0.0.0/30"]),
+            set(&["10.0.0.0/30", "192.168.0.0/23"])
+        );
+        assert_eq!(merge(&["10.1.2.3"]), set(&["10.1.2.3/8"]));
+        assert_eq!(merge(&["172.16.5.4"]), set(&["172.16.5.4/16"]));
+        assert_eq!(merge(&["200.1.1.1"]), set(&["200.1.1.1/24"]));
+        assert_eq!(merge(&["10.0.0.1/24"]), set(&["10.0.0.0/24"]));
+        assert_eq!(merge(&["10.0.0.0/24", "10.0.0.1"]), set(&["10.0.0.0/8"]));
+        assert_eq!(
+            merge(&["192.168.1.5", "192.168.1.0/24"]),
+            set(&["192.168.1.0/24"])
         );
         assert_eq!(
-            merged,
-            Value::from(BTreeSet::from([s("10.0.0.0/30"), s("192.168.0.0/23")]))
+            merge(&["2001:db8::/33", "2001:db8:8000::/33"]),
+            set(&["2001:db8::/32"])
         );
+        assert_eq!(
+            merge(&["10.0.0.1/32", "10.0.0.0/32"]),
+            set(&["10.0.0.0/31"])
+        );
+        assert!(cidr_merge(&[Value::from(vec![s("::1")])]).is_err());
         let matches = t(
             cidr_contains_matches,
             vec![
