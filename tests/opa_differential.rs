@@ -581,3 +581,78 @@ fn load_refusals_agree_with_opa() {
     );
     assert!(differ.is_empty(), "{}", differ.join("\n"));
 }
+
+/// Builtin calls one by one (`tests/opa/builtin_calls.txt`, regorus builtins and
+/// portcullis extensions): `portcullis policy eval` and OPA give the same value.
+/// The README lists the calls known to differ (left out of the file).
+#[test]
+fn builtin_calls_agree_with_opa() {
+    let py = match python() {
+        Ok(p) => p,
+        Err(why) => {
+            println!("SKIP: no OPA to compare with: {why}");
+            return;
+        }
+    };
+    let calls: Vec<String> = std::fs::read_to_string(repo().join("tests/opa/builtin_calls.txt"))
+        .unwrap()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(str::to_owned)
+        .collect();
+    let mut module = String::from("package p\n\nimport rego.v1\n\n");
+    for (i, call) in calls.iter().enumerate() {
+        module.push_str(&format!("e{i} := {call}\n\n"));
+    }
+    let scratch = tempfile::tempdir().unwrap();
+    let file = scratch.path().join("p.rego");
+    std::fs::write(&file, &module).unwrap();
+    let spec = json!({"p": {"modules": {"p.rego": module}, "data": {}, "query": "data.p"}});
+    let answers = oracle(&py, &spec, &[("p".to_string(), json!({}))]);
+    let want = answers[0]
+        .get("value")
+        .cloned()
+        .unwrap_or_else(|| panic!("OPA: {}", answers[0]));
+    let input = scratch.path().join("input.json");
+    std::fs::write(&input, "{}").unwrap();
+    let out = Command::new(BIN)
+        .args(["policy", "eval", "--data"])
+        .arg(&file)
+        .arg("--input")
+        .arg(&input)
+        .arg("data.p")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ours: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ours = &ours["result"][0]["expressions"][0]["value"];
+    // OPA keeps a number's written form (1.0, 1e3); compare numbers by value.
+    fn same(a: &Value, b: &Value) -> bool {
+        match (a, b) {
+            (Value::Number(x), Value::Number(y)) => x.as_f64() == y.as_f64(),
+            (Value::Array(x), Value::Array(y)) => {
+                x.len() == y.len() && x.iter().zip(y).all(|(a, b)| same(a, b))
+            }
+            (Value::Object(x), Value::Object(y)) => {
+                x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| same(v, w)))
+            }
+            _ => a == b,
+        }
+    }
+    let mut agree = 0;
+    let mut differ = Vec::new();
+    for (i, call) in calls.iter().enumerate() {
+        let key = format!("e{i}");
+        match (want.get(&key), ours.get(&key)) {
+            (Some(a), Some(b)) if same(a, b) => agree += 1,
+            (None, None) => agree += 1,
+            (a, b) => differ.push(format!("{call}: OPA {a:?}, portcullis {b:?}")),
+        }
+    }
+    println!("builtin calls agree with OPA: {agree}/{}", calls.len());
+    assert!(differ.is_empty(), "{}", differ.join("\n"));
+}
