@@ -1,7 +1,8 @@
 //! OPA's `io.jwt.*` token builtins as regorus extensions, so policies written
 //! for the OPA-Envoy plugin that verify tokens themselves run unchanged.
 //!
-//! Provided: `io.jwt.decode`, `io.jwt.decode_verify` (constraints `cert`,
+//! Provided: `io.jwt.decode`, `io.jwt.encode_sign`/`encode_sign_raw` (see
+//! [`super::jwt_sign`]), `io.jwt.decode_verify` (constraints `cert`,
 //! `secret`, `alg`, `iss`, `aud`, `time`), `io.jwt.verify_rs256/384/512`,
 //! `verify_ps256/384/512`, `verify_es256/384/512`, `verify_eddsa`, `verify_hs256/384/512`.
 //!
@@ -95,6 +96,12 @@ impl Registrar<'_> {
 pub fn register_with(engine: &mut Engine, strict: bool) -> anyhow::Result<()> {
     let mut r = Registrar { engine, strict };
     r.add("io.jwt.decode", 1, decode)?;
+    r.add("io.jwt.encode_sign", 3, super::jwt_sign::encode_sign)?;
+    r.add(
+        "io.jwt.encode_sign_raw",
+        3,
+        super::jwt_sign::encode_sign_raw,
+    )?;
     r.add("io.jwt.decode_verify", 2, |args: &[Value]| {
         decode_verify(args, now_ns())
     })?;
@@ -138,6 +145,8 @@ pub fn register_with(engine: &mut Engine, strict: bool) -> anyhow::Result<()> {
 pub const JWT_FUNCTIONS: &[(&str, usize)] = &[
     ("io.jwt.decode", 1),
     ("io.jwt.decode_verify", 2),
+    ("io.jwt.encode_sign", 3),
+    ("io.jwt.encode_sign_raw", 3),
     ("io.jwt.verify_rs256", 2),
     ("io.jwt.verify_rs384", 2),
     ("io.jwt.verify_rs512", 2),

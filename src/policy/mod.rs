@@ -9,6 +9,7 @@ pub mod decision;
 pub mod engine;
 pub mod extra_builtins;
 pub mod input;
+pub mod jwt_sign;
 pub mod parity;
 pub mod store;
 pub mod test_runner;
