@@ -582,8 +582,9 @@ fn load_refusals_agree_with_opa() {
     assert!(differ.is_empty(), "{}", differ.join("\n"));
 }
 
-/// Builtin calls one by one (`tests/opa/builtin_calls.txt`, regorus builtins and
-/// portcullis extensions): `portcullis policy eval` and OPA give the same value.
+/// Builtin calls and expressions one by one (`tests/opa/builtin_calls.txt`: regorus
+/// builtins, portcullis extensions, comprehensions, `every`, set operators, ordering
+/// across types): `portcullis policy eval` and OPA give the same value.
 /// The README lists the calls known to differ (left out of the file).
 #[test]
 fn builtin_calls_agree_with_opa() {
