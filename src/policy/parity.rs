@@ -1204,15 +1204,22 @@ impl RuleScan<'_> {
 pub fn refuse(engine: &mut Engine) -> Result<(), PolicyError> {
     let modules = engine.get_modules().clone();
     let probe = engine.clone();
+    let known = std::cell::RefCell::new(BTreeMap::<String, bool>::new());
     let is_extension = move |name: &str| {
+        if let Some(found) = known.borrow().get(name) {
+            return *found;
+        }
         // Registering a name again fails exactly when it is registered.
         let mut e = probe.clone();
-        e.add_extension(
-            name.to_string(),
-            0,
-            Box::new(|_: Vec<Value>| Ok(Value::Undefined)),
-        )
-        .is_err()
+        let found = e
+            .add_extension(
+                name.to_string(),
+                0,
+                Box::new(|_: Vec<Value>| Ok(Value::Undefined)),
+            )
+            .is_err();
+        known.borrow_mut().insert(name.to_string(), found);
+        found
     };
     let functions = Functions {
         is_extension: &is_extension,
