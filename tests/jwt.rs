@@ -489,8 +489,7 @@ async fn a_token_validated_before_still_expires() {
     p.clock_skew = Duration::ZERO;
     let sidecar = sidecar(&pki, vec![p]).await;
     let c = pki.client("frontend", &[b"http/1.1"]);
-    let token =
-        bearer(&key.sign(&json!({"iss": ISS, "aud": "orders", "role": "admin", "exp": now() + 2})));
+    let token = bearer(&key.sign(&json!({"iss": ISS, "aud": "orders", "role": "admin", "exp": now() + 2})));
     for _ in 0..3 {
         let (s, body) = status(&c, sidecar.inbound_addr, "/x", &[("authorization", &token)]).await;
         assert_eq!(s, 200, "{body}");

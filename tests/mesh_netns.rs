@@ -93,10 +93,7 @@ impl Topology {
             ]);
             run(&["ip", "-n", &sw, "link", "set", &port, "master", "br0", "up"]);
             // Dual stack: IPv6 must not be a way around the sidecar.
-            for (addr, extra) in [
-                (format!("{ip}/24"), None),
-                (format!("{ip6}/64"), Some("nodad")),
-            ] {
+            for (addr, extra) in [(format!("{ip}/24"), None), (format!("{ip6}/64"), Some("nodad"))] {
                 let mut args = vec!["ip", "-n", &ns, "addr", "add", &addr, "dev", "eth0"];
                 args.extend(extra);
                 run(&args);

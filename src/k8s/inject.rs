@@ -1021,9 +1021,7 @@ mod tests {
         .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(
             default.outbound.mesh_networks,
-            ["10.0.0.0/8"
-                .parse::<ipnet::IpNet>()
-                .unwrap_or_else(|e| panic!("{e}"))]
+            ["10.0.0.0/8".parse::<ipnet::IpNet>().unwrap_or_else(|e| panic!("{e}"))]
         );
     }
 
