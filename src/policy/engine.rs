@@ -1620,7 +1620,8 @@ result["body"] := concat(",", denials) if not allow
 "#;
         let outbound = r#"package portcullis.outbound
 import rego.v1
-decision["allowed"] := input.attributes.destination.principal != null
+default decision.allowed := false
+decision["allowed"] := true if input.attributes.destination.principal
 decision.reason := "mesh peer"
 "#;
         let queries = [

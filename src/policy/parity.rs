@@ -698,13 +698,15 @@ pub fn is_partial_document(modules: &[Ref<Module>], query: &str) -> bool {
     for m in modules {
         let package = static_path(&m.package.refr).unwrap_or_default();
         for rule in &m.policy {
-            let Rule::Spec { head, .. } = rule.as_ref() else {
-                continue;
-            };
-            let (refr, set) = match head {
-                RuleHead::Compr { refr, .. } => (refr, false),
-                RuleHead::Set { refr, .. } => (refr, true),
-                RuleHead::Func { .. } => continue,
+            let (refr, set) = match rule.as_ref() {
+                Rule::Spec { head, .. } => match head {
+                    RuleHead::Compr { refr, .. } => (refr, false),
+                    RuleHead::Set { refr, .. } => (refr, true),
+                    RuleHead::Func { .. } => continue,
+                },
+                // `default result.allowed := false` is a key of `result` too.
+                Rule::Default { refr, args, .. } if args.is_empty() => (refr, false),
+                Rule::Default { .. } => continue,
             };
             let fixed = static_path(refr);
             let mut path = package.clone();
