@@ -605,32 +605,8 @@ fn builtin_calls_agree_with_opa() {
     for (i, call) in calls.iter().enumerate() {
         module.push_str(&format!("e{i} := {call}\n\n"));
     }
-    let scratch = tempfile::tempdir().unwrap();
-    let file = scratch.path().join("p.rego");
-    std::fs::write(&file, &module).unwrap();
-    let spec = json!({"p": {"modules": {"p.rego": module}, "data": {}, "query": "data.p"}});
-    let answers = oracle(&py, &spec, &[("p".to_string(), json!({}))]);
-    let want = answers[0]
-        .get("value")
-        .cloned()
-        .unwrap_or_else(|| panic!("OPA: {}", answers[0]));
-    let input = scratch.path().join("input.json");
-    std::fs::write(&input, "{}").unwrap();
-    let out = Command::new(BIN)
-        .args(["policy", "eval", "--data"])
-        .arg(&file)
-        .arg("--input")
-        .arg(&input)
-        .arg("data.p")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let ours: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let ours = &ours["result"][0]["expressions"][0]["value"];
+    let (want, ours) = module_value_both(&py, &module, "data.p", &json!({}));
+    let ours = &ours;
     // OPA keeps a number's written form (1.0, 1e3); compare numbers by value.
     fn same(a: &Value, b: &Value) -> bool {
         match (a, b) {
@@ -656,4 +632,93 @@ fn builtin_calls_agree_with_opa() {
     }
     println!("builtin calls agree with OPA: {agree}/{}", calls.len());
     assert!(differ.is_empty(), "{}", differ.join("\n"));
+}
+
+/// `rego.metadata.rule()` and `rego.metadata.chain()` return OPA's values for
+/// rule, document and package annotations.
+#[test]
+fn metadata_agrees_with_opa() {
+    let py = match python() {
+        Ok(p) => p,
+        Err(why) => {
+            println!("SKIP: no OPA to compare with: {why}");
+            return;
+        }
+    };
+    let module = r#"# METADATA
+# title: Authorization
+# description: who may call the orders API
+package orders.authz
+
+import rego.v1
+
+# METADATA
+# title: Allow
+# description: readers may GET
+# custom:
+#   severity: HIGH
+#   tags: [a, b]
+#   limit: 1.5
+allow if {
+	rego.metadata.rule().custom.severity == "HIGH"
+	input.method == "GET"
+}
+
+rule_of_allow := rego.metadata.rule()
+
+# METADATA
+# title: Reasons
+# scope: document
+deny contains rego.metadata.rule()
+
+deny contains rego.metadata.chain()
+
+chain := rego.metadata.chain()
+
+# METADATA
+# title: Explained
+explained := [r, c] if {
+	r := rego.metadata.rule()
+	c := [x | some x in rego.metadata.chain()]
+}
+"#;
+    let (want, ours) =
+        module_value_both(&py, module, "data.orders.authz", &json!({"method": "GET"}));
+    assert_eq!(ours, want);
+    assert_eq!(want["allow"], json!(true));
+    println!(
+        "rego.metadata agrees with OPA: {} rules",
+        want.as_object().unwrap().len()
+    );
+}
+
+/// The value of `query` over the single module `module` with `input`: OPA's and
+/// `portcullis policy eval`'s.
+fn module_value_both(py: &Path, module: &str, query: &str, input: &Value) -> (Value, Value) {
+    let scratch = tempfile::tempdir().unwrap();
+    let file = scratch.path().join("p.rego");
+    std::fs::write(&file, module).unwrap();
+    let input_file = scratch.path().join("input.json");
+    std::fs::write(&input_file, serde_json::to_vec(input).unwrap()).unwrap();
+    let spec = json!({"p": {"modules": {"p.rego": module}, "data": {}, "query": query}});
+    let answers = oracle(py, &spec, &[("p".to_string(), input.clone())]);
+    let want = answers[0]
+        .get("value")
+        .cloned()
+        .unwrap_or_else(|| panic!("OPA: {}", answers[0]));
+    let out = Command::new(BIN)
+        .args(["policy", "eval", "--data"])
+        .arg(&file)
+        .arg("--input")
+        .arg(&input_file)
+        .arg(query)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ours: Value = serde_json::from_slice(&out.stdout).unwrap();
+    (want, ours["result"][0]["expressions"][0]["value"].clone())
 }

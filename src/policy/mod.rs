@@ -10,6 +10,7 @@ pub mod engine;
 pub mod extra_builtins;
 pub mod input;
 pub mod jwt_sign;
+pub mod metadata;
 pub mod parity;
 pub mod store;
 pub mod test_runner;

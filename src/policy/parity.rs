@@ -120,11 +120,11 @@ pub const OPA_BUILTINS_REFUSED: &[(&str, &str)] = &[
     ),
     (
         "rego.metadata.chain",
-        "regorus does not parse METADATA annotations",
+        "supported only with annotations of title, description, custom and scope (rule, document, package)",
     ),
     (
         "rego.metadata.rule",
-        "regorus does not parse METADATA annotations",
+        "supported only with annotations of title, description, custom and scope (rule, document, package)",
     ),
     (
         "strings.render_template",
@@ -327,7 +327,9 @@ pub fn builtin_support(name: &str) -> Result<&'static str, String> {
     if name == "print" || regorus::unstable::BUILTINS.contains_key(name) {
         return Ok("regorus");
     }
-    if super::builtins::arity(name).is_some() {
+    if super::builtins::arity(name).is_some()
+        || matches!(name, "rego.metadata.rule" | "rego.metadata.chain")
+    {
         return Ok("portcullis");
     }
     Err(OPA_BUILTINS_REFUSED
@@ -742,7 +744,7 @@ fn import_aliases(m: &Module) -> BTreeMap<String, Vec<String>> {
 }
 
 /// `a.b["c"]` → `[a, b, c]` when every step is fixed.
-fn static_path(e: &Expr) -> Option<Vec<String>> {
+pub(crate) fn static_path(e: &Expr) -> Option<Vec<String>> {
     match e {
         Expr::Var { value, .. } => Some(vec![value.as_string().ok()?.to_string()]),
         Expr::RefDot { refr, field, .. } => {
@@ -774,7 +776,7 @@ fn root_span(e: &Expr) -> &Span {
 }
 
 /// The fixed leading steps of a rule head (`p[x].y` → `[p]`).
-fn fixed_prefix(e: &Expr) -> Vec<String> {
+pub(crate) fn fixed_prefix(e: &Expr) -> Vec<String> {
     if let Some(p) = static_path(e) {
         return p;
     }
@@ -1305,6 +1307,12 @@ pub fn rewrite_output_args(
                 }
             }
         }
+        // `rego.metadata.*()` calls become the annotations they return.
+        for edit in super::metadata::edits(&text, m, package).unwrap_or_default() {
+            if !edits.iter().any(|e| edit.0 < e.1 && e.0 < edit.1) {
+                edits.push(edit);
+            }
+        }
         if edits.is_empty() {
             out.push((name, text));
             continue;
@@ -1526,7 +1534,7 @@ mod tests {
             assert!(builtin_support(name).is_ok(), "{name}");
         }
         for name in [
-            "rego.metadata.rule",
+            "rego.parse_module",
             "graphql.parse",
             "strings.render_template",
         ] {
