@@ -157,6 +157,15 @@ pub fn edits(
     Some(out)
 }
 
+fn calls_in_all<'a>(
+    exprs: impl Iterator<Item = &'a regorus::unstable::Ref<Expr>>,
+    out: &mut Vec<(usize, usize, &'static str)>,
+) {
+    for e in exprs {
+        calls_in_expr(e, out);
+    }
+}
+
 fn calls_in_query(q: &Query, out: &mut Vec<(usize, usize, &'static str)>) {
     for stmt in &q.stmts {
         for w in &stmt.with_mods {
@@ -169,13 +178,7 @@ fn calls_in_query(q: &Query, out: &mut Vec<(usize, usize, &'static str)>) {
                 value,
                 collection,
                 ..
-            } => {
-                if let Some(k) = key {
-                    calls_in_expr(k, out);
-                }
-                calls_in_expr(value, out);
-                calls_in_expr(collection, out);
-            }
+            } => calls_in_all(key.iter().chain([value, collection]), out),
             Literal::Expr { expr, .. } | Literal::NotExpr { expr, .. } => calls_in_expr(expr, out),
             Literal::Every { domain, query, .. } => {
                 calls_in_expr(domain, out);
@@ -250,13 +253,7 @@ fn calls_in_expr(e: &Expr, out: &mut Vec<(usize, usize, &'static str)>) {
             value,
             collection,
             ..
-        } => {
-            if let Some(k) = key {
-                calls_in_expr(k, out);
-            }
-            calls_in_expr(value, out);
-            calls_in_expr(collection, out);
-        }
+        } => calls_in_all(key.iter().chain([value, collection]), out),
         _ => {}
     }
 }
