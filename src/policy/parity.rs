@@ -396,6 +396,7 @@ pub fn check(modules: &[Ref<Module>], functions: &Functions<'_>) -> Vec<Refusal>
                 refs: Vec::new(),
                 in_ref: false,
                 calls: Vec::new(),
+                in_not: false,
             };
             scan.rule(rule);
             out.append(&mut scan.refusals);
@@ -861,6 +862,8 @@ struct RuleScan<'a> {
     in_ref: bool,
     /// Paths of the rules the rule calls.
     calls: Vec<Vec<String>>,
+    /// Inside a `not` expression (outside any comprehension in it).
+    in_not: bool,
 }
 
 impl RuleScan<'_> {
@@ -957,7 +960,13 @@ impl RuleScan<'_> {
                     self.expr(collection, positive);
                 }
                 Literal::Expr { expr, .. } => self.expr(expr, positive),
-                Literal::NotExpr { expr, .. } => self.expr(expr, false),
+                Literal::NotExpr { expr, .. } => {
+                    // A wildcard under `not` can never be bound (a comprehension
+                    // inside starts a scope of its own).
+                    let outer = std::mem::replace(&mut self.in_not, true);
+                    self.expr(expr, false);
+                    self.in_not = outer;
+                }
                 Literal::Every {
                     key,
                     value,
@@ -1070,6 +1079,12 @@ impl RuleScan<'_> {
             | Expr::Null { .. } => {}
             Expr::Var { span, value, .. } => {
                 if let Ok(s) = value.as_string() {
+                    if self.in_not && s.as_ref() == "_" {
+                        self.refusals.push(Refusal::at(
+                            span,
+                            "var `_` is unsafe: a wildcard under `not` is never bound (OPA refuses the module: rego_unsafe_var_error)".to_string(),
+                        ));
+                    }
                     self.uses.push((s.to_string(), span.clone()));
                     if !self.in_ref {
                         self.refs.push(vec![s.to_string()]);
@@ -1088,15 +1103,19 @@ impl RuleScan<'_> {
                 }
             }
             Expr::ArrayCompr { term, query, .. } | Expr::SetCompr { term, query, .. } => {
+                let outer = std::mem::replace(&mut self.in_not, false);
                 self.query(query, true);
                 self.expr(term, false);
+                self.in_not = outer;
             }
             Expr::ObjectCompr {
                 key, value, query, ..
             } => {
+                let outer = std::mem::replace(&mut self.in_not, false);
                 self.query(query, true);
                 self.expr(key, false);
                 self.expr(value, false);
+                self.in_not = outer;
             }
             Expr::Call { fcn, params, .. } => self.call(fcn, params, positive),
             Expr::UnaryExpr { expr, .. } => self.expr(expr, positive),
@@ -1427,6 +1446,8 @@ mod tests {
             ("allow if { input.a == 1 with input.a as zz }", "3:41", "var `zz` is unsafe"),
             ("allow if { every x in qq { x > 0 } }", "3:23", "var `qq` is unsafe"),
             ("allow if { not input.b[x] }", "3:24", "var `x` is unsafe"),
+            ("allow if { not input.o[_] == 1 }", "3:24", "var `_` is unsafe"),
+            ("allow if { some k; not input.o[k] }", "3:32", "var `k` is unsafe"),
             ("allow if { foo.bar(1) }", "3:12", "undefined function `foo.bar`"),
             ("allow if { count(1, 2, 3) }", "3:12", "`count` takes 1 argument(s), called with 3"),
             ("allow if { data.lib.nope(1) }", "3:12", "undefined function `data.lib.nope`"),
@@ -1487,6 +1508,10 @@ mod tests {
             "f(x) := 1\nallow if { input.a with f as 2 }",
             "x := 1\nallow if { data.a.x == 1 }",
             "allow if { glob.match(\"a.*\", [\".\"], input.h) }",
+            "allow if { not count([x | x := input.xs[_]]) == 0 }",
+            "allow := input.xs[_]",
+            "p contains input.xs[_]\nallow if count(p) > 0",
+            "allow if { every x in input.xs { x != input.ys[_] } }",
         ];
         for rule in cases {
             let src = format!("package a\nimport rego.v1\n{rule}\n");
