@@ -1,6 +1,7 @@
 //! OPA builtins that regorus 0.14 lacks, as regorus extensions: the `crypto`
-//! digests and HMACs and the `net.cidr_*` set operations that HTTP-authorization
-//! policies use. Each follows OPA's documented signature and result format; an
+//! digests and HMACs, the `net.cidr_*` set operations that HTTP-authorization
+//! policies use, and `strings.render_template` for templates that only insert
+//! values (`{{.a.b}}`, with `{{-`/`-}}` trimming). Each follows OPA's documented signature and result format; an
 //! argument of the wrong type or an invalid address is an error, which the engine
 //! turns into an undefined call unless builtin errors are strict (as OPA does).
 
@@ -27,13 +28,14 @@ pub const FUNCTIONS: &[(&str, usize)] = &[
     ("net.cidr_intersects", 2),
     ("net.cidr_merge", 1),
     ("net.cidr_contains_matches", 2),
+    ("strings.render_template", 2),
 ];
 
 type Builtin = fn(&[Value]) -> anyhow::Result<Value>;
 
 /// Registers every function of [`FUNCTIONS`].
 pub fn register(r: &mut Registrar<'_>) -> anyhow::Result<()> {
-    let table: [(&str, Builtin); 11] = [
+    let table: [(&str, Builtin); 12] = [
         ("crypto.md5", |a| digest_hex(a, "crypto.md5", Hash::Md5)),
         ("crypto.sha1", |a| digest_hex(a, "crypto.sha1", Hash::Sha1)),
         ("crypto.sha256", |a| {
@@ -55,6 +57,7 @@ pub fn register(r: &mut Registrar<'_>) -> anyhow::Result<()> {
         ("net.cidr_intersects", cidr_intersects),
         ("net.cidr_merge", cidr_merge),
         ("net.cidr_contains_matches", cidr_contains_matches),
+        ("strings.render_template", render_template),
     ];
     for ((name, f), (listed, nargs)) in table.into_iter().zip(FUNCTIONS) {
         debug_assert_eq!(name, *listed);
@@ -356,6 +359,139 @@ fn cidr_contains_matches(args: &[Value]) -> anyhow::Result<Value> {
         for (kb, nb) in &targets {
             if na.contains(nb) {
                 out.insert(Value::from(vec![ka.clone(), kb.clone()]));
+            }
+        }
+    }
+    Ok(Value::from(out))
+}
+
+/// A piece of a template: literal text, or the value at a path of the variables.
+enum Piece {
+    Text(String),
+    Value(Vec<String>),
+}
+
+/// The pieces of a Go text/template that only inserts values (`{{.a.b}}`, `{{.}}`,
+/// `{{- .a -}}`); an error for any other action (conditions, loops, pipelines,
+/// functions, comments), which portcullis does not evaluate.
+fn template_pieces(t: &str) -> anyhow::Result<Vec<Piece>> {
+    let mut pieces = Vec::new();
+    let mut rest = t;
+    let mut trim_next = false;
+    while let Some(open) = rest.find("{{") {
+        let mut text = rest[..open].to_string();
+        if trim_next {
+            text = text.trim_start().to_string();
+        }
+        let after = &rest[open + 2..];
+        let close = after
+            .find("}}")
+            .ok_or_else(|| anyhow!("strings.render_template: unclosed action"))?;
+        let mut action = &after[..close];
+        if let Some(a) = action.strip_prefix("- ") {
+            text = text.trim_end().to_string();
+            action = a;
+        }
+        trim_next = false;
+        if let Some(a) = action.strip_suffix(" -") {
+            trim_next = true;
+            action = a;
+        }
+        pieces.push(Piece::Text(text));
+        let action = action.trim();
+        let path: Vec<String> = if action == "." {
+            Vec::new()
+        } else {
+            let fields = action.strip_prefix('.').ok_or_else(|| {
+                anyhow!("strings.render_template: unsupported action {{{{{action}}}}}")
+            })?;
+            fields.split('.').map(str::to_owned).collect()
+        };
+        let ident = |f: &String| {
+            f.chars()
+                .next()
+                .is_some_and(|c| c.is_alphabetic() || c == '_')
+                && f.chars().all(|c| c.is_alphanumeric() || c == '_')
+        };
+        if !path.iter().all(ident) {
+            bail!("strings.render_template: unsupported action {{{{{action}}}}}");
+        }
+        pieces.push(Piece::Value(path));
+        rest = &after[close + 2..];
+    }
+    pieces.push(Piece::Text(if trim_next {
+        rest.trim_start().to_string()
+    } else {
+        rest.to_string()
+    }));
+    Ok(pieces)
+}
+
+/// Whether portcullis renders `template` as OPA does (checked at load for
+/// templates written in the policy).
+pub fn template_supported(template: &str) -> bool {
+    template_pieces(template).is_ok()
+}
+
+/// A value as Go's `fmt` prints it inside a template (OPA: `<undefined>` for a
+/// missing key or null).
+fn go_print(v: &Value, out: &mut String) {
+    match v {
+        Value::Null | Value::Undefined => out.push_str("<undefined>"),
+        Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+        Value::Number(_) => out.push_str(&v.to_string()),
+        Value::String(s) => out.push_str(s),
+        Value::Array(_) | Value::Set(_) => {
+            let items: Vec<&Value> = match v {
+                Value::Array(a) => a.iter().collect(),
+                Value::Set(s) => s.iter().collect(),
+                _ => Vec::new(),
+            };
+            out.push('[');
+            for (i, x) in items.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(' ');
+                }
+                go_print(x, out);
+            }
+            out.push(']');
+        }
+        Value::Object(o) => {
+            out.push_str("map[");
+            for (i, (k, x)) in o.iter().enumerate() {
+                if i > 0 {
+                    out.push(' ');
+                }
+                go_print(k, out);
+                out.push(':');
+                go_print(x, out);
+            }
+            out.push(']');
+        }
+    }
+}
+
+fn render_template(args: &[Value]) -> anyhow::Result<Value> {
+    const F: &str = "strings.render_template";
+    let template = string_arg(args, 0, F)?;
+    let Some(vars @ Value::Object(_)) = args.get(1) else {
+        bail!("{F}: operand 2 must be an object");
+    };
+    let mut out = String::new();
+    for piece in template_pieces(template)? {
+        match piece {
+            Piece::Text(t) => out.push_str(&t),
+            Piece::Value(path) => {
+                let mut v = vars;
+                for field in &path {
+                    v = match v {
+                        Value::Object(o) => o
+                            .get(&Value::from(field.as_str()))
+                            .unwrap_or(&Value::Undefined),
+                        _ => &Value::Undefined,
+                    };
+                }
+                go_print(v, &mut out);
             }
         }
     }

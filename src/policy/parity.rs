@@ -126,10 +126,6 @@ pub const OPA_BUILTINS_REFUSED: &[(&str, &str)] = &[
         "rego.metadata.rule",
         "supported only with annotations of title, description, custom and scope (rule, document, package)",
     ),
-    (
-        "strings.render_template",
-        "Go text/template semantics are not implemented",
-    ),
 ];
 
 /// Every OPA (1.x) builtin function called by name (operators such as `==` and
@@ -997,6 +993,24 @@ impl RuleScan<'_> {
         }
     }
 
+    /// `strings.render_template` is rendered as OPA does only for templates that
+    /// insert values; the template must be written in the policy so that this is
+    /// known at load.
+    fn template_check(&mut self, fcn: &Expr, params: &[Ref<Expr>]) {
+        let ok = match params.first().map(|p| p.as_ref()) {
+            Some(Expr::String { value, .. } | Expr::RawString { value, .. }) => value
+                .as_string()
+                .is_ok_and(|t| super::extra_builtins::template_supported(t)),
+            _ => false,
+        };
+        if !ok {
+            self.refusals.push(Refusal::at(
+                root_span(fcn),
+                "`strings.render_template` is supported for a template written in the policy that only inserts values ({{.a.b}}, {{- .a -}}); conditions, loops, pipelines and computed templates are refused at load".to_string(),
+            ));
+        }
+    }
+
     /// Records the fixed part of the outermost reference of a chain (`p.q[x]` →
     /// `p.q`); returns whether a chain was already being walked.
     fn enter_ref(&mut self, e: &Expr) -> bool {
@@ -1196,7 +1210,12 @@ impl RuleScan<'_> {
                 }
                 Some(nargs)
             }
-            Callee::Other => None,
+            Callee::Other => {
+                if dotted == "strings.render_template" {
+                    self.template_check(fcn, params);
+                }
+                None
+            }
             Callee::Unknown => {
                 let why = match OPA_BUILTINS_REFUSED.iter().find(|(n, _)| *n == dotted) {
                     Some((_, why)) => format!(
@@ -1553,16 +1572,13 @@ mod tests {
             "net.cidr_merge",
             "io.jwt.verify_eddsa",
             "io.jwt.verify_es512",
+            "strings.render_template",
             "walk",
             "json.patch",
         ] {
             assert!(builtin_support(name).is_ok(), "{name}");
         }
-        for name in [
-            "rego.parse_module",
-            "graphql.parse",
-            "strings.render_template",
-        ] {
+        for name in ["rego.parse_module", "graphql.parse", "regex.globs_match"] {
             assert!(builtin_support(name).is_err(), "{name}");
         }
     }
