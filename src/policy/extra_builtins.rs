@@ -29,13 +29,15 @@ pub const FUNCTIONS: &[(&str, usize)] = &[
     ("net.cidr_merge", 1),
     ("net.cidr_contains_matches", 2),
     ("strings.render_template", 2),
+    ("array.flatten", 1),
+    ("strings.split_n", 3),
 ];
 
 type Builtin = fn(&[Value]) -> anyhow::Result<Value>;
 
 /// Registers every function of [`FUNCTIONS`].
 pub fn register(r: &mut Registrar<'_>) -> anyhow::Result<()> {
-    let table: [(&str, Builtin); 12] = [
+    let table: [(&str, Builtin); 14] = [
         ("crypto.md5", |a| digest_hex(a, "crypto.md5", Hash::Md5)),
         ("crypto.sha1", |a| digest_hex(a, "crypto.sha1", Hash::Sha1)),
         ("crypto.sha256", |a| {
@@ -58,6 +60,8 @@ pub fn register(r: &mut Registrar<'_>) -> anyhow::Result<()> {
         ("net.cidr_merge", cidr_merge),
         ("net.cidr_contains_matches", cidr_contains_matches),
         ("strings.render_template", render_template),
+        ("array.flatten", array_flatten),
+        ("strings.split_n", split_n),
     ];
     for ((name, f), (listed, nargs)) in table.into_iter().zip(FUNCTIONS) {
         debug_assert_eq!(name, *listed);
@@ -363,6 +367,55 @@ fn cidr_contains_matches(args: &[Value]) -> anyhow::Result<Value> {
         }
     }
     Ok(Value::from(out))
+}
+
+/// `array.flatten(arr)`: arrays among the elements are spliced in, one level
+/// deep (OPA 1.x).
+fn array_flatten(args: &[Value]) -> anyhow::Result<Value> {
+    let Some(Value::Array(items)) = args.first() else {
+        bail!("array.flatten: operand 1 must be an array");
+    };
+    let mut out = Vec::with_capacity(items.len());
+    for item in items.iter() {
+        match item {
+            Value::Array(inner) => out.extend(inner.iter().cloned()),
+            other => out.push(other.clone()),
+        }
+    }
+    Ok(Value::from(out))
+}
+
+/// `strings.split_n(x, delimiter, n)` as OPA 1.x computes it: the parts of Go's
+/// `strings.Split`, the first `n` of them (the last `-n` when `n` is negative).
+fn split_n(args: &[Value]) -> anyhow::Result<Value> {
+    const F: &str = "strings.split_n";
+    let x = string_arg(args, 0, F)?;
+    let delimiter = string_arg(args, 1, F)?;
+    let n = match args.get(2) {
+        Some(Value::Number(n)) if n.is_integer() => n
+            .as_i64()
+            .ok_or_else(|| anyhow!("{F}: operand 3 out of range"))?,
+        _ => bail!("{F}: operand 3 must be integer number"),
+    };
+    let parts: Vec<&str> = if delimiter.is_empty() {
+        // Go splits into UTF-8 sequences; an empty string gives no parts.
+        x.char_indices()
+            .map(|(i, c)| &x[i..i + c.len_utf8()])
+            .collect()
+    } else {
+        x.split(delimiter).collect()
+    };
+    let take = usize::try_from(n.unsigned_abs())
+        .unwrap_or(usize::MAX)
+        .min(parts.len());
+    let chosen = if n >= 0 {
+        &parts[..take]
+    } else {
+        &parts[parts.len() - take..]
+    };
+    Ok(Value::from(
+        chosen.iter().map(|p| Value::from(*p)).collect::<Vec<_>>(),
+    ))
 }
 
 /// A piece of a template: literal text, or the value at a path of the variables.

@@ -86,8 +86,6 @@ pub const OPA_BUILTINS_REFUSED: &[(&str, &str)] = &[
         "regex.globs_match",
         "the intersection of two regular expressions is not implemented",
     ),
-    ("array.flatten", "not implemented"),
-    ("strings.split_n", "not implemented"),
     ("any", "deprecated in OPA; Rego v1 refuses it"),
     ("all", "deprecated in OPA; Rego v1 refuses it"),
     ("re_match", "deprecated in OPA: use regex.match"),
