@@ -4,8 +4,9 @@
 //! indirect input reads) decides the same generated OPA-Envoy inputs as OPA does,
 //! through `portcullis policy eval` (the real binary) and through the running
 //! sidecar (real mTLS requests, decision cache on, pairs of requests differing in
-//! one field the policy reads indirectly). A second part checks that modules OPA
-//! refuses are refused by `portcullis policy check`.
+//! one field the policy reads indirectly). Further parts: modules OPA refuses are
+//! refused by `portcullis policy check`; builtin calls and expressions one by one;
+//! `rego.metadata.*`; and partial-object decisions served inbound and outbound.
 //!
 //! OPA is OPA's Go `rego` package through the `opa-golib-python-bindings` wheel, run
 //! by `tests/opa/oracle.py` with the Python of `PORTCULLIS_PYTHON` or
@@ -767,4 +768,68 @@ fn module_value_both(py: &Path, module: &str, query: &str, input: &Value) -> (Va
     );
     let ours: Value = serde_json::from_slice(&out.stdout).unwrap();
     (want, ours["result"][0]["expressions"][0]["value"].clone())
+}
+
+/// The primer's partial-object decision served in both directions: sidecar A's
+/// outbound query and sidecar B's inbound query each name a document built from
+/// partial rules (`…["allowed"] := …`, `… contains …`), over real mTLS routes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partial_object_decisions_are_served_inbound_and_outbound() {
+    use portcullis::config::{FilesIdentity, IdentityConfig, OutboundMode, Route, RouteProtocol};
+    use portcullis::identity::SpiffeId;
+    let inbound = r#"package envoy.authz
+import rego.v1
+default allow := false
+allow if input.parsed_path[0] != "in-denied"
+result["allowed"] := allow
+result["headers"] := {"x-ext-auth-allow": "yes"} if allow
+result["http_status"] := 451 if not allow
+"#;
+    let outbound = r#"package portcullis.outbound
+import rego.v1
+reasons contains "egress path" if input.attributes.request.http.path == "/out-denied"
+default decision.allowed := false
+decision["allowed"] := true if count(reasons) == 0
+decision.http_status := 409 if count(reasons) > 0
+"#;
+    let pki = Pki::new();
+    pki.issue("frontend", FRONTEND);
+    let policies = common::policy_dir(&pki, &[("in.rego", inbound), ("out.rego", outbound)]);
+    let app = echo_app().await;
+    let mut b_cfg = config(&pki, &policies, app);
+    b_cfg.policy.inbound_query = "data.envoy.authz.result".to_string();
+    let b = start(b_cfg).await;
+    let mut a_cfg = config(&pki, &policies, "127.0.0.1:9".parse().unwrap());
+    a_cfg.identity = IdentityConfig::Files(FilesIdentity {
+        cert: pki.path("frontend/tls.crt"),
+        key: pki.path("frontend/tls.key"),
+        bundle: pki.path("frontend/ca.crt"),
+        ..FilesIdentity::default()
+    });
+    a_cfg.policy.outbound_query = "data.portcullis.outbound.decision".to_string();
+    a_cfg.outbound.mode = OutboundMode::Routes;
+    a_cfg.outbound.routes = vec![Route {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        upstream: b.inbound_addr,
+        spiffe_id: SpiffeId::parse(SERVER_ID).unwrap(),
+        protocol: RouteProtocol::Http,
+    }];
+    let a = start(a_cfg).await;
+    let route = a.route_addrs[0];
+    let get = |path: &'static str| async move {
+        let mut s = common::plain_h1(route).await;
+        let resp = s.send_request(req("GET", path, &[], "")).await.unwrap();
+        let (parts, body) = common::split(resp).await;
+        (parts.status().as_u16(), body)
+    };
+    let (status, body) = get("/ok").await;
+    assert_eq!(status, 200, "{body}");
+    let echoed: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(echoed["headers"]["x-ext-auth-allow"], "yes", "{body}");
+    assert_eq!(get("/in-denied").await.0, 451);
+    assert_eq!(get("/out-denied").await.0, 409);
+    a.shutdown();
+    b.shutdown();
+    a.wait().await;
+    b.wait().await;
 }
