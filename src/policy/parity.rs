@@ -1239,8 +1239,12 @@ impl RuleScan<'_> {
     }
 }
 
+/// Refusals listed in one load error; the rest are counted.
+const MAX_REPORTED: usize = 20;
+
 /// Runs [`check`] over the modules loaded in `engine` (extensions registered on it
-/// count as functions) and turns the first refusal into a [`PolicyError`].
+/// count as functions) and turns the refusals into one [`PolicyError`] located at
+/// the first.
 pub fn refuse(engine: &mut Engine) -> Result<(), PolicyError> {
     let modules = engine.get_modules().clone();
     let probe = engine.clone();
@@ -1264,13 +1268,23 @@ pub fn refuse(engine: &mut Engine) -> Result<(), PolicyError> {
     let functions = Functions {
         is_extension: &is_extension,
     };
-    match check(&modules, &functions).into_iter().next() {
-        None => Ok(()),
-        Some(r) => Err(PolicyError::Rego {
-            location: r.location,
-            message: r.message,
-        }),
+    let refusals = check(&modules, &functions);
+    let Some(first) = refusals.first() else {
+        return Ok(());
+    };
+    // One error naming the first construct; the others follow, one per line.
+    let mut message = first.message.clone();
+    for r in refusals.iter().skip(1).take(MAX_REPORTED - 1) {
+        message.push('\n');
+        message.push_str(&r.to_string());
     }
+    if refusals.len() > MAX_REPORTED {
+        message.push_str(&format!("\n… and {} more", refusals.len() - MAX_REPORTED));
+    }
+    Err(PolicyError::Rego {
+        location: first.location.clone(),
+        message,
+    })
 }
 
 /// Rewrites OPA's output-argument call form, which regorus does not evaluate
