@@ -473,14 +473,28 @@ fn rule_head(rule: &Rule) -> (&Expr, &Span) {
 /// above or below `p`.
 fn recursion(graph: &BTreeMap<Vec<String>, (Span, BTreeSet<Vec<String>>)>) -> Vec<Refusal> {
     let paths: Vec<&Vec<String>> = graph.keys().collect();
-    let related = |a: &[String], b: &[String]| a.starts_with(b) || b.starts_with(a);
+    let index: BTreeMap<&Vec<String>, usize> =
+        paths.iter().enumerate().map(|(i, p)| (*p, i)).collect();
+    // A read of `d` reaches the rules at or below `d` (a range of the sorted
+    // paths) and those at a prefix of `d` (one lookup per prefix).
     let edges: Vec<Vec<usize>> = paths
         .iter()
         .map(|p| {
-            let deps = &graph[*p].1;
-            (0..paths.len())
-                .filter(|&j| deps.iter().any(|d| related(paths[j], d)))
-                .collect()
+            let mut to = BTreeSet::new();
+            for d in &graph[*p].1 {
+                to.extend(
+                    index
+                        .range::<&Vec<String>, _>(d..)
+                        .take_while(|(q, _)| q.starts_with(d))
+                        .map(|(_, i)| *i),
+                );
+                for len in 0..d.len() {
+                    if let Some(i) = index.get(&d[..len].to_vec()) {
+                        to.insert(*i);
+                    }
+                }
+            }
+            to.into_iter().collect()
         })
         .collect();
     // Iterative depth-first search; 0 unvisited, 1 on the stack, 2 done.
