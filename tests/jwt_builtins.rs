@@ -7,19 +7,33 @@ mod jwt_keys;
 
 use jsonwebtoken::Algorithm;
 use jwt_keys::*;
-use portcullis::policy::builtins::jwt_extensions;
+use portcullis::policy::builtins::{jwt_extensions, strict_extensions};
 use portcullis::policy::{PolicyOptions, PolicySet};
 use serde_json::{json, Value};
 
-/// Evaluates `r := <expr>` with `input`; `None` when undefined, `Err` on an error.
+/// Evaluates `r := <expr>` with `input` as the sidecar does (builtin errors
+/// non-strict); `None` when undefined, `Err` on an error.
 fn eval(expr: &str, input: Value) -> Result<Option<Value>, String> {
+    eval_with(expr, input, false)
+}
+
+/// [`eval`] with strict builtin errors (`policy eval --strict-builtin-errors`).
+fn eval_strict(expr: &str, input: Value) -> Result<Option<Value>, String> {
+    eval_with(expr, input, true)
+}
+
+fn eval_with(expr: &str, input: Value, strict: bool) -> Result<Option<Value>, String> {
     let module = format!("package t\nimport rego.v1\nr := {expr}\n");
     let set = PolicySet::from_sources(
         vec![("t.rego".to_owned(), module)],
         Value::Null,
         &["data.t.r".to_owned()],
         PolicyOptions {
-            extensions: Some(jwt_extensions()),
+            extensions: Some(if strict {
+                strict_extensions()
+            } else {
+                jwt_extensions()
+            }),
             ..PolicyOptions::default()
         },
     )
@@ -81,8 +95,10 @@ fn decode_returns_header_payload_and_hex_signature() {
             "{bad}"
         );
     }
-    // A non-string operand is an error.
-    assert!(eval("io.jwt.decode(input.t)", json!({"t": 1})).is_err());
+    // A non-string operand is a builtin error: undefined as OPA-Envoy evaluates,
+    // an error when strict.
+    assert_eq!(eval("io.jwt.decode(input.t)", json!({"t": 1})), Ok(None));
+    assert!(eval_strict("io.jwt.decode(input.t)", json!({"t": 1})).is_err());
 }
 
 #[test]
@@ -166,12 +182,14 @@ fn verify_asymmetric_family_with_pem_cert_and_jwks() {
         check("verify_es256", &parts.join("."), &ec.public_pem),
         json!(false)
     );
-    // A bad certificate is a policy error.
-    assert!(eval(
-        "io.jwt.verify_rs256(input.t, input.c)",
-        json!({"t": good, "c": "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"})
-    )
-    .is_err());
+    // A bad certificate is a builtin error: undefined, or an error when strict.
+    let bad_cert =
+        json!({"t": good, "c": "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"});
+    assert_eq!(
+        eval("io.jwt.verify_rs256(input.t, input.c)", bad_cert.clone()),
+        Ok(None)
+    );
+    assert!(eval_strict("io.jwt.verify_rs256(input.t, input.c)", bad_cert).is_err());
 }
 
 #[test]
@@ -332,10 +350,17 @@ fn decode_verify_with_secret_and_failures() {
     // Undecodable token: undefined.
     assert_eq!(decode_verify("garbage", json!({"secret": "s"})), Ok(None));
     // Constraint errors are evaluation errors, as in OPA.
-    assert!(decode_verify(&t, json!({})).is_err());
-    assert!(decode_verify(&t, json!({"secret": "s", "cert": rsa.public_pem})).is_err());
-    assert!(decode_verify(&t, json!({"secret": "s", "bogus": 1})).is_err());
-    assert!(decode_verify(&t, json!({"secret": "s", "time": "now"})).is_err());
+    for bad in [
+        json!({}),
+        json!({"secret": "s", "cert": rsa.public_pem}),
+        json!({"secret": "s", "bogus": 1}),
+        json!({"secret": "s", "time": "now"}),
+    ] {
+        let args = json!({"token": t, "constraints": bad});
+        let expr = "io.jwt.decode_verify(input.token, input.constraints)";
+        assert_eq!(eval(expr, args.clone()), Ok(None), "{bad}");
+        assert!(eval_strict(expr, args).is_err(), "{bad}");
+    }
 }
 
 #[test]
@@ -383,4 +408,186 @@ allow if {
     assert_eq!(d(&format!("Bearer {user}")), Ok(false));
     assert_eq!(d("Bearer garbage"), Ok(false));
     assert_eq!(d("Basic abc"), Ok(false));
+}
+
+/// Where OPA's `io.jwt.*` accepts or refuses differently from a permissive
+/// decoder (each case checked against OPA 1.x): nanosecond `time` constraints,
+/// header fields of any type in `decode`, invalid UTF-8 in the payload, a JWK's
+/// `alg` ignored; refused: JWE headers, padded segments, PKCS#1 `RSA PUBLIC KEY`
+/// PEM blocks and PEM text with leading whitespace.
+#[test]
+fn io_jwt_follows_opa_both_ways() {
+    use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+    use base64::Engine as _;
+    let secret = b"secret";
+    let raw_token = |header: &[u8], payload: &[u8], pad: bool| {
+        let mut p = URL_SAFE_NO_PAD.encode(payload);
+        if pad {
+            while p.len() % 4 != 0 {
+                p.push('=');
+            }
+        }
+        let input = format!("{}.{p}", URL_SAFE_NO_PAD.encode(header));
+        let sig = jsonwebtoken::crypto::sign(
+            input.as_bytes(),
+            &jsonwebtoken::EncodingKey::from_secret(secret),
+            Algorithm::HS256,
+        )
+        .unwrap();
+        format!("{input}.{sig}")
+    };
+    let verify = |t: &str, constraints: Value| decode_verify(t, constraints);
+
+    // `time` in nanoseconds, as time.now_ns() gives it.
+    let exp = now() + 3600;
+    let t = hmac_token(
+        Algorithm::HS256,
+        &json!({"alg": "HS256"}),
+        &json!({"exp": exp}),
+        secret,
+    );
+    let now_ns = (now() as u64) * 1_000_000_000;
+    assert!(verified(verify(
+        &t,
+        json!({"secret": "secret", "time": now_ns})
+    )));
+    let later_ns = (exp as u64 + 1) * 1_000_000_000;
+    assert!(!verified(verify(
+        &t,
+        json!({"secret": "secret", "time": later_ns})
+    )));
+
+    // `kid: 1`: decode returns the header; decode_verify is an error (undefined).
+    let kid_int = raw_token(br#"{"alg":"HS256","kid":1}"#, br#"{"sub":"a"}"#, false);
+    let decoded = eval("io.jwt.decode(input.t)", json!({"t": kid_int}))
+        .unwrap()
+        .unwrap();
+    assert_eq!(decoded[0], json!({"alg": "HS256", "kid": 1}));
+    assert_eq!(verify(&kid_int, json!({"secret": "secret"})), Ok(None));
+
+    // Invalid UTF-8 in the payload: replaced, as OPA's JSON decoder does.
+    let bad_utf8 = raw_token(br#"{"alg":"HS256"}"#, b"{\"sub\":\"a\xff\"}", false);
+    let decoded = eval("io.jwt.decode(input.t)", json!({"t": bad_utf8}))
+        .unwrap()
+        .unwrap();
+    assert_eq!(decoded[1], json!({"sub": "a\u{fffd}"}));
+    assert!(verified(verify(&bad_utf8, json!({"secret": "secret"}))));
+
+    // A JWE header and padded segments are refused (undefined; errors when strict).
+    let jwe = raw_token(
+        br#"{"alg":"HS256","enc":"A128GCM"}"#,
+        br#"{"sub":"a"}"#,
+        false,
+    );
+    let padded = raw_token(br#"{"alg":"HS256"}"#, br#"{"sub":"abc"}"#, true);
+    assert!(padded.contains('='));
+    for t in [&jwe, &padded] {
+        assert_eq!(
+            eval("io.jwt.decode(input.t)", json!({"t": t})),
+            Ok(None),
+            "{t}"
+        );
+        assert!(eval_strict("io.jwt.decode(input.t)", json!({"t": t})).is_err());
+        assert_eq!(verify(t, json!({"secret": "secret"})), Ok(None), "{t}");
+    }
+
+    // PEM: no PKCS#1 `RSA PUBLIC KEY`, no leading whitespace.
+    let rsa = TestKey::rs256("r1");
+    let token = rsa.sign(&json!({"sub": "a"}));
+    assert!(verified(verify(&token, json!({"cert": rsa.public_pem}))));
+    let spki_der = STANDARD
+        .decode(
+            rsa.public_pem
+                .lines()
+                .filter(|l| !l.starts_with("-----"))
+                .collect::<String>(),
+        )
+        .unwrap();
+    let (_, spki) =
+        <x509_parser::x509::SubjectPublicKeyInfo as x509_parser::prelude::FromDer<_>>::from_der(
+            &spki_der,
+        )
+        .unwrap();
+    let pkcs1 = format!(
+        "-----BEGIN RSA PUBLIC KEY-----\n{}\n-----END RSA PUBLIC KEY-----\n",
+        STANDARD.encode(&spki.subject_public_key.data)
+    );
+    assert_eq!(verify(&token, json!({"cert": pkcs1})), Ok(None));
+    let indented = format!("\n  {}", rsa.public_pem);
+    assert_eq!(verify(&token, json!({"cert": indented})), Ok(None));
+
+    // A JWK whose own `alg` differs from the token's: OPA verifies with the token's.
+    let rs384 = rsa.with_alg(Algorithm::RS384);
+    let token384 = rs384.sign(&json!({"sub": "a"}));
+    assert!(verified(verify(&token384, json!({"cert": jwks(&[&rsa])}))));
+}
+
+/// ES512 (P-521, which jsonwebtoken lacks): `verify_es512` and `decode_verify`
+/// with a PEM public key, a certificate and a JWK set; a tampered token, another
+/// key and another algorithm's function do not verify.
+#[test]
+fn es512_verifies_with_pem_certificate_and_jwk() {
+    use aws_lc_rs::signature::{EcdsaKeyPair, KeyPair, ECDSA_P521_SHA512_FIXED_SIGNING};
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine as _;
+    let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P521_SHA512).unwrap();
+    let signer =
+        EcdsaKeyPair::from_pkcs8(&ECDSA_P521_SHA512_FIXED_SIGNING, &kp.serialize_der()).unwrap();
+    let rng = aws_lc_rs::rand::SystemRandom::new();
+    let sign = |header: &Value, claims: &Value| {
+        let input = format!("{}.{}", b64(header), b64(claims));
+        let sig = signer.sign(&rng, input.as_bytes()).unwrap();
+        format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig.as_ref()))
+    };
+    let token = sign(
+        &json!({"alg": "ES512", "kid": "p521"}),
+        &json!({"sub": "a", "exp": now() + 600}),
+    );
+    let point = signer.public_key().as_ref().to_vec();
+    assert_eq!(point.len(), 133);
+    let jwk = json!({"keys": [{
+        "kty": "EC", "crv": "P-521", "kid": "p521",
+        "x": URL_SAFE_NO_PAD.encode(&point[1..67]),
+        "y": URL_SAFE_NO_PAD.encode(&point[67..]),
+    }]})
+    .to_string();
+    let cert = rcgen::CertificateParams::new(vec!["idp.test".to_owned()])
+        .unwrap()
+        .self_signed(&kp)
+        .unwrap()
+        .pem();
+    for key in [kp.public_key_pem(), cert, jwk] {
+        let check = |t: &str| {
+            eval(
+                "io.jwt.verify_es512(input.t, input.k)",
+                json!({"t": t, "k": key}),
+            )
+            .unwrap()
+            .unwrap()
+        };
+        assert_eq!(check(&token), json!(true), "{key}");
+        let mut parts: Vec<&str> = token.split('.').collect();
+        let forged = b64(&json!({"sub": "mallory"}));
+        parts[1] = &forged;
+        assert_eq!(check(&parts.join(".")), json!(false));
+        assert!(
+            verified(decode_verify(&token, json!({"cert": key}))),
+            "{key}"
+        );
+        assert_eq!(
+            eval(
+                "io.jwt.verify_es384(input.t, input.k)",
+                json!({"t": token, "k": key})
+            ),
+            Ok(Some(json!(false)))
+        );
+    }
+    let other = TestKey::es256("e");
+    assert_eq!(
+        eval(
+            "io.jwt.verify_es512(input.t, input.k)",
+            json!({"t": token, "k": other.public_pem})
+        ),
+        Ok(Some(json!(false)))
+    );
 }

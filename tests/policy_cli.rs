@@ -458,3 +458,61 @@ fn check_reports_file_line_col() {
     let out = portcullis(&["policy", "check", "policies"], root);
     assert!(out.status.success(), "{}", text(&out.stderr));
 }
+
+/// `policy eval` treats builtin errors as `opa eval` does: non-strict by default
+/// (the failing call is undefined), errors with `--strict-builtin-errors`; the
+/// extension builtins (`io.jwt.*`) too.
+#[test]
+fn eval_builtin_errors_are_non_strict_unless_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        &[
+            (
+                "p/p.rego",
+                "package p\n\nimport rego.v1\n\nn := to_number(input.s)\n\nt := io.jwt.decode(input.s)\n\nok if not to_number(input.s)\n",
+            ),
+            ("input.json", r#"{"s": "not a number"}"#),
+        ],
+    );
+    for query in ["data.p.n", "data.p.t"] {
+        let args = [
+            "policy",
+            "eval",
+            "--data",
+            "p",
+            "--input",
+            "input.json",
+            query,
+        ];
+        let out = portcullis(&args, dir.path());
+        assert!(out.status.success(), "{query}: {}", text(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v, serde_json::json!({}), "{query}: undefined");
+
+        let mut strict = args.to_vec();
+        strict.insert(2, "--strict-builtin-errors");
+        let out = portcullis(&strict, dir.path());
+        assert!(!out.status.success(), "{query}: strict must fail");
+        assert!(
+            text(&out.stderr).contains("p.rego"),
+            "{}",
+            text(&out.stderr)
+        );
+    }
+    // Non-strict, `not` of a failing call holds, as in OPA-Envoy.
+    let out = portcullis(
+        &[
+            "policy",
+            "eval",
+            "--data",
+            "p",
+            "--input",
+            "input.json",
+            "data.p.ok",
+        ],
+        dir.path(),
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["result"][0]["expressions"][0]["value"], true);
+}

@@ -392,3 +392,57 @@ fn sighup_reloads_policy() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Modules OPA refuses, or that call an OPA builtin portcullis lacks, are refused
+/// at reload with `file:line:col` and why; the last good revision keeps deciding.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_modules_never_load() {
+    let pki = Pki::new();
+    pki.issue("frontend", FRONTEND);
+    let dir = policy_dir(&pki, &[("authz.rego", &good(1))]);
+    let app = echo_app().await;
+    let mut cfg = config(&pki, &dir, app);
+    cfg.policy.watch_interval = Duration::from_secs(3600);
+    let sidecar = start(cfg).await;
+    let client = pki.client("frontend", &[b"http/1.1"]);
+    let before = sidecar.policy.revision();
+    let head = "package envoy.authz\n\nimport rego.v1\n\n";
+    for (rule, at, why) in [
+        (
+            "allow if { input.parsed_path[0] == y }",
+            "authz.rego:5:36",
+            "var `y` is unsafe",
+        ),
+        (
+            "allow if { every k, v in input.parsed_path { v != \"\" } }",
+            "authz.rego:5:18",
+            "declared var `k` unused",
+        ),
+        (
+            "allow if { crypto.x509.parse_certificates(input.x) }",
+            "authz.rego:5:12",
+            "OPA builtin `crypto.x509.parse_certificates`",
+        ),
+        (
+            "allow if { startswith(input.parsed_path[0], \"v\", \"x\", \"y\") }",
+            "authz.rego:5:12",
+            "`startswith` takes 2 argument(s)",
+        ),
+    ] {
+        replace(&dir, "authz.rego", &format!("{head}{rule}\n"));
+        let store = sidecar.policy.clone();
+        let err = tokio::task::spawn_blocking(move || store.reload())
+            .await
+            .unwrap()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(at) && err.contains(why), "{rule}: {err}");
+        assert_eq!(sidecar.policy.revision(), before, "{rule}");
+        let (r, _) = call(&client, sidecar.inbound_addr, req("GET", "/v1", &[], "")).await;
+        assert_eq!(r.status(), 200, "{rule}");
+        let (r, _) = call(&client, sidecar.inbound_addr, req("GET", "/v2", &[], "")).await;
+        assert_eq!(r.status(), 403, "{rule}");
+    }
+    sidecar.shutdown();
+    sidecar.wait().await;
+}

@@ -1,9 +1,10 @@
 //! OPA's `io.jwt.*` token builtins as regorus extensions, so policies written
 //! for the OPA-Envoy plugin that verify tokens themselves run unchanged.
 //!
-//! Provided: `io.jwt.decode`, `io.jwt.decode_verify` (constraints `cert`,
+//! Provided: `io.jwt.decode`, `io.jwt.encode_sign`/`encode_sign_raw` (see
+//! [`super::jwt_sign`]), `io.jwt.decode_verify` (constraints `cert`,
 //! `secret`, `alg`, `iss`, `aud`, `time`), `io.jwt.verify_rs256/384/512`,
-//! `verify_ps256/384/512`, `verify_es256/384`, `verify_hs256/384/512`.
+//! `verify_ps256/384/512`, `verify_es256/384/512`, `verify_eddsa`, `verify_hs256/384/512`.
 //!
 //! Semantics follow OPA's documentation and implementation:
 //! - `decode(jwt)` → `[header, payload, signature_hex]` (nested `cty: JWT` tokens
@@ -12,14 +13,20 @@
 //!   signature verifies and `iss`, `aud`, `exp` (`time < exp`) and `nbf`
 //!   (`time >= nbf`) hold at `time` (ns, default now); `[false, {}, {}]` otherwise.
 //!   The algorithm comes from the header but must fit the key: HMAC only with
-//!   `secret`, RSA/ECDSA only with `cert` keys of the matching type (and a
-//!   JWK's own `alg`, when it has one); `none` never verifies.
+//!   `secret`, RSA/ECDSA/EdDSA only with `cert` keys of the matching type (a
+//!   JWK's own `alg` is ignored, as in OPA); `none` never verifies.
 //! - `verify_XXX(jwt, cert_or_secret)` → boolean; the algorithm is the
 //!   function's, whatever the header says.
 //!
-//! Errors: a token that cannot be decoded makes the call undefined (OPA's
-//! default, non-strict builtin errors); wrongly typed arguments and invalid
-//! constraints or keys (a policy bug) are evaluation errors.
+//! Strictness follows OPA's: no padded or non-canonical base64url segments, no
+//! JWE (`enc`) headers, PEM only at the start of the text and never PKCS#1 `RSA
+//! PUBLIC KEY`; `decode` accepts header fields of any type, `decode_verify` wants
+//! `alg`, `kid`, `typ`, `cty` as strings; payload bytes that are not UTF-8 are
+//! replaced.
+//!
+//! Errors (undecodable tokens, wrongly typed arguments, invalid constraints or
+//! keys) are builtin errors: the call is undefined, as in OPA-Envoy's non-strict
+//! evaluation, unless registered strict ([`strict_extensions`]).
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -29,8 +36,8 @@ use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, DecodingKey};
 use regorus::{Engine, Value};
 use x509_parser::oid_registry::{
-    OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY, OID_NIST_EC_P384, OID_PKCS1_RSAENCRYPTION,
-    OID_SIG_ED25519,
+    OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY, OID_NIST_EC_P384, OID_NIST_EC_P521,
+    OID_PKCS1_RSAENCRYPTION, OID_SIG_ED25519,
 };
 use x509_parser::prelude::FromDer;
 use x509_parser::x509::SubjectPublicKeyInfo;
@@ -42,23 +49,62 @@ use crate::authn::token;
 /// Nested tokens deeper than this are not decoded.
 const MAX_NESTING: usize = 8;
 
-/// The hook registering every `io.jwt.*` builtin, for [`super::PolicyOptions`].
+/// The hook registering every extension builtin, for [`super::PolicyOptions`]:
+/// builtin errors make the call undefined, as in OPA-Envoy (non-strict).
 pub fn jwt_extensions() -> ExtensionHook {
-    Arc::new(register)
+    Arc::new(|engine: &mut Engine| register_with(engine, false))
 }
 
-/// Registers every `io.jwt.*` builtin on `engine`.
+/// The same builtins with strict errors (`policy eval --strict-builtin-errors`,
+/// like `opa eval --strict-builtin-errors`): a builtin error is an evaluation error.
+pub fn strict_extensions() -> ExtensionHook {
+    Arc::new(|engine: &mut Engine| register_with(engine, true))
+}
+
+/// Registers every `io.jwt.*` builtin on `engine`, and the other OPA builtins
+/// regorus lacks ([`super::extra_builtins`]), non-strict.
 pub fn register(engine: &mut Engine) -> anyhow::Result<()> {
-    engine.add_extension(
-        "io.jwt.decode".to_owned(),
-        1,
-        Box::new(|args: Vec<Value>| decode(&args)),
+    register_with(engine, false)
+}
+
+/// Adds extensions to an engine; with `strict` off an error makes the call
+/// undefined (OPA's default for builtin errors).
+pub struct Registrar<'a> {
+    engine: &'a mut Engine,
+    strict: bool,
+}
+
+impl Registrar<'_> {
+    /// Registers `f` as the builtin `name` taking `nargs` arguments.
+    pub fn add<F>(&mut self, name: &str, nargs: u8, f: F) -> anyhow::Result<()>
+    where
+        F: Fn(&[Value]) -> anyhow::Result<Value> + Clone + Send + Sync + 'static,
+    {
+        let strict = self.strict;
+        self.engine.add_extension(
+            name.to_owned(),
+            nargs,
+            Box::new(move |args: Vec<Value>| match f(&args) {
+                Err(_) if !strict => Ok(Value::Undefined),
+                other => other,
+            }),
+        )
+    }
+}
+
+/// Registers every extension builtin with the given error mode.
+pub fn register_with(engine: &mut Engine, strict: bool) -> anyhow::Result<()> {
+    let mut r = Registrar { engine, strict };
+    r.add("io.jwt.decode", 1, decode)?;
+    r.add("io.jwt.encode_sign", 3, super::jwt_sign::encode_sign)?;
+    r.add(
+        "io.jwt.encode_sign_raw",
+        3,
+        super::jwt_sign::encode_sign_raw,
     )?;
-    engine.add_extension(
-        "io.jwt.decode_verify".to_owned(),
-        2,
-        Box::new(|args: Vec<Value>| decode_verify(&args, now_ns())),
-    )?;
+    r.add("io.jwt.decode_verify", 2, |args: &[Value]| {
+        decode_verify(args, now_ns())
+    })?;
     let asymmetric = [
         ("rs256", Algorithm::RS256),
         ("rs384", Algorithm::RS384),
@@ -68,12 +114,16 @@ pub fn register(engine: &mut Engine) -> anyhow::Result<()> {
         ("ps512", Algorithm::PS512),
         ("es256", Algorithm::ES256),
         ("es384", Algorithm::ES384),
-    ];
+        ("eddsa", Algorithm::EdDSA),
+    ]
+    .map(|(n, a)| (n, Alg::Jose(a)))
+    .into_iter()
+    .chain([("es512", Alg::Es512)]);
     for (name, alg) in asymmetric {
-        engine.add_extension(
-            format!("io.jwt.verify_{name}"),
+        r.add(
+            &format!("io.jwt.verify_{name}"),
             2,
-            Box::new(move |args: Vec<Value>| verify_with_cert(&args, alg)),
+            move |args: &[Value]| verify_with_cert(args, alg),
         )?;
     }
     let hmac = [
@@ -82,13 +132,43 @@ pub fn register(engine: &mut Engine) -> anyhow::Result<()> {
         ("hs512", Algorithm::HS512),
     ];
     for (name, alg) in hmac {
-        engine.add_extension(
-            format!("io.jwt.verify_{name}"),
+        r.add(
+            &format!("io.jwt.verify_{name}"),
             2,
-            Box::new(move |args: Vec<Value>| verify_with_secret(&args, alg)),
+            move |args: &[Value]| verify_with_secret(args, alg),
         )?;
     }
-    Ok(())
+    super::extra_builtins::register(&mut r)
+}
+
+/// The `io.jwt.*` functions [`register`] adds, with their arities.
+pub const JWT_FUNCTIONS: &[(&str, usize)] = &[
+    ("io.jwt.decode", 1),
+    ("io.jwt.decode_verify", 2),
+    ("io.jwt.encode_sign", 3),
+    ("io.jwt.encode_sign_raw", 3),
+    ("io.jwt.verify_rs256", 2),
+    ("io.jwt.verify_rs384", 2),
+    ("io.jwt.verify_rs512", 2),
+    ("io.jwt.verify_ps256", 2),
+    ("io.jwt.verify_ps384", 2),
+    ("io.jwt.verify_ps512", 2),
+    ("io.jwt.verify_es256", 2),
+    ("io.jwt.verify_es384", 2),
+    ("io.jwt.verify_es512", 2),
+    ("io.jwt.verify_eddsa", 2),
+    ("io.jwt.verify_hs256", 2),
+    ("io.jwt.verify_hs384", 2),
+    ("io.jwt.verify_hs512", 2),
+];
+
+/// The arity of an extension [`register`] adds (for the output-argument call form).
+pub fn arity(name: &str) -> Option<usize> {
+    JWT_FUNCTIONS
+        .iter()
+        .chain(super::extra_builtins::FUNCTIONS)
+        .find(|(f, _)| *f == name)
+        .map(|(_, a)| *a)
 }
 
 fn now_ns() -> f64 {
@@ -125,7 +205,7 @@ struct Header {
 
 impl Header {
     fn parse(segment: &str) -> Option<Header> {
-        let json = token::json_object(segment, true).ok()?;
+        let json = token::json_object(segment, false).ok()?;
         let text = |k: &str| match json.get(k) {
             None => Some(String::new()),
             Some(serde_json::Value::String(s)) => Some(s.clone()),
@@ -161,37 +241,51 @@ impl Header {
     }
 }
 
+/// A header as `io.jwt.decode` reads it: any JSON object (OPA checks the types
+/// of `kid`, `typ`, … only when verifying), but never a JWE (`enc`).
+fn decode_header(segment: &str) -> anyhow::Result<serde_json::Map<String, serde_json::Value>> {
+    let json =
+        token::json_object(segment, false).map_err(|e| anyhow!("invalid JWT header: {e}"))?;
+    if json.contains_key("enc") {
+        bail!("JWT is a JWE object, which is not supported");
+    }
+    Ok(json)
+}
+
+/// A payload: JSON from bytes that need not be UTF-8 (invalid sequences become
+/// U+FFFD, as in OPA).
+fn payload_json(bytes: &[u8]) -> anyhow::Result<serde_json::Map<String, serde_json::Value>> {
+    let text = String::from_utf8_lossy(bytes);
+    match serde_json::from_str(&text) {
+        Ok(serde_json::Value::Object(o)) => Ok(o),
+        Ok(_) => bail!("JWT payload must be a JSON object"),
+        Err(e) => bail!("invalid JSON: {e}"),
+    }
+}
+
 /// `io.jwt.decode(jwt)`.
 fn decode(args: &[Value]) -> anyhow::Result<Value> {
     let mut jwt = string_arg(args, 0, "io.jwt.decode")?.to_owned();
     for _ in 0..MAX_NESTING {
-        let Ok(seg) = token::split(&jwt) else {
-            return Ok(Value::Undefined);
-        };
-        let Some(header) = Header::parse(seg.header) else {
-            return Ok(Value::Undefined);
-        };
-        let Ok(payload) = token::b64url(seg.payload, true) else {
-            return Ok(Value::Undefined);
-        };
-        if header.cty == "JWT" {
+        let seg = token::split(&jwt).map_err(|e| anyhow!("io.jwt.decode: {e}"))?;
+        let header = decode_header(seg.header).map_err(|e| anyhow!("io.jwt.decode: {e}"))?;
+        let payload = token::b64url(seg.payload, false)
+            .map_err(|e| anyhow!("io.jwt.decode: JWT payload: {e}"))?;
+        if header.get("cty").and_then(serde_json::Value::as_str) == Some("JWT") {
             let inner = String::from_utf8_lossy(&payload);
             jwt = inner.trim_matches(|c| c == '"' || c == '\'').to_owned();
             continue;
         }
-        let Ok(serde_json::Value::Object(payload)) = serde_json::from_slice(&payload) else {
-            return Ok(Value::Undefined);
-        };
-        let Ok(sig) = token::b64url(seg.signature, true) else {
-            return Ok(Value::Undefined);
-        };
+        let payload = payload_json(&payload).map_err(|e| anyhow!("io.jwt.decode: {e}"))?;
+        let sig = token::b64url(seg.signature, false)
+            .map_err(|e| anyhow!("io.jwt.decode: JWT signature: {e}"))?;
         return Ok(Value::from(vec![
-            Value::from(serde_json::Value::Object(header.json)),
+            Value::from(serde_json::Value::Object(header)),
             Value::from(serde_json::Value::Object(payload)),
             Value::from(hex::encode(sig)),
         ]));
     }
-    Ok(Value::Undefined)
+    bail!("io.jwt.decode: tokens nested too deeply")
 }
 
 /// A verification key from a `cert` (PEM certificate or public key, or a JWK set).
@@ -199,13 +293,61 @@ struct VerifyKey {
     kid: String,
     /// The JWK's own `alg`, if it had one.
     alg: Option<Algorithm>,
-    key: DecodingKey,
+    key: Key,
+}
+
+/// Key material: what jsonwebtoken verifies, or a P-521 public point (ES512,
+/// which jsonwebtoken lacks, verified with aws-lc-rs).
+enum Key {
+    Jose(DecodingKey),
+    P521(Vec<u8>),
+}
+
+/// A signature algorithm: jsonwebtoken's, or ES512.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Alg {
+    Jose(Algorithm),
+    Es512,
+}
+
+impl Alg {
+    fn parse(name: &str) -> Option<Alg> {
+        match name {
+            "ES512" => Some(Alg::Es512),
+            other => other.parse().ok().map(Alg::Jose),
+        }
+    }
+}
+
+/// A P-521 public key from a JWK's `x` and `y` (uncompressed point).
+fn p521_from_jwk(entry: &serde_json::Value) -> anyhow::Result<Key> {
+    let coordinate = |name: &str| -> anyhow::Result<Vec<u8>> {
+        let text = entry
+            .get(name)
+            .and_then(serde_json::Value::as_str)
+            .ok_or_else(|| {
+                anyhow!("failed to parse a JWK key (set): P-521 key without `{name}`")
+            })?;
+        let bytes = token::b64url(text, false)
+            .map_err(|e| anyhow!("failed to parse a JWK key (set): `{name}`: {e}"))?;
+        if bytes.len() > 66 {
+            bail!("failed to parse a JWK key (set): `{name}` too long for P-521");
+        }
+        let mut out = vec![0u8; 66 - bytes.len()];
+        out.extend_from_slice(&bytes);
+        Ok(out)
+    };
+    let mut point = vec![4u8];
+    point.extend(coordinate("x")?);
+    point.extend(coordinate("y")?);
+    Ok(Key::P521(point))
 }
 
 /// OPA's `getKeysFromCertOrJWK`.
 fn keys_from_cert_or_jwk(text: &str) -> anyhow::Result<Vec<VerifyKey>> {
-    if text.trim_start().starts_with("-----BEGIN") {
-        let (rest, pem) = x509_parser::pem::parse_x509_pem(text.trim_start().as_bytes())
+    // OPA reads a PEM only when the text starts with one (no leading whitespace).
+    if text.starts_with("-----BEGIN") {
+        let (rest, pem) = x509_parser::pem::parse_x509_pem(text.as_bytes())
             .map_err(|e| anyhow!("failed to parse a PEM block: {e}"))?;
         if !rest.iter().all(u8::is_ascii_whitespace) {
             bail!("extra data after a PEM certificate block");
@@ -222,7 +364,7 @@ fn keys_from_cert_or_jwk(text: &str) -> anyhow::Result<Vec<VerifyKey>> {
                     .map_err(|e| anyhow!("failed to parse a PEM public key: {e}"))?;
                 key_from_spki(&spki)?
             }
-            "RSA PUBLIC KEY" => DecodingKey::from_rsa_der(&pem.contents),
+            // OPA does not read PKCS#1 `RSA PUBLIC KEY` blocks.
             _ => bail!("failed to extract a Key from the PEM certificate"),
         };
         return Ok(vec![VerifyKey {
@@ -243,6 +385,20 @@ fn keys_from_cert_or_jwk(text: &str) -> anyhow::Result<Vec<VerifyKey>> {
     };
     let mut keys = Vec::with_capacity(entries.len());
     for entry in entries {
+        if entry.get("kty").and_then(serde_json::Value::as_str) == Some("EC")
+            && entry.get("crv").and_then(serde_json::Value::as_str) == Some("P-521")
+        {
+            keys.push(VerifyKey {
+                kid: entry
+                    .get("kid")
+                    .and_then(serde_json::Value::as_str)
+                    .unwrap_or_default()
+                    .to_string(),
+                alg: None,
+                key: p521_from_jwk(&entry)?,
+            });
+            continue;
+        }
         let jwk: Jwk = serde_json::from_value(entry)
             .map_err(|e| anyhow!("failed to parse a JWK key (set): {e}"))?;
         let alg = match jwk.common.key_algorithm {
@@ -253,8 +409,10 @@ fn keys_from_cert_or_jwk(text: &str) -> anyhow::Result<Vec<VerifyKey>> {
                 None => continue,
             },
         };
-        let key = DecodingKey::from_jwk(&jwk)
-            .map_err(|e| anyhow!("failed to parse a JWK key (set): {e}"))?;
+        let key = Key::Jose(
+            DecodingKey::from_jwk(&jwk)
+                .map_err(|e| anyhow!("failed to parse a JWK key (set): {e}"))?,
+        );
         keys.push(VerifyKey {
             kid: jwk.common.key_id.clone().unwrap_or_default(),
             alg,
@@ -264,7 +422,7 @@ fn keys_from_cert_or_jwk(text: &str) -> anyhow::Result<Vec<VerifyKey>> {
     Ok(keys)
 }
 
-fn key_from_spki(spki: &SubjectPublicKeyInfo<'_>) -> anyhow::Result<DecodingKey> {
+fn key_from_spki(spki: &SubjectPublicKeyInfo<'_>) -> anyhow::Result<Key> {
     let oid = &spki.algorithm.algorithm;
     let bits: &[u8] = &spki.subject_public_key.data;
     if *oid == OID_PKCS1_RSAENCRYPTION {
@@ -275,10 +433,10 @@ fn key_from_spki(spki: &SubjectPublicKeyInfo<'_>) -> anyhow::Result<DecodingKey>
             let first = b.iter().position(|x| *x != 0).unwrap_or(b.len());
             b[first..].to_vec()
         };
-        return Ok(DecodingKey::from_rsa_raw_components(
+        return Ok(Key::Jose(DecodingKey::from_rsa_raw_components(
             &strip(rsa.modulus),
             &strip(rsa.exponent),
-        ));
+        )));
     }
     if *oid == OID_KEY_TYPE_EC_PUBLIC_KEY {
         let curve = spki
@@ -288,33 +446,48 @@ fn key_from_spki(spki: &SubjectPublicKeyInfo<'_>) -> anyhow::Result<DecodingKey>
             .and_then(|p| p.as_oid().ok());
         return match curve {
             Some(c) if c == OID_EC_P256 || c == OID_NIST_EC_P384 => {
-                Ok(DecodingKey::from_ec_der(bits))
+                Ok(Key::Jose(DecodingKey::from_ec_der(bits)))
             }
+            Some(c) if c == OID_NIST_EC_P521 => Ok(Key::P521(bits.to_vec())),
             _ => bail!("unsupported elliptic curve"),
         };
     }
     if *oid == OID_SIG_ED25519 {
-        return Ok(DecodingKey::from_ed_der(bits));
+        return Ok(Key::Jose(DecodingKey::from_ed_der(bits)));
     }
     bail!("unsupported public key type")
 }
 
 /// Verifies `signature` (base64url) over `message` with `key` for `alg`. A key
 /// of another family (e.g. an RSA key for HS256) never verifies.
-fn verifies(signature: &str, message: &str, key: &DecodingKey, alg: Algorithm) -> bool {
-    jsonwebtoken::crypto::verify(
-        signature.trim_end_matches('='),
-        message.as_bytes(),
-        key,
-        alg,
-    )
-    .unwrap_or(false)
+fn verifies(signature: &str, message: &str, key: &Key, alg: Alg) -> bool {
+    match (key, alg) {
+        (Key::Jose(key), Alg::Jose(alg)) => jsonwebtoken::crypto::verify(
+            signature.trim_end_matches('='),
+            message.as_bytes(),
+            key,
+            alg,
+        )
+        .unwrap_or(false),
+        (Key::P521(point), Alg::Es512) => {
+            let Ok(sig) = token::b64url(signature, false) else {
+                return false;
+            };
+            aws_lc_rs::signature::UnparsedPublicKey::new(
+                &aws_lc_rs::signature::ECDSA_P521_SHA512_FIXED,
+                point,
+            )
+            .verify(message.as_bytes(), &sig)
+            .is_ok()
+        }
+        _ => false,
+    }
 }
 
 /// `io.jwt.verify_{rs,ps,es}*`: the function's algorithm; the `kid` key first
 /// if the header names one, else every key (skipping JWKs whose `alg` differs
 /// from the header's).
-fn verify_with_cert(args: &[Value], alg: Algorithm) -> anyhow::Result<Value> {
+fn verify_with_cert(args: &[Value], alg: Alg) -> anyhow::Result<Value> {
     let f = "io.jwt.verify";
     let jwt = string_arg(args, 0, f)?;
     let cert = string_arg(args, 1, f)?;
@@ -322,7 +495,7 @@ fn verify_with_cert(args: &[Value], alg: Algorithm) -> anyhow::Result<Value> {
         return Ok(Value::Undefined);
     };
     let keys = keys_from_cert_or_jwk(cert)?;
-    if token::b64url(seg.signature, true).is_err() {
+    if token::b64url(seg.signature, false).is_err() {
         return Ok(Value::Undefined);
     }
     let Some(header) = Header::parse(seg.header) else {
@@ -354,15 +527,15 @@ fn verify_with_secret(args: &[Value], alg: Algorithm) -> anyhow::Result<Value> {
     let Ok(seg) = token::split(jwt) else {
         return Ok(Value::Undefined);
     };
-    if token::b64url(seg.signature, true).is_err() {
+    if token::b64url(seg.signature, false).is_err() {
         return Ok(Value::Undefined);
     }
-    let key = DecodingKey::from_secret(secret.as_bytes());
+    let key = Key::Jose(DecodingKey::from_secret(secret.as_bytes()));
     Ok(Value::from(verifies(
         seg.signature,
         seg.signing_input,
         &key,
-        alg,
+        Alg::Jose(alg),
     )))
 }
 
@@ -399,8 +572,11 @@ impl Constraints {
                 "aud" => c.aud = text()?,
                 "time" => {
                     let t = match v {
+                        // Nanoseconds exceed f64's exact integers: convert lossily.
                         Value::Number(n) => n
                             .as_f64()
+                            .or_else(|| n.as_i64().map(|i| i as f64))
+                            .or_else(|| n.as_u64().map(|u| u as f64))
                             .ok_or_else(|| anyhow!("token time constraint: invalid number"))?,
                         _ => bail!("token time constraint: must be a number"),
                     };
@@ -421,11 +597,12 @@ impl Constraints {
 
     /// Signature check with the header's algorithm, restricted by the keys.
     fn verify(&self, header: &Header, signature: &str, message: &str) -> bool {
-        let Ok(alg) = header.alg.parse::<Algorithm>() else {
-            return false; // `none`, ES512, unknown
+        let Some(alg) = Alg::parse(&header.alg) else {
+            return false; // `none`, unknown
         };
         if let Some(keys) = &self.keys {
-            let fits = |k: &VerifyKey| k.alg.is_none() || k.alg == Some(alg);
+            // OPA verifies with the token's algorithm whatever a JWK's own `alg` says.
+            let fits = |_: &VerifyKey| true;
             if !header.kid.is_empty() {
                 if let Some(k) = keys.iter().find(|k| k.kid == header.kid) {
                     return fits(k) && verifies(signature, message, &k.key, alg);
@@ -436,7 +613,7 @@ impl Constraints {
                 .filter(|k| fits(k))
                 .any(|k| verifies(signature, message, &k.key, alg));
         }
-        let key = DecodingKey::from_secret(self.secret.as_bytes());
+        let key = Key::Jose(DecodingKey::from_secret(self.secret.as_bytes()));
         verifies(signature, message, &key, alg)
     }
 
@@ -465,21 +642,24 @@ fn decode_verify(args: &[Value], now_ns: f64) -> anyhow::Result<Value> {
             return Ok(Value::Undefined);
         };
         let Some(header) = Header::parse(seg.header) else {
-            return Ok(Value::Undefined);
+            bail!("io.jwt.decode_verify: invalid JOSE header (alg, kid, typ, cty must be strings)");
         };
+        if header.json.contains_key("enc") {
+            bail!("io.jwt.decode_verify: JWT is a JWE object, which is not supported");
+        }
         if !header.valid() {
             return Ok(unverified());
         }
         if !constraints.alg.is_empty() && constraints.alg != header.alg {
             return Ok(unverified());
         }
-        if token::b64url(seg.signature, true).is_err() {
+        if token::b64url(seg.signature, false).is_err() {
             return Ok(Value::Undefined);
         }
         if !constraints.verify(&header, seg.signature, seg.signing_input) {
             return Ok(unverified());
         }
-        let Ok(payload) = token::b64url(seg.payload, true) else {
+        let Ok(payload) = token::b64url(seg.payload, false) else {
             return Ok(Value::Undefined);
         };
         if header.cty.eq_ignore_ascii_case("JWT") {
@@ -488,9 +668,7 @@ fn decode_verify(args: &[Value], now_ns: f64) -> anyhow::Result<Value> {
         }
         break (header, payload);
     };
-    let Ok(serde_json::Value::Object(payload)) = serde_json::from_slice(&payload) else {
-        return Ok(Value::Undefined);
-    };
+    let payload = payload_json(&payload).map_err(|e| anyhow!("io.jwt.decode_verify: {e}"))?;
 
     if !constraints.iss.is_empty() {
         match payload.get("iss") {

@@ -438,7 +438,7 @@ fn check_data_roots<'a>(
 }
 
 fn package_of(name: &str, text: &str) -> Result<String, BundleError> {
-    let mut engine = regorus::Engine::new();
+    let mut engine = super::parity::new_engine();
     engine
         .add_policy(name.to_string(), text.to_string())
         .map_err(|e| BundleError::Policy(rego_error(name, &e)))

@@ -3,8 +3,9 @@
 //! - `test [PATH...]`: run `test_*` rules like `opa test` (see [`super::test_runner`]);
 //!   exit 0 when every test passes or is skipped, 2 on any failure or error (as
 //!   `opa test`), 1 when the policies do not load.
-//! - `eval [--input FILE|-] [--data PATH]... [--bundle PATH] QUERY`: evaluate a
-//!   query and print `{"result": [...]}` as JSON (like `opa eval`); without
+//! - `eval [--input FILE|-] [--data PATH]... [--bundle PATH] [--strict-builtin-errors]
+//!   QUERY`: evaluate a query and print `{"result": [...]}` as JSON (like `opa
+//!   eval`, builtin errors non-strict unless asked); without
 //!   `--data`/`--bundle` it loads `./policies` when that directory exists.
 //! - `check [PATH...]`: parse every module, compile the serving set for the
 //!   configured queries and report problems as `file:line:col: message`.
@@ -77,6 +78,11 @@ pub enum PolicyCommand {
         /// Exit 1 when the result is undefined.
         #[arg(long)]
         fail: bool,
+        /// Treat builtin errors as evaluation errors (as `opa eval
+        /// --strict-builtin-errors`); by default a builtin error makes the call
+        /// undefined, as in OPA-Envoy and the sidecar.
+        #[arg(long)]
+        strict_builtin_errors: bool,
         /// The query, e.g. data.envoy.authz.allow.
         query: String,
     },
@@ -133,8 +139,26 @@ pub fn run_with(cmd: PolicyCommand, extensions: Option<ExtensionHook>) -> anyhow
             data,
             bundle,
             fail,
+            strict_builtin_errors,
             query,
-        } => eval(input.as_deref(), &data, &bundle, fail, &query, extensions),
+        } => {
+            let extensions = match extensions {
+                Some(_) if strict_builtin_errors => Some(super::builtins::strict_extensions()),
+                other => other,
+            };
+            let options = EvalOptions {
+                fail,
+                strict_builtin_errors,
+            };
+            eval(
+                input.as_deref(),
+                &data,
+                &bundle,
+                options,
+                &query,
+                extensions,
+            )
+        }
         PolicyCommand::Check { paths, query } => check(&default_paths(paths), query, extensions),
     }
 }
@@ -195,11 +219,18 @@ fn read_input(path: &Path) -> anyhow::Result<serde_json::Value> {
     }
 }
 
+/// How `policy eval` evaluates and exits.
+#[derive(Debug, Clone, Copy)]
+struct EvalOptions {
+    fail: bool,
+    strict_builtin_errors: bool,
+}
+
 fn eval(
     input: Option<&Path>,
     data: &[PathBuf],
     bundles: &[PathBuf],
-    fail: bool,
+    options: EvalOptions,
     query: &str,
     extensions: Option<ExtensionHook>,
 ) -> anyhow::Result<ExitCode> {
@@ -223,6 +254,7 @@ fn eval(
         sources.merge(bundle)?;
     }
     let mut engine = test_runner::engine_for(&sources, extensions.as_ref())?;
+    engine.set_strict_builtin_errors(options.strict_builtin_errors);
     if let Some(path) = input {
         engine.set_input(json_to_value(&read_input(path)?));
     }
@@ -240,7 +272,7 @@ fn eval(
         serde_json::json!({ "result": results.result })
     };
     println!("{}", serde_json::to_string_pretty(&out)?);
-    Ok(if fail && undefined {
+    Ok(if options.fail && undefined {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
@@ -262,7 +294,7 @@ fn check(
     // Every module on its own, so all parse errors are reported, not only the first.
     let mut errors = Vec::new();
     for (name, text) in &sources.modules {
-        let mut engine = regorus::Engine::new();
+        let mut engine = super::parity::new_engine();
         if let Err(e) = engine.add_policy(name.clone(), text.clone()) {
             errors.push(rego_error(name, &e).to_string());
         }

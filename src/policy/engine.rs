@@ -201,6 +201,8 @@ struct QueryPlan {
     needs: InputNeeds,
     /// Results by the values at the input paths the policy reads.
     memo: Option<Memo>,
+    /// The query names a partial object or set (see [`super::parity::is_partial_document`]).
+    partial: bool,
 }
 
 /// A bounded map from input keys to results: when full it starts over, so a burst
@@ -451,11 +453,15 @@ impl PolicySet {
         let data_value = json_to_value(&data);
         let files: Vec<String> = modules.iter().map(|(n, _)| n.clone()).collect();
 
-        let mut engine = Engine::new();
+        let mut engine = super::parity::new_engine();
         engine.set_execution_timer_config(timer(&limits));
+        // OPA-Envoy evaluates with non-strict builtin errors: a failing builtin call
+        // is undefined (the RVM's default too).
+        engine.set_strict_builtin_errors(false);
         if let Some(hook) = &options.extensions {
             hook(&mut engine).map_err(|e| PolicyError::Extension(format!("{e:#}")))?;
         }
+        let modules = super::parity::rewrite_output_args(modules, &super::builtins::arity);
         for (name, text) in modules {
             engine
                 .add_policy(name.clone(), text)
@@ -467,6 +473,7 @@ impl PolicySet {
                 path: "<data>".to_string(),
                 message: format!("{e}"),
             })?;
+        super::parity::refuse(&mut engine)?;
 
         let modules = engine.get_modules().clone();
         let analyse = |query: &str| {
@@ -494,6 +501,22 @@ impl PolicySet {
                     message: "queries look like data.<package>.<rule>".to_string(),
                 });
             }
+            let partial = super::parity::is_partial_document(&modules, query);
+            if partial {
+                // regorus compiles entry points only for whole rules; the interpreter
+                // assembles the document from its partial rules.
+                tracing::info!(%query, "the query names a partial object or set; using the regorus interpreter");
+                let (needs, access, memo) = analyse(query);
+                plans.push(QueryPlan {
+                    query: query.clone(),
+                    plan: Plan::Interpreter,
+                    access,
+                    needs,
+                    memo,
+                    partial,
+                });
+                continue;
+            }
             let rule: regorus::Rc<str> = query.as_str().into();
             let compiled = match engine.compile_with_entrypoint(&rule) {
                 Ok(c) => c,
@@ -505,6 +528,7 @@ impl PolicySet {
                         access: InputAccess::everything(),
                         needs: InputNeeds::all(),
                         memo: None,
+                        partial: false,
                     });
                     continue;
                 }
@@ -541,6 +565,7 @@ impl PolicySet {
                 access,
                 needs,
                 memo,
+                partial,
             });
         }
 
@@ -548,7 +573,7 @@ impl PolicySet {
         engine.set_input(Value::new_object());
         for p in &plans {
             if matches!(p.plan, Plan::Interpreter) {
-                let _ = engine.eval_rule(p.query.clone());
+                let _ = eval_document(&mut engine, &p.query, p.partial);
             }
         }
 
@@ -666,7 +691,7 @@ impl PolicySet {
         let q = self.queries.get(query).ok_or(DecisionError::NoPolicy)?;
         match &q.plan {
             Plan::Undefined => Ok(Value::Undefined),
-            Plan::Interpreter => self.interpret(&q.query, input),
+            Plan::Interpreter => self.interpret(q, input),
             Plan::Rvm(rvm) => {
                 // Keep a cheap handle on the input only for the rare undefined re-check.
                 let input_again = input.clone();
@@ -674,11 +699,13 @@ impl PolicySet {
                 if v == Value::Undefined {
                     // The RVM reports some errors as undefined; let the interpreter
                     // tell an error from a genuinely undefined result.
-                    return match self.interpret(&q.query, input_again) {
+                    return match self.interpret(q, input_again) {
                         Ok(Value::Undefined) => Ok(Value::Undefined),
+                        // The interpreter is the reference (it is what `policy eval`
+                        // and `policy test` run): its value is the decision.
                         Ok(other) => {
-                            tracing::warn!(query = %q.query, result = %other, "RVM result undefined but the interpreter produced a value; denying");
-                            Ok(Value::Undefined)
+                            tracing::debug!(query = %q.query, "RVM result undefined but the interpreter produced a value; using the interpreter's");
+                            Ok(other)
                         }
                         Err(e) => Err(e),
                     };
@@ -699,7 +726,7 @@ impl PolicySet {
         if matches!(q.plan, Plan::Undefined) {
             return Err(DecisionError::Undefined);
         }
-        decision_from_value(&self.interpret(&q.query, input)?)
+        decision_from_value(&self.interpret(q, input)?)
     }
 
     fn run_vm(&self, rvm: &RvmPlan, input: Value) -> Result<Value, DecisionError> {
@@ -730,12 +757,12 @@ impl PolicySet {
         }
     }
 
-    fn interpret(&self, query: &str, input: Value) -> Result<Value, DecisionError> {
+    fn interpret(&self, q: &QueryPlan, input: Value) -> Result<Value, DecisionError> {
         let pooled = lock(&self.engines).pop();
         let mut engine = pooled.unwrap_or_else(|| self.prototype.clone());
         let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
             engine.set_input(input);
-            let r = engine.eval_rule(query.to_string());
+            let r = eval_document(&mut engine, &q.query, q.partial);
             engine.set_input(Value::Null);
             r
         }));
@@ -753,6 +780,22 @@ impl PolicySet {
             )),
         }
     }
+}
+
+/// Evaluates the document `query` names. `eval_rule` is the fast path but
+/// regorus 0.14 answers undefined for a document assembled from partial rules;
+/// a query evaluates those as OPA does.
+fn eval_document(engine: &mut Engine, query: &str, partial: bool) -> anyhow::Result<Value> {
+    if !partial {
+        return engine.eval_rule(query.to_string());
+    }
+    let results = engine.eval_query(query.to_string(), false)?;
+    Ok(results
+        .result
+        .into_iter()
+        .next()
+        .and_then(|r| r.expressions.into_iter().next())
+        .map_or(Value::Undefined, |e| e.value))
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -1573,6 +1616,111 @@ allow if { s := json.marshal(input); contains(s, "please") }
         assert!(mk("10.96.0.10:53", None, None));
     }
 
+    /// The OPA-Envoy primer's decision: a partial object queried whole, with a
+    /// partial set feeding it, decided through the serving path (`decide`, pruned
+    /// input, decision cache) inbound and outbound, on the VM and the interpreter.
+    #[test]
+    fn partial_object_and_set_decisions_in_the_serving_path() {
+        let inbound = r#"package envoy.authz
+import rego.v1
+default allow := false
+allow if input.attributes.request.http.method == "GET"
+allow if "admin" in roles
+roles contains "admin" if input.attributes.request.http.headers["x-role"] == "admin"
+roles contains "viewer" if input.attributes.source.principal
+denials contains "method" if not allow
+result["allowed"] := allow
+result["headers"] := {"x-ext-auth-allow": "yes"} if allow
+result["http_status"] := 403 if not allow
+result["body"] := concat(",", denials) if not allow
+"#;
+        let outbound = r#"package portcullis.outbound
+import rego.v1
+default decision.allowed := false
+decision["allowed"] := true if input.attributes.destination.principal
+decision.reason := "mesh peer"
+"#;
+        let queries = [
+            "data.envoy.authz.result".to_string(),
+            "data.portcullis.outbound.decision".to_string(),
+        ];
+        for force_interpreter in [false, true] {
+            for decision_cache in [0, 16] {
+                let ps = PolicySet::from_sources(
+                    vec![
+                        ("in.rego".to_string(), inbound.to_string()),
+                        ("out.rego".to_string(), outbound.to_string()),
+                    ],
+                    serde_json::Value::Null,
+                    &queries,
+                    PolicyOptions {
+                        force_interpreter,
+                        decision_cache,
+                        ..test_options()
+                    },
+                )
+                .unwrap_or_else(|e| panic!("{e}"));
+                for (method, role, want) in [
+                    ("GET", "", true),
+                    ("POST", "", false),
+                    ("POST", "admin", true),
+                    ("POST", "viewer", false),
+                    ("GET", "admin", true),
+                ] {
+                    let mut headers = http::HeaderMap::new();
+                    if !role.is_empty() {
+                        headers.insert(
+                            "x-role",
+                            http::HeaderValue::from_str(role).unwrap_or_else(|e| panic!("{e}")),
+                        );
+                    }
+                    let facts = InputFacts {
+                        source_address: "10.1.0.7:35568".parse().unwrap_or_else(|e| panic!("{e}")),
+                        source_principal: Some(FRONTEND),
+                        destination_address: "10.1.0.9:8080"
+                            .parse()
+                            .unwrap_or_else(|e| panic!("{e}")),
+                        destination_principal: Some(REPORTING),
+                        http: Some(HttpFacts {
+                            id: "1",
+                            method,
+                            path: "/x",
+                            host: "demo:8080",
+                            scheme: "http",
+                            protocol: "HTTP/1.1",
+                            headers: &headers,
+                            size: None,
+                            body: None,
+                            truncated_body: false,
+                            content_type: None,
+                        }),
+                        jwt: None,
+                    };
+                    for _ in 0..2 {
+                        let (d, _) = ps.decide(0, &facts);
+                        let d = d.unwrap_or_else(|e| {
+                            panic!("{method} {role} interp={force_interpreter}: {e}")
+                        });
+                        assert_eq!(d.allowed, want, "{method} {role}: {d:?}");
+                        if want {
+                            assert_eq!(
+                                d.headers,
+                                vec![("x-ext-auth-allow".to_string(), "yes".to_string())]
+                            );
+                        } else {
+                            assert_eq!(d.http_status, Some(403));
+                            assert_eq!(d.body.as_deref(), Some("method"));
+                        }
+                        let (d, _) = ps.decide(1, &facts);
+                        let d = d.unwrap_or_else(|e| panic!("outbound: {e}"));
+                        assert!(d.allowed);
+                        assert_eq!(d.reason.as_deref(), Some("mesh peer"));
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn undefined_query_is_not_a_load_error() {
         let ps = set(
@@ -1621,19 +1769,24 @@ allow if { s := json.marshal(input); contains(s, "please") }
 
     #[test]
     fn runtime_errors_are_eval_errors() {
-        // Direct division by zero: the RVM yields undefined; the re-check finds the error.
-        let ps = set(
-            &[(
-                "a.rego",
-                "package a\nimport rego.v1\nallow := 1 / input.z\n",
-            )],
-            "data.a.allow",
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
-        let input = Value::from_json_str(r#"{"z": 0}"#).unwrap_or_else(|e| panic!("{e}"));
-        match ps.evaluate(0, input) {
-            Err(DecisionError::Eval(msg)) => assert!(msg.contains("a.rego:3"), "{msg}"),
-            other => panic!("expected Eval, got {other:?}"),
+        // Division by zero is a builtin error: non-strict, as OPA-Envoy evaluates,
+        // the expression is undefined (so is the rule), on the VM and the interpreter.
+        for force_interpreter in [false, true] {
+            let ps = PolicySet::from_sources(
+                vec![(
+                    "a.rego".to_string(),
+                    "package a\nimport rego.v1\nallow := 1 / input.z\n".to_string(),
+                )],
+                serde_json::Value::Null,
+                &["data.a.allow".to_string()],
+                PolicyOptions {
+                    force_interpreter,
+                    ..test_options()
+                },
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
+            let input = Value::from_json_str(r#"{"z": 0}"#).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(ps.evaluate(0, input), Err(DecisionError::Undefined));
         }
 
         // Conflicting complete rule: evaluated with the interpreter, an error.

@@ -629,7 +629,8 @@ fn metadata_context(k: &Interned, name: &str, payload: Value) -> Value {
     )
 }
 
-/// The `headers` object: lower-case names, repeated headers joined with `,`, and
+/// The `headers` object: lower-case names, repeated headers joined with `,`
+/// (`cookie` with `; `, as Envoy does), and
 /// the request line as pseudo-headers (`:authority`, `:method`, `:path`,
 /// `:scheme`: `pseudo` holds their values in that order), as Envoy exposes them
 /// for HTTP/1.1 too (`host` is folded into `:authority`). Only the names `wanted`
@@ -658,10 +659,12 @@ fn headers(
         }
         let mut values = h.headers.get_all(name).iter();
         let Some(first) = values.next() else { continue };
+        // Envoy joins repeated `cookie` headers with "; " (RFC 9113 §8.2.3), others with ",".
+        let separator = if n == "cookie" { "; " } else { "," };
         let mut joined = lossy(first.as_bytes());
         for v in values {
             let j = joined.to_mut();
-            j.push(',');
+            j.push_str(separator);
             j.push_str(&lossy(v.as_bytes()));
         }
         headers.insert(k.word(n), s(&joined));
@@ -873,6 +876,48 @@ mod tests {
             v["attributes"]["request"]["http"]["size"],
             Value::Number(_)
         ));
+    }
+
+    /// Repeated `cookie` headers reach the policy joined with "; " as Envoy joins
+    /// them (RFC 9113 §8.2.3); other repeated headers with ",".
+    #[test]
+    fn repeated_cookies_join_as_envoy_does() {
+        let headers = header_map(&[
+            ("cookie", "a=1"),
+            ("cookie", "b=2"),
+            ("x-forwarded-for", "10.0.0.1"),
+            ("x-forwarded-for", "10.0.0.2"),
+        ]);
+        let facts = InputFacts {
+            source_address: addr("10.1.0.7:35568"),
+            source_principal: None,
+            destination_address: addr("10.1.0.9:8080"),
+            destination_principal: None,
+            http: Some(HttpFacts {
+                id: "1",
+                method: "GET",
+                path: "/",
+                host: "backend",
+                scheme: "http",
+                protocol: "HTTP/1.1",
+                headers: &headers,
+                size: None,
+                body: None,
+                truncated_body: false,
+                content_type: None,
+            }),
+            jwt: None,
+        };
+        let doc = to_json(&build_input(&facts));
+        let h = &doc["attributes"]["request"]["http"]["headers"];
+        assert_eq!(h["cookie"], json!("a=1; b=2"));
+        assert_eq!(h["x-forwarded-for"], json!("10.0.0.1,10.0.0.2"));
+        // The decision cache's key sees the same value.
+        let path: Vec<String> = ["attributes", "request", "http", "headers", "cookie"]
+            .iter()
+            .map(|x| x.to_string())
+            .collect();
+        assert_eq!(to_json(&value_at(&facts, &path)), json!("a=1; b=2"));
     }
 
     #[test]

@@ -367,11 +367,13 @@ pub fn engine_for(
     sources: &Bundle,
     extensions: Option<&ExtensionHook>,
 ) -> Result<Engine, PolicyError> {
-    let mut engine = Engine::new();
+    let mut engine = super::parity::new_engine();
     if let Some(hook) = extensions {
         hook(&mut engine).map_err(|e| PolicyError::Extension(format!("{e:#}")))?;
     }
-    for (name, text) in &sources.modules {
+    let modules =
+        super::parity::rewrite_output_args(sources.modules.clone(), &super::builtins::arity);
+    for (name, text) in &modules {
         engine
             .add_policy(name.clone(), text.clone())
             .map_err(|e| rego_error(name, &e))?;
@@ -382,6 +384,7 @@ pub fn engine_for(
             path: "<data>".to_string(),
             message: format!("{e}"),
         })?;
+    super::parity::refuse(&mut engine)?;
     // Analyse and schedule once so every clone starts prepared; compile-time
     // errors (unknown functions, recursion, …) surface here.
     engine
