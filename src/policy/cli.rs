@@ -6,6 +6,8 @@
 //! - `eval [--input FILE|-] [--data PATH]... [--bundle PATH] QUERY`: evaluate a
 //!   query and print `{"result": [...]}` as JSON (like `opa eval`); without
 //!   `--data`/`--bundle` it loads `./policies` when that directory exists.
+//! - `explain --input FILE [--data PATH]... [QUERY]`: why the query decided as it
+//!   did (see [`super::explain`]).
 //! - `check [PATH...]`: parse every module, compile the serving set for the
 //!   configured queries and report problems as `file:line:col: message`.
 
@@ -18,6 +20,7 @@ use clap::{Subcommand, ValueEnum};
 
 use super::bundle::{rego_error, Bundle, BundleLimits};
 use super::engine::{ExtensionHook, PolicyOptions, PolicySet};
+use super::explain::Explainer;
 use super::input::json_to_value;
 use super::test_runner::{self, load_sources, TestOptions};
 
@@ -28,6 +31,16 @@ pub enum Format {
     #[default]
     Pretty,
     /// JSON (an array of test results; with `--coverage` an object).
+    Json,
+}
+
+/// Output format of `policy explain`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum ExplainFormat {
+    /// One line per rule definition tried, for people.
+    #[default]
+    Text,
+    /// One JSON object, for tools.
     Json,
 }
 
@@ -79,6 +92,21 @@ pub enum PolicyCommand {
         fail: bool,
         /// The query, e.g. data.envoy.authz.allow.
         query: String,
+    },
+    /// Explain a decision: each rule definition tried and the first expression
+    /// that did not hold, with file:line and the values it compared.
+    Explain {
+        /// Input document (JSON or YAML); `-` reads standard input.
+        #[arg(long, short)]
+        input: PathBuf,
+        /// Policies and data, as for `eval` (default: ./policies).
+        #[arg(long, short)]
+        data: Vec<PathBuf>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = ExplainFormat::Text)]
+        format: ExplainFormat,
+        /// The query (default: the inbound query, data.envoy.authz.allow).
+        query: Option<String>,
     },
     /// Parse and compile policies; report errors as file:line:col.
     Check {
@@ -135,6 +163,12 @@ pub fn run_with(cmd: PolicyCommand, extensions: Option<ExtensionHook>) -> anyhow
             fail,
             query,
         } => eval(input.as_deref(), &data, &bundle, fail, &query, extensions),
+        PolicyCommand::Explain {
+            input,
+            data,
+            format,
+            query,
+        } => explain(&input, &data, format, query, extensions),
         PolicyCommand::Check { paths, query } => check(&default_paths(paths), query, extensions),
     }
 }
@@ -245,6 +279,41 @@ fn eval(
     } else {
         ExitCode::SUCCESS
     })
+}
+
+fn explain(
+    input: &Path,
+    data: &[PathBuf],
+    format: ExplainFormat,
+    query: Option<String>,
+    extensions: Option<ExtensionHook>,
+) -> anyhow::Result<ExitCode> {
+    let data = if data.is_empty() {
+        vec![PathBuf::from("policies")]
+    } else {
+        data.to_vec()
+    };
+    let sources = load_sources(&data)?;
+    let serving = Bundle {
+        modules: sources
+            .modules
+            .iter()
+            .filter(|(n, _)| !n.ends_with("_test.rego"))
+            .cloned()
+            .collect(),
+        ..sources
+    };
+    let engine = test_runner::engine_for(&serving, extensions.as_ref())?;
+    let query = query.unwrap_or_else(|| crate::config::PolicyConfig::default().inbound_query);
+    let mut explainer = Explainer::new(engine);
+    let explanation = explainer.explain(&query, json_to_value(&read_input(input)?))?;
+    match format {
+        ExplainFormat::Text => print!("{}", explanation.to_text()),
+        ExplainFormat::Json => {
+            println!("{}", serde_json::to_string_pretty(&explanation.to_json())?)
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn check(

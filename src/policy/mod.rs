@@ -7,6 +7,7 @@ pub mod bundle;
 pub mod cli;
 pub mod decision;
 pub mod engine;
+pub mod explain;
 pub mod input;
 pub mod store;
 pub mod test_runner;
