@@ -699,6 +699,22 @@ pub struct LogConfig {
     /// Fraction of allow decisions logged, in [0, 1] (default 1.0); denies are
     /// always logged.
     pub sample_allows: f64,
+    /// Add the policy explanation (rules tried, first expression that failed) to
+    /// decision-log entries: `off` (default), `denies` or `all`.
+    pub explain: ExplainLogging,
+}
+
+/// Which decision-log entries carry a policy explanation (`log.explain`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExplainLogging {
+    /// None: nothing is computed.
+    #[default]
+    Off,
+    /// Denies (and dry-run denies).
+    Denies,
+    /// Every logged decision.
+    All,
 }
 
 impl LogConfig {
@@ -728,6 +744,7 @@ impl Default for LogConfig {
             decision_file: None,
             mask: Vec::new(),
             sample_allows: 1.0,
+            explain: ExplainLogging::Off,
         }
     }
 }

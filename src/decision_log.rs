@@ -45,11 +45,18 @@ pub struct DecisionEntry {
     pub eval_ns: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub headers: Option<serde_json::Map<String, serde_json::Value>>,
+    /// The policy explanation (`log.explain`), filled in off the request path.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub explanation: Option<serde_json::Value>,
 }
 
 /// Query parameters whose values are always masked in the logged path: the
 /// conventional token parameters (RFC 6750 §2.3 and common API-key names).
 const ALWAYS_MASKED_QUERY: &[&str] = &["access_token", "id_token", "api_key", "apikey"];
+
+/// Explanations computed at once, at most (each holds a blocking thread).
+pub const MAX_EXPLAINING: usize = 2;
+static EXPLAINING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// Where decision logs go and what they hide.
 #[derive(Clone)]
@@ -58,6 +65,7 @@ pub struct DecisionLog {
     /// Lower-case names masked as headers and as query parameters.
     masked: std::sync::Arc<Vec<String>>,
     sample_allows: f64,
+    explain: crate::config::ExplainLogging,
 }
 
 impl DecisionLog {
@@ -67,6 +75,7 @@ impl DecisionLog {
             tx: None,
             masked: Default::default(),
             sample_allows: 0.0,
+            explain: crate::config::ExplainLogging::Off,
         }
     }
 
@@ -106,7 +115,24 @@ impl DecisionLog {
             tx: Some(tx),
             masked: std::sync::Arc::new(masked),
             sample_allows,
+            explain: crate::config::ExplainLogging::Off,
         })
+    }
+
+    /// Sets which entries carry a policy explanation (`log.explain`).
+    pub fn with_explain(mut self, explain: crate::config::ExplainLogging) -> Self {
+        self.explain = explain;
+        self
+    }
+
+    /// Whether an entry with this decision label gets an explanation.
+    pub fn explains(&self, label: &str) -> bool {
+        use crate::config::ExplainLogging;
+        match self.explain {
+            ExplainLogging::Off => false,
+            ExplainLogging::Denies => label != "allow",
+            ExplainLogging::All => true,
+        }
     }
 
     pub fn enabled(&self) -> bool {
@@ -176,6 +202,35 @@ impl DecisionLog {
         out
     }
 
+    /// Queues `entry` once `explain` has filled in its explanation, computed on a
+    /// blocking thread so the request never waits. At most [`MAX_EXPLAINING`]
+    /// explanations run at once; past that the entry says it was skipped.
+    pub fn log_explained(
+        &self,
+        mut entry: DecisionEntry,
+        explain: impl FnOnce() -> serde_json::Value + Send + 'static,
+    ) {
+        use std::sync::atomic::Ordering;
+        let handle = tokio::runtime::Handle::try_current();
+        let busy = EXPLAINING.fetch_add(1, Ordering::AcqRel) >= MAX_EXPLAINING;
+        match handle {
+            Ok(handle) if !busy => {
+                let log = self.clone();
+                handle.spawn_blocking(move || {
+                    entry.explanation = Some(explain());
+                    EXPLAINING.fetch_sub(1, Ordering::AcqRel);
+                    log.log(&entry);
+                });
+            }
+            _ => {
+                EXPLAINING.fetch_sub(1, Ordering::AcqRel);
+                entry.explanation =
+                    Some(serde_json::json!({"skipped": "too many explanations in progress"}));
+                self.log(&entry);
+            }
+        }
+    }
+
     /// Queues an entry; never blocks.
     pub fn log(&self, entry: &DecisionEntry) {
         if let Some(tx) = &self.tx {
@@ -209,6 +264,7 @@ mod tests {
             tx: None,
             masked: std::sync::Arc::new(vec!["authorization".into(), "x-api-key".into()]),
             sample_allows: 1.0,
+            explain: crate::config::ExplainLogging::Off,
         };
         let mut h = HeaderMap::new();
         h.insert("authorization", "Bearer secret".parse().unwrap());
@@ -226,6 +282,7 @@ mod tests {
             tx: None,
             masked: std::sync::Arc::new(vec!["access_token".into(), "sig".into()]),
             sample_allows: 1.0,
+            explain: crate::config::ExplainLogging::Off,
         };
         assert_eq!(log.masked_path("/a/b"), "/a/b");
         assert_eq!(

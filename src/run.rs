@@ -209,6 +209,7 @@ pub async fn start(cfg: Config, set_log_level: LevelSetter) -> anyhow::Result<Ru
             cfg.log.sample_allows,
         )
         .context("log.decision_file")?
+        .with_explain(cfg.log.explain)
     } else {
         DecisionLog::disabled()
     };

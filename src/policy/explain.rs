@@ -23,7 +23,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
-use regorus::unstable::{BoolOp, Expr, Literal, LiteralStmt, Module, Query, Rule, RuleHead};
+use regorus::unstable::{BoolOp, Expr, Literal, LiteralStmt, Module, Query, Rule, RuleHead, Span};
 use regorus::{Engine, Value};
 
 use super::access::static_path;
@@ -590,7 +590,7 @@ impl Plan {
                     if let Some(name) = static_path(refr) {
                         let full = format!("{package}.{}", name.join("."));
                         self.rules.entry(full).or_default().default =
-                            Some((file.clone(), span.line, span.text().to_string()));
+                            Some((file.clone(), span.line, span_text(span)));
                     }
                 }
                 Rule::Spec { head, bodies, .. } => {
@@ -613,12 +613,12 @@ impl Plan {
                             reads.extend(
                                 literal_reads.into_iter().map(|n| format!("{package}.{n}")),
                             );
-                            let prefix: Vec<&str> =
-                                stmts[..k].iter().map(|s| s.span.text()).collect();
+                            let prefix: Vec<String> =
+                                stmts[..k].iter().map(|s| span_text(&s.span)).collect();
                             let (shape, operand_texts) = shape_of(stmt);
                             let holds_name = self.name();
                             let mut holds_body = prefix.clone();
-                            holds_body.push(stmt.span.text());
+                            holds_body.push(span_text(&stmt.span));
                             let _ = writeln!(
                                 text,
                                 "{}",
@@ -638,7 +638,7 @@ impl Plan {
                                 .collect();
                             let mut op_body = prefix.clone();
                             let assign = format!("__pcx_t := [{}]", tuple.join(", "));
-                            op_body.push(&assign);
+                            op_body.push(assign);
                             let _ = writeln!(
                                 text,
                                 "{}",
@@ -650,7 +650,7 @@ impl Plan {
                             probes_here.push(operands.clone());
                             probes.push(Probe {
                                 line: stmt.span.line,
-                                text: stmt.span.text().to_string(),
+                                text: span_text(&stmt.span),
                                 shape,
                                 holds: Some(holds),
                                 operands: Some(operands),
@@ -686,7 +686,7 @@ impl Plan {
 }
 
 /// A probe rule: a boolean when `value` is `None`, else a set of `value`.
-fn probe_rule(name: &str, value: Option<&str>, body: &[&str], v1: bool) -> String {
+fn probe_rule(name: &str, value: Option<&str>, body: &[String], v1: bool) -> String {
     let body = if body.is_empty() {
         "true".to_string()
     } else {
@@ -716,7 +716,37 @@ fn rule_name(r: &Rule) -> Option<String> {
 fn source_of(e: &Expr) -> String {
     match e {
         Expr::String { value, .. } | Expr::RawString { value, .. } => compact(value),
-        other => other.span().text().to_string(),
+        other => span_text(other.span()),
+    }
+}
+
+/// The text of a span. A span that ends in a string stops before its closing
+/// quote; the quote is put back.
+fn span_text(span: &Span) -> String {
+    let text = span.text();
+    let contents = span.source.get_contents();
+    let next = usize::try_from(span.end)
+        .ok()
+        .and_then(|end| contents.get(end..))
+        .and_then(|rest| rest.chars().next());
+    let open = |q: char| {
+        let mut n = 0;
+        let mut escaped = false;
+        for c in text.chars() {
+            match c {
+                '\\' if q == '"' => escaped = !escaped,
+                c if c == q && !escaped => n += 1,
+                _ => escaped = false,
+            }
+            if c != '\\' {
+                escaped = false;
+            }
+        }
+        n % 2 == 1
+    };
+    match next {
+        Some(q @ ('"' | '`')) if open(q) => format!("{text}{q}"),
+        _ => text.to_string(),
     }
 }
 

@@ -52,6 +52,8 @@ pub struct Ticket {
     /// `allow`, `deny` or `dry_run_deny`.
     pub label: &'static str,
     entry: Option<DecisionEntry>,
+    /// The revision and input to explain the decision with (`log.explain`).
+    explain: Option<(Arc<PolicySet>, regorus::Value)>,
 }
 
 impl Ticket {
@@ -60,6 +62,7 @@ impl Ticket {
         Ticket {
             label: "deny",
             entry: None,
+            explain: None,
         }
     }
 }
@@ -176,9 +179,25 @@ impl Decider {
         facts: &InputFacts<'_>,
     ) -> Ticket {
         if !self.log.wants(label == "allow") {
-            return Ticket { label, entry: None };
+            return Ticket {
+                label,
+                entry: None,
+                explain: None,
+            };
         }
         let http = facts.http.as_ref();
+        // The input as the policy saw it; explained once the response is on its way.
+        let explain = revision
+            .as_ref()
+            .filter(|_| self.log.explains(label))
+            .map(|set| {
+                let needs = set.input_needs(self.query);
+                let input = needs.map_or_else(
+                    || crate::policy::build_input(facts),
+                    |n| crate::policy::build_input_with(facts, n),
+                );
+                (set.clone(), input)
+            });
         let entry = DecisionEntry {
             decision_id: http
                 .map(|h| h.id.to_owned())
@@ -200,10 +219,12 @@ impl Decider {
                 .to_owned(),
             eval_ns,
             headers: http.map(|h| self.log.masked_headers(h.headers)),
+            explanation: None,
         };
         Ticket {
             label,
             entry: Some(entry),
+            explain,
         }
     }
 
@@ -250,7 +271,17 @@ impl Decider {
             .observe(started.elapsed().as_secs_f64());
         if let Some(mut entry) = ticket.entry {
             entry.status = status;
-            self.log.log(&entry);
+            match ticket.explain {
+                Some((set, input)) => {
+                    let query = self.query;
+                    self.log
+                        .log_explained(entry, move || match set.explain(query, input) {
+                            Ok(e) => e.to_json(),
+                            Err(e) => serde_json::json!({ "error": e.to_string() }),
+                        })
+                }
+                None => self.log.log(&entry),
+            }
         }
     }
 }
