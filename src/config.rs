@@ -431,6 +431,36 @@ pub struct PolicyConfig {
     /// The pod's labels file written by the downward API (`inject` sets it), given
     /// to policies as `data.portcullis.workload.labels` (default none).
     pub workload_labels: Option<PathBuf>,
+    /// A candidate policy evaluated beside the enforced one and never enforced
+    /// (default none).
+    pub shadow: Option<ShadowConfig>,
+}
+
+/// `policy.shadow`: a directory or a bundle, compared with the enforced policy.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShadowConfig {
+    /// Directory of the candidate's `.rego` and data files (watched like `policy.dir`).
+    #[serde(default)]
+    pub dir: Option<PathBuf>,
+    /// Or a remote bundle, polled like `policy.bundle`.
+    #[serde(default)]
+    pub bundle: Option<BundleConfig>,
+    /// Fraction of requests compared, in [0, 1] (default 1.0).
+    #[serde(default = "default_shadow_fraction")]
+    pub fraction: f64,
+    /// Comparisons queued at most (default 1024); more are dropped and counted in
+    /// `portcullis_policy_shadow_dropped_total`.
+    #[serde(default = "default_shadow_queue")]
+    pub queue: usize,
+}
+
+fn default_shadow_fraction() -> f64 {
+    1.0
+}
+
+fn default_shadow_queue() -> usize {
+    1024
 }
 
 impl Default for PolicyConfig {
@@ -447,6 +477,7 @@ impl Default for PolicyConfig {
             decision_cache: 1024,
             watch_interval: Duration::from_secs(1),
             workload_labels: None,
+            shadow: None,
         }
     }
 }
@@ -1370,6 +1401,20 @@ impl Config {
                     self.log.level
                 ),
             );
+        }
+        if let Some(shadow) = &self.policy.shadow {
+            if shadow.dir.is_some() == shadow.bundle.is_some() {
+                return fail("policy.shadow", "give exactly one of dir and bundle");
+            }
+            if !(0.0..=1.0).contains(&shadow.fraction) {
+                return fail(
+                    "policy.shadow.fraction",
+                    format!("{} is not in [0, 1]", shadow.fraction),
+                );
+            }
+            if shadow.queue == 0 {
+                return fail("policy.shadow.queue", "must be at least 1");
+            }
         }
         let s = self.log.sample_allows;
         if !(0.0..=1.0).contains(&s) {

@@ -11,6 +11,7 @@ use super::grpc::LocalReply;
 use super::headers::add_headers;
 use crate::decision_log::{now_rfc3339, DecisionEntry, DecisionLog};
 use crate::metrics;
+use crate::policy::shadow::{Comparison, Shadow};
 use crate::policy::store::PolicyStore;
 use crate::policy::{Decision, DecisionError, InputFacts, PolicySet};
 
@@ -45,6 +46,8 @@ pub struct Decider {
     pub policy: Arc<PolicyStore>,
     pub dry_run: bool,
     pub log: DecisionLog,
+    /// The shadow policy compared with every (sampled) decision, if configured.
+    pub shadow: Option<Arc<Shadow>>,
 }
 
 /// What is left to record once the response status is known.
@@ -89,6 +92,9 @@ impl Decider {
             None => Err(DecisionError::NoPolicy),
         };
         let elapsed = start.elapsed();
+        if let Some(shadow) = &self.shadow {
+            self.offer_shadow(shadow, facts, &result);
+        }
         m.policy_eval_duration
             .with_label_values(&[self.direction])
             .observe(elapsed.as_secs_f64());
@@ -168,6 +174,36 @@ impl Decider {
             facts,
         );
         (Verdict::Deny(denial), ticket)
+    }
+
+    /// Hands the decision to the shadow worker: only its input is built here.
+    fn offer_shadow(
+        &self,
+        shadow: &Shadow,
+        facts: &InputFacts<'_>,
+        enforced: &Result<Decision, DecisionError>,
+    ) {
+        let Some(set) = shadow.store().current() else {
+            return;
+        };
+        if !shadow.sampled() {
+            return;
+        }
+        let input = match set.input_needs(self.query) {
+            Some(needs) => crate::policy::build_input_with(facts, needs),
+            None => crate::policy::build_input(facts),
+        };
+        shadow.submit(Comparison {
+            direction: self.direction,
+            query: self.query,
+            decision_id: facts
+                .http
+                .as_ref()
+                .map(|h| h.id.to_owned())
+                .unwrap_or_default(),
+            input,
+            enforced: enforced.clone(),
+        });
     }
 
     fn ticket(
