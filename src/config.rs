@@ -733,6 +733,40 @@ pub struct LogConfig {
     /// Add the policy explanation (rules tried, first expression that failed) to
     /// decision-log entries: `off` (default), `denies` or `all`.
     pub explain: ExplainLogging,
+    /// Put the policy input document (masked as `mask` says) into decision-log
+    /// entries, for `portcullis policy replay`: `false` (default), `true` or `denies`.
+    pub input: InputLogging,
+}
+
+/// Which decision-log entries carry the input document (`log.input`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum InputLogging {
+    /// None.
+    #[default]
+    Off,
+    /// Denies (and dry-run denies).
+    Denies,
+    /// Every logged decision.
+    All,
+}
+
+impl<'de> Deserialize<'de> for InputLogging {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Bool(bool),
+            Word(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Bool(false) => Ok(InputLogging::Off),
+            Raw::Bool(true) => Ok(InputLogging::All),
+            Raw::Word(w) if w == "denies" => Ok(InputLogging::Denies),
+            Raw::Word(w) => Err(serde::de::Error::custom(format!(
+                "{w:?}: expected true, false or denies"
+            ))),
+        }
+    }
 }
 
 /// Which decision-log entries carry a policy explanation (`log.explain`).
@@ -776,6 +810,7 @@ impl Default for LogConfig {
             mask: Vec::new(),
             sample_allows: 1.0,
             explain: ExplainLogging::Off,
+            input: InputLogging::Off,
         }
     }
 }

@@ -240,6 +240,7 @@ pub async fn start(cfg: Config, set_log_level: LevelSetter) -> anyhow::Result<Ru
         )
         .context("log.decision_file")?
         .with_explain(cfg.log.explain)
+        .with_input(cfg.log.input)
     } else {
         DecisionLog::disabled()
     };

@@ -43,9 +43,18 @@ async fn entries(dir: &Path, n: usize) -> Vec<serde_json::Value> {
 }
 
 async fn run(explain: ExplainLogging) -> Vec<serde_json::Value> {
+    run_with(explain, POLICY, &[]).await.0
+}
+
+/// Sends GET /ok and POST /ok with `headers`; returns the entries and the raw log.
+async fn run_with(
+    explain: ExplainLogging,
+    policy: &str,
+    headers: &[(&str, &str)],
+) -> (Vec<serde_json::Value>, String) {
     let pki = Pki::new();
     pki.issue("frontend", FRONTEND);
-    let policies = policy_dir(&pki, &[("authz.rego", POLICY)]);
+    let policies = policy_dir(&pki, &[("authz.rego", policy)]);
     let app = echo_app().await;
     let logs = tempfile::tempdir().unwrap();
     let mut cfg = config(&pki, &policies, app);
@@ -54,11 +63,51 @@ async fn run(explain: ExplainLogging) -> Vec<serde_json::Value> {
     cfg.log.explain = explain;
     let sidecar = start(cfg).await;
     let c = pki.client("frontend", &[b"http/1.1"]);
-    let (r, _) = call(&c, sidecar.inbound_addr, req("GET", "/ok", &[], "")).await;
+    let (r, _) = call(&c, sidecar.inbound_addr, req("GET", "/ok", headers, "")).await;
     assert_eq!(r.status(), 200);
-    let (r, _) = call(&c, sidecar.inbound_addr, req("POST", "/ok", &[], "{}")).await;
+    let (r, _) = call(&c, sidecar.inbound_addr, req("POST", "/ok", headers, "{}")).await;
     assert_eq!(r.status(), 403);
-    entries(logs.path(), 2).await
+    let e = entries(logs.path(), 2).await;
+    (
+        e,
+        std::fs::read_to_string(logs.path().join("decisions.log")).unwrap(),
+    )
+}
+
+#[tokio::test]
+async fn masked_values_never_reach_the_explanation() {
+    let policy = r#"package envoy.authz
+
+import rego.v1
+
+default allow := false
+
+allow if {
+	input.attributes.request.http.method == "GET"
+}
+
+allow if {
+	input.attributes.request.http.headers.authorization == "Bearer the-right-one"
+}
+"#;
+    let (e, raw) = run_with(
+        ExplainLogging::Denies,
+        policy,
+        &[("authorization", "Bearer s3cr3t-wr0ng")],
+    )
+    .await;
+    assert!(!raw.contains("s3cr3t"), "{raw}");
+    let deny = e.iter().find(|e| e["decision"] == "deny").unwrap();
+    let values: Vec<&str> = deny["explanation"]["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["failed"]["values"].as_str())
+        .collect();
+    assert!(
+        values.contains(&"\"***\" != \"Bearer the-right-one\""),
+        "{values:?}"
+    );
 }
 
 #[tokio::test]

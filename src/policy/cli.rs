@@ -8,6 +8,8 @@
 //!   `--data`/`--bundle` it loads `./policies` when that directory exists.
 //! - `explain --input FILE [--data PATH]... [QUERY]`: why the query decided as it
 //!   did (see [`super::explain`]).
+//! - `replay --log FILE (--policies DIR | --bundle FILE)`: what a candidate policy
+//!   would change in logged decisions (see [`super::replay`]).
 //! - `check [PATH...]`: parse every module, compile the serving set for the
 //!   configured queries and report problems as `file:line:col: message`.
 
@@ -22,6 +24,7 @@ use super::bundle::{rego_error, Bundle, BundleLimits};
 use super::engine::{ExtensionHook, PolicyOptions, PolicySet};
 use super::explain::Explainer;
 use super::input::json_to_value;
+use super::replay;
 use super::test_runner::{self, load_sources, TestOptions};
 
 /// Output format of `policy test`.
@@ -108,6 +111,31 @@ pub enum PolicyCommand {
         /// The query (default: the inbound query, data.envoy.authz.allow).
         query: Option<String>,
     },
+    /// Re-decide the requests of a decision log (written with `log.input`) with a
+    /// candidate policy and print what would change.
+    ///
+    /// Exit status: 0 nothing changes, 1 some decision would change, 2 the log or
+    /// the policies could not be read.
+    Replay {
+        /// The decision log (JSON lines); `-` reads standard input.
+        #[arg(long)]
+        log: PathBuf,
+        /// The candidate policy directory.
+        #[arg(long, required_unless_present = "bundle", conflicts_with = "bundle")]
+        policies: Option<PathBuf>,
+        /// The candidate as an OPA bundle (.tar.gz file or directory).
+        #[arg(long)]
+        bundle: Option<PathBuf>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = ExplainFormat::Text)]
+        format: ExplainFormat,
+        /// Query for inbound entries.
+        #[arg(long, default_value = "data.envoy.authz.allow")]
+        inbound_query: String,
+        /// Query for outbound entries.
+        #[arg(long, default_value = "data.portcullis.outbound.allow")]
+        outbound_query: String,
+    },
     /// Parse and compile policies; report errors as file:line:col.
     Check {
         /// Directories or files with policies and data (default: policies).
@@ -169,6 +197,49 @@ pub fn run_with(cmd: PolicyCommand, extensions: Option<ExtensionHook>) -> anyhow
             format,
             query,
         } => explain(&input, &data, format, query, extensions),
+        PolicyCommand::Replay {
+            log,
+            policies,
+            bundle,
+            format,
+            inbound_query,
+            outbound_query,
+        } => {
+            let queries = [inbound_query, outbound_query];
+            let options = PolicyOptions {
+                extensions,
+                ..PolicyOptions::default()
+            };
+            let candidate = match (policies, bundle) {
+                (Some(dir), _) => PolicySet::load_dir(&dir, &queries, options)
+                    .map_err(|e| anyhow::anyhow!("--policies {}: {e}", dir.display()))?,
+                (None, Some(b)) => {
+                    let bundle = read_bundle(&b)?;
+                    PolicySet::from_sources(bundle.modules, bundle.data, &queries, options)
+                        .map_err(|e| anyhow::anyhow!("--bundle {}: {e}", b.display()))?
+                }
+                (None, None) => anyhow::bail!("give --policies or --bundle"),
+            };
+            let report = if log == Path::new("-") {
+                replay::replay(std::io::stdin().lock(), &candidate)
+            } else {
+                let file = std::fs::File::open(&log)
+                    .map_err(|e| anyhow::anyhow!("--log {}: {e}", log.display()))?;
+                replay::replay(std::io::BufReader::new(file), &candidate)
+            }
+            .map_err(|e| anyhow::anyhow!("--log {}: {e}", log.display()))?;
+            match format {
+                ExplainFormat::Text => print!("{}", report.to_text()),
+                ExplainFormat::Json => {
+                    println!("{}", serde_json::to_string_pretty(&report.to_json())?)
+                }
+            }
+            Ok(if report.changed() == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
         PolicyCommand::Check { paths, query } => check(&default_paths(paths), query, extensions),
     }
 }
@@ -229,6 +300,16 @@ fn read_input(path: &Path) -> anyhow::Result<serde_json::Value> {
     }
 }
 
+/// An OPA bundle from a directory or a .tar.gz file.
+fn read_bundle(b: &Path) -> anyhow::Result<Bundle> {
+    if b.is_dir() {
+        return Ok(Bundle::from_dir(b, false)?);
+    }
+    let bytes = std::fs::read(b).map_err(|e| anyhow::anyhow!("--bundle {}: {e}", b.display()))?;
+    Bundle::from_tar_gz(&bytes, &BundleLimits::default())
+        .map_err(|e| anyhow::anyhow!("--bundle {}: {e}", b.display()))
+}
+
 fn eval(
     input: Option<&Path>,
     data: &[PathBuf],
@@ -246,15 +327,7 @@ fn eval(
     };
     let mut sources = load_sources(data)?;
     for b in bundles {
-        let bundle = if b.is_dir() {
-            Bundle::from_dir(b, false)?
-        } else {
-            let bytes =
-                std::fs::read(b).map_err(|e| anyhow::anyhow!("--bundle {}: {e}", b.display()))?;
-            Bundle::from_tar_gz(&bytes, &BundleLimits::default())
-                .map_err(|e| anyhow::anyhow!("--bundle {}: {e}", b.display()))?
-        };
-        sources.merge(bundle)?;
+        sources.merge(read_bundle(b)?)?;
     }
     let mut engine = test_runner::engine_for(&sources, extensions.as_ref())?;
     if let Some(path) = input {

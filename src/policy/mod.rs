@@ -9,6 +9,7 @@ pub mod decision;
 pub mod engine;
 pub mod explain;
 pub mod input;
+pub mod replay;
 pub mod shadow;
 pub mod store;
 pub mod test_runner;

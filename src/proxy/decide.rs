@@ -56,7 +56,7 @@ pub struct Ticket {
     pub label: &'static str,
     entry: Option<DecisionEntry>,
     /// The revision and input to explain the decision with (`log.explain`).
-    explain: Option<(Arc<PolicySet>, regorus::Value)>,
+    explain: Option<(Arc<PolicySet>, regorus::Value, Vec<String>)>,
 }
 
 impl Ticket {
@@ -232,7 +232,10 @@ impl Decider {
                     || crate::policy::build_input(facts),
                     |n| crate::policy::build_input_with(facts, n),
                 );
-                (set.clone(), input)
+                let secrets = http
+                    .map(|h| self.log.secret_values(h.headers, h.path))
+                    .unwrap_or_default();
+                (set.clone(), input, secrets)
             });
         let entry = DecisionEntry {
             decision_id: http
@@ -255,6 +258,11 @@ impl Decider {
                 .to_owned(),
             eval_ns,
             headers: http.map(|h| self.log.masked_headers(h.headers)),
+            input: self.log.logs_input(label).then(|| {
+                let input = crate::policy::build_input(facts);
+                self.log
+                    .masked_input(serde_json::to_value(&input).unwrap_or_default())
+            }),
             explanation: None,
         };
         Ticket {
@@ -308,13 +316,17 @@ impl Decider {
         if let Some(mut entry) = ticket.entry {
             entry.status = status;
             match ticket.explain {
-                Some((set, input)) => {
+                Some((set, input, secrets)) => {
                     let query = self.query;
-                    self.log
-                        .log_explained(entry, move || match set.explain(query, input) {
+                    self.log.log_explained(entry, move || {
+                        let mut explanation = match set.explain(query, input) {
                             Ok(e) => e.to_json(),
                             Err(e) => serde_json::json!({ "error": e.to_string() }),
-                        })
+                        };
+                        // Compared values can quote what log.mask hides.
+                        DecisionLog::scrub(&mut explanation, &secrets);
+                        explanation
+                    })
                 }
                 None => self.log.log(&entry),
             }
