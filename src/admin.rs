@@ -1,5 +1,6 @@
 //! The admin listener (`:15000`): `/metrics`, `/live`, `/ready` for the pod network;
-//! state-changing endpoints (`/shutdown`, `/logging`) answer only on loopback.
+//! state-changing endpoints (`/shutdown`, `/logging`) and the live decision stream
+//! (`/tap`, see [`crate::tap`]) answer only on loopback.
 //! `GET /app-health/<container>/<livez|readyz|startupz>` runs the app's original
 //! kubelet probe (rewritten by `portcullis inject`, see [`crate::k8s::probe`]).
 
@@ -72,7 +73,7 @@ impl Admin {
                     format!("not ready: {why}\n"),
                 ),
             },
-            (_, "/shutdown") | (_, "/logging") if !local_only => {
+            (_, "/shutdown") | (_, "/logging") | (_, "/tap") if !local_only => {
                 text_response(StatusCode::FORBIDDEN, "only from localhost\n")
             }
             (&Method::POST, "/shutdown") => {
@@ -91,7 +92,8 @@ impl Admin {
                     None => text_response(StatusCode::BAD_REQUEST, "missing ?level=\n"),
                 }
             }
-            (_, "/metrics" | "/live" | "/ready" | "/shutdown" | "/logging") => {
+            (&Method::GET, "/tap") => crate::tap::response(req.uri().query()),
+            (_, "/metrics" | "/live" | "/ready" | "/shutdown" | "/logging" | "/tap") => {
                 text_response(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
             }
             _ => text_response(StatusCode::NOT_FOUND, "not found\n"),

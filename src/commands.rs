@@ -124,6 +124,44 @@ pub fn echo(listen: std::net::SocketAddr) -> anyhow::Result<()> {
     })
 }
 
+/// Arguments of `portcullis tap`.
+#[derive(Debug, clap::Args)]
+pub struct TapArgs {
+    /// The sidecar's admin address.
+    #[arg(long, default_value = "127.0.0.1:15000")]
+    pub admin: std::net::SocketAddr,
+    /// Only this direction: `in` or `out`.
+    #[arg(long, value_parser = ["in", "out"])]
+    pub direction: Option<String>,
+    /// Only `allow` or `deny` decisions (a dry-run deny is a deny).
+    #[arg(long, value_parser = ["allow", "deny"])]
+    pub decision: Option<String>,
+    /// Only decisions about this peer SPIFFE ID (the source inbound, the destination outbound).
+    #[arg(long)]
+    pub principal: Option<String>,
+    /// Only paths starting with this.
+    #[arg(long)]
+    pub path_prefix: Option<String>,
+    /// Print the JSON lines as received.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `portcullis tap`: prints each decision the sidecar streams until interrupted.
+pub fn tap(args: &TapArgs) -> anyhow::Result<()> {
+    let filter = crate::tap::TapFilter {
+        direction: match args.direction.as_deref() {
+            Some("in") => Some("inbound"),
+            Some("out") => Some("outbound"),
+            _ => None,
+        },
+        allowed: args.decision.as_deref().map(|d| d == "allow"),
+        principal: args.principal.clone(),
+        path_prefix: args.path_prefix.clone(),
+    };
+    runtime()?.block_on(crate::tap::follow(args.admin, &filter, args.json))
+}
+
 /// Arguments of `portcullis import istio`.
 #[derive(Debug, clap::Args)]
 pub struct ImportIstioArgs {

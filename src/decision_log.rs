@@ -75,9 +75,15 @@ pub struct DecisionLog {
 impl DecisionLog {
     /// A log that drops everything.
     pub fn disabled() -> Self {
+        // Still masks what is always masked: the tap shows paths without a log.
+        let masked = ALWAYS_MASKED
+            .iter()
+            .chain(ALWAYS_MASKED_QUERY)
+            .map(|s| s.to_string())
+            .collect();
         DecisionLog {
             tx: None,
-            masked: Default::default(),
+            masked: std::sync::Arc::new(masked),
             sample_allows: 0.0,
             explain: crate::config::ExplainLogging::Off,
             input: crate::config::InputLogging::Off,
@@ -314,31 +320,30 @@ impl DecisionLog {
         out
     }
 
-    /// Queues `entry` once `explain` has filled in its explanation, computed on a
-    /// blocking thread so the request never waits. At most [`MAX_EXPLAINING`]
+    /// Fills in `entry`'s explanation with `explain` on a blocking thread, so the
+    /// request never waits, then hands it to `done`. At most [`MAX_EXPLAINING`]
     /// explanations run at once; past that the entry says it was skipped.
-    pub fn log_explained(
-        &self,
+    pub fn explain_then(
         mut entry: DecisionEntry,
         explain: impl FnOnce() -> serde_json::Value + Send + 'static,
+        done: impl FnOnce(DecisionEntry) + Send + 'static,
     ) {
         use std::sync::atomic::Ordering;
         let handle = tokio::runtime::Handle::try_current();
         let busy = EXPLAINING.fetch_add(1, Ordering::AcqRel) >= MAX_EXPLAINING;
         match handle {
             Ok(handle) if !busy => {
-                let log = self.clone();
                 handle.spawn_blocking(move || {
                     entry.explanation = Some(explain());
                     EXPLAINING.fetch_sub(1, Ordering::AcqRel);
-                    log.log(&entry);
+                    done(entry);
                 });
             }
             _ => {
                 EXPLAINING.fetch_sub(1, Ordering::AcqRel);
                 entry.explanation =
                     Some(serde_json::json!({"skipped": "too many explanations in progress"}));
-                self.log(&entry);
+                done(entry);
             }
         }
     }

@@ -55,6 +55,8 @@ pub struct Ticket {
     /// `allow`, `deny` or `dry_run_deny`.
     pub label: &'static str,
     entry: Option<DecisionEntry>,
+    /// The entry goes to the decision log (it may exist only for the tap).
+    logged: bool,
     /// The revision and input to explain the decision with (`log.explain`).
     explain: Option<(Arc<PolicySet>, regorus::Value, Vec<String>)>,
 }
@@ -65,6 +67,7 @@ impl Ticket {
         Ticket {
             label: "deny",
             entry: None,
+            logged: false,
             explain: None,
         }
     }
@@ -214,10 +217,12 @@ impl Decider {
         eval_ns: u64,
         facts: &InputFacts<'_>,
     ) -> Ticket {
-        if !self.log.wants(label == "allow") {
+        let logged = self.log.wants(label == "allow");
+        if !logged && !crate::tap::active() {
             return Ticket {
                 label,
                 entry: None,
+                logged,
                 explain: None,
             };
         }
@@ -258,7 +263,7 @@ impl Decider {
                 .to_owned(),
             eval_ns,
             headers: http.map(|h| self.log.masked_headers(h.headers)),
-            input: self.log.logs_input(label).then(|| {
+            input: (logged && self.log.logs_input(label)).then(|| {
                 let input = crate::policy::build_input(facts);
                 self.log
                     .masked_input(serde_json::to_value(&input).unwrap_or_default())
@@ -268,6 +273,7 @@ impl Decider {
         Ticket {
             label,
             entry: Some(entry),
+            logged,
             explain,
         }
     }
@@ -313,23 +319,55 @@ impl Decider {
         m.request_duration
             .with_label_values(&[self.direction])
             .observe(started.elapsed().as_secs_f64());
-        if let Some(mut entry) = ticket.entry {
-            entry.status = status;
-            match ticket.explain {
-                Some((set, input, secrets)) => {
-                    let query = self.query;
-                    self.log.log_explained(entry, move || {
-                        let mut explanation = match set.explain(query, input) {
-                            Ok(e) => e.to_json(),
-                            Err(e) => serde_json::json!({ "error": e.to_string() }),
-                        };
-                        // Compared values can quote what log.mask hides.
-                        DecisionLog::scrub(&mut explanation, &secrets);
-                        explanation
-                    })
-                }
-                None => self.log.log(&entry),
+        let Some(mut entry) = ticket.entry else {
+            return;
+        };
+        entry.status = status;
+        let log = self.log.clone();
+        let logged = ticket.logged;
+        let done = move |entry: DecisionEntry| {
+            if crate::tap::active() {
+                crate::tap::publish(tap_event(&entry));
             }
+            if logged {
+                log.log(&entry);
+            }
+        };
+        match ticket.explain {
+            Some((set, input, secrets)) => {
+                let query = self.query;
+                let explain = move || {
+                    let mut explanation = match set.explain(query, input) {
+                        Ok(e) => e.to_json(),
+                        Err(e) => serde_json::json!({ "error": e.to_string() }),
+                    };
+                    // Compared values can quote what log.mask hides.
+                    DecisionLog::scrub(&mut explanation, &secrets);
+                    explanation
+                };
+                DecisionLog::explain_then(entry, explain, done);
+            }
+            None => done(entry),
         }
+    }
+}
+
+/// A decision as the tap streams it.
+fn tap_event(e: &DecisionEntry) -> crate::tap::TapEvent {
+    crate::tap::TapEvent {
+        time: e.time.clone(),
+        decision_id: e.decision_id.clone(),
+        direction: e.direction,
+        principal: if e.direction == "outbound" {
+            e.destination_principal.clone()
+        } else {
+            e.source_principal.clone()
+        },
+        method: e.method.clone(),
+        path: e.path.clone(),
+        decision: e.decision,
+        status: e.status,
+        reason: e.reason.clone(),
+        explanation: e.explanation.clone(),
     }
 }
