@@ -262,7 +262,10 @@ impl Decider {
                 .map_or("none", PolicySet::revision)
                 .to_owned(),
             eval_ns,
-            headers: http.map(|h| self.log.masked_headers(h.headers)),
+            // The tap shows no headers: masked only for the log.
+            headers: http
+                .filter(|_| logged)
+                .map(|h| self.log.masked_headers(h.headers)),
             input: (logged && self.log.logs_input(label)).then(|| {
                 let input = crate::policy::build_input(facts);
                 self.log
