@@ -52,7 +52,7 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: std::net::SocketAddr,
     },
-    /// Policy tools: test, eval, check.
+    /// Policy tools: test, eval, check, explain, replay.
     Policy {
         #[command(subcommand)]
         command: PolicyCommand,
