@@ -139,3 +139,101 @@ async fn shadow_disagreements_are_counted_and_never_enforced_and_reloads_are_ind
     let (r, _) = call(&c, sidecar.inbound_addr, req("GET", "/a", &[], "")).await;
     assert_eq!(r.status(), 200);
 }
+
+/// Kills the child when dropped.
+struct Proc(std::process::Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test]
+async fn the_real_binary_logs_each_disagreement_with_the_decision_id_and_both_results() {
+    let pki = Pki::new();
+    pki.issue("frontend", FRONTEND);
+    let enforced = policy_dir(&pki, &[("authz.rego", ALLOW_ALL)]);
+    let shadow_dir = pki.path("shadow");
+    std::fs::create_dir_all(&shadow_dir).unwrap();
+    std::fs::write(shadow_dir.join("authz.rego"), NO_POST).unwrap();
+    let app = echo_app().await;
+    let (inbound, admin) = (free_port(), free_port());
+    let server = pki.path("server");
+    let yaml = format!(
+        "identity:\n  files:\n    cert: {s}/tls.crt\n    key: {s}/tls.key\n    bundle: {s}/ca.crt\n\
+         inbound:\n  listen: 127.0.0.1:{inbound}\n  app: {app}\n\
+         outbound:\n  listen: 127.0.0.1:0\n\
+         admin:\n  listen: 127.0.0.1:{admin}\n\
+         policy:\n  dir: {p}\n  shadow:\n    dir: {sh}\n\
+         log:\n  decisions: false\n  format: json\n",
+        s = server.display(),
+        p = enforced.display(),
+        sh = shadow_dir.display(),
+    );
+    let cfg = pki.path("sidecar.yaml");
+    std::fs::write(&cfg, yaml).unwrap();
+    let stderr = pki.path("stderr.log");
+    let _child = Proc(
+        std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .args(["run", "--config"])
+            .arg(&cfg)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let admin: SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while tokio::net::TcpStream::connect(admin).await.is_err() {
+        let log = std::fs::read_to_string(&stderr).unwrap_or_default();
+        assert!(Instant::now() < deadline, "sidecar never listened:\n{log}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    while !metrics(admin)
+        .await
+        .contains("portcullis_policy_shadow_revision_info{")
+    {
+        assert!(Instant::now() < deadline, "sidecar never loaded its shadow");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let c = pki.client("frontend", &[b"http/1.1"]);
+    let inbound: SocketAddr = format!("127.0.0.1:{inbound}").parse().unwrap();
+    let (r, _) = call(
+        &c,
+        inbound,
+        req("POST", "/a", &[("x-request-id", "shadow-test-0001")], "{}"),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let line = loop {
+        let text = std::fs::read_to_string(&stderr).unwrap_or_default();
+        if let Some(l) = text.lines().find(|l| l.contains("shadow policy disagrees")) {
+            break l.to_owned();
+        }
+        assert!(Instant::now() < deadline, "no disagreement logged:\n{text}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let f = &v["fields"];
+    assert_eq!(f["decision_id"], "shadow-test-0001", "{line}");
+    assert_eq!(f["agreement"], "allow_to_deny", "{line}");
+    assert!(
+        f["enforced"].as_str().unwrap().contains("\"allowed\":true"),
+        "{line}"
+    );
+    assert!(
+        f["shadow"].as_str().unwrap().contains("\"allowed\":false"),
+        "{line}"
+    );
+}
