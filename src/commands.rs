@@ -145,6 +145,16 @@ pub struct TapArgs {
     /// Print the JSON lines as received.
     #[arg(long)]
     pub json: bool,
+    /// Connect over mTLS with this SVID certificate chain (PEM), for a sidecar whose
+    /// `admin.tap.allowed_principals` lists its SPIFFE ID. Needs --key and --bundle.
+    #[arg(long, requires_all = ["key", "bundle"])]
+    pub cert: Option<std::path::PathBuf>,
+    /// The SVID's private key (PEM).
+    #[arg(long, requires = "cert")]
+    pub key: Option<std::path::PathBuf>,
+    /// The trust bundle (PEM) the sidecar's SVID must chain to.
+    #[arg(long, requires = "cert")]
+    pub bundle: Option<std::path::PathBuf>,
 }
 
 /// `portcullis tap`: prints each decision the sidecar streams until interrupted.
@@ -159,7 +169,13 @@ pub fn tap(args: &TapArgs) -> anyhow::Result<()> {
         principal: args.principal.clone(),
         path_prefix: args.path_prefix.clone(),
     };
-    runtime()?.block_on(crate::tap::follow(args.admin, &filter, args.json))
+    let mtls = match (&args.cert, &args.key, &args.bundle) {
+        (Some(cert), Some(key), Some(bundle)) => {
+            Some(crate::tap::client_tls(cert, key, bundle).context("--cert/--key/--bundle")?)
+        }
+        _ => None,
+    };
+    runtime()?.block_on(crate::tap::follow(args.admin, &filter, args.json, mtls))
 }
 
 /// Arguments of `portcullis import istio`.

@@ -648,14 +648,26 @@ pub enum TokenLocation {
 pub struct AdminConfig {
     /// Listen address (default `0.0.0.0:15000`).
     pub listen: SocketAddr,
+    /// The live decision stream (`/tap`).
+    pub tap: AdminTapConfig,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
         AdminConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 15000)),
+            tap: AdminTapConfig::default(),
         }
     }
+}
+
+/// `admin.tap`: who may stream decisions besides localhost.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminTapConfig {
+    /// SPIFFE IDs that may call `/tap` over mTLS on the admin port (default none:
+    /// localhost only).
+    pub allowed_principals: Vec<String>,
 }
 
 /// Bounds on slow or oversized input and on upstreams.
@@ -1436,6 +1448,11 @@ impl Config {
                     self.log.level
                 ),
             );
+        }
+        for (i, id) in self.admin.tap.allowed_principals.iter().enumerate() {
+            if let Err(e) = crate::identity::SpiffeId::parse(id) {
+                return fail(format!("admin.tap.allowed_principals[{i}]"), e.to_string());
+            }
         }
         if let Some(shadow) = &self.policy.shadow {
             if shadow.dir.is_some() == shadow.bundle.is_some() {

@@ -259,6 +259,7 @@ pub async fn start(cfg: Config, set_log_level: LevelSetter) -> anyhow::Result<Ru
         policy: policy.clone(),
         shutdown: shutdown.clone(),
         set_log_level,
+        tap_allowed: cfg.admin.tap.allowed_principals.clone(),
     });
     tokio::spawn(admin.serve(
         admin_listener,

@@ -215,14 +215,77 @@ pub async fn follow(
     admin: std::net::SocketAddr,
     filter: &TapFilter,
     json: bool,
+    mtls: Option<Arc<rustls::ClientConfig>>,
 ) -> anyhow::Result<()> {
     use anyhow::Context as _;
-    use std::io::Write as _;
     let stream = tokio::net::TcpStream::connect(admin)
         .await
         .with_context(|| format!("--admin {admin}"))?;
+    match mtls {
+        Some(config) => {
+            // The server is verified as an SVID of a trusted domain, not by name.
+            let name = rustls_pki_types::ServerName::try_from("portcullis-admin")
+                .context("server name")?;
+            let tls = tokio_rustls::TlsConnector::from(config)
+                .connect(name, stream)
+                .await
+                .with_context(|| format!("--admin {admin}: mTLS handshake"))?;
+            read_events(tls, admin, filter, json).await
+        }
+        None => read_events(stream, admin, filter, json).await,
+    }
+}
+
+/// A client TLS config presenting the SVID in `cert`/`key`, trusting `bundle`.
+pub fn client_tls(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+    bundle: &std::path::Path,
+) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    use anyhow::Context as _;
+    let read = |p: &std::path::Path| std::fs::read(p).with_context(|| p.display().to_string());
+    let (cert, key, bundle) = (read(cert)?, read(key)?, read(bundle)?);
+    let leaf = rustls_pemfile::certs(&mut &cert[..])
+        .next()
+        .context("no certificate in --cert")?
+        .context("--cert")?;
+    let td = crate::identity::svid::leaf_info(&leaf)
+        .map_err(|e| anyhow::anyhow!("--cert: {e}"))?
+        .id
+        .trust_domain();
+    let provider = crate::identity::source::crypto_provider();
+    let svid = crate::identity::source::Svid::from_pem(
+        &crate::identity::source::SvidPem {
+            cert: &cert,
+            key: &key,
+            bundle: &bundle,
+            federated: &[],
+        },
+        &td,
+        &provider,
+    )?;
+    let config = crate::identity::tls::client_config(
+        &svid,
+        &provider,
+        crate::identity::verifier::PeerAuthorization::AnyTrusted,
+        &[b"http/1.1"],
+    )?;
+    Ok(Arc::new(config))
+}
+
+async fn read_events<I>(
+    io: I,
+    admin: std::net::SocketAddr,
+    filter: &TapFilter,
+    json: bool,
+) -> anyhow::Result<()>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    use anyhow::Context as _;
+    use std::io::Write as _;
     let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io))
             .await
             .context("admin handshake")?;
     tokio::spawn(conn);

@@ -17,6 +17,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 const POLICY: &str = "package envoy.authz\n\nimport rego.v1\n\ndefault allow := false\n\nallow if input.attributes.request.http.method == \"GET\"\n";
 
 async fn sidecar(admin: &str) -> (Pki, portcullis::run::Running) {
+    sidecar_allowing(admin, &[]).await
+}
+
+async fn sidecar_allowing(admin: &str, allowed: &[&str]) -> (Pki, portcullis::run::Running) {
     let pki = Pki::new();
     pki.issue("frontend", FRONTEND);
     let policies = policy_dir(&pki, &[("authz.rego", POLICY)]);
@@ -24,8 +28,24 @@ async fn sidecar(admin: &str) -> (Pki, portcullis::run::Running) {
     let mut cfg = config(&pki, &policies, app);
     cfg.log.decisions = false;
     cfg.admin.listen = admin.parse().unwrap();
+    cfg.admin.tap.allowed_principals = allowed.iter().map(|s| s.to_string()).collect();
     let running = start(cfg).await;
     (pki, running)
+}
+
+/// The child's standard output, line by line, as it comes.
+fn stdout_lines(child: &mut Child) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel::<String>();
+    let out = child.0.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
 }
 
 /// Kills the child on drop.
@@ -57,16 +77,7 @@ async fn the_tap_command_prints_only_matching_decisions() {
             .spawn()
             .unwrap(),
     );
-    let (tx, rx) = mpsc::channel::<String>();
-    let out = child.0.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(out).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let rx = stdout_lines(&mut child);
     let c = pki.client("frontend", &[b"http/1.1"]);
     let addr = s.inbound_addr;
     // Until the tap is connected, a marker deny is sent again.
@@ -201,7 +212,7 @@ fn sh(args: &[&str]) -> bool {
 }
 
 #[tokio::test]
-async fn tap_refuses_callers_that_are_not_on_loopback() {
+async fn tap_from_another_address_needs_mtls_and_an_allowed_principal() {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 || !sh(&["sh", "-c", "command -v ip && command -v curl"]) {
         println!("SKIP: needs root, ip and curl for a network namespace");
@@ -244,7 +255,11 @@ async fn tap_refuses_callers_that_are_not_on_loopback() {
     assert!(in_ns(&["ip", "link", "set", &ns_if, "up"]));
     assert!(in_ns(&["ip", "link", "set", "lo", "up"]));
 
-    let (_pki, s) = sidecar(&format!("{host_ip}:0")).await;
+    let (pki, s) = sidecar_allowing(&format!("{host_ip}:0"), &[FRONTEND]).await;
+    pki.issue(
+        "reporting",
+        "spiffe://cluster.local/ns/default/sa/reporting",
+    );
     let port = s.admin_addr.port();
     let metrics = curl_from(&ns.name, &host_ip, port, "/metrics").await;
     assert!(
@@ -253,6 +268,60 @@ async fn tap_refuses_callers_that_are_not_on_loopback() {
     );
     let tap = curl_from(&ns.name, &host_ip, port, "/tap").await;
     assert_eq!(tap, "only from localhost\n\n403");
+
+    // Over mTLS, an allowed SPIFFE ID may tap from the pod network; another may not.
+    let tap_as = |name: &str| {
+        let dir = pki.path(name);
+        let mut cmd = Command::new("ip");
+        cmd.args([
+            "netns",
+            "exec",
+            &ns.name,
+            env!("CARGO_BIN_EXE_portcullis"),
+            "tap",
+        ])
+        .args(["--admin", &format!("{host_ip}:{port}")])
+        // Other tests of this process publish too.
+        .args(["--path-prefix", "/over-mtls"])
+        .arg("--cert")
+        .arg(dir.join("tls.crt"))
+        .arg("--key")
+        .arg(dir.join("tls.key"))
+        .arg("--bundle")
+        .arg(dir.join("ca.crt"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+        cmd
+    };
+    let refused = tokio::task::spawn_blocking({
+        let mut cmd = tap_as("reporting");
+        move || cmd.output().unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("403"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+
+    let mut child = Child(tap_as("frontend").spawn().unwrap());
+    let rx = stdout_lines(&mut child);
+    let c = pki.client("frontend", &[b"http/1.1"]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (r, _) = call(&c, s.inbound_addr, req("GET", "/over-mtls", &[], "")).await;
+        assert_eq!(r.status(), 200);
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(100)) {
+            assert!(line.contains("GET /over-mtls allow 200"), "{line}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the allowed principal saw nothing"
+        );
+    }
 }
 
 /// `curl` from inside the namespace; returns the body and the status code.
