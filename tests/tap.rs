@@ -339,3 +339,43 @@ async fn curl_from(ns: &str, host: &str, port: u16, path: &str) -> String {
     .await
     .unwrap()
 }
+
+#[tokio::test]
+async fn with_log_explain_a_tapped_deny_shows_the_failed_expression() {
+    let pki = Pki::new();
+    pki.issue("frontend", FRONTEND);
+    let policies = policy_dir(&pki, &[("authz.rego", POLICY)]);
+    let app = echo_app().await;
+    let mut cfg = config(&pki, &policies, app);
+    cfg.log.decisions = true;
+    cfg.log.decision_file = Some(pki.path("decisions.log"));
+    cfg.log.explain = portcullis::config::ExplainLogging::Denies;
+    let s = start(cfg).await;
+    let mut child = Child(
+        Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .args(["tap", "--admin", &s.admin_addr.to_string()])
+            .args(["--path-prefix", "/explained"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let rx = stdout_lines(&mut child);
+    let c = pki.client("frontend", &[b"http/1.1"]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let first = loop {
+        let (r, _) = call(&c, s.inbound_addr, req("POST", "/explained", &[], "")).await;
+        assert_eq!(r.status(), 403);
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
+            break line;
+        }
+        assert!(Instant::now() < deadline, "tap printed nothing");
+    };
+    assert!(first.contains("POST /explained deny 403"), "{first}");
+    let detail = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert!(
+        detail
+            .trim_start()
+            .ends_with("authz.rego:7: \"POST\" != \"GET\""),
+        "{detail}"
+    );
+}
