@@ -154,6 +154,11 @@ fn demo_check_mode_passes() {
     assert!(stdout.contains("allowed call:   200"));
     assert!(stdout.contains("denied call:    403"));
     assert!(stdout.contains("plaintext call: refused"));
+    // The operating tools: shadow counter, explained deny, explain and replay.
+    assert!(stdout.contains("shadow policy:  frontend's read counted as allow_to_deny"));
+    assert!(stdout.contains("explanation:    "), "{stdout}");
+    assert!(stdout.contains("policy explain: denied at m in grant.methods"));
+    assert!(stdout.contains("policy replay:  1 allow→deny with policies-next"));
 }
 
 fn write_config(
