@@ -3,8 +3,10 @@
 //! It creates a development CA, issues SVIDs for the sidecar (`sa/demo`) and two
 //! clients (`sa/frontend`, allowed to read and write; `sa/reporting`, read only),
 //! starts a built-in echo app and a strict-mTLS sidecar in front of it with the
-//! example policies, and prints `curl` commands that show an allowed call, a denied
-//! call with its reason, and a refused plaintext call, then the operating tools: the
+//! example policies, and the client app's own sidecar (sa/frontend, one outbound
+//! route to the service), and prints `curl` commands that show an allowed call, a
+//! denied call with its reason, a refused plaintext call and the client app's call
+//! through its outbound sidecar, then the operating tools: the
 //! `policy explain` and `tap` commands, and a shadow candidate (`policies-next`,
 //! frontend without its reader role) whose disagreement counter the first call moves.
 //! `--check` makes those calls itself, checks the shadow counter, the explanation in
@@ -43,6 +45,10 @@ pub struct DemoArgs {
     /// Where the built-in echo app listens.
     #[arg(long, default_value = "127.0.0.1:18080")]
     pub app: SocketAddr,
+    /// The client app's outbound route: its own sidecar (as sa/frontend, routes mode)
+    /// listens here and carries plain HTTP over mTLS to the service's sidecar.
+    #[arg(long, default_value = "127.0.0.1:15101")]
+    pub client_route: SocketAddr,
     /// Policy directory; defaults to the bundled example policies.
     #[arg(long)]
     pub policies: Option<PathBuf>,
@@ -118,16 +124,7 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         .with_context(|| format!("echo app: cannot listen on {}", args.app))?;
     tokio::spawn(serve_echo(app_listener));
 
-    let mut cfg = Config {
-        trust_domain: td,
-        identity: IdentityConfig::Files(FilesIdentity {
-            cert: dir.join("server/tls.crt"),
-            key: dir.join("server/tls.key"),
-            bundle: dir.join("server/ca.crt"),
-            ..FilesIdentity::default()
-        }),
-        ..Config::default()
-    };
+    let mut cfg = sidecar_config(td, &dir.join("server"));
     cfg.inbound.listen = args.listen;
     cfg.inbound.app = args.app;
     cfg.inbound.mtls = MtlsMode::Strict;
@@ -145,6 +142,8 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         queue: 1024,
     });
     let running = crate::run::start(cfg, set_level).await?;
+    let client_sidecar =
+        start_client_sidecar(&args, dir, &policy_dir, running.inbound_addr).await?;
 
     let d = dir.display();
     let port = running.inbound_addr.port();
@@ -164,6 +163,14 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     println!();
     println!("# refused: plaintext under strict mTLS (the connection is closed)");
     println!("curl http://localhost:{port}/api/orders");
+    println!();
+    println!(
+        "# the client app's call through its own outbound sidecar (routes mode, as sa/frontend):"
+    );
+    println!(
+        "# plain HTTP to localhost, mTLS to the service's sidecar, decided in both directions"
+    );
+    println!("curl http://{}/api/orders", args.client_route);
     println!();
     println!(
         "# why the denied call is denied (its decision-log entry carries the same explanation)"
@@ -187,9 +194,15 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     if args.check {
         let result = check(dir, running.inbound_addr).await;
         let result = match result {
+            Ok(()) => check_client_route(args.client_route).await,
+            e => e,
+        };
+        let result = match result {
             Ok(()) => check_operations(dir, &policy_dir).await,
             e => e,
         };
+        client_sidecar.shutdown();
+        client_sidecar.wait().await;
         running.shutdown();
         running.wait().await;
         return result;
@@ -198,8 +211,63 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     tokio::signal::ctrl_c()
         .await
         .context("waiting for Ctrl-C")?;
+    client_sidecar.shutdown();
+    client_sidecar.wait().await;
     running.shutdown();
     running.wait().await;
+    Ok(())
+}
+
+/// A sidecar configuration with the SVID files written under `svid`.
+fn sidecar_config(td: TrustDomain, svid: &Path) -> Config {
+    Config {
+        trust_domain: td,
+        identity: IdentityConfig::Files(FilesIdentity {
+            cert: svid.join("tls.crt"),
+            key: svid.join("tls.key"),
+            bundle: svid.join("ca.crt"),
+            ..FilesIdentity::default()
+        }),
+        ..Config::default()
+    }
+}
+
+/// The client app's own sidecar: identity sa/frontend, one outbound route to the
+/// service's sidecar (which must present the demo's SPIFFE ID), the same policies.
+async fn start_client_sidecar(
+    args: &DemoArgs,
+    dir: &Path,
+    policy_dir: &Path,
+    service: SocketAddr,
+) -> anyhow::Result<crate::run::Running> {
+    let mut cfg = sidecar_config(TrustDomain::parse(TRUST_DOMAIN)?, &dir.join("frontend"));
+    let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
+    cfg.inbound.listen = any_port;
+    cfg.inbound.app = args.app;
+    cfg.admin.listen = any_port;
+    cfg.outbound.listen = any_port;
+    cfg.outbound.mode = crate::config::OutboundMode::Routes;
+    cfg.outbound.routes = vec![crate::config::Route {
+        listen: args.client_route,
+        upstream: service,
+        spiffe_id: SpiffeId::parse(SERVER_ID)?,
+        protocol: Default::default(),
+    }];
+    cfg.policy.dir = policy_dir.to_path_buf();
+    cfg.log.decision_file = Some(dir.join("client-decisions.log"));
+    // Logging is set up once, by the service's sidecar.
+    crate::run::start(cfg, Box::new(|_| Ok(())))
+        .await
+        .context("the client app's sidecar")
+}
+
+/// The client app's call through its outbound sidecar reaches the service as frontend.
+async fn check_client_route(route: SocketAddr) -> anyhow::Result<()> {
+    let status = plaintext_request(route, "/api/orders").await?;
+    println!("client app call: {status} through its outbound sidecar");
+    if status != StatusCode::OK {
+        bail!("the client app's call got {status}");
+    }
     Ok(())
 }
 
