@@ -329,18 +329,28 @@ impl DecisionLog {
         done: impl FnOnce(DecisionEntry) + Send + 'static,
     ) {
         use std::sync::atomic::Ordering;
-        let handle = tokio::runtime::Handle::try_current();
+        /// Gives the slot back however the explanation ends (a panic included).
+        struct Slot;
+        impl Drop for Slot {
+            fn drop(&mut self) {
+                EXPLAINING.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        let slot = Slot;
         let busy = EXPLAINING.fetch_add(1, Ordering::AcqRel) >= MAX_EXPLAINING;
-        match handle {
+        match tokio::runtime::Handle::try_current() {
             Ok(handle) if !busy => {
                 handle.spawn_blocking(move || {
-                    entry.explanation = Some(explain());
-                    EXPLAINING.fetch_sub(1, Ordering::AcqRel);
+                    let explanation = {
+                        let _slot = slot;
+                        explain()
+                    };
+                    entry.explanation = Some(explanation);
                     done(entry);
                 });
             }
             _ => {
-                EXPLAINING.fetch_sub(1, Ordering::AcqRel);
+                drop(slot);
                 entry.explanation =
                     Some(serde_json::json!({"skipped": "too many explanations in progress"}));
                 done(entry);
