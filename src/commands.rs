@@ -128,7 +128,7 @@ pub fn echo(listen: std::net::SocketAddr) -> anyhow::Result<()> {
 #[derive(Debug, clap::Args)]
 pub struct TapArgs {
     /// The sidecar's admin address.
-    #[arg(long, default_value = "127.0.0.1:15000")]
+    #[arg(long, default_value_t = std::net::SocketAddr::from(([127, 0, 0, 1], crate::config::defaults::ADMIN_PORT)))]
     pub admin: std::net::SocketAddr,
     /// Only this direction: `in` or `out`.
     #[arg(long, value_parser = ["in", "out"])]

@@ -240,6 +240,20 @@ impl Default for DevCaIdentity {
     }
 }
 
+/// The well-known ports and the sidecar's UID, in Istio's numbering so operators
+/// recognise them. Every default that names one (configuration, `iptables`, `inject`,
+/// `demo`, `tap`) uses these.
+pub mod defaults {
+    /// Inbound listener port.
+    pub const INBOUND_PORT: u16 = 15006;
+    /// Outbound (transparent) listener port.
+    pub const OUTBOUND_PORT: u16 = 15001;
+    /// Admin port: metrics, readiness, probes.
+    pub const ADMIN_PORT: u16 = 15000;
+    /// The UID the sidecar runs as; its own traffic is never intercepted.
+    pub const PROXY_UID: u32 = 1337;
+}
+
 /// Whether inbound plain-text connections are accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -303,7 +317,7 @@ pub struct InboundConfig {
 impl Default for InboundConfig {
     fn default() -> Self {
         InboundConfig {
-            listen: SocketAddr::from(([0, 0, 0, 0], 15006)),
+            listen: SocketAddr::from(([0, 0, 0, 0], defaults::INBOUND_PORT)),
             mtls: MtlsMode::Strict,
             app: SocketAddr::from(([127, 0, 0, 1], 8080)),
             original_destination: false,
@@ -360,7 +374,7 @@ pub struct OutboundConfig {
 impl Default for OutboundConfig {
     fn default() -> Self {
         OutboundConfig {
-            listen: SocketAddr::from(([127, 0, 0, 1], 15001)),
+            listen: SocketAddr::from(([127, 0, 0, 1], defaults::OUTBOUND_PORT)),
             mode: OutboundMode::Transparent,
             mesh_networks: vec![ipnet::IpNet::V4(
                 ipnet::Ipv4Net::new([10, 0, 0, 0].into(), 8).unwrap_or_else(|_| unreachable!()),
@@ -655,7 +669,7 @@ pub struct AdminConfig {
 impl Default for AdminConfig {
     fn default() -> Self {
         AdminConfig {
-            listen: SocketAddr::from(([0, 0, 0, 0], 15000)),
+            listen: SocketAddr::from(([0, 0, 0, 0], defaults::ADMIN_PORT)),
             tap: AdminTapConfig::default(),
         }
     }

@@ -37,10 +37,10 @@ pub struct DemoArgs {
     #[arg(long, default_value = ".portcullis/demo")]
     pub dir: PathBuf,
     /// Inbound (mTLS) listener of the sidecar.
-    #[arg(long, default_value = "127.0.0.1:15006")]
+    #[arg(long, default_value_t = SocketAddr::from(([127, 0, 0, 1], crate::config::defaults::INBOUND_PORT)))]
     pub listen: SocketAddr,
     /// Admin listener (metrics, readiness).
-    #[arg(long, default_value = "127.0.0.1:15000")]
+    #[arg(long, default_value_t = SocketAddr::from(([127, 0, 0, 1], crate::config::defaults::ADMIN_PORT)))]
     pub admin: SocketAddr,
     /// Where the built-in echo app listens.
     #[arg(long, default_value = "127.0.0.1:18080")]
