@@ -1,6 +1,7 @@
 //! `log.explain` through the proxy: real mTLS clients, the decision log written to a
 //! file; denies carry the explanation (rule tried, failed line, values), allows do
 //! not with `denies`, and nothing is explained with the default `off`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! `portcullis inject` as a child process on real-world manifests, and every
 //! manifest under `deploy/`: all validated against the Kubernetes schemas offline
 //! (k8s-openapi round trip, see `k8s_schema`).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod k8s_schema;
 

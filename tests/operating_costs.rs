@@ -2,6 +2,7 @@
 //! `cargo test --test operating_costs -- --ignored --nocapture`). Counted loops on
 //! the example policies and through a sidecar; they print, they assert nothing
 //! about time (speed belongs in benches, this machine's numbers are only ratios).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! `portcullis policy explain` through the real binary on the example policies in
 //! `policies/`: every deny names the rule definitions tried and the line of the
 //! first expression that did not hold, with the values it compared.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::PathBuf;
 use std::process::{Command, Output};

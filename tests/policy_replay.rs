@@ -1,6 +1,7 @@
 //! `log.input` and `portcullis policy replay`: a sidecar (real mTLS clients) writes
 //! a decision log with input documents; the real binary replays it with candidate
 //! policies and reports what would change, with its exit status.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

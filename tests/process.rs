@@ -1,6 +1,7 @@
 //! The real binary as a child process: the demo with curl as the client, a 100 MB
 //! upload with bounded sidecar memory, `promtool check metrics`, and the command
 //! line's configuration errors.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

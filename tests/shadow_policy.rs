@@ -1,6 +1,7 @@
 //! `policy.shadow` through the proxy: real mTLS clients; the shadow policy is
 //! compared with every decision and never enforced, counted by agreement, and the
 //! enforced and shadow policies reload independently.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

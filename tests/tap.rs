@@ -3,6 +3,8 @@
 //! missed events are counted); the endpoint refuses a caller that is not on
 //! loopback (from a network namespace the test creates).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::io::BufRead;
