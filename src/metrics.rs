@@ -39,6 +39,8 @@ pub struct Metrics {
     pub tls_handshake_failures: IntCounterVec,
     /// Completed mTLS handshakes, by direction (shows connection reuse).
     pub tls_handshakes: IntCounterVec,
+    /// Of those, handshakes that resumed an earlier TLS session, by direction.
+    pub tls_resumed_handshakes: IntCounterVec,
     /// Not-after of the loaded identity certificate, as a Unix timestamp.
     pub identity_cert_expiry: IntGauge,
     /// Certificate (SVID) reloads by result.
@@ -180,6 +182,12 @@ impl Metrics {
                 &registry,
                 "portcullis_tls_handshakes_total",
                 "Completed mTLS handshakes, by direction.",
+                &["direction"],
+            ),
+            tls_resumed_handshakes: counter(
+                &registry,
+                "portcullis_tls_resumed_handshakes_total",
+                "Completed mTLS handshakes that resumed an earlier session, by direction.",
                 &["direction"],
             ),
             identity_cert_expiry,

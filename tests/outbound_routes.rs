@@ -202,13 +202,33 @@ async fn tcp_route_relays_over_mtls_and_pinning_is_enforced() {
     )
     .await;
 
-    let mut s = tokio::net::TcpStream::connect(a.route_addrs[0])
-        .await
-        .unwrap();
-    s.write_all(b"\x00\x01binary protocol").await.unwrap();
-    let mut buf = [0u8; 17];
-    s.read_exact(&mut buf).await.unwrap();
-    assert_eq!(&buf, b"\x00\x01binary protocol");
+    let resumed = |text: &str, direction: &str| {
+        metric(
+            text,
+            "portcullis_tls_resumed_handshakes_total",
+            &[("direction", direction)],
+        )
+    };
+    let before = admin_get(a.admin_addr, "/metrics").await.1;
+    // Each app connection is its own mTLS connection; after the first, the client
+    // configuration (built once per rotation) resumes the TLS session.
+    for _ in 0..3 {
+        let mut s = tokio::net::TcpStream::connect(a.route_addrs[0])
+            .await
+            .unwrap();
+        s.write_all(b"\x00\x01binary protocol").await.unwrap();
+        let mut buf = [0u8; 17];
+        s.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"\x00\x01binary protocol");
+    }
+    let after = admin_get(a.admin_addr, "/metrics").await.1;
+    for direction in ["outbound", "inbound"] {
+        assert_eq!(
+            resumed(&after, direction) - resumed(&before, direction),
+            2.0,
+            "{direction}: {after}"
+        );
+    }
 
     // A route pinned to an ID the peer does not have: the handshake fails, nothing flows.
     let mut s = tokio::net::TcpStream::connect(a.route_addrs[1])

@@ -116,10 +116,13 @@ impl Inbound {
                     return;
                 }
             };
-            metrics::global()
-                .tls_handshakes
-                .with_label_values(&["inbound"])
-                .inc();
+            let m = metrics::global();
+            m.tls_handshakes.with_label_values(&["inbound"]).inc();
+            if tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+                m.tls_resumed_handshakes
+                    .with_label_values(&["inbound"])
+                    .inc();
+            }
             let session = tls.get_ref().1;
             let leaf = session.peer_certificates().and_then(|c| c.first()).cloned();
             // A peer sidecar relaying non-HTTP traffic says so with its ALPN; one
@@ -133,6 +136,12 @@ impl Inbound {
                 return;
             };
             let peer_id = match leaf_info(&leaf) {
+                // A resumed session carries the certificate of its first handshake:
+                // one that expired since is not an identity any more.
+                Ok(info) if info.not_after < std::time::SystemTime::now() => {
+                    record_tls_failure("expired_session");
+                    return;
+                }
                 Ok(info) => info.id,
                 Err(_) => return,
             };

@@ -344,12 +344,30 @@ impl PeerPool {
             }
             Err(_) => return Err(PeerError::Timeout(addr)),
         };
-        metrics::global()
-            .tls_handshakes
-            .with_label_values(&["outbound"])
-            .inc();
+        let m = metrics::global();
+        m.tls_handshakes.with_label_values(&["outbound"]).inc();
+        if tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+            m.tls_resumed_handshakes
+                .with_label_values(&["outbound"])
+                .inc();
+        }
         let peer_id =
             crate::identity::peer_spiffe_id(tls.get_ref().1).ok_or(PeerError::NoPeerId(addr))?;
+        // A resumed session carries the certificate of its first handshake: one that
+        // expired since is not the peer's identity any more.
+        let expired = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .and_then(|leaf| crate::identity::leaf_info(leaf).ok())
+            .is_none_or(|info| info.not_after < std::time::SystemTime::now());
+        if expired {
+            m.tls_handshake_failures
+                .with_label_values(&["outbound", "expired_session"])
+                .inc();
+            return Err(PeerError::NoPeerId(addr));
+        }
         Ok((tls, peer_id))
     }
 }
