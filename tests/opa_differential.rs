@@ -742,17 +742,23 @@ explained := [r, c] if {
 /// The value of `query` over the single module `module` with `input`: OPA's and
 /// `portcullis policy eval`'s.
 fn module_value_both(py: &Path, module: &str, query: &str, input: &Value) -> (Value, Value) {
-    let scratch = tempfile::tempdir().unwrap();
-    let file = scratch.path().join("p.rego");
-    std::fs::write(&file, module).unwrap();
-    let input_file = scratch.path().join("input.json");
-    std::fs::write(&input_file, serde_json::to_vec(input).unwrap()).unwrap();
     let spec = json!({"p": {"modules": {"p.rego": module}, "data": {}, "query": query}});
     let answers = oracle(py, &spec, &[("p".to_string(), input.clone())]);
     let want = answers[0]
         .get("value")
         .cloned()
         .unwrap_or_else(|| panic!("OPA: {}", answers[0]));
+    (want, module_value_ours(module, query, input))
+}
+
+/// The value of `query` over the single module `module` with `input`, by
+/// `portcullis policy eval` (builtin errors not strict).
+fn module_value_ours(module: &str, query: &str, input: &Value) -> Value {
+    let scratch = tempfile::tempdir().unwrap();
+    let file = scratch.path().join("p.rego");
+    std::fs::write(&file, module).unwrap();
+    let input_file = scratch.path().join("input.json");
+    std::fs::write(&input_file, serde_json::to_vec(input).unwrap()).unwrap();
     let out = Command::new(BIN)
         .args(["policy", "eval", "--data"])
         .arg(&file)
@@ -767,7 +773,7 @@ fn module_value_both(py: &Path, module: &str, query: &str, input: &Value) -> (Va
         String::from_utf8_lossy(&out.stderr)
     );
     let ours: Value = serde_json::from_slice(&out.stdout).unwrap();
-    (want, ours["result"][0]["expressions"][0]["value"].clone())
+    ours["result"][0]["expressions"][0]["value"].clone()
 }
 
 /// The primer's partial-object decision served in both directions: sidecar A's
@@ -832,4 +838,97 @@ decision.http_status := 409 if count(reasons) > 0
     b.shutdown();
     a.wait().await;
     b.wait().await;
+}
+
+/// `regex.globs_match` on generated pattern pairs (literals, `.`, sets with ranges,
+/// `*`/`+` flags, escapes, and invalid patterns): the same answer as OPA, and an
+/// undefined call exactly where OPA reports an invalid pattern.
+#[test]
+fn globs_match_agrees_with_opa() {
+    let py = match python() {
+        Ok(p) => p,
+        Err(why) => {
+            println!("SKIP: no OPA to compare with: {why}");
+            return;
+        }
+    };
+    // Atoms, each followed by a flag or not; now and then a piece that makes the
+    // pattern invalid (a stray flag, an unclosed set, a reversed range, ...).
+    const ATOMS: &[&str] = &[
+        "a", "a", "b", "b", "c", ".", ".", "[ab]", "[a-c]", "[^b]", "[]", "-", "\\.", "\\*", "ü",
+        "[b\\]]",
+    ];
+    const FLAGS: &[&str] = &["", "", "", "*", "*", "+"];
+    const INVALID: &[&str] = &["[", "]", "*", "+", "\\", "[b-a]", "[a-]", "[-a]"];
+    let mut rng = Rng(0x5eed_910b);
+    let pattern = |rng: &mut Rng| {
+        let n = rng.next() % 7;
+        let mut p = String::new();
+        for _ in 0..n {
+            if rng.next() % 40 == 0 {
+                p.push_str(rng.pick::<&str>(INVALID));
+            } else {
+                p.push_str(rng.pick::<&str>(ATOMS));
+                p.push_str(rng.pick::<&str>(FLAGS));
+            }
+        }
+        p
+    };
+    let mut pairs: Vec<(String, String)> = [
+        ("a*", "b*"),
+        ("", ""),
+        (".*", ""),
+        ("a[", "a"),
+        ("[]", "."),
+        ("a+a+", "aa"),
+        ("a+", "a*b"),
+        ("abc.*", "ab.*c"),
+        ("[a-z]+@example\\.com", "alice@.*"),
+        ("api/.*/users", "api/v1/.*"),
+    ]
+    .iter()
+    .map(|(a, b)| (a.to_string(), b.to_string()))
+    .collect();
+    while pairs.len() < 3000 {
+        let a = pattern(&mut rng);
+        let b = pattern(&mut rng);
+        pairs.push((a, b));
+    }
+    let spec = json!({"g": {
+        "modules": {"g.rego": "package g\n\nimport rego.v1\n\nm := regex.globs_match(input.a, input.b)\n"},
+        "data": {},
+        "query": "data.g.m",
+    }});
+    let cases: Vec<(String, Value)> = pairs
+        .iter()
+        .map(|(a, b)| ("g".to_string(), json!({"a": a, "b": b})))
+        .collect();
+    let want = oracle(&py, &spec, &cases);
+
+    let ours = module_value_ours(
+        "package g\n\nimport rego.v1\n\nm := {sprintf(\"%d\", [i]): x | some i, p in input.pairs; x := regex.globs_match(p[0], p[1])}\n",
+        "data.g.m",
+        &json!({"pairs": pairs}),
+    );
+    let (mut agree, mut invalid, mut matched) = (0, 0, 0);
+    let mut differ = Vec::new();
+    for (i, ((a, b), want)) in pairs.iter().zip(&want).enumerate() {
+        let got = ours.get(i.to_string());
+        match (want.get("value"), want.get("error"), got) {
+            (Some(w), _, Some(g)) if w == g => {
+                agree += 1;
+                matched += usize::from(w == &json!(true));
+            }
+            (None, Some(_), None) => {
+                agree += 1;
+                invalid += 1;
+            }
+            _ => differ.push(format!("{a:?} / {b:?}: OPA {want}, portcullis {got:?}")),
+        }
+    }
+    println!(
+        "regex.globs_match agrees with OPA: {agree}/{} ({matched} intersect, {invalid} invalid pattern pairs)",
+        pairs.len()
+    );
+    assert!(differ.is_empty(), "{}", differ.join("\n"));
 }

@@ -8,6 +8,7 @@ pub mod cli;
 pub mod decision;
 pub mod engine;
 pub mod extra_builtins;
+pub mod globs_match;
 pub mod input;
 pub mod jwt_sign;
 pub mod metadata;

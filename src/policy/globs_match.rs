@@ -1,0 +1,329 @@
+//! `regex.globs_match(a, b)`: whether two glob-like patterns have a common match,
+//! decided the way OPA decides it.
+//!
+//! OPA's patterns know only `.` (any character), `[...]` (a set of characters and
+//! `x-y` ranges; `^` is an ordinary character), the postfix flags `*` and `+`, and
+//! `\` to take the next character literally; everything else is a literal character.
+//! OPA's answer comes from a greedy token walk rather than an exact automaton
+//! intersection, and it has corners of its own (a pattern that is exhausted while the
+//! other still holds a `*` token does not match, so `.*` and the empty pattern do not
+//! intersect). This module follows that walk, so that a policy gets OPA's answer,
+//! corners included; the differential test in `tests/opa_differential.rs` checks it
+//! against OPA on generated patterns.
+
+use anyhow::bail;
+
+/// A postfix flag on a token.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Flag {
+    None,
+    Plus,
+    Star,
+}
+
+/// What one token matches.
+#[derive(Clone, PartialEq, Eq, Debug)]
+enum Class {
+    Char(char),
+    Any,
+    /// Sorted, non-overlapping, non-adjacent inclusive ranges.
+    Set(Vec<(char, char)>),
+}
+
+#[derive(Clone, Debug)]
+struct Token {
+    class: Class,
+    flag: Flag,
+}
+
+/// Whether some single character satisfies both tokens (flags ignored). As in
+/// OPA, `.` meets every set, even an empty one.
+fn meets(a: &Class, b: &Class) -> bool {
+    match (a, b) {
+        (Class::Any, _) | (_, Class::Any) => true,
+        (Class::Char(x), Class::Char(y)) => x == y,
+        (Class::Char(c), Class::Set(s)) | (Class::Set(s), Class::Char(c)) => {
+            s.iter().any(|(lo, hi)| lo <= c && c <= hi)
+        }
+        (Class::Set(s), Class::Set(t)) => s
+            .iter()
+            .any(|(a, b)| t.iter().any(|(c, d)| a <= d && c <= b)),
+    }
+}
+
+fn normalise(mut ranges: Vec<(char, char)>) -> Vec<(char, char)> {
+    ranges.sort_unstable();
+    let mut out: Vec<(char, char)> = Vec::with_capacity(ranges.len());
+    for (lo, hi) in ranges {
+        match out.last_mut() {
+            Some(last) if u32::from(lo) <= u32::from(last.1).saturating_add(1) => {
+                last.1 = last.1.max(hi);
+            }
+            _ => out.push((lo, hi)),
+        }
+    }
+    out
+}
+
+/// A pattern reader that reports errors as OPA does: the pattern, the position
+/// (in characters) and the reason.
+struct Lexer<'a> {
+    pattern: &'a str,
+    chars: Vec<char>,
+    at: usize,
+}
+
+impl Lexer<'_> {
+    fn fail<T>(&self, pos: usize, why: &str) -> anyhow::Result<T> {
+        bail!(
+            "input:{}, pos:{pos}, {why}: the input provided is invalid",
+            self.pattern
+        )
+    }
+
+    /// The next character and whether it was escaped; `None` at the end.
+    fn next(&mut self) -> anyhow::Result<Option<(char, bool)>> {
+        match self.chars.get(self.at) {
+            None => Ok(None),
+            Some('\\') => match self.chars.get(self.at + 1) {
+                Some(&c) => {
+                    self.at += 2;
+                    Ok(Some((c, true)))
+                }
+                None => self.fail(self.at, "input ends with a \\ (escape) character"),
+            },
+            Some(&c) => {
+                self.at += 1;
+                Ok(Some((c, false)))
+            }
+        }
+    }
+
+    /// The body of a `[...]` set, after the `[`.
+    fn set(&mut self) -> anyhow::Result<Class> {
+        let mut ranges = Vec::new();
+        let mut prev: Option<char> = None;
+        let Some(mut item) = self.next()? else {
+            return self.fail(self.at, "found [ without matching ]");
+        };
+        loop {
+            match item {
+                ('-', false) => {
+                    let Some(lo) = prev else {
+                        return self.fail(
+                            self.at,
+                            "range character '-' must be preceded by a Unicode character",
+                        );
+                    };
+                    if self.at + 1 >= self.chars.len() {
+                        return self.fail(
+                            self.at,
+                            "range character '-' must be followed by a Unicode character",
+                        );
+                    }
+                    let Some((hi, escaped)) = self.next()? else {
+                        return self.fail(self.at, "found [ without matching ]");
+                    };
+                    if !escaped && (hi == ']' || hi == '-') {
+                        return self.fail(
+                            self.at,
+                            "range character '-' cannot be followed by a special symbol",
+                        );
+                    }
+                    if hi < lo {
+                        return self.fail(
+                            self.at,
+                            &format!(
+                                "range is out of order: '{hi}' comes before '{lo}' in Unicode"
+                            ),
+                        );
+                    }
+                    ranges.push((lo, hi));
+                    prev = None;
+                }
+                (']', false) => return Ok(Class::Set(normalise(ranges))),
+                (c, _) => {
+                    ranges.push((c, c));
+                    prev = Some(c);
+                }
+            }
+            match self.next()? {
+                Some(next) => item = next,
+                None => return self.fail(self.at, "found [ without matching ]"),
+            }
+        }
+    }
+
+    /// A `*` or `+` right after a token, if any (an escaped one is a literal).
+    fn flag(&mut self) -> Flag {
+        let flag = match self.chars.get(self.at) {
+            Some('*') => Flag::Star,
+            Some('+') => Flag::Plus,
+            _ => return Flag::None,
+        };
+        self.at += 1;
+        flag
+    }
+}
+
+fn tokenize(pattern: &str) -> anyhow::Result<Vec<Token>> {
+    let mut lx = Lexer {
+        pattern,
+        chars: pattern.chars().collect(),
+        at: 0,
+    };
+    let mut tokens = Vec::new();
+    while let Some((c, escaped)) = lx.next()? {
+        let class = match (c, escaped) {
+            (_, true) => Class::Char(c),
+            ('.', false) => Class::Any,
+            ('[', false) => lx.set()?,
+            (']', false) => return lx.fail(lx.at, "set-close ']' with no preceding '['"),
+            ('*' | '+', false) => {
+                return lx.fail(lx.at, &format!("flag '{c}' must be preceded by a non-flag"))
+            }
+            _ => Class::Char(c),
+        };
+        let flag = lx.flag();
+        tokens.push(Token { class, flag });
+    }
+    Ok(simplify(tokens))
+}
+
+/// Merges a flagged token into an equal flagged token before it (`a*a*` is `a*`,
+/// `a*a+` and `a+a*` are `a+`; OPA also makes `a+a+` `a+`).
+fn simplify(tokens: Vec<Token>) -> Vec<Token> {
+    let mut out: Vec<Token> = Vec::with_capacity(tokens.len());
+    for t in tokens {
+        if let Some(last) = out.last_mut() {
+            if t.flag != Flag::None && last.flag != Flag::None && t.class == last.class {
+                if t.flag == Flag::Plus {
+                    last.flag = Flag::Plus;
+                }
+                continue;
+            }
+        }
+        out.push(t);
+    }
+    out
+}
+
+fn plain(t: &Token) -> bool {
+    t.flag == Flag::None
+}
+
+/// Drops the common unflagged prefix and suffix (keeping one token of each, as
+/// OPA does); `None` when they differ.
+fn trim<'a>(a: &'a [Token], b: &'a [Token]) -> Option<(&'a [Token], &'a [Token])> {
+    let mut l = 0;
+    while l < a.len() && l < b.len() && plain(&a[l]) && plain(&b[l]) {
+        if !meets(&a[l].class, &b[l].class) {
+            return None;
+        }
+        l += 1;
+    }
+    l = l.saturating_sub(1);
+    // Indices one past the last kept token of each.
+    let (mut ra, mut rb) = (a.len(), b.len());
+    while ra > l && rb > l && plain(&a[ra - 1]) && plain(&b[rb - 1]) {
+        if !meets(&a[ra - 1].class, &b[rb - 1].class) {
+            return None;
+        }
+        ra -= 1;
+        rb -= 1;
+    }
+    if ra < a.len() {
+        ra += 1;
+        rb += 1;
+    }
+    Some((&a[l.min(ra)..ra], &b[l.min(rb)..rb.min(b.len())]))
+}
+
+fn normal(a: &[Token], b: &[Token]) -> bool {
+    let mut i = 0;
+    while i < a.len() && i < b.len() {
+        if plain(&a[i]) && plain(&b[i]) {
+            if !meets(&a[i].class, &b[i].class) {
+                return false;
+            }
+        } else {
+            return special(&a[i..], &b[i..]);
+        }
+        i += 1;
+    }
+    i == a.len() && i == b.len()
+}
+
+fn special(a: &[Token], b: &[Token]) -> bool {
+    let (flagged, other) = if plain(&a[0]) { (b, a) } else { (a, b) };
+    match flagged[0].flag {
+        Flag::Plus => plus(flagged, other),
+        Flag::Star => star(flagged, other),
+        Flag::None => false,
+    }
+}
+
+fn plus(plussed: &[Token], other: &[Token]) -> bool {
+    if !meets(&plussed[0].class, &other[0].class) {
+        return false;
+    }
+    star(plussed, &other[1..]) || (!plain(&other[0]) && normal(&plussed[1..], other))
+}
+
+fn star(starred: &[Token], other: &[Token]) -> bool {
+    let star = &starred[0].class;
+    let next = starred.get(1).map(|t| &t.class);
+    for (i, t) in other.iter().enumerate() {
+        if next.is_some_and(|n| meets(&t.class, n)) && normal(&starred[1..], &other[i..]) {
+            return true;
+        }
+        if !meets(&t.class, star) {
+            return false;
+        }
+    }
+    next.is_none()
+}
+
+/// `regex.globs_match(a, b)`.
+pub fn globs_match(a: &str, b: &str) -> anyhow::Result<bool> {
+    let a = tokenize(a)?;
+    let b = tokenize(b)?;
+    Ok(match trim(&a, &b) {
+        Some((a, b)) => normal(a, b),
+        None => false,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::globs_match;
+
+    #[test]
+    fn answers_as_opa_does() {
+        for (a, b, want) in [
+            ("a*", "b*", false),
+            ("a.*", "ab+", true),
+            ("", "", true),
+            (".*", "", false),
+            ("[a-c]+", "[c-e]", true),
+            ("[a-c]+", "[d-e]", false),
+            ("a?", "a", false),
+            ("[^a]", "^", true),
+            ("\\.", "a", false),
+            ("[]", "a", false),
+            ("ab*c", "a.*", true),
+            ("[ab]*", "[ac]*c", false),
+        ] {
+            assert_eq!(globs_match(a, b).unwrap(), want, "{a} / {b}");
+        }
+    }
+
+    #[test]
+    fn invalid_patterns_are_errors() {
+        for p in [
+            "*a", "a**", "[a", "a]", "[a-]", "a\\", "+", "[z-a]", "[a-b-c]",
+        ] {
+            assert!(globs_match(p, "a").is_err(), "{p}");
+        }
+    }
+}
