@@ -57,6 +57,12 @@ fn oracle(py: &Path, policies: &Value, cases: &[(String, Value)]) -> Vec<Value> 
         "policies": policies,
         "cases": cases.iter().map(|(p, i)| json!({"policy": p, "input": i})).collect::<Vec<_>>(),
     });
+    oracle_job(py, serde_json::to_vec(&job).unwrap(), cases.len())
+}
+
+/// Runs the oracle over a job given as JSON text (so that numbers reach OPA as
+/// written); `cases` answers expected.
+fn oracle_job(py: &Path, text: Vec<u8>, cases: usize) -> Vec<Value> {
     let mut child = Command::new(py)
         .arg(repo().join("tests/opa/oracle.py"))
         .stdin(Stdio::piped())
@@ -65,7 +71,6 @@ fn oracle(py: &Path, policies: &Value, cases: &[(String, Value)]) -> Vec<Value> 
         .spawn()
         .unwrap();
     let mut stdin = child.stdin.take().unwrap();
-    let text = serde_json::to_vec(&job).unwrap();
     let writer = std::thread::spawn(move || stdin.write_all(&text).unwrap());
     let out = child.wait_with_output().unwrap();
     writer.join().unwrap();
@@ -75,7 +80,7 @@ fn oracle(py: &Path, policies: &Value, cases: &[(String, Value)]) -> Vec<Value> 
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(answers.len(), cases.len());
+    assert_eq!(answers.len(), cases);
     answers
 }
 
@@ -748,17 +753,20 @@ fn module_value_both(py: &Path, module: &str, query: &str, input: &Value) -> (Va
         .get("value")
         .cloned()
         .unwrap_or_else(|| panic!("OPA: {}", answers[0]));
-    (want, module_value_ours(module, query, input))
+    (
+        want,
+        module_value_ours(module, query, &serde_json::to_string(input).unwrap()),
+    )
 }
 
 /// The value of `query` over the single module `module` with `input`, by
 /// `portcullis policy eval` (builtin errors not strict).
-fn module_value_ours(module: &str, query: &str, input: &Value) -> Value {
+fn module_value_ours(module: &str, query: &str, input: &str) -> Value {
     let scratch = tempfile::tempdir().unwrap();
     let file = scratch.path().join("p.rego");
     std::fs::write(&file, module).unwrap();
     let input_file = scratch.path().join("input.json");
-    std::fs::write(&input_file, serde_json::to_vec(input).unwrap()).unwrap();
+    std::fs::write(&input_file, input).unwrap();
     let out = Command::new(BIN)
         .args(["policy", "eval", "--data"])
         .arg(&file)
@@ -908,7 +916,7 @@ fn globs_match_agrees_with_opa() {
     let ours = module_value_ours(
         "package g\n\nimport rego.v1\n\nm := {sprintf(\"%d\", [i]): x | some i, p in input.pairs; x := regex.globs_match(p[0], p[1])}\n",
         "data.g.m",
-        &json!({"pairs": pairs}),
+        &json!({"pairs": pairs}).to_string(),
     );
     let (mut agree, mut invalid, mut matched) = (0, 0, 0);
     let mut differ = Vec::new();
@@ -931,4 +939,42 @@ fn globs_match_agrees_with_opa() {
         pairs.len()
     );
     assert!(differ.is_empty(), "{}", differ.join("\n"));
+}
+
+/// Integers beyond 64 bits in the input stay exact, as in OPA: comparisons,
+/// arithmetic and set membership over them give OPA's answers.
+#[test]
+fn wide_integers_in_the_input_agree_with_opa() {
+    let py = match python() {
+        Ok(p) => p,
+        Err(why) => {
+            println!("SKIP: no OPA to compare with: {why}");
+            return;
+        }
+    };
+    let module = r#"package p
+
+import rego.v1
+
+ab_equal := input.a == input.b
+ab_greater := input.a > input.b
+lit := input.a == 100000000000000000001
+neg := input.c < -18446744073709551616
+diff := input.a - input.b
+member := input.a in {100000000000000000001}
+small := input.d == 9007199254740993
+frac := input.f == 0.5
+"#;
+    // Kept as text end to end: serde_json (here) would round the wide integers.
+    let input = r#"{"a": 100000000000000000001, "b": 100000000000000000000, "c": -18446744073709551617, "d": 9007199254740993, "f": 0.5}"#;
+    let policies = json!({"p": {"modules": {"p.rego": module}, "data": {}, "query": "data.p"}});
+    let job =
+        format!(r#"{{"policies": {policies}, "cases": [{{"policy": "p", "input": {input}}}]}}"#);
+    let want = oracle_job(&py, job.into_bytes(), 1).remove(0);
+    let ours = module_value_ours(module, "data.p", input);
+    println!("wide integers: OPA {want}, portcullis {ours}");
+    let expected = json!({"ab_equal": false, "ab_greater": true, "lit": true, "neg": true, "diff": 1,
+        "member": true, "small": true, "frac": true});
+    assert_eq!(want["value"], expected, "OPA");
+    assert_eq!(ours, expected, "portcullis");
 }

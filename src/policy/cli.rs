@@ -200,7 +200,7 @@ fn test(
     })
 }
 
-fn read_input(path: &Path) -> anyhow::Result<serde_json::Value> {
+fn read_input(path: &Path) -> anyhow::Result<regorus::Value> {
     let text = if path == Path::new("-") {
         let mut s = String::new();
         std::io::stdin()
@@ -213,8 +213,9 @@ fn read_input(path: &Path) -> anyhow::Result<serde_json::Value> {
     };
     // JSON is YAML, but JSON errors read better for JSON input.
     match serde_json::from_str(&text) {
-        Ok(v) => Ok(v),
+        Ok(v) => Ok(super::exact_json::to_value(text.as_bytes(), &v)),
         Err(json_err) => serde_yaml::from_str(&text)
+            .map(|v| json_to_value(&v))
             .map_err(|_| anyhow::anyhow!("--input {}: {json_err}", path.display())),
     }
 }
@@ -256,7 +257,7 @@ fn eval(
     let mut engine = test_runner::engine_for(&sources, extensions.as_ref())?;
     engine.set_strict_builtin_errors(options.strict_builtin_errors);
     if let Some(path) = input {
-        engine.set_input(json_to_value(&read_input(path)?));
+        engine.set_input(read_input(path)?);
     }
     engine.set_gather_prints(true);
     let results = engine

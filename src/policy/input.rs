@@ -746,7 +746,7 @@ fn parsed_body(body: &[u8], content_type: Option<&str>) -> Option<Value> {
     let essence = ct.split(';').next().unwrap_or("").trim();
     if essence.eq_ignore_ascii_case("application/json") {
         let v: serde_json::Value = serde_json::from_slice(body).ok()?;
-        Some(json_to_value(&v))
+        Some(super::exact_json::to_value(body, &v))
     } else if essence.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
         let text = std::str::from_utf8(body).ok()?;
         Some(parse_query(text))

@@ -7,6 +7,7 @@ pub mod bundle;
 pub mod cli;
 pub mod decision;
 pub mod engine;
+pub mod exact_json;
 pub mod extra_builtins;
 pub mod globs_match;
 pub mod input;
