@@ -785,6 +785,16 @@ mod tests {
     use http::{HeaderMap, HeaderValue};
     use serde_json::json;
 
+    #[test]
+    fn parsed_body_keeps_wide_integers_exact() {
+        let body = br#"{"ids": [100000000000000000001, 100000000000000000000], "n": 1}"#;
+        let v = parsed_body(body, Some("application/json; charset=utf-8")).unwrap();
+        let want = Value::from_numeric_string("100000000000000000001").unwrap();
+        assert_eq!(v["ids"][0], want);
+        assert_ne!(v["ids"][0], v["ids"][1]);
+        assert_eq!(v["n"], Value::from(1u64));
+    }
+
     fn to_json(v: &Value) -> serde_json::Value {
         match v.to_json_str() {
             Ok(text) => serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}")),
