@@ -964,9 +964,10 @@ diff := input.a - input.b
 member := input.a in {100000000000000000001}
 small := input.d == 9007199254740993
 frac := input.f == 0.5
+sci := input.e == 10000000000000000000000000
 "#;
     // Kept as text end to end: serde_json (here) would round the wide integers.
-    let input = r#"{"a": 100000000000000000001, "b": 100000000000000000000, "c": -18446744073709551617, "d": 9007199254740993, "f": 0.5}"#;
+    let input = r#"{"a": 100000000000000000001, "b": 100000000000000000000, "c": -18446744073709551617, "d": 9007199254740993, "f": 0.5, "e": 1e25}"#;
     let policies = json!({"p": {"modules": {"p.rego": module}, "data": {}, "query": "data.p"}});
     let job =
         format!(r#"{{"policies": {policies}, "cases": [{{"policy": "p", "input": {input}}}]}}"#);
@@ -974,7 +975,7 @@ frac := input.f == 0.5
     let ours = module_value_ours(module, "data.p", input);
     println!("wide integers: OPA {want}, portcullis {ours}");
     let expected = json!({"ab_equal": false, "ab_greater": true, "lit": true, "neg": true, "diff": 1,
-        "member": true, "small": true, "frac": true});
+        "member": true, "small": true, "frac": true, "sci": true});
     assert_eq!(want["value"], expected, "OPA");
     assert_eq!(ours, expected, "portcullis");
 }

@@ -7,7 +7,8 @@
 //! errors); only when the result holds a number that an `f64` may not represent
 //! exactly (an integral value of 2^53 or more in magnitude) is the text read a
 //! second time, pairing each number serde_json reports, in document order, with
-//! its written form, which regorus turns into an exact integer. Documents without
+//! its written form, which regorus reads as it reads a number in policy text
+//! (integral values exactly, `1e25` included). Documents without
 //! such numbers cost one extra walk over the parsed value.
 
 use std::cell::Cell;
@@ -95,18 +96,10 @@ impl Exact<'_> {
         let Some(text) = self.numbers.get(i) else {
             return Err(E::custom("number out of step with the text"));
         };
-        // Only integral readings can have lost digits; keep the rest as read.
-        match read {
-            Value::Number(_) if is_integer_literal(text) => {
-                Value::from_numeric_string(text).map_err(E::custom)
-            }
-            other => Ok(other),
-        }
+        // regorus reads the written form as it reads a number in policy text:
+        // integral values (`100000000000000000001`, `1e25`) exactly, others as `f64`.
+        Ok(Value::from_numeric_string(text).unwrap_or(read))
     }
-}
-
-fn is_integer_literal(text: &str) -> bool {
-    !text.contains(['.', 'e', 'E'])
 }
 
 impl<'de> DeserializeSeed<'de> for Exact<'_> {
@@ -170,7 +163,7 @@ mod tests {
     #[test]
     fn wide_integers_stay_exact() {
         let v = exact(
-            r#"{"a": 100000000000000000001, "b": [100000000000000000000, -18446744073709551617], "s": "1 2", "k\"9": 0.5, "t": true}"#,
+            r#"{"a": 100000000000000000001, "b": [100000000000000000000, -18446744073709551617], "s": "1 2", "k\"9": 0.5, "t": true, "e": 1e25}"#,
         );
         let a = &v["a"];
         let b = &v["b"][0];
@@ -186,6 +179,10 @@ mod tests {
         assert_eq!(v["k\"9"], Value::from(0.5));
         assert_eq!(v["s"], Value::from("1 2"));
         assert_eq!(v["t"], Value::Bool(true));
+        assert_eq!(
+            v["e"],
+            Value::from_numeric_string("10000000000000000000000000").unwrap()
+        );
     }
 
     #[test]
