@@ -941,8 +941,8 @@ fn globs_match_agrees_with_opa() {
     assert!(differ.is_empty(), "{}", differ.join("\n"));
 }
 
-/// Integers beyond 64 bits in the input stay exact, as in OPA: comparisons,
-/// arithmetic and set membership over them give OPA's answers.
+/// Integers beyond 64 bits in the input and in a JWT payload stay exact, as in
+/// OPA: comparisons, arithmetic and set membership over them give OPA's answers.
 #[test]
 fn wide_integers_in_the_input_agree_with_opa() {
     let py = match python() {
@@ -965,17 +965,30 @@ member := input.a in {100000000000000000001}
 small := input.d == 9007199254740993
 frac := input.f == 0.5
 sci := input.e == 10000000000000000000000000
+claim_exact := io.jwt.decode(input.t)[1].n == 100000000000000000001
+claim_rounded := io.jwt.decode(input.t)[1].n == 100000000000000000000
 "#;
     // Kept as text end to end: serde_json (here) would round the wide integers.
-    let input = r#"{"a": 100000000000000000001, "b": 100000000000000000000, "c": -18446744073709551617, "d": 9007199254740993, "f": 0.5, "e": 1e25}"#;
+    use base64::Engine as _;
+    let b64 = |t: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(t);
+    let token = format!(
+        "{}.{}.{}",
+        b64(r#"{"alg":"HS256","typ":"JWT"}"#),
+        b64(r#"{"sub":"alice","n":100000000000000000001}"#),
+        b64("signature")
+    );
+    let input = format!(
+        r#"{{"a": 100000000000000000001, "b": 100000000000000000000, "c": -18446744073709551617, "d": 9007199254740993, "f": 0.5, "e": 1e25, "t": "{token}"}}"#
+    );
     let policies = json!({"p": {"modules": {"p.rego": module}, "data": {}, "query": "data.p"}});
     let job =
         format!(r#"{{"policies": {policies}, "cases": [{{"policy": "p", "input": {input}}}]}}"#);
     let want = oracle_job(&py, job.into_bytes(), 1).remove(0);
-    let ours = module_value_ours(module, "data.p", input);
+    let ours = module_value_ours(module, "data.p", &input);
     println!("wide integers: OPA {want}, portcullis {ours}");
     let expected = json!({"ab_equal": false, "ab_greater": true, "lit": true, "neg": true, "diff": 1,
-        "member": true, "small": true, "frac": true, "sci": true});
+        "member": true, "small": true, "frac": true, "sci": true,
+        "claim_exact": true, "claim_rounded": false});
     assert_eq!(want["value"], expected, "OPA");
     assert_eq!(ours, expected, "portcullis");
 }
