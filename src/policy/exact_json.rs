@@ -39,6 +39,17 @@ pub fn to_value(text: &[u8], parsed: &serde_json::Value) -> Value {
     }
 }
 
+/// The first integer of `text` (JSON that serde_json parsed into `parsed`) that
+/// does not fit in 64 bits, which a reading through serde_json rounds.
+pub fn wide_integer<'a>(text: &'a [u8], parsed: &serde_json::Value) -> Option<&'a str> {
+    if !has_wide_number(parsed) {
+        return None;
+    }
+    number_tokens(text).into_iter().find(|t| {
+        !t.contains(['.', 'e', 'E']) && t.parse::<i64>().is_err() && t.parse::<u64>().is_err()
+    })
+}
+
 /// Whether `v` holds a number whose `f64` reading may have lost digits.
 fn has_wide_number(v: &serde_json::Value) -> bool {
     const EXACT_LIMIT: f64 = 9_007_199_254_740_992.0; // 2^53
@@ -183,6 +194,19 @@ mod tests {
             v["e"],
             Value::from_numeric_string("10000000000000000000000000").unwrap()
         );
+    }
+
+    #[test]
+    fn wide_integers_are_found() {
+        let text = r#"{"a": 1e30, "b": [18446744073709551615, -9223372036854775808], "c": 18446744073709551616}"#;
+        let parsed: serde_json::Value = serde_json::from_str(text).unwrap();
+        assert_eq!(
+            wide_integer(text.as_bytes(), &parsed),
+            Some("18446744073709551616")
+        );
+        let text = r#"{"a": 1e30, "b": 18446744073709551615}"#;
+        let parsed: serde_json::Value = serde_json::from_str(text).unwrap();
+        assert_eq!(wide_integer(text.as_bytes(), &parsed), None);
     }
 
     #[test]
