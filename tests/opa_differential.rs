@@ -582,6 +582,14 @@ fn load_refusals_agree_with_opa() {
         "f(x) := f(x - 1) if x > 0\nallow if f(2)",
         "p contains x if { some x in q }\nq contains y if { some y in p }\nallow if count(p) > 0",
         "result[\"allowed\"] := allow\nresult.headers := {\"a\": \"b\"} if allow\nallow if input.a == 1",
+        "count := 1\nallow if count([1]) == 1",
+        "count := 1\nallow if input.a == 1",
+        "gt := 1\nallow if 2 > 1",
+        "gt(a, b) := a < b\nallow if 2 > 1",
+        "plus := 0\nallow if input.a + 1 == 2",
+        "equal := 0\nallow if input.a == 1",
+        "startswith(a, b) := false\nallow if startswith(\"ab\", \"a\")",
+        "crypto.sha256(x) := x\nallow if crypto.sha256(\"a\") == \"a\"",
     ];
     let scratch = tempfile::tempdir().unwrap();
     let mut spec = serde_json::Map::new();
