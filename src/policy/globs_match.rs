@@ -239,59 +239,91 @@ fn trim<'a>(a: &'a [Token], b: &'a [Token]) -> Option<(&'a [Token], &'a [Token])
     Some((&a[l.min(ra)..ra], &b[l.min(rb)..rb.min(b.len())]))
 }
 
-fn normal(a: &[Token], b: &[Token]) -> bool {
-    let mut i = 0;
-    while i < a.len() && i < b.len() {
-        if plain(&a[i]) && plain(&b[i]) {
-            if !meets(&a[i].class, &b[i].class) {
-                return false;
-            }
+/// OPA's walk may branch at every `*`/`+` token; a pattern pair from a request
+/// must not choose the CPU it costs. Beyond this many steps the call is an error
+/// (an undefined call, so a deny), where OPA would keep walking.
+const MAX_STEPS: u32 = 1_000_000;
+
+/// The walk over two token lists, counting its steps.
+struct Walk {
+    steps: u32,
+}
+
+/// The step budget ran out.
+struct TooComplex;
+
+impl Walk {
+    fn step(&mut self) -> Result<(), TooComplex> {
+        self.steps += 1;
+        if self.steps > MAX_STEPS {
+            Err(TooComplex)
         } else {
-            return special(&a[i..], &b[i..]);
-        }
-        i += 1;
-    }
-    i == a.len() && i == b.len()
-}
-
-fn special(a: &[Token], b: &[Token]) -> bool {
-    let (flagged, other) = if plain(&a[0]) { (b, a) } else { (a, b) };
-    match flagged[0].flag {
-        Flag::Plus => plus(flagged, other),
-        Flag::Star => star(flagged, other),
-        Flag::None => false,
-    }
-}
-
-fn plus(plussed: &[Token], other: &[Token]) -> bool {
-    if !meets(&plussed[0].class, &other[0].class) {
-        return false;
-    }
-    star(plussed, &other[1..]) || (!plain(&other[0]) && normal(&plussed[1..], other))
-}
-
-fn star(starred: &[Token], other: &[Token]) -> bool {
-    let star = &starred[0].class;
-    let next = starred.get(1).map(|t| &t.class);
-    for (i, t) in other.iter().enumerate() {
-        if next.is_some_and(|n| meets(&t.class, n)) && normal(&starred[1..], &other[i..]) {
-            return true;
-        }
-        if !meets(&t.class, star) {
-            return false;
+            Ok(())
         }
     }
-    next.is_none()
+
+    fn normal(&mut self, a: &[Token], b: &[Token]) -> Result<bool, TooComplex> {
+        let mut i = 0;
+        while i < a.len() && i < b.len() {
+            self.step()?;
+            if plain(&a[i]) && plain(&b[i]) {
+                if !meets(&a[i].class, &b[i].class) {
+                    return Ok(false);
+                }
+            } else {
+                return self.special(&a[i..], &b[i..]);
+            }
+            i += 1;
+        }
+        Ok(i == a.len() && i == b.len())
+    }
+
+    fn special(&mut self, a: &[Token], b: &[Token]) -> Result<bool, TooComplex> {
+        let (flagged, other) = if plain(&a[0]) { (b, a) } else { (a, b) };
+        match flagged[0].flag {
+            Flag::Plus => self.plus(flagged, other),
+            Flag::Star => self.star(flagged, other),
+            Flag::None => Ok(false),
+        }
+    }
+
+    fn plus(&mut self, plussed: &[Token], other: &[Token]) -> Result<bool, TooComplex> {
+        if !meets(&plussed[0].class, &other[0].class) {
+            return Ok(false);
+        }
+        Ok(self.star(plussed, &other[1..])?
+            || (!plain(&other[0]) && self.normal(&plussed[1..], other)?))
+    }
+
+    fn star(&mut self, starred: &[Token], other: &[Token]) -> Result<bool, TooComplex> {
+        let star = &starred[0].class;
+        let next = starred.get(1).map(|t| &t.class);
+        for (i, t) in other.iter().enumerate() {
+            self.step()?;
+            if next.is_some_and(|n| meets(&t.class, n))
+                && self.normal(&starred[1..], &other[i..])?
+            {
+                return Ok(true);
+            }
+            if !meets(&t.class, star) {
+                return Ok(false);
+            }
+        }
+        Ok(next.is_none())
+    }
 }
 
 /// `regex.globs_match(a, b)`.
 pub fn globs_match(a: &str, b: &str) -> anyhow::Result<bool> {
     let a = tokenize(a)?;
     let b = tokenize(b)?;
-    Ok(match trim(&a, &b) {
-        Some((a, b)) => normal(a, b),
-        None => false,
-    })
+    let Some((a, b)) = trim(&a, &b) else {
+        return Ok(false);
+    };
+    match (Walk { steps: 0 }).normal(a, b) {
+        Ok(matched) => Ok(matched),
+        Err(TooComplex) => bail!("the patterns are too complex to intersect"),
+    }
 }
 
 #[cfg(test)]
@@ -316,6 +348,13 @@ mod tests {
         ] {
             assert_eq!(globs_match(a, b).unwrap(), want, "{a} / {b}");
         }
+    }
+
+    #[test]
+    fn a_costly_pair_is_an_error_not_a_long_walk() {
+        let a = format!("{}c+", "a*.*".repeat(15));
+        let b = format!("{}b+", "a".repeat(60));
+        assert!(globs_match(&a, &b).is_err());
     }
 
     #[test]
