@@ -42,13 +42,35 @@ fn meets(a: &Class, b: &Class) -> bool {
     match (a, b) {
         (Class::Any, _) | (_, Class::Any) => true,
         (Class::Char(x), Class::Char(y)) => x == y,
-        (Class::Char(c), Class::Set(s)) | (Class::Set(s), Class::Char(c)) => {
-            s.iter().any(|(lo, hi)| lo <= c && c <= hi)
-        }
-        (Class::Set(s), Class::Set(t)) => s
-            .iter()
-            .any(|(a, b)| t.iter().any(|(c, d)| a <= d && c <= b)),
+        (Class::Char(c), Class::Set(s)) | (Class::Set(s), Class::Char(c)) => s
+            .binary_search_by(|&(lo, hi)| {
+                if hi < *c {
+                    std::cmp::Ordering::Less
+                } else if lo > *c {
+                    std::cmp::Ordering::Greater
+                } else {
+                    std::cmp::Ordering::Equal
+                }
+            })
+            .is_ok(),
+        (Class::Set(s), Class::Set(t)) => sets_meet(s, t),
     }
+}
+
+/// Whether two sorted range lists share a character, in one pass over both.
+fn sets_meet(s: &[(char, char)], t: &[(char, char)]) -> bool {
+    let (mut i, mut j) = (0, 0);
+    while let (Some(&(a, b)), Some(&(c, d))) = (s.get(i), t.get(j)) {
+        if a <= d && c <= b {
+            return true;
+        }
+        if b < d {
+            i += 1;
+        } else {
+            j += 1;
+        }
+    }
+    false
 }
 
 fn normalise(mut ranges: Vec<(char, char)>) -> Vec<(char, char)> {
@@ -244,7 +266,8 @@ fn trim<'a>(a: &'a [Token], b: &'a [Token]) -> Option<(&'a [Token], &'a [Token])
 /// (an undefined call, so a deny), where OPA would keep walking.
 const MAX_STEPS: u32 = 1_000_000;
 
-/// The walk over two token lists, counting its steps.
+/// The walk over two token lists, counting its steps (a token comparison costs
+/// one step per range of the sets compared).
 struct Walk {
     steps: u32,
 }
@@ -254,7 +277,23 @@ struct TooComplex;
 
 impl Walk {
     fn step(&mut self) -> Result<(), TooComplex> {
-        self.steps += 1;
+        self.charge(1)
+    }
+
+    /// Whether two tokens meet, charged by the size of the sets compared.
+    fn meets(&mut self, a: &Token, b: &Token) -> Result<bool, TooComplex> {
+        let size = |c: &Class| match c {
+            Class::Set(s) => s.len(),
+            _ => 0,
+        };
+        self.charge(size(&a.class) + size(&b.class))?;
+        Ok(meets(&a.class, &b.class))
+    }
+
+    fn charge(&mut self, cost: usize) -> Result<(), TooComplex> {
+        self.steps = self
+            .steps
+            .saturating_add(u32::try_from(cost).unwrap_or(u32::MAX));
         if self.steps > MAX_STEPS {
             Err(TooComplex)
         } else {
@@ -267,7 +306,7 @@ impl Walk {
         while i < a.len() && i < b.len() {
             self.step()?;
             if plain(&a[i]) && plain(&b[i]) {
-                if !meets(&a[i].class, &b[i].class) {
+                if !self.meets(&a[i], &b[i])? {
                     return Ok(false);
                 }
             } else {
@@ -288,7 +327,7 @@ impl Walk {
     }
 
     fn plus(&mut self, plussed: &[Token], other: &[Token]) -> Result<bool, TooComplex> {
-        if !meets(&plussed[0].class, &other[0].class) {
+        if !self.meets(&plussed[0], &other[0])? {
             return Ok(false);
         }
         Ok(self.star(plussed, &other[1..])?
@@ -296,16 +335,18 @@ impl Walk {
     }
 
     fn star(&mut self, starred: &[Token], other: &[Token]) -> Result<bool, TooComplex> {
-        let star = &starred[0].class;
-        let next = starred.get(1).map(|t| &t.class);
+        let star = &starred[0];
+        let next = starred.get(1);
         for (i, t) in other.iter().enumerate() {
             self.step()?;
-            if next.is_some_and(|n| meets(&t.class, n))
-                && self.normal(&starred[1..], &other[i..])?
-            {
+            let meets_next = match next {
+                Some(n) => self.meets(t, n)?,
+                None => false,
+            };
+            if meets_next && self.normal(&starred[1..], &other[i..])? {
                 return Ok(true);
             }
-            if !meets(&t.class, star) {
+            if !self.meets(t, star)? {
                 return Ok(false);
             }
         }
