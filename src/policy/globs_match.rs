@@ -96,11 +96,12 @@ struct Lexer<'a> {
 }
 
 impl Lexer<'_> {
+    /// OPA's error, with the pattern cut short: it may come from a request.
     fn fail<T>(&self, pos: usize, why: &str) -> anyhow::Result<T> {
-        bail!(
-            "input:{}, pos:{pos}, {why}: the input provided is invalid",
-            self.pattern
-        )
+        const SHOWN: usize = 64;
+        let shown: String = self.pattern.chars().take(SHOWN).collect();
+        let more = if self.chars.len() > SHOWN { "…" } else { "" };
+        bail!("input:{shown}{more}, pos:{pos}, {why}: the input provided is invalid")
     }
 
     /// The next character and whether it was escaped; `None` at the end.
