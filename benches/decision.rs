@@ -8,6 +8,7 @@
 //! On a shared or busy machine wall-clock medians drift between runs; compare
 //! ratios within one run, or count instructions with
 //! `valgrind --tool=callgrind` (deterministic).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::hint::black_box;
 use std::path::Path;

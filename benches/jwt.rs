@@ -4,6 +4,7 @@
 //! Also `io.jwt.decode_verify` through the policy engine, for comparison.
 //!
 //! Run: `cargo bench --bench jwt -- --warm-up-time 1 --measurement-time 3`
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::hint::black_box;
 use std::time::Duration;

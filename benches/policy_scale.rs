@@ -10,6 +10,7 @@
 //!
 //! Run: `cargo bench --bench policy_scale -- --warm-up-time 1 --measurement-time 3`
 //! (`bench/run.sh` runs it and copies the figures into the results).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::hint::black_box;
 use std::path::Path;

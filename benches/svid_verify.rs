@@ -9,6 +9,7 @@
 //! Instruction counts (for a loaded machine): `SVID_BENCH_COUNT=<mode> SVID_BENCH_ITERS=N`
 //! runs one mode N times without criterion, for `valgrind --tool=callgrind`; modes
 //! `none`, `webpki`, `full`, `handshake`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::hint::black_box;
 use std::sync::Arc;

@@ -1,5 +1,6 @@
 //! The admin listener (`:15000`): `/metrics`, `/live`, `/ready` for the pod network;
-//! state-changing endpoints (`/shutdown`, `/logging`) answer only on loopback.
+//! state-changing endpoints (`/shutdown`, `/logging`) and the live decision stream
+//! (`/tap`, see [`crate::tap`]) answer only on loopback.
 //! `GET /app-health/<container>/<livez|readyz|startupz>` runs the app's original
 //! kubelet probe (rewritten by `portcullis inject`, see [`crate::k8s::probe`]).
 
@@ -31,6 +32,9 @@ pub struct Admin {
     pub shutdown: Arc<Notify>,
     /// Changes the log filter (`POST /logging?level=debug`).
     pub set_log_level: LevelSetter,
+    /// SPIFFE IDs that may call `/tap` over mTLS (`admin.tap.allowed_principals`);
+    /// when empty the admin port speaks plaintext only.
+    pub tap_allowed: Vec<String>,
 }
 
 impl Admin {
@@ -51,10 +55,13 @@ impl Admin {
     fn handle(
         &self,
         peer: SocketAddr,
+        tls_peer: Option<&str>,
         req: &Request<Incoming>,
         drain: &Drain,
     ) -> Response<ProxyBody> {
         let local_only = peer.ip().is_loopback();
+        let tap_allowed =
+            local_only || tls_peer.is_some_and(|id| self.tap_allowed.iter().any(|a| a == id));
         match (req.method(), req.uri().path()) {
             (&Method::GET, "/metrics") => {
                 let mut r = text_response(StatusCode::OK, metrics::global().render());
@@ -75,6 +82,9 @@ impl Admin {
             (_, "/shutdown") | (_, "/logging") if !local_only => {
                 text_response(StatusCode::FORBIDDEN, "only from localhost\n")
             }
+            (_, "/tap") if !tap_allowed => {
+                text_response(StatusCode::FORBIDDEN, "only from localhost\n")
+            }
             (&Method::POST, "/shutdown") => {
                 tracing::info!("shutdown requested through the admin endpoint");
                 self.shutdown.notify_one();
@@ -91,11 +101,68 @@ impl Admin {
                     None => text_response(StatusCode::BAD_REQUEST, "missing ?level=\n"),
                 }
             }
-            (_, "/metrics" | "/live" | "/ready" | "/shutdown" | "/logging") => {
+            (&Method::GET, "/tap") => crate::tap::response(req.uri().query()),
+            (_, "/metrics" | "/live" | "/ready" | "/shutdown" | "/logging" | "/tap") => {
                 text_response(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
             }
             _ => text_response(StatusCode::NOT_FOUND, "not found\n"),
         }
+    }
+
+    /// Serves one connection's requests (`tls_peer`: the client's SPIFFE ID over mTLS).
+    async fn serve_http<I>(
+        self: Arc<Self>,
+        io: I,
+        peer: SocketAddr,
+        tls_peer: Option<Arc<str>>,
+        server: HttpServer,
+        drain: Drain,
+    ) where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        server
+            .serve(io, move |req| {
+                // Rewritten kubelet probes of the app.
+                let probe = (req.method() == Method::GET
+                    && req.uri().path().starts_with(APP_HEALTH_PREFIX))
+                .then(|| req.uri().path().to_owned());
+                let resp = probe
+                    .is_none()
+                    .then(|| self.handle(peer, tls_peer.as_deref(), &req, &drain));
+                async move {
+                    let resp = match (resp, probe) {
+                        (Some(r), _) => r,
+                        (None, Some(path)) => {
+                            let (status, body) = AppProbes::global().handle(&path).await;
+                            text_response(status, body)
+                        }
+                        (None, None) => text_response(StatusCode::NOT_FOUND, "not found\n"),
+                    };
+                    Ok::<_, Infallible>(resp)
+                }
+            })
+            .await;
+    }
+
+    /// The mTLS handshake with the current SVID; the client's SPIFFE ID on success.
+    async fn accept_mtls(
+        &self,
+        stream: tokio::net::TcpStream,
+        server: &HttpServer,
+    ) -> Option<(
+        tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+        String,
+    )> {
+        let loaded = self.identity.current()?;
+        let acceptor = tokio_rustls::TlsAcceptor::from(loaded.tls.server.clone());
+        drop(loaded);
+        let tls = tokio::time::timeout(server.header_timeout, acceptor.accept(stream))
+            .await
+            .ok()?
+            .ok()?;
+        let leaf = tls.get_ref().1.peer_certificates()?.first()?.clone();
+        let id = crate::identity::svid::leaf_info(&leaf).ok()?.id.to_string();
+        Some((tls, id))
     }
 
     /// Serves the admin endpoints until `admin_drain` fires; `/ready` reports the
@@ -120,32 +187,30 @@ impl Admin {
                 let drain = drain.clone();
                 async move {
                     let _guard = guard;
-                    server
-                        .serve(stream, move |req| {
-                            // Rewritten kubelet probes of the app.
-                            let probe = (req.method() == Method::GET
-                                && req.uri().path().starts_with(APP_HEALTH_PREFIX))
-                            .then(|| req.uri().path().to_owned());
-                            let resp = probe.is_none().then(|| this.handle(peer, &req, &drain));
-                            async move {
-                                let resp = match (resp, probe) {
-                                    (Some(r), _) => r,
-                                    (None, Some(path)) => {
-                                        let (status, body) =
-                                            AppProbes::global().handle(&path).await;
-                                        text_response(status, body)
-                                    }
-                                    (None, None) => {
-                                        text_response(StatusCode::NOT_FOUND, "not found\n")
-                                    }
-                                };
-                                Ok::<_, Infallible>(resp)
-                            }
-                        })
-                        .await;
+                    // With tap principals configured, a TLS client is served over mTLS.
+                    if !this.tap_allowed.is_empty()
+                        && first_byte(&stream, &server).await == Some(0x16)
+                    {
+                        let Some((tls, id)) = this.accept_mtls(stream, &server).await else {
+                            return;
+                        };
+                        let id: Arc<str> = id.into();
+                        this.serve_http(tls, peer, Some(id), server, drain).await;
+                    } else {
+                        this.serve_http(stream, peer, None, server, drain).await;
+                    }
                 }
             },
         )
         .await;
+    }
+}
+
+/// The first byte the client sent, without consuming it (`None`: closed or silent).
+async fn first_byte(stream: &tokio::net::TcpStream, server: &HttpServer) -> Option<u8> {
+    let mut first = [0u8; 1];
+    match tokio::time::timeout(server.header_timeout, stream.peek(&mut first)).await {
+        Ok(Ok(1)) => Some(first[0]),
+        _ => None,
     }
 }

@@ -124,6 +124,60 @@ pub fn echo(listen: std::net::SocketAddr) -> anyhow::Result<()> {
     })
 }
 
+/// Arguments of `portcullis tap`.
+#[derive(Debug, clap::Args)]
+pub struct TapArgs {
+    /// The sidecar's admin address.
+    #[arg(long, default_value_t = std::net::SocketAddr::from(([127, 0, 0, 1], crate::config::defaults::ADMIN_PORT)))]
+    pub admin: std::net::SocketAddr,
+    /// Only this direction: `in` or `out`.
+    #[arg(long, value_parser = ["in", "out"])]
+    pub direction: Option<String>,
+    /// Only `allow` or `deny` decisions (a dry-run deny is a deny).
+    #[arg(long, value_parser = ["allow", "deny"])]
+    pub decision: Option<String>,
+    /// Only decisions about this peer SPIFFE ID (the source inbound, the destination outbound).
+    #[arg(long)]
+    pub principal: Option<String>,
+    /// Only paths starting with this.
+    #[arg(long)]
+    pub path_prefix: Option<String>,
+    /// Print the JSON lines as received.
+    #[arg(long)]
+    pub json: bool,
+    /// Connect over mTLS with this SVID certificate chain (PEM), for a sidecar whose
+    /// `admin.tap.allowed_principals` lists its SPIFFE ID. Needs --key and --bundle.
+    #[arg(long, requires_all = ["key", "bundle"])]
+    pub cert: Option<std::path::PathBuf>,
+    /// The SVID's private key (PEM).
+    #[arg(long, requires = "cert")]
+    pub key: Option<std::path::PathBuf>,
+    /// The trust bundle (PEM) the sidecar's SVID must chain to.
+    #[arg(long, requires = "cert")]
+    pub bundle: Option<std::path::PathBuf>,
+}
+
+/// `portcullis tap`: prints each decision the sidecar streams until interrupted.
+pub fn tap(args: &TapArgs) -> anyhow::Result<()> {
+    let filter = crate::tap::TapFilter {
+        direction: match args.direction.as_deref() {
+            Some("in") => Some("inbound"),
+            Some("out") => Some("outbound"),
+            _ => None,
+        },
+        allowed: args.decision.as_deref().map(|d| d == "allow"),
+        principal: args.principal.clone(),
+        path_prefix: args.path_prefix.clone(),
+    };
+    let mtls = match (&args.cert, &args.key, &args.bundle) {
+        (Some(cert), Some(key), Some(bundle)) => {
+            Some(crate::tap::client_tls(cert, key, bundle).context("--cert/--key/--bundle")?)
+        }
+        _ => None,
+    };
+    runtime()?.block_on(crate::tap::follow(args.admin, &filter, args.json, mtls))
+}
+
 /// Arguments of `portcullis import istio`.
 #[derive(Debug, clap::Args)]
 pub struct ImportIstioArgs {

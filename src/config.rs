@@ -240,6 +240,20 @@ impl Default for DevCaIdentity {
     }
 }
 
+/// The well-known ports and the sidecar's UID, in Istio's numbering so operators
+/// recognise them. Every default that names one (configuration, `iptables`, `inject`,
+/// `demo`, `tap`) uses these.
+pub mod defaults {
+    /// Inbound listener port.
+    pub const INBOUND_PORT: u16 = 15006;
+    /// Outbound (transparent) listener port.
+    pub const OUTBOUND_PORT: u16 = 15001;
+    /// Admin port: metrics, readiness, probes.
+    pub const ADMIN_PORT: u16 = 15000;
+    /// The UID the sidecar runs as; its own traffic is never intercepted.
+    pub const PROXY_UID: u32 = 1337;
+}
+
 /// Whether inbound plain-text connections are accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -303,7 +317,7 @@ pub struct InboundConfig {
 impl Default for InboundConfig {
     fn default() -> Self {
         InboundConfig {
-            listen: SocketAddr::from(([0, 0, 0, 0], 15006)),
+            listen: SocketAddr::from(([0, 0, 0, 0], defaults::INBOUND_PORT)),
             mtls: MtlsMode::Strict,
             app: SocketAddr::from(([127, 0, 0, 1], 8080)),
             original_destination: false,
@@ -360,7 +374,7 @@ pub struct OutboundConfig {
 impl Default for OutboundConfig {
     fn default() -> Self {
         OutboundConfig {
-            listen: SocketAddr::from(([127, 0, 0, 1], 15001)),
+            listen: SocketAddr::from(([127, 0, 0, 1], defaults::OUTBOUND_PORT)),
             mode: OutboundMode::Transparent,
             mesh_networks: vec![ipnet::IpNet::V4(
                 ipnet::Ipv4Net::new([10, 0, 0, 0].into(), 8).unwrap_or_else(|_| unreachable!()),
@@ -431,6 +445,36 @@ pub struct PolicyConfig {
     /// The pod's labels file written by the downward API (`inject` sets it), given
     /// to policies as `data.portcullis.workload.labels` (default none).
     pub workload_labels: Option<PathBuf>,
+    /// A candidate policy evaluated beside the enforced one and never enforced
+    /// (default none).
+    pub shadow: Option<ShadowConfig>,
+}
+
+/// `policy.shadow`: a directory or a bundle, compared with the enforced policy.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShadowConfig {
+    /// Directory of the candidate's `.rego` and data files (watched like `policy.dir`).
+    #[serde(default)]
+    pub dir: Option<PathBuf>,
+    /// Or a remote bundle, polled like `policy.bundle`.
+    #[serde(default)]
+    pub bundle: Option<BundleConfig>,
+    /// Fraction of requests compared, in [0, 1] (default 1.0).
+    #[serde(default = "default_shadow_fraction")]
+    pub fraction: f64,
+    /// Comparisons queued at most (default 1024); more are dropped and counted in
+    /// `portcullis_policy_shadow_dropped_total`.
+    #[serde(default = "default_shadow_queue")]
+    pub queue: usize,
+}
+
+fn default_shadow_fraction() -> f64 {
+    1.0
+}
+
+fn default_shadow_queue() -> usize {
+    1024
 }
 
 impl Default for PolicyConfig {
@@ -447,6 +491,7 @@ impl Default for PolicyConfig {
             decision_cache: 1024,
             watch_interval: Duration::from_secs(1),
             workload_labels: None,
+            shadow: None,
         }
     }
 }
@@ -617,14 +662,26 @@ pub enum TokenLocation {
 pub struct AdminConfig {
     /// Listen address (default `0.0.0.0:15000`).
     pub listen: SocketAddr,
+    /// The live decision stream (`/tap`).
+    pub tap: AdminTapConfig,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
         AdminConfig {
-            listen: SocketAddr::from(([0, 0, 0, 0], 15000)),
+            listen: SocketAddr::from(([0, 0, 0, 0], defaults::ADMIN_PORT)),
+            tap: AdminTapConfig::default(),
         }
     }
+}
+
+/// `admin.tap`: who may stream decisions besides localhost.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminTapConfig {
+    /// SPIFFE IDs that may call `/tap` over mTLS on the admin port (default none:
+    /// localhost only).
+    pub allowed_principals: Vec<String>,
 }
 
 /// Bounds on slow or oversized input and on upstreams.
@@ -699,6 +756,56 @@ pub struct LogConfig {
     /// Fraction of allow decisions logged, in [0, 1] (default 1.0); denies are
     /// always logged.
     pub sample_allows: f64,
+    /// Add the policy explanation (rules tried, first expression that failed) to
+    /// decision-log entries: `off` (default), `denies` or `all`.
+    pub explain: ExplainLogging,
+    /// Put the policy input document (masked as `mask` says) into decision-log
+    /// entries, for `portcullis policy replay`: `false` (default), `true` or `denies`.
+    pub input: InputLogging,
+}
+
+/// Which decision-log entries carry the input document (`log.input`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum InputLogging {
+    /// None.
+    #[default]
+    Off,
+    /// Denies (and dry-run denies).
+    Denies,
+    /// Every logged decision.
+    All,
+}
+
+impl<'de> Deserialize<'de> for InputLogging {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Bool(bool),
+            Word(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Bool(false) => Ok(InputLogging::Off),
+            Raw::Bool(true) => Ok(InputLogging::All),
+            Raw::Word(w) if w == "denies" => Ok(InputLogging::Denies),
+            Raw::Word(w) => Err(serde::de::Error::custom(format!(
+                "{w:?}: expected true, false or denies"
+            ))),
+        }
+    }
+}
+
+/// Which decision-log entries carry a policy explanation (`log.explain`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExplainLogging {
+    /// None: nothing is computed.
+    #[default]
+    Off,
+    /// Denies (and dry-run denies).
+    Denies,
+    /// Every logged decision.
+    All,
 }
 
 impl LogConfig {
@@ -728,6 +835,8 @@ impl Default for LogConfig {
             decision_file: None,
             mask: Vec::new(),
             sample_allows: 1.0,
+            explain: ExplainLogging::Off,
+            input: InputLogging::Off,
         }
     }
 }
@@ -1353,6 +1462,25 @@ impl Config {
                     self.log.level
                 ),
             );
+        }
+        for (i, id) in self.admin.tap.allowed_principals.iter().enumerate() {
+            if let Err(e) = crate::identity::SpiffeId::parse(id) {
+                return fail(format!("admin.tap.allowed_principals[{i}]"), e.to_string());
+            }
+        }
+        if let Some(shadow) = &self.policy.shadow {
+            if shadow.dir.is_some() == shadow.bundle.is_some() {
+                return fail("policy.shadow", "give exactly one of dir and bundle");
+            }
+            if !(0.0..=1.0).contains(&shadow.fraction) {
+                return fail(
+                    "policy.shadow.fraction",
+                    format!("{} is not in [0, 1]", shadow.fraction),
+                );
+            }
+            if shadow.queue == 0 {
+                return fail("policy.shadow.queue", "must be at least 1");
+            }
         }
         let s = self.log.sample_allows;
         if !(0.0..=1.0).contains(&s) {

@@ -45,11 +45,21 @@ pub struct DecisionEntry {
     pub eval_ns: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub headers: Option<serde_json::Map<String, serde_json::Value>>,
+    /// The policy input document, masked (`log.input`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub input: Option<serde_json::Value>,
+    /// The policy explanation (`log.explain`), filled in off the request path.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub explanation: Option<serde_json::Value>,
 }
 
 /// Query parameters whose values are always masked in the logged path: the
 /// conventional token parameters (RFC 6750 §2.3 and common API-key names).
 const ALWAYS_MASKED_QUERY: &[&str] = &["access_token", "id_token", "api_key", "apikey"];
+
+/// Explanations computed at once, at most (each holds a blocking thread).
+pub const MAX_EXPLAINING: usize = 2;
+static EXPLAINING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// Where decision logs go and what they hide.
 #[derive(Clone)]
@@ -58,15 +68,25 @@ pub struct DecisionLog {
     /// Lower-case names masked as headers and as query parameters.
     masked: std::sync::Arc<Vec<String>>,
     sample_allows: f64,
+    explain: crate::config::ExplainLogging,
+    input: crate::config::InputLogging,
 }
 
 impl DecisionLog {
     /// A log that drops everything.
     pub fn disabled() -> Self {
+        // Still masks what is always masked: the tap shows paths without a log.
+        let masked = ALWAYS_MASKED
+            .iter()
+            .chain(ALWAYS_MASKED_QUERY)
+            .map(|s| s.to_string())
+            .collect();
         DecisionLog {
             tx: None,
-            masked: Default::default(),
+            masked: std::sync::Arc::new(masked),
             sample_allows: 0.0,
+            explain: crate::config::ExplainLogging::Off,
+            input: crate::config::InputLogging::Off,
         }
     }
 
@@ -106,7 +126,131 @@ impl DecisionLog {
             tx: Some(tx),
             masked: std::sync::Arc::new(masked),
             sample_allows,
+            explain: crate::config::ExplainLogging::Off,
+            input: crate::config::InputLogging::Off,
         })
+    }
+
+    /// Sets which entries carry a policy explanation (`log.explain`).
+    pub fn with_explain(mut self, explain: crate::config::ExplainLogging) -> Self {
+        self.explain = explain;
+        self
+    }
+
+    /// Sets which entries carry the input document (`log.input`).
+    pub fn with_input(mut self, input: crate::config::InputLogging) -> Self {
+        self.input = input;
+        self
+    }
+
+    /// Whether an entry with this decision label carries the input document.
+    pub fn logs_input(&self, label: &str) -> bool {
+        use crate::config::InputLogging;
+        match self.input {
+            InputLogging::Off => false,
+            InputLogging::Denies => label != "allow",
+            InputLogging::All => true,
+        }
+    }
+
+    /// The input document with what `log.mask` names hidden: request header
+    /// values, query parameter values in `path` and `parsed_query`.
+    pub fn masked_input(&self, mut input: serde_json::Value) -> serde_json::Value {
+        let http = input
+            .pointer_mut("/attributes/request/http")
+            .and_then(|h| h.as_object_mut());
+        if let Some(http) = http {
+            if let Some(headers) = http.get_mut("headers").and_then(|h| h.as_object_mut()) {
+                for (name, value) in headers.iter_mut() {
+                    if self.masked.iter().any(|m| m.eq_ignore_ascii_case(name)) {
+                        *value = serde_json::Value::String(MASK.to_owned());
+                    } else if let (":path", serde_json::Value::String(path)) =
+                        (name.as_str(), &mut *value)
+                    {
+                        // The pseudo-header carries the query too.
+                        *path = self.masked_path(path);
+                    }
+                }
+            }
+            if let Some(serde_json::Value::String(path)) = http.get_mut("path") {
+                *path = self.masked_path(path);
+            }
+        }
+        if let Some(query) = input
+            .get_mut("parsed_query")
+            .and_then(|q| q.as_object_mut())
+        {
+            for (name, values) in query.iter_mut() {
+                if self.masked.iter().any(|m| m.eq_ignore_ascii_case(name)) {
+                    *values = serde_json::json!([MASK]);
+                }
+            }
+        }
+        input
+    }
+
+    /// The values `log.mask` hides in this request (masked header values and
+    /// query parameter values), to scrub from text derived from the input, such as
+    /// an explanation's compared values.
+    pub fn secret_values(&self, headers: &HeaderMap, path: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        for name in headers.keys() {
+            if self.masked.iter().any(|m| m == name.as_str()) {
+                for v in headers.get_all(name) {
+                    out.push(String::from_utf8_lossy(v.as_bytes()).into_owned());
+                }
+            }
+        }
+        if let Some((_, q)) = path.split_once('?') {
+            for pair in q.split('&') {
+                if let Some((k, v)) = pair.split_once('=') {
+                    if self.masked.iter().any(|m| m.eq_ignore_ascii_case(k)) {
+                        out.push(v.to_owned());
+                    }
+                }
+            }
+        }
+        // Also what follows an authorization scheme ("Bearer <token>"): the token
+        // may be compared alone.
+        let parts: Vec<String> = out
+            .iter()
+            .flat_map(|v| v.split_whitespace().skip(1).map(str::to_owned))
+            .collect();
+        out.extend(parts);
+        out.retain(|v| v.len() >= 4);
+        out.sort_by_key(|v| std::cmp::Reverse(v.len()));
+        out.dedup();
+        out
+    }
+
+    /// Replaces every occurrence of `secrets` in the strings of `value`.
+    pub fn scrub(value: &mut serde_json::Value, secrets: &[String]) {
+        match value {
+            serde_json::Value::String(s) => {
+                for secret in secrets {
+                    if s.contains(secret.as_str()) {
+                        *s = s.replace(secret.as_str(), MASK);
+                    }
+                }
+            }
+            serde_json::Value::Array(items) => {
+                items.iter_mut().for_each(|v| Self::scrub(v, secrets))
+            }
+            serde_json::Value::Object(map) => {
+                map.values_mut().for_each(|v| Self::scrub(v, secrets))
+            }
+            _ => {}
+        }
+    }
+
+    /// Whether an entry with this decision label gets an explanation.
+    pub fn explains(&self, label: &str) -> bool {
+        use crate::config::ExplainLogging;
+        match self.explain {
+            ExplainLogging::Off => false,
+            ExplainLogging::Denies => label != "allow",
+            ExplainLogging::All => true,
+        }
     }
 
     pub fn enabled(&self) -> bool {
@@ -176,6 +320,44 @@ impl DecisionLog {
         out
     }
 
+    /// Fills in `entry`'s explanation with `explain` on a blocking thread, so the
+    /// request never waits, then hands it to `done`. At most [`MAX_EXPLAINING`]
+    /// explanations run at once; past that the entry says it was skipped.
+    pub fn explain_then(
+        mut entry: DecisionEntry,
+        explain: impl FnOnce() -> serde_json::Value + Send + 'static,
+        done: impl FnOnce(DecisionEntry) + Send + 'static,
+    ) {
+        use std::sync::atomic::Ordering;
+        /// Gives the slot back however the explanation ends (a panic included).
+        struct Slot;
+        impl Drop for Slot {
+            fn drop(&mut self) {
+                EXPLAINING.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        let slot = Slot;
+        let busy = EXPLAINING.fetch_add(1, Ordering::AcqRel) >= MAX_EXPLAINING;
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) if !busy => {
+                handle.spawn_blocking(move || {
+                    let explanation = {
+                        let _slot = slot;
+                        explain()
+                    };
+                    entry.explanation = Some(explanation);
+                    done(entry);
+                });
+            }
+            _ => {
+                drop(slot);
+                entry.explanation =
+                    Some(serde_json::json!({"skipped": "too many explanations in progress"}));
+                done(entry);
+            }
+        }
+    }
+
     /// Queues an entry; never blocks.
     pub fn log(&self, entry: &DecisionEntry) {
         if let Some(tx) = &self.tx {
@@ -209,6 +391,8 @@ mod tests {
             tx: None,
             masked: std::sync::Arc::new(vec!["authorization".into(), "x-api-key".into()]),
             sample_allows: 1.0,
+            explain: crate::config::ExplainLogging::Off,
+            input: crate::config::InputLogging::Off,
         };
         let mut h = HeaderMap::new();
         h.insert("authorization", "Bearer secret".parse().unwrap());
@@ -226,6 +410,8 @@ mod tests {
             tx: None,
             masked: std::sync::Arc::new(vec!["access_token".into(), "sig".into()]),
             sample_allows: 1.0,
+            explain: crate::config::ExplainLogging::Off,
+            input: crate::config::InputLogging::Off,
         };
         assert_eq!(log.masked_path("/a/b"), "/a/b");
         assert_eq!(

@@ -3,9 +3,14 @@
 //! It creates a development CA, issues SVIDs for the sidecar (`sa/demo`) and two
 //! clients (`sa/frontend`, allowed to read and write; `sa/reporting`, read only),
 //! starts a built-in echo app and a strict-mTLS sidecar in front of it with the
-//! example policies, and prints `curl` commands that show an allowed call, a denied
-//! call with its reason, and a refused plaintext call. `--check` makes those calls
-//! itself and exits non-zero if any answer is not the expected one.
+//! example policies, and the client app's own sidecar (sa/frontend, one outbound
+//! route to the service), and prints `curl` commands that show an allowed call, a
+//! denied call with its reason, a refused plaintext call and the client app's call
+//! through its outbound sidecar, then the operating tools: the
+//! `policy explain` and `tap` commands, and a shadow candidate (`policies-next`,
+//! frontend without its reader role) whose disagreement counter the first call moves.
+//! `--check` makes those calls itself, checks the shadow counter, the explanation in
+//! the decision log and `policy explain`, and exits non-zero on any surprise.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -32,14 +37,18 @@ pub struct DemoArgs {
     #[arg(long, default_value = ".portcullis/demo")]
     pub dir: PathBuf,
     /// Inbound (mTLS) listener of the sidecar.
-    #[arg(long, default_value = "127.0.0.1:15006")]
+    #[arg(long, default_value_t = SocketAddr::from(([127, 0, 0, 1], crate::config::defaults::INBOUND_PORT)))]
     pub listen: SocketAddr,
     /// Admin listener (metrics, readiness).
-    #[arg(long, default_value = "127.0.0.1:15000")]
+    #[arg(long, default_value_t = SocketAddr::from(([127, 0, 0, 1], crate::config::defaults::ADMIN_PORT)))]
     pub admin: SocketAddr,
     /// Where the built-in echo app listens.
     #[arg(long, default_value = "127.0.0.1:18080")]
     pub app: SocketAddr,
+    /// The client app's outbound route: its own sidecar (as sa/frontend, routes mode)
+    /// listens here and carries plain HTTP over mTLS to the service's sidecar.
+    #[arg(long, default_value = "127.0.0.1:15101")]
+    pub client_route: SocketAddr,
     /// Policy directory; defaults to the bundled example policies.
     #[arg(long)]
     pub policies: Option<PathBuf>,
@@ -97,22 +106,25 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
             p
         }
     };
+    // The shadow candidate: the bundled policies with frontend's reader role dropped.
+    let shadow_dir = dir.join("policies-next");
+    std::fs::create_dir_all(&shadow_dir)?;
+    for (name, text) in BUNDLED_POLICIES {
+        let text = if *name == "data.yaml" {
+            text.replace(SHADOW_FROM, SHADOW_TO)
+        } else {
+            text.to_string()
+        };
+        std::fs::write(shadow_dir.join(name), text)?;
+    }
+    std::fs::write(dir.join("denied-input.json"), DENIED_INPUT)?;
 
     let app_listener = TcpListener::bind(args.app)
         .await
         .with_context(|| format!("echo app: cannot listen on {}", args.app))?;
     tokio::spawn(serve_echo(app_listener));
 
-    let mut cfg = Config {
-        trust_domain: td,
-        identity: IdentityConfig::Files(FilesIdentity {
-            cert: dir.join("server/tls.crt"),
-            key: dir.join("server/tls.key"),
-            bundle: dir.join("server/ca.crt"),
-            ..FilesIdentity::default()
-        }),
-        ..Config::default()
-    };
+    let mut cfg = sidecar_config(td, &dir.join("server"));
     cfg.inbound.listen = args.listen;
     cfg.inbound.app = args.app;
     cfg.inbound.mtls = MtlsMode::Strict;
@@ -121,7 +133,17 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     cfg.outbound.listen = SocketAddr::from(([127, 0, 0, 1], 0));
     cfg.policy.dir = policy_dir.clone();
     cfg.log.decision_file = Some(dir.join("decisions.log"));
+    cfg.log.explain = crate::config::ExplainLogging::Denies;
+    cfg.log.input = crate::config::InputLogging::All;
+    cfg.policy.shadow = Some(crate::config::ShadowConfig {
+        dir: Some(shadow_dir.clone()),
+        bundle: None,
+        fraction: 1.0,
+        queue: 1024,
+    });
     let running = crate::run::start(cfg, set_level).await?;
+    let client_sidecar =
+        start_client_sidecar(&args, dir, &policy_dir, running.inbound_addr).await?;
 
     let d = dir.display();
     let port = running.inbound_addr.port();
@@ -142,9 +164,45 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     println!("# refused: plaintext under strict mTLS (the connection is closed)");
     println!("curl http://localhost:{port}/api/orders");
     println!();
+    println!(
+        "# the client app's call through its own outbound sidecar (routes mode, as sa/frontend):"
+    );
+    println!(
+        "# plain HTTP to localhost, mTLS to the service's sidecar, decided in both directions"
+    );
+    println!("curl http://{}/api/orders", args.client_route);
+    println!();
+    println!(
+        "# why the denied call is denied (its decision-log entry carries the same explanation)"
+    );
+    println!(
+        "portcullis policy explain --input {d}/denied-input.json --data {}",
+        policy_dir.display()
+    );
+    println!();
+    println!("# live decisions, as they happen");
+    println!("portcullis tap --admin {admin}");
+    println!();
+    println!(
+        "# shadow policy {d}/policies-next drops frontend's reader role: after the first curl,"
+    );
+    println!("# portcullis_policy_shadow_total{{agreement=\"allow_to_deny\"}} on http://{admin}/metrics counts it;");
+    println!("# the same change replayed over the decision log (exit 1: something would change)");
+    println!("portcullis policy replay --log {d}/decisions.log --policies {d}/policies-next");
+    println!();
 
     if args.check {
         let result = check(dir, running.inbound_addr).await;
+        let result = match result {
+            Ok(()) => check_client_route(args.client_route).await,
+            e => e,
+        };
+        let result = match result {
+            Ok(()) => check_operations(dir, &policy_dir).await,
+            e => e,
+        };
+        client_sidecar.shutdown();
+        client_sidecar.wait().await;
         running.shutdown();
         running.wait().await;
         return result;
@@ -153,8 +211,159 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     tokio::signal::ctrl_c()
         .await
         .context("waiting for Ctrl-C")?;
+    client_sidecar.shutdown();
+    client_sidecar.wait().await;
     running.shutdown();
     running.wait().await;
+    Ok(())
+}
+
+/// A sidecar configuration with the SVID files written under `svid`.
+fn sidecar_config(td: TrustDomain, svid: &Path) -> Config {
+    Config {
+        trust_domain: td,
+        identity: IdentityConfig::Files(FilesIdentity {
+            cert: svid.join("tls.crt"),
+            key: svid.join("tls.key"),
+            bundle: svid.join("ca.crt"),
+            ..FilesIdentity::default()
+        }),
+        ..Config::default()
+    }
+}
+
+/// The client app's own sidecar: identity sa/frontend, one outbound route to the
+/// service's sidecar (which must present the demo's SPIFFE ID), the same policies.
+async fn start_client_sidecar(
+    args: &DemoArgs,
+    dir: &Path,
+    policy_dir: &Path,
+    service: SocketAddr,
+) -> anyhow::Result<crate::run::Running> {
+    let mut cfg = sidecar_config(TrustDomain::parse(TRUST_DOMAIN)?, &dir.join("frontend"));
+    let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
+    cfg.inbound.listen = any_port;
+    cfg.inbound.app = args.app;
+    cfg.admin.listen = any_port;
+    cfg.outbound.listen = any_port;
+    cfg.outbound.mode = crate::config::OutboundMode::Routes;
+    cfg.outbound.routes = vec![crate::config::Route {
+        listen: args.client_route,
+        upstream: service,
+        spiffe_id: SpiffeId::parse(SERVER_ID)?,
+        protocol: Default::default(),
+    }];
+    cfg.policy.dir = policy_dir.to_path_buf();
+    cfg.log.decision_file = Some(dir.join("client-decisions.log"));
+    // Logging is set up once, by the service's sidecar.
+    crate::run::start(cfg, Box::new(|_| Ok(())))
+        .await
+        .context("the client app's sidecar")
+}
+
+/// The client app's call through its outbound sidecar reaches the service as frontend.
+async fn check_client_route(route: SocketAddr) -> anyhow::Result<()> {
+    let status = plaintext_request(route, "/api/orders").await?;
+    println!("client app call: {status} through its outbound sidecar");
+    if status != StatusCode::OK {
+        bail!("the client app's call got {status}");
+    }
+    Ok(())
+}
+
+/// The frontend binding the shadow candidate changes, and what it becomes.
+const SHADOW_FROM: &str = "spiffe://cluster.local/ns/default/sa/frontend: [reader, writer]";
+const SHADOW_TO: &str = "spiffe://cluster.local/ns/default/sa/frontend: [writer]";
+
+/// The input document of the denied demo call, for `policy explain`.
+const DENIED_INPUT: &str = r#"{
+  "attributes": {
+    "source": {"principal": "spiffe://cluster.local/ns/default/sa/reporting"},
+    "request": {"http": {"method": "POST", "path": "/api/orders", "headers": {}}}
+  },
+  "parsed_path": ["api", "orders"]
+}
+"#;
+
+/// Checks the operating claims: the shadow counted frontend's read as
+/// `allow_to_deny`, the deny's log entry is explained, and `policy explain` on the
+/// printed input names the method check.
+async fn check_operations(dir: &Path, policy_dir: &Path) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let moved = |text: &str| {
+        text.lines().any(|l| {
+            l.starts_with("portcullis_policy_shadow_total{")
+                && l.contains("agreement=\"allow_to_deny\"")
+                && !l.ends_with(" 0")
+        })
+    };
+    while !moved(&crate::metrics::global().render()) {
+        if std::time::Instant::now() > deadline {
+            bail!("the shadow policy did not count frontend's read as allow_to_deny");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!("shadow policy:  frontend's read counted as allow_to_deny");
+    let log = dir.join("decisions.log");
+    let explained = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let found = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|e| e["decision"] == "deny" && e["explanation"]["steps"].is_array());
+        if let Some(e) = found {
+            break e;
+        }
+        if std::time::Instant::now() > deadline {
+            bail!("the denied call's log entry has no explanation");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let failed = explained["explanation"]["steps"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s["failed"]["values"].as_str())
+        .collect::<Vec<_>>();
+    if !failed.iter().any(|v| v.contains("\"POST\" not in")) {
+        bail!("the explanation does not show the method check: {failed:?}");
+    }
+    println!("explanation:    {}", failed.join("; "));
+    let queries = [crate::config::PolicyConfig::default().inbound_query];
+    let set = crate::policy::PolicySet::load_dir(
+        policy_dir,
+        &queries,
+        crate::policy::EvalLimits::default(),
+    )?;
+    let input = regorus::Value::from_json_str(DENIED_INPUT)?;
+    let explanation = set.explain(0, input)?;
+    if !explanation.denied || !explanation.to_text().contains("m in grant.methods") {
+        bail!(
+            "policy explain did not explain the denied call:\n{}",
+            explanation.to_text()
+        );
+    }
+    println!("policy explain: denied at m in grant.methods");
+
+    let d = crate::config::PolicyConfig::default();
+    let both = [d.inbound_query, d.outbound_query];
+    let next = crate::policy::PolicySet::load_dir(
+        &dir.join("policies-next"),
+        &both,
+        crate::policy::EvalLimits::default(),
+    )?;
+    let file = std::fs::File::open(&log)?;
+    let report = crate::policy::replay::replay(std::io::BufReader::new(file), &next)?;
+    if report.allow_to_deny == 0 {
+        bail!(
+            "replaying the log with policies-next changed nothing:\n{}",
+            report.to_text()
+        );
+    }
+    println!(
+        "policy replay:  {} allow→deny with policies-next",
+        report.allow_to_deny
+    );
     Ok(())
 }
 

@@ -52,7 +52,7 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: std::net::SocketAddr,
     },
-    /// Policy tools: test, eval, check.
+    /// Policy tools: test, eval, check, explain, replay.
     Policy {
         #[command(subcommand)]
         command: PolicyCommand,
@@ -67,6 +67,8 @@ enum Command {
         #[command(subcommand)]
         command: ImportCommand,
     },
+    /// Stream live decisions from a running sidecar's admin port (localhost).
+    Tap(commands::TapArgs),
     /// The development certificate authority.
     Ca {
         #[command(subcommand)]
@@ -122,6 +124,7 @@ fn main() -> ExitCode {
             ipv6,
         } => commands::iptables(&rules, apply, cleanup, ipv6),
         Command::Echo { listen } => commands::echo(listen),
+        Command::Tap(args) => commands::tap(&args),
         Command::Import {
             command: ImportCommand::Istio(args),
         } => commands::import_istio(&args),

@@ -152,6 +152,35 @@ pub fn start_policy_source(cfg: &Config) -> anyhow::Result<Arc<PolicyStore>> {
     }
 }
 
+/// Starts the shadow policy (`policy.shadow`): its own store, loaded and watched
+/// (or polled) like the enforced one. A shadow that does not load is logged and
+/// counted, never fatal: the enforced policy is what serves.
+pub fn start_shadow(cfg: &Config) -> anyhow::Result<Option<Arc<crate::policy::shadow::Shadow>>> {
+    let Some(shadow) = &cfg.policy.shadow else {
+        return Ok(None);
+    };
+    let store = PolicyStore::for_shadow(
+        shadow.dir.clone(),
+        cfg.policy.inbound_query.clone(),
+        cfg.policy.outbound_query.clone(),
+        policy_options(cfg),
+    );
+    match &shadow.bundle {
+        Some(bundle) => {
+            crate::policy::bundle::start(bundle, store.clone())
+                .with_context(|| format!("policy.shadow.bundle.url {}", bundle.url))?;
+        }
+        None => {
+            // Errors are logged and counted by `reload`; the watcher retries.
+            let _ = store.reload();
+            store.watch(cfg.policy.watch_interval);
+        }
+    }
+    let shadow = crate::policy::shadow::Shadow::start(store, shadow.fraction, shadow.queue)
+        .context("policy.shadow: starting the worker")?;
+    Ok(Some(shadow))
+}
+
 // --- JWT authentication ---------------------------------------------------------
 /// Builds the JWT authenticator (none without providers), loads every key set
 /// once and starts the refresh tasks. A file or inline key set that does not
@@ -201,6 +230,7 @@ impl Running {
 pub async fn start(cfg: Config, set_log_level: LevelSetter) -> anyhow::Result<Running> {
     let identity = start_identity(&cfg).await?;
     let policy = start_policy_source(&cfg)?;
+    let shadow = start_shadow(&cfg)?;
     let authn = start_authn(&cfg).await?;
     let log = if cfg.log.decisions {
         DecisionLog::start(
@@ -209,6 +239,8 @@ pub async fn start(cfg: Config, set_log_level: LevelSetter) -> anyhow::Result<Ru
             cfg.log.sample_allows,
         )
         .context("log.decision_file")?
+        .with_explain(cfg.log.explain)
+        .with_input(cfg.log.input)
     } else {
         DecisionLog::disabled()
     };
@@ -227,6 +259,7 @@ pub async fn start(cfg: Config, set_log_level: LevelSetter) -> anyhow::Result<Ru
         policy: policy.clone(),
         shutdown: shutdown.clone(),
         set_log_level,
+        tap_allowed: cfg.admin.tap.allowed_principals.clone(),
     });
     tokio::spawn(admin.serve(
         admin_listener,
@@ -243,6 +276,7 @@ pub async fn start(cfg: Config, set_log_level: LevelSetter) -> anyhow::Result<Ru
             policy: policy.clone(),
             dry_run: cfg.policy.dry_run.inbound,
             log: log.clone(),
+            shadow: shadow.clone(),
         },
         clients: AppClients::new(
             cfg.limits.connect_timeout,
@@ -285,6 +319,7 @@ pub async fn start(cfg: Config, set_log_level: LevelSetter) -> anyhow::Result<Ru
             policy: policy.clone(),
             dry_run: cfg.policy.dry_run.outbound,
             log: log.clone(),
+            shadow: shadow.clone(),
         },
         peers: PeerPool::new(identity.clone(), cfg.limits.connect_timeout),
         external: AppClients::new(

@@ -2,6 +2,7 @@
 //! request smuggling attempts and path-normalisation tricks. Ambiguous requests are
 //! refused, never forwarded, and the path the policy decides on is byte for byte the
 //! path the app receives.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

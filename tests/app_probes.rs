@@ -2,6 +2,7 @@
 //! started with the `PORTCULLIS_APP_PROBES` the injector writes, runs the app's
 //! original probes against the app on localhost — past strict mTLS, which would
 //! refuse the kubelet's plain requests on the app port.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 mod sidecar_proc;

@@ -4,6 +4,7 @@
 //! Apps: Python's `http.server` (a real HTTP/1.1-only server; skipped with a message
 //! when python3 is missing), and HTTP/1.1-only and h2c-only servers built on hyper's
 //! one-version connection builders, which answer with the version they saw.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

@@ -2,6 +2,7 @@
 //! HTTP and HTTPS) serving `.tar.gz` bundles built here, with ETags: a new
 //! revision is activated, a corrupt or broken bundle keeps the last good one
 //! and is counted, `304 Not Modified` is handled, a forced reload re-fetches.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! Decision logs, dry-run and evaluation limits through the proxy: real mTLS
 //! clients, the sidecar in-process, the decision log written to a file.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

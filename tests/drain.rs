@@ -1,6 +1,7 @@
 //! SIGTERM during load, on the real binary: requests in flight when the signal
 //! arrives all complete, new connections are refused once draining has started,
 //! `/ready` turns 503, and the process exits cleanly.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 mod sidecar_proc;

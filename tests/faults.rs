@@ -1,6 +1,7 @@
 //! Faults around the sidecar: the app down, slow, or dying mid-response; identity
 //! files deleted or half-written. The sidecar answers quickly with the right status,
 //! never hangs, and keeps its last good identity.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

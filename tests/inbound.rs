@@ -1,5 +1,6 @@
 //! Inbound data path end to end: real mTLS clients, the sidecar in-process, a real
 //! app on loopback. Each test asserts what a caller or the app would see.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

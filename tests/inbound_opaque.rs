@@ -3,6 +3,7 @@
 //! asks for raw relaying with the `portcullis-tcp` ALPN on any other port still gets
 //! HTTP served as HTTP, so the ALPN cannot skip per-request decisions or the
 //! identity headers the sidecar sets.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! Protocols through the inbound sidecar: gRPC (unary and streaming, trailers end to
 //! end) and WebSocket upgrades, against real apps on loopback.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

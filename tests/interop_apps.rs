@@ -2,6 +2,7 @@
 //! SHA-256 of a 50 MB download and of a 10 MB upload (curl over mTLS, HTTP/1.1 and
 //! HTTP/2, against nginx, Python's http.server and Node's `http`), and the real
 //! sidecar binary's peak RSS during such transfers, which must not grow with the body.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 mod interop;

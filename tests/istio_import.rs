@@ -3,6 +3,7 @@
 //! tests, `portcullis policy eval` decides requests in Istio's order with reasons
 //! that name the deciding resource, and unsupported fields are errors that name
 //! the resource, the field and why.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};

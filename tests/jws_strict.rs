@@ -5,6 +5,7 @@
 //! ES512 and EdDSA, and algorithm confusion. Tokens go through a real
 //! `Authenticator` built from an inline JWKS; JWK refusals are also checked one by one
 //! with their exact reason.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod jwt_keys;
 

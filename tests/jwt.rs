@@ -1,6 +1,7 @@
 //! JWT authentication end to end: the sidecar in-process with real mTLS clients,
 //! a JWKS server over HTTPS on loopback (certificate from the dev CA with a DNS
 //! SAN) that rotates its keys, and the echo app showing what the app receives.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 mod jwt_keys;

@@ -1,6 +1,7 @@
 //! `tls.key` in each encoding a certificate issuer may write — PKCS#8, SEC1
 //! (`EC PRIVATE KEY`) and PKCS#1 (`RSA PRIVATE KEY`) — loads as the sidecar's
 //! identity, and real mTLS clients then reach the app through it.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

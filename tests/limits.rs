@@ -2,6 +2,7 @@
 //! for HTTP/1.1 and HTTP/2 connections, the head deadline on later keep-alive
 //! requests, HTTP/2 concurrent streams and the connection limit. Real mTLS clients,
 //! the sidecar in-process, a real app on loopback.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

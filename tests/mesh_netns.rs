@@ -8,6 +8,7 @@
 //! A's outbound policy; the pod without a sidecar is refused by B (strict mTLS).
 //!
 //! Needs root, iproute2, iptables, tcpdump, setpriv and curl; `.ci/run` provides them.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

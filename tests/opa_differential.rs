@@ -11,6 +11,7 @@
 //! OPA is OPA's Go `rego` package through the `opa-golib-python-bindings` wheel, run
 //! by `tests/opa/oracle.py` with the Python of `PORTCULLIS_PYTHON` or
 //! `bench/.venv/bin/python`; without it the test prints SKIP and passes.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! Two sidecars in one process joined by explicit outbound routes (no iptables,
 //! no privileges): app → route listener → mTLS (HTTP/2, pooled) → peer inbound → app.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

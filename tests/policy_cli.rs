@@ -1,5 +1,6 @@
 //! `portcullis policy test|eval|check` through the real binary: verdicts,
 //! exit codes, output formats and error locations.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::Write;
 use std::path::Path;

@@ -1,6 +1,7 @@
 //! Hot reload of the policy directory: under load with good and broken
 //! revisions alternating, through a Kubernetes ConfigMap-style `..data` link
 //! swap, and by `SIGHUP` to the real binary.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

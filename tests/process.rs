@@ -1,6 +1,7 @@
 //! The real binary as a child process: the demo with curl as the client, a 100 MB
 //! upload with bounded sidecar memory, `promtool check metrics`, and the command
 //! line's configuration errors.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
@@ -82,6 +83,7 @@ fn demo_with_curl_as_the_client() {
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .args(["--admin", &format!("127.0.0.1:{admin}")])
         .args(["--app", &format!("127.0.0.1:{app}")])
+        .args(["--client-route", &format!("127.0.0.1:{}", free_port())])
         .current_dir(dir.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -97,7 +99,7 @@ fn demo_with_curl_as_the_client() {
         .take_while(|l| !l.starts_with("Ctrl-C"))
         .collect();
     let commands: Vec<&String> = lines.iter().filter(|l| l.starts_with("curl ")).collect();
-    assert_eq!(commands.len(), 3, "{lines:#?}");
+    assert_eq!(commands.len(), 4, "{lines:#?}");
     let run = |cmd: &str| {
         let out = Command::new("sh")
             .arg("-c")
@@ -122,6 +124,14 @@ fn demo_with_curl_as_the_client() {
     );
     let (plain, err) = run(commands[2]);
     assert!(plain.trim_end().ends_with("000"), "{plain} {err}");
+    // The client app's plain call through its own outbound sidecar arrives over mTLS
+    // as frontend.
+    let (routed, err) = run(commands[3]);
+    assert!(routed.trim_end().ends_with("200"), "{routed} {err}");
+    assert!(
+        routed.contains("URI=spiffe://cluster.local/ns/default/sa/frontend"),
+        "{routed}"
+    );
 
     // Without a client certificate the TLS handshake is refused.
     let (out, err) = curl(&[
@@ -140,6 +150,7 @@ fn demo_check_mode_passes() {
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new(BIN)
         .args(["demo", "--check", "--dir", dir.path().to_str().unwrap()])
+        .args(["--client-route", &format!("127.0.0.1:{}", free_port())])
         .args(["--listen", &format!("127.0.0.1:{}", free_port())])
         .args(["--admin", &format!("127.0.0.1:{}", free_port())])
         .args(["--app", &format!("127.0.0.1:{}", free_port())])
@@ -154,6 +165,13 @@ fn demo_check_mode_passes() {
     assert!(stdout.contains("allowed call:   200"));
     assert!(stdout.contains("denied call:    403"));
     assert!(stdout.contains("plaintext call: refused"));
+    // The operating tools: shadow counter, explained deny, explain and replay.
+    assert!(stdout.contains("shadow policy:  frontend's read counted as allow_to_deny"));
+    assert!(stdout.contains("explanation:    "), "{stdout}");
+    assert!(stdout.contains("policy explain: denied at m in grant.methods"));
+    assert!(stdout.contains("client app call: 200 OK through its outbound sidecar"));
+    // frontend's two reads (direct and through its sidecar) would be denied.
+    assert!(stdout.contains("policy replay:  2 allow→deny with policies-next"));
 }
 
 fn write_config(

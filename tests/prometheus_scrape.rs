@@ -2,6 +2,7 @@
 //! process); after allowed and denied traffic, a query through Prometheus's HTTP
 //! API returns `portcullis_requests_total` with the expected labels. Skipped, with
 //! the reason printed, when `prometheus` is not installed.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 mod sidecar_proc;

@@ -2,6 +2,7 @@
 //! a connection opened before keeps working, and a mismatched key is refused while the
 //! last good pair stays in use; rotation every second under load loses no request.
 //! Also the development CA's renewal at half-life.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

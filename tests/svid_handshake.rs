@@ -1,6 +1,7 @@
 //! Real mTLS handshakes over loopback TCP (tokio-rustls) with the SVID verifiers:
 //! successful same-domain and federated handshakes, and one failing handshake per
 //! rejection reason, each checked by its exact `SvidRejection` and its metric label.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashSet;
 use std::sync::Arc;

@@ -3,6 +3,7 @@
 //! hand-encoded protobuf, refusing calls without the `workload.spiffe.io: true`
 //! header as SPIRE does. The agent rotates the SVID on the open stream, drops the
 //! stream, and starts late; the sidecar follows each time.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

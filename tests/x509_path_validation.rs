@@ -13,6 +13,7 @@
 //!
 //! Root defects are judged where roots are: when the bundle is loaded (refused, logged
 //! and counted), after which chains to that root fail in both directions.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};

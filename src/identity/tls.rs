@@ -23,12 +23,11 @@ pub const ALPN_TCP: &[u8] = b"portcullis-tcp";
 /// (Envoy, curl, gRPC) negotiate `h2` and have every `x-portcullis-*` header stripped.
 pub const ALPN_PEER_H2: &[u8] = b"portcullis-h2";
 
-/// TLS configurations for the current identity.
+/// TLS configurations for the current identity. Client configurations depend on the
+/// peer pinned and the ALPN offered; the peer pool builds those once per rotation.
 pub struct TlsConfigs {
     /// Inbound: terminates mTLS, accepting any valid SVID of a trusted domain.
     pub server: Arc<ServerConfig>,
-    /// Outbound: originates mTLS to any valid SVID of a trusted domain.
-    pub client: Arc<ClientConfig>,
 }
 
 impl TlsConfigs {
@@ -39,12 +38,6 @@ impl TlsConfigs {
                 provider,
                 PeerAuthorization::AnyTrusted,
                 "inbound",
-            )?),
-            client: Arc::new(client_config(
-                svid,
-                provider,
-                PeerAuthorization::AnyTrusted,
-                ALPN,
             )?),
         })
     }

@@ -117,14 +117,9 @@ pub const PROBES_ENV: &str = "PORTCULLIS_APP_PROBES";
 /// Path prefix of the rewritten probes on the admin port.
 pub const APP_HEALTH_PREFIX: &str = "/app-health/";
 
-/// Inbound listener port (Istio's numbering).
-pub const INBOUND_PORT: u16 = 15006;
-/// Outbound listener port.
-pub const OUTBOUND_PORT: u16 = 15001;
-/// Admin port: metrics, readiness, rewritten probes.
-pub const ADMIN_PORT: u16 = 15000;
-/// The sidecar's UID; its own traffic is not captured.
-pub const PROXY_UID: i64 = 1337;
+pub use crate::config::defaults::{ADMIN_PORT, INBOUND_PORT, OUTBOUND_PORT};
+/// The sidecar's UID (as Kubernetes types spell it); its own traffic is not captured.
+pub const PROXY_UID: i64 = crate::config::defaults::PROXY_UID as i64;
 
 const CONFIG_DIR: &str = "/etc/portcullis/config";
 const CONFIG_FILE: &str = "portcullis.yaml";

@@ -14,6 +14,7 @@
 //!
 //! Applying twice (an init container restarted) leaves one copy of every rule.
 
+use crate::config::defaults;
 use std::io::Write;
 use std::process::{Command, Stdio};
 
@@ -68,16 +69,16 @@ const V6: Family = Family {
 #[derive(Debug, Clone, clap::Args)]
 pub struct Rules {
     /// UID the sidecar runs as; its own traffic is never redirected.
-    #[arg(long, default_value_t = 1337)]
+    #[arg(long, default_value_t = defaults::PROXY_UID)]
     pub proxy_uid: u32,
     /// Port of the inbound listener.
-    #[arg(long, default_value_t = 15006)]
+    #[arg(long, default_value_t = defaults::INBOUND_PORT)]
     pub inbound_port: u16,
     /// Port of the outbound listener.
-    #[arg(long, default_value_t = 15001)]
+    #[arg(long, default_value_t = defaults::OUTBOUND_PORT)]
     pub outbound_port: u16,
     /// Port of the admin listener (never redirected inbound).
-    #[arg(long, default_value_t = 15000)]
+    #[arg(long, default_value_t = defaults::ADMIN_PORT)]
     pub admin_port: u16,
     /// Inbound ports left alone (comma-separated).
     #[arg(long, value_delimiter = ',')]
@@ -96,10 +97,10 @@ pub struct Rules {
 impl Default for Rules {
     fn default() -> Self {
         Rules {
-            proxy_uid: 1337,
-            inbound_port: 15006,
-            outbound_port: 15001,
-            admin_port: 15000,
+            proxy_uid: defaults::PROXY_UID,
+            inbound_port: defaults::INBOUND_PORT,
+            outbound_port: defaults::OUTBOUND_PORT,
+            admin_port: defaults::ADMIN_PORT,
             exclude_inbound_ports: Vec::new(),
             exclude_outbound_ports: Vec::new(),
             exclude_outbound_cidrs: Vec::new(),

@@ -370,7 +370,7 @@ impl Default for Walk {
 
 /// The names of a chain of `.field` / `["key"]` steps from a variable, when every
 /// step is fixed: `a.b["c"]` is `[a, b, c]`.
-fn static_path(e: &Expr) -> Option<Vec<String>> {
+pub(crate) fn static_path(e: &Expr) -> Option<Vec<String>> {
     match e {
         Expr::Var { value, .. } => Some(vec![value.as_string().ok()?.to_string()]),
         Expr::RefDot { refr, field, .. } => {

@@ -7,6 +7,10 @@
 //!   QUERY`: evaluate a query and print `{"result": [...]}` as JSON (like `opa
 //!   eval`, builtin errors non-strict unless asked); without
 //!   `--data`/`--bundle` it loads `./policies` when that directory exists.
+//! - `explain --input FILE [--data PATH]... [QUERY]`: why the query decided as it
+//!   did (see [`super::explain`]).
+//! - `replay --log FILE (--policies DIR | --bundle FILE)`: what a candidate policy
+//!   would change in logged decisions (see [`super::replay`]).
 //! - `check [PATH...]`: parse every module, compile the serving set for the
 //!   configured queries and report problems as `file:line:col: message`.
 
@@ -19,7 +23,9 @@ use clap::{Subcommand, ValueEnum};
 
 use super::bundle::{rego_error, Bundle, BundleLimits};
 use super::engine::{ExtensionHook, PolicyOptions, PolicySet};
+use super::explain::Explainer;
 use super::input::json_to_value;
+use super::replay;
 use super::test_runner::{self, load_sources, TestOptions};
 
 /// Output format of `policy test`.
@@ -29,6 +35,16 @@ pub enum Format {
     #[default]
     Pretty,
     /// JSON (an array of test results; with `--coverage` an object).
+    Json,
+}
+
+/// Output format of `policy explain`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum ExplainFormat {
+    /// One line per rule definition tried, for people.
+    #[default]
+    Text,
+    /// One JSON object, for tools.
     Json,
 }
 
@@ -85,6 +101,46 @@ pub enum PolicyCommand {
         strict_builtin_errors: bool,
         /// The query, e.g. data.envoy.authz.allow.
         query: String,
+    },
+    /// Explain a decision: each rule definition tried and the first expression
+    /// that did not hold, with file:line and the values it compared.
+    Explain {
+        /// Input document (JSON or YAML); `-` reads standard input.
+        #[arg(long, short)]
+        input: PathBuf,
+        /// Policies and data, as for `eval` (default: ./policies).
+        #[arg(long, short)]
+        data: Vec<PathBuf>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = ExplainFormat::Text)]
+        format: ExplainFormat,
+        /// The query (default: the inbound query, data.envoy.authz.allow).
+        query: Option<String>,
+    },
+    /// Re-decide the requests of a decision log (written with `log.input`) with a
+    /// candidate policy and print what would change.
+    ///
+    /// Exit status: 0 nothing changes, 1 some decision would change, 2 the log or
+    /// the policies could not be read.
+    Replay {
+        /// The decision log (JSON lines); `-` reads standard input.
+        #[arg(long)]
+        log: PathBuf,
+        /// The candidate policy directory.
+        #[arg(long, required_unless_present = "bundle", conflicts_with = "bundle")]
+        policies: Option<PathBuf>,
+        /// The candidate as an OPA bundle (.tar.gz file or directory).
+        #[arg(long)]
+        bundle: Option<PathBuf>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = ExplainFormat::Text)]
+        format: ExplainFormat,
+        /// Query for inbound entries.
+        #[arg(long, default_value = "data.envoy.authz.allow")]
+        inbound_query: String,
+        /// Query for outbound entries.
+        #[arg(long, default_value = "data.portcullis.outbound.allow")]
+        outbound_query: String,
     },
     /// Parse and compile policies; report errors as file:line:col.
     Check {
@@ -159,6 +215,55 @@ pub fn run_with(cmd: PolicyCommand, extensions: Option<ExtensionHook>) -> anyhow
                 extensions,
             )
         }
+        PolicyCommand::Explain {
+            input,
+            data,
+            format,
+            query,
+        } => explain(&input, &data, format, query, extensions),
+        PolicyCommand::Replay {
+            log,
+            policies,
+            bundle,
+            format,
+            inbound_query,
+            outbound_query,
+        } => {
+            let queries = [inbound_query, outbound_query];
+            let options = PolicyOptions {
+                extensions,
+                ..PolicyOptions::default()
+            };
+            let candidate = match (policies, bundle) {
+                (Some(dir), _) => PolicySet::load_dir(&dir, &queries, options)
+                    .map_err(|e| anyhow::anyhow!("--policies {}: {e}", dir.display()))?,
+                (None, Some(b)) => {
+                    let bundle = read_bundle(&b)?;
+                    PolicySet::from_sources(bundle.modules, bundle.data, &queries, options)
+                        .map_err(|e| anyhow::anyhow!("--bundle {}: {e}", b.display()))?
+                }
+                (None, None) => anyhow::bail!("give --policies or --bundle"),
+            };
+            let report = if log == Path::new("-") {
+                replay::replay(std::io::stdin().lock(), &candidate)
+            } else {
+                let file = std::fs::File::open(&log)
+                    .map_err(|e| anyhow::anyhow!("--log {}: {e}", log.display()))?;
+                replay::replay(std::io::BufReader::new(file), &candidate)
+            }
+            .map_err(|e| anyhow::anyhow!("--log {}: {e}", log.display()))?;
+            match format {
+                ExplainFormat::Text => print!("{}", report.to_text()),
+                ExplainFormat::Json => {
+                    println!("{}", serde_json::to_string_pretty(&report.to_json())?)
+                }
+            }
+            Ok(if report.changed() == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
         PolicyCommand::Check { paths, query } => check(&default_paths(paths), query, extensions),
     }
 }
@@ -227,6 +332,16 @@ struct EvalOptions {
     strict_builtin_errors: bool,
 }
 
+/// An OPA bundle from a directory or a .tar.gz file.
+fn read_bundle(b: &Path) -> anyhow::Result<Bundle> {
+    if b.is_dir() {
+        return Ok(Bundle::from_dir(b, false)?);
+    }
+    let bytes = std::fs::read(b).map_err(|e| anyhow::anyhow!("--bundle {}: {e}", b.display()))?;
+    Bundle::from_tar_gz(&bytes, &BundleLimits::default())
+        .map_err(|e| anyhow::anyhow!("--bundle {}: {e}", b.display()))
+}
+
 fn eval(
     input: Option<&Path>,
     data: &[PathBuf],
@@ -244,15 +359,7 @@ fn eval(
     };
     let mut sources = load_sources(data)?;
     for b in bundles {
-        let bundle = if b.is_dir() {
-            Bundle::from_dir(b, false)?
-        } else {
-            let bytes =
-                std::fs::read(b).map_err(|e| anyhow::anyhow!("--bundle {}: {e}", b.display()))?;
-            Bundle::from_tar_gz(&bytes, &BundleLimits::default())
-                .map_err(|e| anyhow::anyhow!("--bundle {}: {e}", b.display()))?
-        };
-        sources.merge(bundle)?;
+        sources.merge(read_bundle(b)?)?;
     }
     let mut engine = test_runner::engine_for(&sources, extensions.as_ref())?;
     engine.set_strict_builtin_errors(options.strict_builtin_errors);
@@ -278,6 +385,41 @@ fn eval(
     } else {
         ExitCode::SUCCESS
     })
+}
+
+fn explain(
+    input: &Path,
+    data: &[PathBuf],
+    format: ExplainFormat,
+    query: Option<String>,
+    extensions: Option<ExtensionHook>,
+) -> anyhow::Result<ExitCode> {
+    let data = if data.is_empty() {
+        vec![PathBuf::from("policies")]
+    } else {
+        data.to_vec()
+    };
+    let sources = load_sources(&data)?;
+    let serving = Bundle {
+        modules: sources
+            .modules
+            .iter()
+            .filter(|(n, _)| !n.ends_with("_test.rego"))
+            .cloned()
+            .collect(),
+        ..sources
+    };
+    let engine = test_runner::engine_for(&serving, extensions.as_ref())?;
+    let query = query.unwrap_or_else(|| crate::config::PolicyConfig::default().inbound_query);
+    let mut explainer = Explainer::new(engine);
+    let explanation = explainer.explain(&query, json_to_value(&read_input(input)?))?;
+    match format {
+        ExplainFormat::Text => print!("{}", explanation.to_text()),
+        ExplainFormat::Json => {
+            println!("{}", serde_json::to_string_pretty(&explanation.to_json())?)
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn check(

@@ -325,6 +325,8 @@ pub struct PolicySet {
     /// Prepared interpreter engine; pooled clones evaluate fallback queries.
     prototype: Engine,
     engines: Mutex<Vec<Engine>>,
+    /// Built on the first explanation asked of this revision.
+    explainer: std::sync::OnceLock<Mutex<super::explain::Explainer>>,
 }
 
 impl std::fmt::Debug for PolicySet {
@@ -586,6 +588,7 @@ impl PolicySet {
             files,
             prototype: engine,
             engines: Mutex::new(Vec::new()),
+            explainer: std::sync::OnceLock::new(),
         })
     }
 
@@ -713,6 +716,24 @@ impl PolicySet {
                 Ok(v)
             }
         }
+    }
+
+    /// Explains the decision of query number `query` for `input` (see
+    /// [`super::explain`]). Slow (one interpreter evaluation per expression tried):
+    /// never call it on the request path.
+    pub fn explain(
+        &self,
+        query: usize,
+        input: Value,
+    ) -> Result<super::explain::Explanation, super::explain::ExplainError> {
+        let q = self
+            .queries
+            .get(query)
+            .ok_or_else(|| super::explain::ExplainError::Query(format!("#{query}")))?;
+        let explainer = self
+            .explainer
+            .get_or_init(|| Mutex::new(super::explain::Explainer::new(self.prototype.clone())));
+        lock(explainer).explain(&q.query, input)
     }
 
     /// Evaluates query number `query` on the interpreter regardless of the

@@ -44,6 +44,8 @@ pub struct PolicyStore {
     reloading: Mutex<Option<String>>,
     /// Wakes the bundle poller (a forced reload in bundle mode).
     refresh: tokio::sync::Notify,
+    /// A shadow policy (`policy.shadow`): counted in its own metrics, never enforced.
+    shadow: bool,
 }
 
 impl PolicyStore {
@@ -91,7 +93,22 @@ impl PolicyStore {
             options,
             reloading: Mutex::new(None),
             refresh: tokio::sync::Notify::new(),
+            shadow: false,
         }
+    }
+
+    /// A store for the shadow policy (see [`super::shadow`]), empty until its
+    /// first revision loads: from `dir`, or from a bundle when `dir` is `None`.
+    pub fn for_shadow(
+        dir: Option<PathBuf>,
+        inbound_query: String,
+        outbound_query: String,
+        options: impl Into<PolicyOptions>,
+    ) -> Arc<PolicyStore> {
+        let source = dir.map_or(PolicySource::Bundle, PolicySource::Dir);
+        let mut store = PolicyStore::new(source, inbound_query, outbound_query, options.into());
+        store.shadow = true;
+        Arc::new(store)
     }
 
     /// The active revision, if any was ever loaded.
@@ -164,6 +181,10 @@ impl PolicyStore {
 
     /// Counts a failed reload (`portcullis_policy_reloads_total{result="error"}`).
     pub fn count_failure(&self) {
+        if self.shadow {
+            super::shadow::count_reload("error");
+            return;
+        }
         metrics::global()
             .policy_reloads
             .with_label_values(&["error"])
@@ -190,6 +211,11 @@ impl PolicyStore {
 
     /// Installs an already compiled set (directory reload or bundle).
     pub fn install(&self, set: PolicySet) {
+        if self.shadow {
+            super::shadow::installed(&self.revision(), set.revision());
+            self.current.store(Some(Arc::new(set)));
+            return;
+        }
         let m = metrics::global();
         let old = self.revision();
         if old != set.revision() {

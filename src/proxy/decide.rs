@@ -11,6 +11,7 @@ use super::grpc::LocalReply;
 use super::headers::add_headers;
 use crate::decision_log::{now_rfc3339, DecisionEntry, DecisionLog};
 use crate::metrics;
+use crate::policy::shadow::{Comparison, Shadow};
 use crate::policy::store::PolicyStore;
 use crate::policy::{Decision, DecisionError, InputFacts, PolicySet};
 
@@ -45,6 +46,8 @@ pub struct Decider {
     pub policy: Arc<PolicyStore>,
     pub dry_run: bool,
     pub log: DecisionLog,
+    /// The shadow policy compared with every (sampled) decision, if configured.
+    pub shadow: Option<Arc<Shadow>>,
 }
 
 /// What is left to record once the response status is known.
@@ -52,6 +55,10 @@ pub struct Ticket {
     /// `allow`, `deny` or `dry_run_deny`.
     pub label: &'static str,
     entry: Option<DecisionEntry>,
+    /// The entry goes to the decision log (it may exist only for the tap).
+    logged: bool,
+    /// The revision and input to explain the decision with (`log.explain`).
+    explain: Option<(Arc<PolicySet>, regorus::Value, Vec<String>)>,
 }
 
 impl Ticket {
@@ -60,6 +67,8 @@ impl Ticket {
         Ticket {
             label: "deny",
             entry: None,
+            logged: false,
+            explain: None,
         }
     }
 }
@@ -86,6 +95,9 @@ impl Decider {
             None => Err(DecisionError::NoPolicy),
         };
         let elapsed = start.elapsed();
+        if let Some(shadow) = &self.shadow {
+            self.offer_shadow(shadow, facts, &result);
+        }
         m.policy_eval_duration
             .with_label_values(&[self.direction])
             .observe(elapsed.as_secs_f64());
@@ -167,6 +179,36 @@ impl Decider {
         (Verdict::Deny(denial), ticket)
     }
 
+    /// Hands the decision to the shadow worker: only its input is built here.
+    fn offer_shadow(
+        &self,
+        shadow: &Shadow,
+        facts: &InputFacts<'_>,
+        enforced: &Result<Decision, DecisionError>,
+    ) {
+        let Some(set) = shadow.store().current() else {
+            return;
+        };
+        if !shadow.sampled() {
+            return;
+        }
+        let input = match set.input_needs(self.query) {
+            Some(needs) => crate::policy::build_input_with(facts, needs),
+            None => crate::policy::build_input(facts),
+        };
+        shadow.submit(Comparison {
+            direction: self.direction,
+            query: self.query,
+            decision_id: facts
+                .http
+                .as_ref()
+                .map(|h| h.id.to_owned())
+                .unwrap_or_default(),
+            input,
+            enforced: enforced.clone(),
+        });
+    }
+
     fn ticket(
         &self,
         label: &'static str,
@@ -175,10 +217,31 @@ impl Decider {
         eval_ns: u64,
         facts: &InputFacts<'_>,
     ) -> Ticket {
-        if !self.log.wants(label == "allow") {
-            return Ticket { label, entry: None };
+        let logged = self.log.wants(label == "allow");
+        if !logged && !crate::tap::active() {
+            return Ticket {
+                label,
+                entry: None,
+                logged,
+                explain: None,
+            };
         }
         let http = facts.http.as_ref();
+        // The input as the policy saw it; explained once the response is on its way.
+        let explain = revision
+            .as_ref()
+            .filter(|_| self.log.explains(label))
+            .map(|set| {
+                let needs = set.input_needs(self.query);
+                let input = needs.map_or_else(
+                    || crate::policy::build_input(facts),
+                    |n| crate::policy::build_input_with(facts, n),
+                );
+                let secrets = http
+                    .map(|h| self.log.secret_values(h.headers, h.path))
+                    .unwrap_or_default();
+                (set.clone(), input, secrets)
+            });
         let entry = DecisionEntry {
             decision_id: http
                 .map(|h| h.id.to_owned())
@@ -199,11 +262,22 @@ impl Decider {
                 .map_or("none", PolicySet::revision)
                 .to_owned(),
             eval_ns,
-            headers: http.map(|h| self.log.masked_headers(h.headers)),
+            // The tap shows no headers: masked only for the log.
+            headers: http
+                .filter(|_| logged)
+                .map(|h| self.log.masked_headers(h.headers)),
+            input: (logged && self.log.logs_input(label)).then(|| {
+                let input = crate::policy::build_input(facts);
+                self.log
+                    .masked_input(serde_json::to_value(&input).unwrap_or_default())
+            }),
+            explanation: None,
         };
         Ticket {
             label,
             entry: Some(entry),
+            logged,
+            explain,
         }
     }
 
@@ -248,9 +322,55 @@ impl Decider {
         m.request_duration
             .with_label_values(&[self.direction])
             .observe(started.elapsed().as_secs_f64());
-        if let Some(mut entry) = ticket.entry {
-            entry.status = status;
-            self.log.log(&entry);
+        let Some(mut entry) = ticket.entry else {
+            return;
+        };
+        entry.status = status;
+        let log = self.log.clone();
+        let logged = ticket.logged;
+        let done = move |entry: DecisionEntry| {
+            if crate::tap::active() {
+                crate::tap::publish(tap_event(&entry));
+            }
+            if logged {
+                log.log(&entry);
+            }
+        };
+        match ticket.explain {
+            Some((set, input, secrets)) => {
+                let query = self.query;
+                let explain = move || {
+                    let mut explanation = match set.explain(query, input) {
+                        Ok(e) => e.to_json(),
+                        Err(e) => serde_json::json!({ "error": e.to_string() }),
+                    };
+                    // Compared values can quote what log.mask hides.
+                    DecisionLog::scrub(&mut explanation, &secrets);
+                    explanation
+                };
+                DecisionLog::explain_then(entry, explain, done);
+            }
+            None => done(entry),
         }
+    }
+}
+
+/// A decision as the tap streams it.
+fn tap_event(e: &DecisionEntry) -> crate::tap::TapEvent {
+    crate::tap::TapEvent {
+        time: e.time.clone(),
+        decision_id: e.decision_id.clone(),
+        direction: e.direction,
+        principal: if e.direction == "outbound" {
+            e.destination_principal.clone()
+        } else {
+            e.source_principal.clone()
+        },
+        method: e.method.clone(),
+        path: e.path.clone(),
+        decision: e.decision,
+        status: e.status,
+        reason: e.reason.clone(),
+        explanation: e.explanation.clone(),
     }
 }

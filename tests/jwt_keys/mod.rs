@@ -1,6 +1,7 @@
 //! Test signing keys and token minting for the JWT tests: real ES256/RS256 keys
 //! (rcgen, aws-lc-rs), their JWKs and PEMs, and hand-built tokens for attacks.
 #![allow(dead_code)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

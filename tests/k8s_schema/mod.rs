@@ -5,6 +5,7 @@
 //! JSON pointer. Custom resources (cert-manager, Prometheus Operator, SPIRE) have
 //! no k8s-openapi type: their apiVersion, kind and metadata.name are checked.
 #![allow(dead_code)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;

@@ -1,6 +1,7 @@
 //! The real sidecar binary as a child process, for the k8s tests (Prometheus
 //! scrape, SIGTERM drain): configuration file, readiness wait, kill on drop.
 #![allow(dead_code)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::path::Path;
