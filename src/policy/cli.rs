@@ -412,7 +412,7 @@ fn explain(
     let engine = test_runner::engine_for(&serving, extensions.as_ref())?;
     let query = query.unwrap_or_else(|| crate::config::PolicyConfig::default().inbound_query);
     let mut explainer = Explainer::new(engine);
-    let explanation = explainer.explain(&query, json_to_value(&read_input(input)?))?;
+    let explanation = explainer.explain(&query, read_input(input)?)?;
     match format {
         ExplainFormat::Text => print!("{}", explanation.to_text()),
         ExplainFormat::Json => {
