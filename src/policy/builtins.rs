@@ -252,14 +252,23 @@ fn decode_header(segment: &str) -> anyhow::Result<serde_json::Map<String, serde_
     Ok(json)
 }
 
+/// A JWT payload: its claims, and its value for the policy (integers beyond 64
+/// bits exact, as in OPA).
+struct Payload {
+    claims: serde_json::Map<String, serde_json::Value>,
+    value: Value,
+}
+
 /// A payload: JSON from bytes that need not be UTF-8 (invalid sequences become
 /// U+FFFD, as in OPA).
-fn payload_json(bytes: &[u8]) -> anyhow::Result<serde_json::Map<String, serde_json::Value>> {
+fn payload_json(bytes: &[u8]) -> anyhow::Result<Payload> {
     let text = String::from_utf8_lossy(bytes);
-    match serde_json::from_str(&text) {
-        Ok(serde_json::Value::Object(o)) => Ok(o),
-        Ok(_) => bail!("JWT payload must be a JSON object"),
-        Err(e) => bail!("invalid JSON: {e}"),
+    let json: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| anyhow!("invalid JSON: {e}"))?;
+    let value = super::exact_json::to_value(text.as_bytes(), &json);
+    match json {
+        serde_json::Value::Object(claims) => Ok(Payload { claims, value }),
+        _ => bail!("JWT payload must be a JSON object"),
     }
 }
 
@@ -281,7 +290,7 @@ fn decode(args: &[Value]) -> anyhow::Result<Value> {
             .map_err(|e| anyhow!("io.jwt.decode: JWT signature: {e}"))?;
         return Ok(Value::from(vec![
             Value::from(serde_json::Value::Object(header)),
-            Value::from(serde_json::Value::Object(payload)),
+            payload.value,
             Value::from(hex::encode(sig)),
         ]));
     }
@@ -671,17 +680,17 @@ fn decode_verify(args: &[Value], now_ns: f64) -> anyhow::Result<Value> {
     let payload = payload_json(&payload).map_err(|e| anyhow!("io.jwt.decode_verify: {e}"))?;
 
     if !constraints.iss.is_empty() {
-        match payload.get("iss") {
+        match payload.claims.get("iss") {
             Some(serde_json::Value::String(iss)) if *iss == constraints.iss => {}
             _ => return Ok(unverified()),
         }
     }
-    match payload.get("aud") {
+    match payload.claims.get("aud") {
         Some(aud) if !constraints.valid_audience(aud) => return Ok(unverified()),
         None if !constraints.aud.is_empty() => return Ok(unverified()),
         _ => {}
     }
-    match payload.get("exp") {
+    match payload.claims.get("exp") {
         None => {}
         Some(serde_json::Value::Number(n)) if n.as_f64().is_none_or(|exp| time_s >= exp) => {
             return Ok(unverified());
@@ -689,7 +698,7 @@ fn decode_verify(args: &[Value], now_ns: f64) -> anyhow::Result<Value> {
         Some(serde_json::Value::Number(_)) => {}
         Some(_) => return Ok(Value::Undefined), // OPA: "exp value must be a number"
     }
-    match payload.get("nbf") {
+    match payload.claims.get("nbf") {
         None => {}
         Some(serde_json::Value::Number(n)) if n.as_f64().is_none_or(|nbf| time_s < nbf) => {
             return Ok(unverified());
@@ -700,6 +709,6 @@ fn decode_verify(args: &[Value], now_ns: f64) -> anyhow::Result<Value> {
     Ok(Value::from(vec![
         Value::from(true),
         Value::from(serde_json::Value::Object(header.json)),
-        Value::from(serde_json::Value::Object(payload)),
+        payload.value,
     ]))
 }

@@ -524,7 +524,14 @@ fn parse_data(name: &str, text: &str) -> Result<serde_json::Value, BundleError> 
 /// but an object is an error. Shared by directory and bundle loading.
 pub(crate) fn parse_data_document(name: &str, text: &str) -> Result<serde_json::Value, String> {
     let v: serde_json::Value = if name.ends_with(".json") {
-        serde_json::from_str(text).map_err(|e| e.to_string())?
+        let v = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        if let Some(n) = super::exact_json::wide_integer(text.as_bytes(), &v) {
+            return Err(format!(
+                "the integer {} does not fit in 64 bits: portcullis would round it where OPA keeps it exact",
+                n.chars().take(40).collect::<String>()
+            ));
+        }
+        v
     } else {
         serde_yaml::from_str(text).map_err(|e| e.to_string())?
     };
@@ -966,6 +973,28 @@ mod tests {
     }
 
     const POLICY: &[u8] = b"package authz\nimport rego.v1\ndefault allow := false\nallow if input.user in data.authz.users\n";
+
+    #[test]
+    fn a_data_integer_beyond_64_bits_is_refused_not_rounded() {
+        let bytes = tar_gz(&[
+            ("authz/policy.rego", POLICY),
+            ("authz/data.json", br#"{"ids": [1, 100000000000000000001]}"#),
+        ]);
+        let err = Bundle::from_tar_gz(&bytes, &BundleLimits::default())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("authz/data.json"), "{err}");
+        assert!(
+            err.contains("100000000000000000001 does not fit in 64 bits"),
+            "{err}"
+        );
+        let ok = tar_gz(&[(
+            "authz/data.json",
+            br#"{"n": 18446744073709551615, "f": 1e30}"#,
+        )]);
+        assert!(Bundle::from_tar_gz(&ok, &BundleLimits::default()).is_ok());
+    }
 
     #[test]
     fn unpacks_modules_data_and_manifest() {

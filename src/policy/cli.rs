@@ -305,7 +305,7 @@ fn test(
     })
 }
 
-fn read_input(path: &Path) -> anyhow::Result<serde_json::Value> {
+fn read_input(path: &Path) -> anyhow::Result<regorus::Value> {
     let text = if path == Path::new("-") {
         let mut s = String::new();
         std::io::stdin()
@@ -318,8 +318,9 @@ fn read_input(path: &Path) -> anyhow::Result<serde_json::Value> {
     };
     // JSON is YAML, but JSON errors read better for JSON input.
     match serde_json::from_str(&text) {
-        Ok(v) => Ok(v),
+        Ok(v) => Ok(super::exact_json::to_value(text.as_bytes(), &v)),
         Err(json_err) => serde_yaml::from_str(&text)
+            .map(|v| json_to_value(&v))
             .map_err(|_| anyhow::anyhow!("--input {}: {json_err}", path.display())),
     }
 }
@@ -363,7 +364,7 @@ fn eval(
     let mut engine = test_runner::engine_for(&sources, extensions.as_ref())?;
     engine.set_strict_builtin_errors(options.strict_builtin_errors);
     if let Some(path) = input {
-        engine.set_input(json_to_value(&read_input(path)?));
+        engine.set_input(read_input(path)?);
     }
     engine.set_gather_prints(true);
     let results = engine
@@ -411,7 +412,7 @@ fn explain(
     let engine = test_runner::engine_for(&serving, extensions.as_ref())?;
     let query = query.unwrap_or_else(|| crate::config::PolicyConfig::default().inbound_query);
     let mut explainer = Explainer::new(engine);
-    let explanation = explainer.explain(&query, json_to_value(&read_input(input)?))?;
+    let explanation = explainer.explain(&query, read_input(input)?)?;
     match format {
         ExplainFormat::Text => print!("{}", explanation.to_text()),
         ExplainFormat::Json => {

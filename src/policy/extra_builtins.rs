@@ -1,7 +1,8 @@
 //! OPA builtins that regorus 0.14 lacks, as regorus extensions: the `crypto`
 //! digests and HMACs, the `net.cidr_*` set operations that HTTP-authorization
 //! policies use, and `strings.render_template` for templates that only insert
-//! values (`{{.a.b}}`, with `{{-`/`-}}` trimming). Each follows OPA's documented signature and result format; an
+//! values (`{{.a.b}}`, with `{{-`/`-}}` trimming), and `regex.globs_match`
+//! (see [`super::globs_match`]). Each follows OPA's documented signature and result format; an
 //! argument of the wrong type or an invalid address is an error, which the engine
 //! turns into an undefined call unless builtin errors are strict (as OPA does).
 
@@ -31,13 +32,14 @@ pub const FUNCTIONS: &[(&str, usize)] = &[
     ("strings.render_template", 2),
     ("array.flatten", 1),
     ("strings.split_n", 3),
+    ("regex.globs_match", 2),
 ];
 
 type Builtin = fn(&[Value]) -> anyhow::Result<Value>;
 
 /// Registers every function of [`FUNCTIONS`].
 pub fn register(r: &mut Registrar<'_>) -> anyhow::Result<()> {
-    let table: [(&str, Builtin); 14] = [
+    let table: [(&str, Builtin); 15] = [
         ("crypto.md5", |a| digest_hex(a, "crypto.md5", Hash::Md5)),
         ("crypto.sha1", |a| digest_hex(a, "crypto.sha1", Hash::Sha1)),
         ("crypto.sha256", |a| {
@@ -62,6 +64,7 @@ pub fn register(r: &mut Registrar<'_>) -> anyhow::Result<()> {
         ("strings.render_template", render_template),
         ("array.flatten", array_flatten),
         ("strings.split_n", split_n),
+        ("regex.globs_match", globs_match),
     ];
     for ((name, f), (listed, nargs)) in table.into_iter().zip(FUNCTIONS) {
         debug_assert_eq!(name, *listed);
@@ -371,6 +374,13 @@ fn cidr_contains_matches(args: &[Value]) -> anyhow::Result<Value> {
 
 /// `array.flatten(arr)`: arrays among the elements are spliced in, one level
 /// deep (OPA 1.x).
+fn globs_match(args: &[Value]) -> anyhow::Result<Value> {
+    let f = "regex.globs_match";
+    let matched = super::globs_match::globs_match(string_arg(args, 0, f)?, string_arg(args, 1, f)?)
+        .map_err(|e| anyhow!("{f}: {e}"))?;
+    Ok(Value::from(matched))
+}
+
 fn array_flatten(args: &[Value]) -> anyhow::Result<Value> {
     let Some(Value::Array(items)) = args.first() else {
         bail!("array.flatten: operand 1 must be an array");

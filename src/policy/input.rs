@@ -746,7 +746,7 @@ fn parsed_body(body: &[u8], content_type: Option<&str>) -> Option<Value> {
     let essence = ct.split(';').next().unwrap_or("").trim();
     if essence.eq_ignore_ascii_case("application/json") {
         let v: serde_json::Value = serde_json::from_slice(body).ok()?;
-        Some(json_to_value(&v))
+        Some(super::exact_json::to_value(body, &v))
     } else if essence.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
         let text = std::str::from_utf8(body).ok()?;
         Some(parse_query(text))
@@ -784,6 +784,16 @@ mod tests {
     use super::*;
     use http::{HeaderMap, HeaderValue};
     use serde_json::json;
+
+    #[test]
+    fn parsed_body_keeps_wide_integers_exact() {
+        let body = br#"{"ids": [100000000000000000001, 100000000000000000000], "n": 1}"#;
+        let v = parsed_body(body, Some("application/json; charset=utf-8")).unwrap();
+        let want = Value::from_numeric_string("100000000000000000001").unwrap();
+        assert_eq!(v["ids"][0], want);
+        assert_ne!(v["ids"][0], v["ids"][1]);
+        assert_eq!(v["n"], Value::from(1u64));
+    }
 
     fn to_json(v: &Value) -> serde_json::Value {
         match v.to_json_str() {

@@ -24,7 +24,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::num::NonZeroU32;
 
-use regorus::unstable::{AssignOp, Expr, Literal, Module, Query, Ref, Rule, RuleHead, Span};
+use regorus::unstable::{
+    ArithOp, AssignOp, BinOp, BoolOp, Expr, Literal, Module, Query, Ref, Rule, RuleHead, Span,
+};
 use regorus::{Engine, PolicyLengthConfig, Value};
 
 use super::engine::PolicyError;
@@ -82,10 +84,6 @@ pub const OPA_BUILTINS_REFUSED: &[(&str, &str)] = &[
         "rego.parse_module",
         "regorus' syntax tree differs from OPA's",
     ),
-    (
-        "regex.globs_match",
-        "the intersection of two regular expressions is not implemented",
-    ),
     ("any", "deprecated in OPA; Rego v1 refuses it"),
     ("all", "deprecated in OPA; Rego v1 refuses it"),
     ("re_match", "deprecated in OPA: use regex.match"),
@@ -102,19 +100,19 @@ pub const OPA_BUILTINS_REFUSED: &[(&str, &str)] = &[
     ("cast_string", "deprecated in OPA"),
     (
         "crypto.x509.parse_certificates",
-        "its result is Go's x509.Certificate as JSON, which cannot be reproduced exactly",
+        "its result is Go's x509.Certificate as JSON: raw DER fields, Go's enum numbers, pkix.Name and key internals, which portcullis does not reproduce",
     ),
     (
         "crypto.x509.parse_and_verify_certificates",
-        "its result is Go's x509.Certificate as JSON, which cannot be reproduced exactly",
+        "its result is Go's x509.Certificate as JSON: raw DER fields, Go's enum numbers, pkix.Name and key internals, which portcullis does not reproduce",
     ),
     (
         "json.match_schema",
-        "regorus' optional `jsonschema` feature is not built in",
+        "OPA reports schema errors as gojsonschema's error objects and texts, which regorus' `jsonschema` feature does not reproduce",
     ),
     (
         "json.verify_schema",
-        "regorus' optional `jsonschema` feature is not built in",
+        "OPA reports schema errors as gojsonschema's error objects and texts, which regorus' `jsonschema` feature does not reproduce",
     ),
     (
         "rego.metadata.chain",
@@ -808,6 +806,32 @@ enum Callee {
     Unknown,
 }
 
+/// The OPA builtin an operator expression calls (`a > b` is `gt(a, b)`).
+fn operator_builtin(e: &Expr) -> Option<&'static str> {
+    Some(match e {
+        Expr::BoolExpr { op, .. } => match op {
+            BoolOp::Lt => "lt",
+            BoolOp::Le => "lte",
+            BoolOp::Eq => "equal",
+            BoolOp::Ge => "gte",
+            BoolOp::Gt => "gt",
+            BoolOp::Ne => "neq",
+        },
+        Expr::ArithExpr { op, .. } => match op {
+            ArithOp::Add => "plus",
+            ArithOp::Sub => "minus",
+            ArithOp::Mul => "mul",
+            ArithOp::Div => "div",
+            ArithOp::Mod => "rem",
+        },
+        Expr::BinExpr { op, .. } => match op {
+            BinOp::Intersection => "and",
+            BinOp::Union => "or",
+        },
+        _ => return None,
+    })
+}
+
 struct Resolver<'a> {
     index: &'a Index,
     package: &'a [String],
@@ -816,6 +840,13 @@ struct Resolver<'a> {
 }
 
 impl Resolver<'_> {
+    /// Whether `dotted` names a builtin regorus or portcullis provides.
+    fn is_builtin(&self, dotted: &str) -> bool {
+        regorus::unstable::BUILTINS.contains_key(dotted)
+            || dotted == "print"
+            || (self.functions.is_extension)(dotted)
+    }
+
     fn resolve(&self, name: &[String]) -> Callee {
         let Some(first) = name.first() else {
             return Callee::Unknown;
@@ -1176,6 +1207,9 @@ impl RuleScan<'_> {
             Expr::BinExpr { lhs, rhs, .. }
             | Expr::BoolExpr { lhs, rhs, .. }
             | Expr::ArithExpr { lhs, rhs, .. } => {
+                if let Some(name) = operator_builtin(e) {
+                    self.shadowed_builtin(e.span(), name, &[name.to_string()]);
+                }
                 self.expr(lhs, positive);
                 self.expr(rhs, positive);
             }
@@ -1196,6 +1230,22 @@ impl RuleScan<'_> {
         }
     }
 
+    /// A call of builtin `builtin` (by name or by its operator) in a package that
+    /// has a rule of that name: OPA calls the rule (and refuses the module when the
+    /// arities differ), regorus the builtin.
+    fn shadowed_builtin(&mut self, span: &Span, builtin: &str, name: &[String]) {
+        let mut local = self.resolver.package.to_vec();
+        local.extend(name.iter().cloned());
+        if self.resolver.index.rules.contains_key(&local) {
+            self.refusals.push(Refusal::at(
+                span,
+                format!(
+                    "`{builtin}` is both a rule of this package and a builtin: OPA calls the rule here (or refuses the module when the arities differ), regorus the builtin; refused at load so that no request is decided differently from OPA (rename the rule)"
+                ),
+            ));
+        }
+    }
+
     fn call(&mut self, fcn: &Expr, params: &[Ref<Expr>], positive: bool) {
         let Some(name) = static_path(fcn) else {
             self.expr(fcn, positive);
@@ -1207,6 +1257,9 @@ impl RuleScan<'_> {
         let dotted = name.join(".");
         let arity = match self.resolver.resolve(&name) {
             Callee::Rule(arity, path) => {
+                if self.resolver.is_builtin(&dotted) {
+                    self.shadowed_builtin(root_span(fcn), &dotted, &name);
+                }
                 self.calls.push(path);
                 arity
             }
@@ -1601,10 +1654,11 @@ mod tests {
             "strings.render_template",
             "walk",
             "json.patch",
+            "regex.globs_match",
         ] {
             assert!(builtin_support(name).is_ok(), "{name}");
         }
-        for name in ["rego.parse_module", "graphql.parse", "regex.globs_match"] {
+        for name in ["rego.parse_module", "graphql.parse", "json.match_schema"] {
             assert!(builtin_support(name).is_err(), "{name}");
         }
     }

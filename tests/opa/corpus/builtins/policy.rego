@@ -21,3 +21,8 @@ allow if {
 	count(net.cidr_contains_matches(["192.168.0.0/16", "172.16.0.0/12"], headers["x-real-ip"])) > 0
 	crypto.md5(headers["x-user"]) == data.hashes.bob_md5
 }
+
+# A request path whose language meets a glob-like pattern of internal paths.
+allow if {
+	regex.globs_match(input.attributes.request.http.path, "/int.*/[a-c]+")
+}
