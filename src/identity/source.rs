@@ -231,6 +231,10 @@ impl Identity {
     /// established keep the config they were accepted with.
     pub fn install(&self, svid: Svid) -> Result<(), IdentityError> {
         let tls = TlsConfigs::build(&svid, &self.provider)?;
+        // Before readiness: the first handshake of a process otherwise pays for the
+        // crypto library's lazy start-up (its random generator's seeding, ≈ 30 ms of
+        // CPU) while a client waits.
+        super::tls::warm_up(&svid, &self.provider, &tls.server);
         let not_after = svid
             .not_after
             .duration_since(SystemTime::UNIX_EPOCH)

@@ -116,3 +116,82 @@ impl rustls::client::ResolvesClientCert for SingleCert {
         true
     }
 }
+
+/// Runs one mTLS handshake in memory between `server` and a client presenting the same
+/// SVID, so that what the crypto library and rustls set up lazily on first use is
+/// done before the sidecar reports ready, not on a peer's first connection. A failure
+/// only means nothing was warmed; it is logged at debug.
+pub fn warm_up(svid: &Svid, provider: &Arc<CryptoProvider>, server: &Arc<ServerConfig>) {
+    if let Err(e) = handshake_in_memory(svid, provider, server) {
+        tracing::debug!(error = %e, "TLS warm-up handshake did not complete");
+    }
+}
+
+fn handshake_in_memory(
+    svid: &Svid,
+    provider: &Arc<CryptoProvider>,
+    server: &Arc<ServerConfig>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let client = client_config(svid, provider, PeerAuthorization::AnyTrusted, &[b"h2"])?;
+    let name = rustls_pki_types::ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into());
+    let mut c = rustls::ClientConnection::new(Arc::new(client), name)?;
+    let mut s = rustls::ServerConnection::new(server.clone())?;
+    let mut buf = Vec::new();
+    // A TLS 1.3 handshake takes a few flights; the bound only guards against a loop.
+    for _ in 0..16 {
+        if !c.is_handshaking() && !s.is_handshaking() {
+            return Ok(());
+        }
+        buf.clear();
+        c.write_tls(&mut buf)?;
+        let mut rd = buf.as_slice();
+        while !rd.is_empty() {
+            s.read_tls(&mut rd)?;
+        }
+        s.process_new_packets()?;
+        buf.clear();
+        s.write_tls(&mut buf)?;
+        let mut rd = buf.as_slice();
+        while !rd.is_empty() {
+            c.read_tls(&mut rd)?;
+        }
+        c.process_new_packets()?;
+    }
+    Err("handshake did not finish".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::dev_ca::DevCa;
+    use crate::identity::source::{crypto_provider, SvidPem};
+    use crate::identity::{SpiffeId, TrustDomain};
+
+    #[test]
+    fn warm_up_handshake_completes() {
+        let dir = tempfile::tempdir().unwrap();
+        let td = TrustDomain::parse("cluster.local").unwrap();
+        let ca = DevCa::init(&td, &dir.path().join("ca")).unwrap();
+        let id = SpiffeId::parse("spiffe://cluster.local/ns/default/sa/warm").unwrap();
+        let out = dir.path().join("svid");
+        ca.issue(&id, std::time::Duration::from_secs(3600))
+            .unwrap()
+            .write(&out)
+            .unwrap();
+        let read = |f: &str| std::fs::read(out.join(f)).unwrap();
+        let provider = crypto_provider();
+        let svid = Svid::from_pem(
+            &SvidPem {
+                cert: &read("tls.crt"),
+                key: &read("tls.key"),
+                bundle: &read("ca.crt"),
+                federated: &[],
+            },
+            &td,
+            &provider,
+        )
+        .unwrap();
+        let tls = TlsConfigs::build(&svid, &provider).unwrap();
+        handshake_in_memory(&svid, &provider, &tls.server).unwrap();
+    }
+}
