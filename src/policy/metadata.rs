@@ -12,7 +12,8 @@ use std::collections::BTreeMap;
 use regorus::unstable::{Expr, Literal, Module, Query, Rule, RuleHead};
 use serde_json::{json, Map, Value as Json};
 
-use super::parity::{fixed_prefix, static_path};
+use super::access::static_path;
+use super::parity::fixed_prefix;
 
 /// One `# METADATA` block: the line (1-based) of what it annotates, its scope and
 /// its annotations (with `scope` filled in).

@@ -29,6 +29,7 @@ use regorus::unstable::{
 };
 use regorus::{Engine, PolicyLengthConfig, Value};
 
+use super::access::static_path;
 use super::engine::PolicyError;
 
 /// One refused construct: where, and what.
@@ -748,29 +749,6 @@ fn import_aliases(m: &Module) -> BTreeMap<String, Vec<String>> {
         out.insert(name, path);
     }
     out
-}
-
-/// `a.b["c"]` → `[a, b, c]` when every step is fixed.
-pub(crate) fn static_path(e: &Expr) -> Option<Vec<String>> {
-    match e {
-        Expr::Var { value, .. } => Some(vec![value.as_string().ok()?.to_string()]),
-        Expr::RefDot { refr, field, .. } => {
-            let mut p = static_path(refr)?;
-            p.push(field.1.as_string().ok()?.to_string());
-            Some(p)
-        }
-        Expr::RefBrack { refr, index, .. } => {
-            let mut p = static_path(refr)?;
-            match index.as_ref() {
-                Expr::String { value, .. } | Expr::RawString { value, .. } => {
-                    p.push(value.as_string().ok()?.to_string());
-                    Some(p)
-                }
-                _ => None,
-            }
-        }
-        _ => None,
-    }
 }
 
 /// Where a reference starts (`a` of `a.b.c`): regorus places a step's span at
