@@ -57,9 +57,9 @@ pub struct DecisionEntry {
 /// conventional token parameters (RFC 6750 §2.3 and common API-key names).
 const ALWAYS_MASKED_QUERY: &[&str] = &["access_token", "id_token", "api_key", "apikey"];
 
-/// Explanations computed at once, at most (each holds a blocking thread).
+/// Explanations computed at once by one sidecar, at most (each holds a
+/// blocking thread).
 pub const MAX_EXPLAINING: usize = 2;
-static EXPLAINING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// Where decision logs go and what they hide.
 #[derive(Clone)]
@@ -70,6 +70,8 @@ pub struct DecisionLog {
     sample_allows: f64,
     explain: crate::config::ExplainLogging,
     input: crate::config::InputLogging,
+    /// Explanations in progress, shared by every clone of this log.
+    explaining: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl DecisionLog {
@@ -87,6 +89,7 @@ impl DecisionLog {
             sample_allows: 0.0,
             explain: crate::config::ExplainLogging::Off,
             input: crate::config::InputLogging::Off,
+            explaining: Default::default(),
         }
     }
 
@@ -128,6 +131,7 @@ impl DecisionLog {
             sample_allows,
             explain: crate::config::ExplainLogging::Off,
             input: crate::config::InputLogging::Off,
+            explaining: Default::default(),
         })
     }
 
@@ -324,20 +328,21 @@ impl DecisionLog {
     /// request never waits, then hands it to `done`. At most [`MAX_EXPLAINING`]
     /// explanations run at once; past that the entry says it was skipped.
     pub fn explain_then(
+        &self,
         mut entry: DecisionEntry,
         explain: impl FnOnce() -> serde_json::Value + Send + 'static,
         done: impl FnOnce(DecisionEntry) + Send + 'static,
     ) {
         use std::sync::atomic::Ordering;
         /// Gives the slot back however the explanation ends (a panic included).
-        struct Slot;
+        struct Slot(std::sync::Arc<std::sync::atomic::AtomicUsize>);
         impl Drop for Slot {
             fn drop(&mut self) {
-                EXPLAINING.fetch_sub(1, Ordering::AcqRel);
+                self.0.fetch_sub(1, Ordering::AcqRel);
             }
         }
-        let slot = Slot;
-        let busy = EXPLAINING.fetch_add(1, Ordering::AcqRel) >= MAX_EXPLAINING;
+        let slot = Slot(self.explaining.clone());
+        let busy = slot.0.fetch_add(1, Ordering::AcqRel) >= MAX_EXPLAINING;
         match tokio::runtime::Handle::try_current() {
             Ok(handle) if !busy => {
                 handle.spawn_blocking(move || {
@@ -393,6 +398,7 @@ mod tests {
             sample_allows: 1.0,
             explain: crate::config::ExplainLogging::Off,
             input: crate::config::InputLogging::Off,
+            explaining: Default::default(),
         };
         let mut h = HeaderMap::new();
         h.insert("authorization", "Bearer secret".parse().unwrap());
@@ -412,6 +418,7 @@ mod tests {
             sample_allows: 1.0,
             explain: crate::config::ExplainLogging::Off,
             input: crate::config::InputLogging::Off,
+            explaining: Default::default(),
         };
         assert_eq!(log.masked_path("/a/b"), "/a/b");
         assert_eq!(

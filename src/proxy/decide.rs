@@ -348,7 +348,7 @@ impl Decider {
                     DecisionLog::scrub(&mut explanation, &secrets);
                     explanation
                 };
-                DecisionLog::explain_then(entry, explain, done);
+                self.log.explain_then(entry, explain, done);
             }
             None => done(entry),
         }
