@@ -1,6 +1,6 @@
 //! Replays the fuzzing seeds (`fuzz/corpus/<target>/`) and every input that once
 //! crashed a fuzz target (`fuzz/regressions/<target>/`) through the same
-//! `portcullis::fuzzing` entry points the targets in `fuzz/fuzz_targets/` call.
+//! `portcullis_testkit::fuzzing` entry points the targets in `fuzz/fuzz_targets/` call.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
