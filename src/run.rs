@@ -499,37 +499,51 @@ async fn stop_when_asked(
 
 /// Runs the sidecar until a signal or `/shutdown`, then drains. `SIGHUP` reloads policy.
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
     let setter = init_logging(cfg.log.format, &cfg.log.level);
     let running = start(cfg, setter).await?;
-    let policy = running.policy.clone();
-    let shutdown = running.shutdown.clone();
-    let stop = running.tasks.stopping();
-    running.tasks.spawn("signals", async move {
-        use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-            signal(SignalKind::hangup()),
-        ) else {
-            tracing::error!("cannot install signal handlers");
-            return;
-        };
-        let stop = stop.wait();
-        tokio::pin!(stop);
-        loop {
-            tokio::select! {
-                _ = &mut stop => return,
-                _ = term.recv() => { tracing::info!("SIGTERM"); shutdown.notify_one(); }
-                _ = int.recv() => { tracing::info!("SIGINT"); shutdown.notify_one(); }
-                _ = hup.recv() => {
-                    tracing::info!("SIGHUP: reloading policy");
-                    let policy = policy.clone();
-                    let _ = tokio::task::spawn_blocking(move || policy.reload()).await;
-                }
-            }
-        }
-    });
+    // Installed here rather than in the task: a signal sent as soon as the admin
+    // port answers is handled, not lost to a task that has not run yet.
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) {
+        (Ok(term), Ok(int), Ok(hup)) => running.tasks.spawn(
+            "signals",
+            handle_signals(
+                [term, int, hup],
+                running.policy.clone(),
+                running.shutdown.clone(),
+                running.tasks.stopping(),
+            ),
+        ),
+        _ => tracing::error!("cannot install signal handlers"),
+    }
     running.wait().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// SIGTERM and SIGINT start draining; SIGHUP reloads the policy directory.
+async fn handle_signals(
+    [mut term, mut int, mut hup]: [tokio::signal::unix::Signal; 3],
+    policy: Arc<PolicyStore>,
+    shutdown: Arc<Notify>,
+    stop: crate::tasks::Stopping,
+) {
+    let stop = stop.wait();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = term.recv() => { tracing::info!("SIGTERM"); shutdown.notify_one(); }
+            _ = int.recv() => { tracing::info!("SIGINT"); shutdown.notify_one(); }
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading policy");
+                let policy = policy.clone();
+                let _ = tokio::task::spawn_blocking(move || policy.reload()).await;
+            }
+        }
+    }
 }
