@@ -120,3 +120,43 @@ impl From<Refusal> for Early {
         Early::Refused(r)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::header::WWW_AUTHENTICATE;
+
+    fn refused(reason: &str) -> u64 {
+        metrics::global()
+            .rejected_requests
+            .with_label_values(&["admin", reason])
+            .get()
+    }
+
+    #[test]
+    fn a_refusal_is_counted_once_and_answered_for_http_and_grpc_callers() {
+        let before = refused("unit_refusal");
+        let mut r = Refusal::new(StatusCode::UNAUTHORIZED, "unit_refusal", "token expired\n");
+        r.header = Some((WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")));
+        let resp = r.answer(Direction::Admin);
+        assert_eq!(refused("unit_refusal"), before + 1);
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(resp.headers()[WWW_AUTHENTICATE], "Bearer");
+        assert_eq!(resp.headers()[CONTENT_TYPE], "text/plain; charset=utf-8");
+        let grpc = super::super::grpc::answer_as_grpc(resp);
+        assert_eq!(grpc.status(), StatusCode::OK);
+        assert_eq!(grpc.headers()["grpc-status"], "16");
+        assert_eq!(grpc.headers()["grpc-message"], "token expired");
+    }
+
+    #[test]
+    fn ambiguous_framing_has_one_wording() {
+        let r = Refusal::ambiguous_framing("both Content-Length and Transfer-Encoding");
+        assert_eq!(r.status, StatusCode::BAD_REQUEST);
+        assert_eq!(r.reason, "ambiguous_framing");
+        assert_eq!(
+            r.body,
+            "ambiguous request: both Content-Length and Transfer-Encoding\n"
+        );
+    }
+}
