@@ -12,6 +12,8 @@ use http::HeaderMap;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
+use crate::proxy::direction::Direction;
+
 const MASK: &str = "***";
 const ALWAYS_MASKED: &[&str] = &[
     "authorization",
@@ -25,7 +27,7 @@ const ALWAYS_MASKED: &[&str] = &[
 pub struct DecisionEntry {
     pub decision_id: String,
     pub time: String,
-    pub direction: &'static str,
+    pub direction: Direction,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub source_principal: Option<String>,
     pub source_address: String,

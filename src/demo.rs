@@ -82,7 +82,59 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let ca = DevCa::load_or_init(&td, &dir.join("ca"))
         .with_context(|| format!("development CA in {}", dir.join("ca").display()))?;
+    issue_certificates(&ca, dir)?;
+    let (policy_dir, shadow_dir) = write_policies(&args, dir)?;
 
+    let app_listener = TcpListener::bind(args.app)
+        .await
+        .with_context(|| format!("echo app: cannot listen on {}", args.app))?;
+    tokio::spawn(serve_echo(app_listener));
+
+    let mut cfg = sidecar_config(td, &dir.join("server"));
+    cfg.inbound.listen = args.listen;
+    cfg.inbound.app = args.app;
+    cfg.inbound.mtls = MtlsMode::Strict;
+    cfg.admin.listen = args.admin;
+    // The demo shows the inbound side; its outbound listener takes any free port.
+    cfg.outbound.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    cfg.policy.dir = policy_dir.clone();
+    cfg.log.decision_file = Some(dir.join("decisions.log"));
+    cfg.log.explain = crate::config::ExplainLogging::Denies;
+    cfg.log.input = crate::config::InputLogging::All;
+    cfg.policy.shadow = Some(crate::config::ShadowConfig {
+        dir: Some(shadow_dir),
+        bundle: None,
+        fraction: 1.0,
+        queue: 1024,
+    });
+    let running = crate::run::start(cfg, set_level).await?;
+    let client_sidecar =
+        start_client_sidecar(&args, dir, &policy_dir, running.inbound_addr).await?;
+    print_instructions(&args, &running, &policy_dir);
+
+    let result = if args.check {
+        let result = check(dir, running.inbound_addr).await;
+        let result = match result {
+            Ok(()) => check_client_route(args.client_route).await,
+            e => e,
+        };
+        match result {
+            Ok(()) => check_operations(dir, &policy_dir).await,
+            e => e,
+        }
+    } else {
+        println!("Ctrl-C stops the demo.");
+        tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")
+    };
+    client_sidecar.shutdown();
+    client_sidecar.wait().await;
+    running.shutdown();
+    running.wait().await;
+    result
+}
+
+/// The server's SVID (with `localhost` for curl) and one SVID per demo client.
+fn issue_certificates(ca: &DevCa, dir: &Path) -> anyhow::Result<()> {
     let server_id = SpiffeId::parse(SERVER_ID)?;
     ca.issue_with_dns(
         &server_id,
@@ -95,6 +147,13 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
             .write(&dir.join(name))?;
     }
 
+    Ok(())
+}
+
+/// The policies the sidecar enforces (the bundled ones unless `--policies`), the
+/// shadow candidate beside them, and an input the policies deny. Returns the
+/// policy and shadow directories.
+fn write_policies(args: &DemoArgs, dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
     let policy_dir = match &args.policies {
         Some(p) => p.clone(),
         None => {
@@ -118,33 +177,12 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         std::fs::write(shadow_dir.join(name), text)?;
     }
     std::fs::write(dir.join("denied-input.json"), DENIED_INPUT)?;
+    Ok((policy_dir, shadow_dir))
+}
 
-    let app_listener = TcpListener::bind(args.app)
-        .await
-        .with_context(|| format!("echo app: cannot listen on {}", args.app))?;
-    tokio::spawn(serve_echo(app_listener));
-
-    let mut cfg = sidecar_config(td, &dir.join("server"));
-    cfg.inbound.listen = args.listen;
-    cfg.inbound.app = args.app;
-    cfg.inbound.mtls = MtlsMode::Strict;
-    cfg.admin.listen = args.admin;
-    // The demo shows the inbound side; its outbound listener takes any free port.
-    cfg.outbound.listen = SocketAddr::from(([127, 0, 0, 1], 0));
-    cfg.policy.dir = policy_dir.clone();
-    cfg.log.decision_file = Some(dir.join("decisions.log"));
-    cfg.log.explain = crate::config::ExplainLogging::Denies;
-    cfg.log.input = crate::config::InputLogging::All;
-    cfg.policy.shadow = Some(crate::config::ShadowConfig {
-        dir: Some(shadow_dir.clone()),
-        bundle: None,
-        fraction: 1.0,
-        queue: 1024,
-    });
-    let running = crate::run::start(cfg, set_level).await?;
-    let client_sidecar =
-        start_client_sidecar(&args, dir, &policy_dir, running.inbound_addr).await?;
-
+/// What to try against the running demo.
+fn print_instructions(args: &DemoArgs, running: &crate::run::Running, policy_dir: &Path) {
+    let dir = &args.dir;
     let d = dir.display();
     let port = running.inbound_addr.port();
     let admin = running.admin_addr;
@@ -190,32 +228,6 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     println!("# the same change replayed over the decision log (exit 1: something would change)");
     println!("portcullis policy replay --log {d}/decisions.log --policies {d}/policies-next");
     println!();
-
-    if args.check {
-        let result = check(dir, running.inbound_addr).await;
-        let result = match result {
-            Ok(()) => check_client_route(args.client_route).await,
-            e => e,
-        };
-        let result = match result {
-            Ok(()) => check_operations(dir, &policy_dir).await,
-            e => e,
-        };
-        client_sidecar.shutdown();
-        client_sidecar.wait().await;
-        running.shutdown();
-        running.wait().await;
-        return result;
-    }
-    println!("Ctrl-C stops the demo.");
-    tokio::signal::ctrl_c()
-        .await
-        .context("waiting for Ctrl-C")?;
-    client_sidecar.shutdown();
-    client_sidecar.wait().await;
-    running.shutdown();
-    running.wait().await;
-    Ok(())
 }
 
 /// A sidecar configuration with the SVID files written under `svid`.

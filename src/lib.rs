@@ -33,3 +33,4 @@ pub mod policy;
 pub mod proxy;
 pub mod run;
 pub mod tap;
+pub mod tasks;

@@ -22,11 +22,14 @@ use crate::identity::workload_api::WorkloadApiSource;
 use crate::policy::store::{PolicyStore, INBOUND, OUTBOUND};
 use crate::policy::{builtins, EvalLimits, PolicyOptions};
 use crate::proxy::decide::Decider;
+use crate::proxy::direction::Direction;
+use crate::proxy::drain::{drain, ConnLimit, Drain, DrainTrigger};
 use crate::proxy::forward::AppClients;
 use crate::proxy::inbound::Inbound;
-use crate::proxy::listener::{accept_loop, ConnLimit, DrainTrigger, HttpServer};
+use crate::proxy::listener::{accept_loop, HttpServer};
 use crate::proxy::outbound::{Outbound, Protocol, Target};
 use crate::proxy::peer::PeerPool;
+use crate::tasks::Tasks;
 
 pub use crate::admin::LevelSetter;
 
@@ -201,6 +204,10 @@ async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
         .with_context(|| format!("{what}: cannot listen on {addr}"))
 }
 
+/// How long owned background tasks get to stop once draining is over, before they
+/// are aborted.
+const TASK_STOP_BOUND: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// The running sidecar's handles, for callers that embed it (demo, tests).
 pub struct Running {
     pub inbound_addr: SocketAddr,
@@ -211,6 +218,8 @@ pub struct Running {
     pub admin_addr: SocketAddr,
     pub identity: Arc<Identity>,
     pub policy: Arc<PolicyStore>,
+    /// The background tasks stopped after draining.
+    pub tasks: Tasks,
     shutdown: Arc<Notify>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -227,27 +236,37 @@ impl Running {
     }
 }
 
+/// The drain signals of the data path and of the admin listener (which drains last,
+/// so `/ready` can report the data path's draining).
+struct Drains {
+    data_trigger: DrainTrigger,
+    data: Drain,
+    admin_trigger: DrainTrigger,
+    admin: Drain,
+}
+
+impl Drains {
+    fn new() -> Drains {
+        let (data_trigger, data) = DrainTrigger::new();
+        let (admin_trigger, admin) = DrainTrigger::new();
+        Drains {
+            data_trigger,
+            data,
+            admin_trigger,
+            admin,
+        }
+    }
+}
+
 /// Starts every listener; returns once they are bound.
 pub async fn start(cfg: Config, set_log_level: LevelSetter) -> anyhow::Result<Running> {
+    let tasks = Tasks::new();
     let identity = start_identity(&cfg).await?;
     let policy = start_policy_source(&cfg)?;
     let shadow = start_shadow(&cfg)?;
     let authn = start_authn(&cfg).await?;
-    let log = if cfg.log.decisions {
-        DecisionLog::start(
-            cfg.log.decision_file.clone(),
-            &cfg.log.masked_names(&cfg.jwt),
-            cfg.log.sample_allows,
-        )
-        .context("log.decision_file")?
-        .with_explain(cfg.log.explain)
-        .with_input(cfg.log.input)
-    } else {
-        DecisionLog::disabled()
-    };
-
-    let (data_trigger, data_drain) = DrainTrigger::new();
-    let (admin_trigger, admin_drain) = DrainTrigger::new();
+    let log = start_decision_log(&cfg)?;
+    let drains = Drains::new();
     let shutdown = Arc::new(Notify::new());
 
     let admin_listener = bind(cfg.admin.listen, "admin.listen").await?;
@@ -262,23 +281,101 @@ pub async fn start(cfg: Config, set_log_level: LevelSetter) -> anyhow::Result<Ru
         set_log_level,
         tap_allowed: cfg.admin.tap.allowed_principals.clone(),
     });
-    tokio::spawn(admin.serve(
-        admin_listener,
-        HttpServer::new(&cfg.limits, admin_drain.clone(), "admin"),
-        admin_drain,
-        data_drain.clone(),
-    ));
+    let admin_http = HttpServer::new(&cfg.limits, drains.admin.clone(), Direction::Admin);
+    tasks.spawn(
+        "admin",
+        admin.serve(
+            admin_listener,
+            admin_http,
+            drains.admin.clone(),
+            drains.data.clone(),
+        ),
+    );
 
-    let inbound = Arc::new(Inbound {
-        identity: identity.clone(),
-        decider: Decider {
-            direction: "inbound",
-            query: INBOUND,
-            policy: policy.clone(),
-            dry_run: cfg.policy.dry_run.inbound,
-            log: log.clone(),
-            shadow: shadow.clone(),
-        },
+    let decider = |direction, query, dry_run| Decider {
+        direction,
+        query,
+        policy: policy.clone(),
+        dry_run,
+        log: log.clone(),
+        shadow: shadow.clone(),
+    };
+    let inbound = Arc::new(inbound_side(
+        &cfg,
+        identity.clone(),
+        decider(Direction::Inbound, INBOUND, cfg.policy.dry_run.inbound),
+        authn,
+        &drains.data,
+    ));
+    let inbound_limit = ConnLimit::new(cfg.limits.max_connections);
+    tasks.spawn(
+        "inbound-accept",
+        accept_loop(
+            inbound_listener,
+            Direction::Inbound,
+            inbound_limit.clone(),
+            drains.data.clone(),
+            move |stream, peer, guard| inbound.clone().serve_connection(stream, peer, guard),
+        ),
+    );
+
+    let outbound = Arc::new(outbound_side(
+        &cfg,
+        identity.clone(),
+        decider(Direction::Outbound, OUTBOUND, cfg.policy.dry_run.outbound),
+        &drains.data,
+    ));
+    let outbound_limit = ConnLimit::new(cfg.limits.max_connections);
+    let (outbound_addr, route_addrs) =
+        start_outbound_listeners(&cfg, outbound, &outbound_limit, &drains.data, &tasks).await?;
+
+    tracing::info!(%inbound_addr, ?outbound_addr, %admin_addr, "portcullis started");
+    let task = tokio::spawn(stop_when_asked(
+        shutdown.clone(),
+        drains,
+        vec![inbound_limit, outbound_limit],
+        cfg.shutdown.grace_period,
+        tasks.clone(),
+    ));
+    Ok(Running {
+        inbound_addr,
+        outbound_addr,
+        route_addrs,
+        admin_addr,
+        identity,
+        policy,
+        tasks,
+        shutdown,
+        task,
+    })
+}
+
+/// The decision log (`log.decisions`), or one that writes nothing.
+fn start_decision_log(cfg: &Config) -> anyhow::Result<DecisionLog> {
+    if !cfg.log.decisions {
+        return Ok(DecisionLog::disabled());
+    }
+    Ok(DecisionLog::start(
+        cfg.log.decision_file.clone(),
+        &cfg.log.masked_names(&cfg.jwt),
+        cfg.log.sample_allows,
+    )
+    .context("log.decision_file")?
+    .with_explain(cfg.log.explain)
+    .with_input(cfg.log.input))
+}
+
+/// The inbound side's settings and shared state.
+fn inbound_side(
+    cfg: &Config,
+    identity: Arc<Identity>,
+    decider: Decider,
+    authn: Option<Arc<Authenticator>>,
+    drain: &Drain,
+) -> Inbound {
+    Inbound {
+        identity,
+        decider,
         clients: AppClients::new(
             cfg.limits.connect_timeout,
             cfg.limits.upstream_timeout,
@@ -294,35 +391,27 @@ pub async fn start(cfg: Config, set_log_level: LevelSetter) -> anyhow::Result<Ru
         mtls: cfg.inbound.mtls,
         opaque_ports: cfg.inbound.opaque_ports.clone(),
         body: cfg.policy.body.clone(),
-        http: HttpServer::new(&cfg.limits, data_drain.clone(), "inbound"),
+        http: HttpServer::new(&cfg.limits, drain.clone(), Direction::Inbound),
         // JWT: claim headers are never accepted from clients.
         strip_extra: authn
             .as_ref()
             .map(|a| a.claim_header_names())
             .unwrap_or_default(),
         authn,
-    });
-    let inbound_limit = ConnLimit::new(cfg.limits.max_connections);
-    tokio::spawn(accept_loop(
-        inbound_listener,
-        "inbound",
-        inbound_limit.clone(),
-        data_drain.clone(),
-        move |stream, peer, guard| inbound.clone().serve_connection(stream, peer, guard),
-    ));
+    }
+}
 
-    // Outbound: the transparent listener, or one listener per explicit route.
-    let outbound = Arc::new(Outbound {
+/// The outbound side's settings and shared state.
+fn outbound_side(
+    cfg: &Config,
+    identity: Arc<Identity>,
+    decider: Decider,
+    drain: &Drain,
+) -> Outbound {
+    Outbound {
         identity: identity.clone(),
-        decider: Decider {
-            direction: "outbound",
-            query: OUTBOUND,
-            policy: policy.clone(),
-            dry_run: cfg.policy.dry_run.outbound,
-            log: log.clone(),
-            shadow: shadow.clone(),
-        },
-        peers: PeerPool::new(identity.clone(), cfg.limits.connect_timeout),
+        decider,
+        peers: PeerPool::new(identity, cfg.limits.connect_timeout),
         external: AppClients::new(
             cfg.limits.connect_timeout,
             cfg.limits.upstream_timeout,
@@ -334,110 +423,128 @@ pub async fn start(cfg: Config, set_log_level: LevelSetter) -> anyhow::Result<Ru
         ),
         mesh_networks: cfg.outbound.mesh_networks.clone(),
         non_mesh: cfg.outbound.non_mesh,
-        http: HttpServer::new(&cfg.limits, data_drain.clone(), "outbound"),
+        http: HttpServer::new(&cfg.limits, drain.clone(), Direction::Outbound),
         upstream_timeout: cfg.limits.upstream_timeout,
         detect_timeout: std::time::Duration::from_millis(200),
-    });
-    let outbound_limit = ConnLimit::new(cfg.limits.max_connections);
-    let mut outbound_addr = None;
-    let mut route_addrs = Vec::new();
-    match cfg.outbound.mode {
-        OutboundMode::Transparent => {
-            let l = bind(cfg.outbound.listen, "outbound.listen").await?;
-            outbound_addr = Some(l.local_addr()?);
-            let ob = outbound.clone();
-            tokio::spawn(accept_loop(
-                l,
-                "outbound",
-                outbound_limit.clone(),
-                data_drain.clone(),
-                move |stream, peer, guard| ob.clone().serve_transparent(stream, peer, guard),
-            ));
-        }
-        OutboundMode::Routes => {
-            for (i, route) in cfg.outbound.routes.iter().enumerate() {
-                let l = bind(route.listen, &format!("outbound.routes[{i}].listen")).await?;
-                route_addrs.push(l.local_addr()?);
-                let ob = outbound.clone();
-                let target = Target::Mesh {
-                    addr: route.upstream,
-                    pin: Some(route.spiffe_id.clone()),
-                };
-                let protocol = match route.protocol {
-                    RouteProtocol::Http => Protocol::Http,
-                    RouteProtocol::Tcp => Protocol::Tcp,
-                };
-                tokio::spawn(accept_loop(
-                    l,
-                    "outbound",
-                    outbound_limit.clone(),
-                    data_drain.clone(),
-                    move |stream, peer, guard| {
-                        ob.clone()
-                            .serve(stream, peer, target.clone(), protocol, guard)
-                    },
-                ));
-            }
-        }
     }
+}
 
-    tracing::info!(%inbound_addr, ?outbound_addr, %admin_addr, "portcullis started");
-    let grace = cfg.shutdown.grace_period;
-    let notify = shutdown.clone();
-    let task = tokio::spawn(async move {
-        notify.notified().await;
-        tracing::info!(grace_ms = grace.as_millis() as u64, "draining");
-        data_trigger.trigger();
-        let (a, b) = tokio::join!(
-            inbound_limit.wait_idle(grace),
-            outbound_limit.wait_idle(grace)
+/// Outbound listeners: the transparent one, or one per explicit route. Returns the
+/// transparent listener's address and the route listeners' addresses.
+async fn start_outbound_listeners(
+    cfg: &Config,
+    outbound: Arc<Outbound>,
+    limit: &ConnLimit,
+    drain: &Drain,
+    tasks: &Tasks,
+) -> anyhow::Result<(Option<SocketAddr>, Vec<SocketAddr>)> {
+    if cfg.outbound.mode == OutboundMode::Transparent {
+        let l = bind(cfg.outbound.listen, "outbound.listen").await?;
+        let addr = l.local_addr()?;
+        tasks.spawn(
+            "outbound-accept",
+            accept_loop(
+                l,
+                Direction::Outbound,
+                limit.clone(),
+                drain.clone(),
+                move |stream, peer, guard| outbound.clone().serve_transparent(stream, peer, guard),
+            ),
         );
-        if !(a && b) {
-            tracing::warn!("grace period over with connections still open");
-        }
-        admin_trigger.trigger();
-    });
-    Ok(Running {
-        inbound_addr,
-        outbound_addr,
-        route_addrs,
-        admin_addr,
-        identity,
-        policy,
-        shutdown,
-        task,
-    })
+        return Ok((Some(addr), Vec::new()));
+    }
+    let mut route_addrs = Vec::new();
+    for (i, route) in cfg.outbound.routes.iter().enumerate() {
+        let l = bind(route.listen, &format!("outbound.routes[{i}].listen")).await?;
+        route_addrs.push(l.local_addr()?);
+        let ob = outbound.clone();
+        let target = Target::Mesh {
+            addr: route.upstream,
+            pin: Some(route.spiffe_id.clone()),
+        };
+        let protocol = match route.protocol {
+            RouteProtocol::Http => Protocol::Http,
+            RouteProtocol::Tcp => Protocol::Tcp,
+        };
+        tasks.spawn(
+            "outbound-route-accept",
+            accept_loop(
+                l,
+                Direction::Outbound,
+                limit.clone(),
+                drain.clone(),
+                move |stream, peer, guard| {
+                    ob.clone()
+                        .serve(stream, peer, target.clone(), protocol, guard)
+                },
+            ),
+        );
+    }
+    Ok((None, route_addrs))
+}
+
+/// Waits for the shutdown request, drains the data path (at most `grace`), then the
+/// admin listener, then stops the owned background tasks.
+async fn stop_when_asked(
+    shutdown: Arc<Notify>,
+    drains: Drains,
+    limits: Vec<ConnLimit>,
+    grace: std::time::Duration,
+    tasks: Tasks,
+) {
+    shutdown.notified().await;
+    drain(&drains.data_trigger, &limits, grace).await;
+    drains.admin_trigger.trigger();
+    tasks.shutdown(TASK_STOP_BOUND).await;
 }
 
 /// Runs the sidecar until a signal or `/shutdown`, then drains. `SIGHUP` reloads policy.
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
     let setter = init_logging(cfg.log.format, &cfg.log.level);
     let running = start(cfg, setter).await?;
-    let policy = running.policy.clone();
-    let shutdown = running.shutdown.clone();
-    tokio::spawn(async move {
-        use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-            signal(SignalKind::hangup()),
-        ) else {
-            tracing::error!("cannot install signal handlers");
-            return;
-        };
-        loop {
-            tokio::select! {
-                _ = term.recv() => { tracing::info!("SIGTERM"); shutdown.notify_one(); }
-                _ = int.recv() => { tracing::info!("SIGINT"); shutdown.notify_one(); }
-                _ = hup.recv() => {
-                    tracing::info!("SIGHUP: reloading policy");
-                    let policy = policy.clone();
-                    let _ = tokio::task::spawn_blocking(move || policy.reload()).await;
-                }
-            }
-        }
-    });
+    // Installed here rather than in the task: a signal sent as soon as the admin
+    // port answers is handled, not lost to a task that has not run yet.
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) {
+        (Ok(term), Ok(int), Ok(hup)) => running.tasks.spawn(
+            "signals",
+            handle_signals(
+                [term, int, hup],
+                running.policy.clone(),
+                running.shutdown.clone(),
+                running.tasks.stopping(),
+            ),
+        ),
+        _ => tracing::error!("cannot install signal handlers"),
+    }
     running.wait().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// SIGTERM and SIGINT start draining; SIGHUP reloads the policy directory.
+async fn handle_signals(
+    [mut term, mut int, mut hup]: [tokio::signal::unix::Signal; 3],
+    policy: Arc<PolicyStore>,
+    shutdown: Arc<Notify>,
+    stop: crate::tasks::Stopping,
+) {
+    let stop = stop.wait();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = term.recv() => { tracing::info!("SIGTERM"); shutdown.notify_one(); }
+            _ = int.recv() => { tracing::info!("SIGINT"); shutdown.notify_one(); }
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading policy");
+                let policy = policy.clone();
+                let _ = tokio::task::spawn_blocking(move || policy.reload()).await;
+            }
+        }
+    }
 }

@@ -18,6 +18,7 @@ use serde::Serialize;
 use tokio::sync::broadcast;
 
 use crate::metrics;
+use crate::proxy::direction::Direction;
 use crate::proxy::forward::{text_response, ProxyBody};
 
 /// Events buffered per subscriber before the oldest are dropped.
@@ -30,7 +31,7 @@ pub const MAX_SUBSCRIBERS: usize = 16;
 pub struct TapEvent {
     pub time: String,
     pub decision_id: String,
-    pub direction: &'static str,
+    pub direction: Direction,
     /// The peer: the source for inbound, the destination for outbound.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub principal: Option<String>,
@@ -93,7 +94,7 @@ pub fn publish(event: TapEvent) {
 /// What a subscriber wants to see (`GET /tap?direction=&decision=&principal=&path_prefix=`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TapFilter {
-    pub direction: Option<&'static str>,
+    pub direction: Option<Direction>,
     /// `allow` or `deny` (a dry-run deny counts as a deny).
     pub allowed: Option<bool>,
     pub principal: Option<String>,
@@ -106,8 +107,8 @@ impl TapFilter {
         let mut f = TapFilter::default();
         for (k, v) in form_pairs(query.unwrap_or("")) {
             match (k.as_str(), v.as_str()) {
-                ("direction", "in" | "inbound") => f.direction = Some("inbound"),
-                ("direction", "out" | "outbound") => f.direction = Some("outbound"),
+                ("direction", "in" | "inbound") => f.direction = Some(Direction::Inbound),
+                ("direction", "out" | "outbound") => f.direction = Some(Direction::Outbound),
                 ("decision", "allow") => f.allowed = Some(true),
                 ("decision", "deny") => f.allowed = Some(false),
                 ("principal", p) => f.principal = Some(p.to_owned()),
@@ -364,7 +365,7 @@ pub fn render(e: &serde_json::Value) -> String {
 mod tests {
     use super::*;
 
-    fn event(direction: &'static str, decision: &'static str, path: &str) -> TapEvent {
+    fn event(direction: Direction, decision: &'static str, path: &str) -> TapEvent {
         TapEvent {
             time: String::new(),
             decision_id: String::new(),
@@ -385,11 +386,11 @@ mod tests {
             "direction=in&decision=deny&principal=spiffe%3A%2F%2Ftd%2Fa&path_prefix=%2Fapi",
         ))
         .unwrap();
-        assert!(f.matches(&event("inbound", "deny", "/api/x")));
-        assert!(f.matches(&event("inbound", "dry_run_deny", "/api")));
-        assert!(!f.matches(&event("outbound", "deny", "/api/x")));
-        assert!(!f.matches(&event("inbound", "allow", "/api/x")));
-        assert!(!f.matches(&event("inbound", "deny", "/other")));
+        assert!(f.matches(&event(Direction::Inbound, "deny", "/api/x")));
+        assert!(f.matches(&event(Direction::Inbound, "dry_run_deny", "/api")));
+        assert!(!f.matches(&event(Direction::Outbound, "deny", "/api/x")));
+        assert!(!f.matches(&event(Direction::Inbound, "allow", "/api/x")));
+        assert!(!f.matches(&event(Direction::Inbound, "deny", "/other")));
         assert_eq!(TapFilter::parse(Some(&f.to_query())).unwrap(), f);
         assert!(TapFilter::parse(Some("decision=maybe")).is_err());
         assert!(TapFilter::parse(Some("colour=red")).is_err());

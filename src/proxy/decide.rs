@@ -6,9 +6,9 @@ use std::time::Instant;
 
 use http::{HeaderMap, Response, StatusCode};
 
-use super::forward::{text_response, ProxyBody};
-use super::grpc::LocalReply;
+use super::direction::Direction;
 use super::headers::add_headers;
+use super::reply::{text_response, Early, LocalReply, ProxyBody, Refusal};
 use crate::decision_log::{now_rfc3339, DecisionEntry, DecisionLog};
 use crate::metrics;
 use crate::policy::shadow::{Comparison, Shadow};
@@ -41,7 +41,7 @@ pub struct Denial {
 /// Everything the decision step needs for one direction.
 #[derive(Clone)]
 pub struct Decider {
-    pub direction: &'static str,
+    pub direction: Direction,
     pub query: usize,
     pub policy: Arc<PolicyStore>,
     pub dry_run: bool,
@@ -87,7 +87,7 @@ impl Decider {
                 let (result, memo) = set.decide(self.query, facts);
                 if let Some(label) = memo.label() {
                     m.policy_decision_cache
-                        .with_label_values(&[self.direction, label])
+                        .with_label_values(&[self.direction.as_str(), label])
                         .inc();
                 }
                 result
@@ -99,7 +99,7 @@ impl Decider {
             self.offer_shadow(shadow, facts, &result);
         }
         m.policy_eval_duration
-            .with_label_values(&[self.direction])
+            .with_label_values(&[self.direction.as_str()])
             .observe(elapsed.as_secs_f64());
         let eval_ns = elapsed.as_nanos() as u64;
 
@@ -140,9 +140,9 @@ impl Decider {
             }
             Err(e) => {
                 m.policy_errors
-                    .with_label_values(&[self.direction, e.reason()])
+                    .with_label_values(&[self.direction.as_str(), e.reason()])
                     .inc();
-                tracing::warn!(direction = self.direction, reason = e.reason(), error = %e, "policy failed closed");
+                tracing::warn!(direction = self.direction.as_str(), reason = e.reason(), error = %e, "policy failed closed");
                 let status = match e {
                     DecisionError::NoPolicy => StatusCode::SERVICE_UNAVAILABLE,
                     _ => StatusCode::FORBIDDEN,
@@ -159,7 +159,7 @@ impl Decider {
             }
         };
         if self.dry_run {
-            tracing::info!(direction = self.direction, reason = %denial.reason, "dry-run: deny let through");
+            tracing::info!(direction = self.direction.as_str(), reason = %denial.reason, "dry-run: deny let through");
             let ticket = self.ticket(
                 "dry_run_deny",
                 Some(denial.reason),
@@ -197,7 +197,7 @@ impl Decider {
             None => crate::policy::build_input(facts),
         };
         shadow.submit(Comparison {
-            direction: self.direction,
+            direction: self.direction.as_str(),
             query: self.query,
             decision_id: facts
                 .http
@@ -313,14 +313,41 @@ impl Decider {
         }
     }
 
+    /// The response for a request handler's outcome: a refusal is counted and
+    /// answered here, anything else was answered and recorded already.
+    pub fn answer(
+        &self,
+        outcome: Result<Response<ProxyBody>, Early>,
+        started: Instant,
+    ) -> Response<ProxyBody> {
+        match outcome {
+            Ok(resp) => resp,
+            Err(Early::Refused(r)) => self.refuse(r, started),
+            Err(Early::Answered(resp)) => *resp,
+        }
+    }
+
+    /// Answers a request refused before the policy: counted as refused (by reason)
+    /// and as a denied request.
+    pub fn refuse(&self, refusal: Refusal, started: Instant) -> Response<ProxyBody> {
+        let status = refusal.status.as_u16();
+        let resp = refusal.answer(self.direction);
+        self.finish(Ticket::refused(), status, started);
+        resp
+    }
+
     /// Counts the request and writes the decision log entry once the status is known.
     pub fn finish(&self, ticket: Ticket, status: u16, started: Instant) {
         let m = metrics::global();
         m.requests
-            .with_label_values(&[self.direction, ticket.label, metrics::status_class(status)])
+            .with_label_values(&[
+                self.direction.as_str(),
+                ticket.label,
+                metrics::status_class(status),
+            ])
             .inc();
         m.request_duration
-            .with_label_values(&[self.direction])
+            .with_label_values(&[self.direction.as_str()])
             .observe(started.elapsed().as_secs_f64());
         let Some(mut entry) = ticket.entry else {
             return;
@@ -361,7 +388,7 @@ fn tap_event(e: &DecisionEntry) -> crate::tap::TapEvent {
         time: e.time.clone(),
         decision_id: e.decision_id.clone(),
         direction: e.direction,
-        principal: if e.direction == "outbound" {
+        principal: if e.direction == Direction::Outbound {
             e.destination_principal.clone()
         } else {
             e.source_principal.clone()

@@ -5,17 +5,16 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
-use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full};
+use http_body_util::BodyExt;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
+use super::direction::Direction;
 use super::headers;
+// The body type and local replies live in `reply`; re-exported for the modules
+// outside the data path that answer locally (admin, tap).
+pub use super::reply::{full, text_response, BoxError, ProxyBody};
 use crate::metrics;
-
-/// Boxed error type carried by proxied bodies.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-/// The body type used everywhere on the data path.
-pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
 
 /// Boxes a downstream body and reports whether reading it failed (a malformed chunked
 /// encoding, a reset stream): such a failure is the client's fault, answered 400.
@@ -31,31 +30,6 @@ pub fn downstream_body(
         })
         .boxed_unsync();
     (body, failed)
-}
-
-/// A small local response body.
-pub fn full(body: impl Into<Bytes>) -> ProxyBody {
-    Full::new(body.into())
-        .map_err(|e| match e {})
-        .boxed_unsync()
-}
-
-/// A local response with a text body, marked as the sidecar's own answer (the text
-/// is what a gRPC caller is told, see [`super::grpc`]).
-pub fn text_response(status: StatusCode, body: impl Into<Bytes>) -> Response<ProxyBody> {
-    let body: Bytes = body.into();
-    let message = String::from_utf8_lossy(&body).trim_end().to_owned();
-    let mut r = Response::new(full(body));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    r.extensions_mut().insert(super::grpc::LocalReply {
-        message,
-        grpc_status: None,
-    });
-    r
 }
 
 /// Pooled plaintext clients to a local app: HTTP/1.1 and HTTP/2 prior knowledge.
@@ -94,7 +68,7 @@ impl AppClients {
     /// streaming body. Failures become 502 (cannot connect / broken) or 504 (timeout).
     pub async fn send(
         &self,
-        direction: &'static str,
+        direction: Direction,
         authority: &str,
         http2: bool,
         mut req: Request<ProxyBody>,
@@ -141,15 +115,15 @@ impl AppClients {
                 };
                 metrics::global()
                     .upstream_errors
-                    .with_label_values(&[direction, kind])
+                    .with_label_values(&[direction.as_str(), kind])
                     .inc();
-                tracing::warn!(direction, upstream = authority, error = %e, "upstream request failed");
+                tracing::warn!(direction = direction.as_str(), upstream = authority, error = %e, "upstream request failed");
                 return text_response(StatusCode::BAD_GATEWAY, "upstream unavailable\n");
             }
             Err(_) => {
                 metrics::global()
                     .upstream_errors
-                    .with_label_values(&[direction, "timeout"])
+                    .with_label_values(&[direction.as_str(), "timeout"])
                     .inc();
                 return text_response(StatusCode::GATEWAY_TIMEOUT, "upstream timed out\n");
             }

@@ -14,16 +14,8 @@
 use http::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderMap, Response, StatusCode};
 
-use super::forward::{full, ProxyBody};
-
-/// Marks a response the sidecar produced itself, with what a gRPC caller is told.
-#[derive(Debug, Clone)]
-pub struct LocalReply {
-    /// The reason, for `grpc-message`.
-    pub message: String,
-    /// A status chosen by the policy (`grpc_status` in the result object).
-    pub grpc_status: Option<u8>,
-}
+pub use super::reply::LocalReply;
+use super::reply::{full, ProxyBody};
 
 /// gRPC status codes used here.
 pub mod code {
@@ -143,7 +135,7 @@ mod tests {
 
     #[test]
     fn local_replies_become_trailers_only() {
-        let mut r = super::super::forward::text_response(
+        let mut r = super::super::reply::text_response(
             StatusCode::FORBIDDEN,
             "access denied: role reporting may only read\n",
         );

@@ -24,7 +24,8 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
-use crate::metrics;
+use super::direction::Direction;
+use super::reply::Refusal;
 
 const RESPONSE: &[u8] =
     b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n";
@@ -287,17 +288,12 @@ pub struct HeadDeadline<I> {
     state: State,
     /// None until the first bytes tell HTTP/1 from HTTP/2.
     h2: Option<bool>,
-    direction: &'static str,
+    direction: Direction,
     scan: HeadScan,
 }
 
 impl<I> HeadDeadline<I> {
-    pub fn new(
-        inner: I,
-        timeout: Duration,
-        activity: Arc<Activity>,
-        direction: &'static str,
-    ) -> Self {
+    pub fn new(inner: I, timeout: Duration, activity: Arc<Activity>, direction: Direction) -> Self {
         HeadDeadline {
             inner,
             timeout,
@@ -362,10 +358,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> AsyncRead for HeadDeadline<I> {
                         continue;
                     }
                     if this.sleep.as_mut().poll(cx).is_ready() {
-                        metrics::global()
-                            .rejected_requests
-                            .with_label_values(&[this.direction, "header_timeout"])
-                            .inc();
+                        Refusal::count(this.direction, "header_timeout");
                         this.state = State::Writing(0);
                         continue;
                     }

@@ -1,9 +1,5 @@
 //! Accepting connections and serving HTTP on them: connection limits, TCP_NODELAY,
-//! protocol limits, and draining on shutdown.
-//!
-//! Draining: the accept loop stops, every HTTP connection is told to finish its
-//! in-flight requests and close (`graceful_shutdown`), and the caller waits until
-//! every connection permit is back or the grace period ends.
+//! protocol limits, and stopping when draining starts (see [`super::drain`]).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -17,64 +13,26 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::forward::ProxyBody;
+use super::direction::Direction;
+pub use super::drain::{ConnLimit, Drain, DrainTrigger};
 use super::head_deadline::{Activity, HeadDeadline, Tracked};
+use super::reply::{ProxyBody, Refusal};
 use crate::config::LimitsConfig;
 use crate::metrics;
-
-/// Signals the start of draining to every listener and connection.
-#[derive(Clone)]
-pub struct Drain {
-    rx: watch::Receiver<bool>,
-}
-
-/// The sending side of [`Drain`].
-pub struct DrainTrigger {
-    tx: watch::Sender<bool>,
-}
-
-impl DrainTrigger {
-    pub fn new() -> (DrainTrigger, Drain) {
-        let (tx, rx) = watch::channel(false);
-        (DrainTrigger { tx }, Drain { rx })
-    }
-
-    /// Starts draining everywhere.
-    pub fn trigger(&self) {
-        let _ = self.tx.send(true);
-    }
-
-    pub fn drain(&self) -> Drain {
-        Drain {
-            rx: self.tx.subscribe(),
-        }
-    }
-}
-
-impl Drain {
-    /// Resolves once draining has started (immediately if it already has).
-    pub async fn signaled(&mut self) {
-        let _ = self.rx.wait_for(|d| *d).await;
-    }
-
-    pub fn is_draining(&self) -> bool {
-        *self.rx.borrow()
-    }
-}
 
 /// Held for the life of a connection: a connection-limit permit and the open gauge.
 pub struct ConnGuard {
     _permit: OwnedSemaphorePermit,
-    direction: &'static str,
+    direction: Direction,
 }
 
 impl ConnGuard {
-    fn new(permit: OwnedSemaphorePermit, direction: &'static str) -> Self {
+    fn new(permit: OwnedSemaphorePermit, direction: Direction) -> Self {
         metrics::global()
             .open_connections
-            .with_label_values(&[direction])
+            .with_label_values(&[direction.as_str()])
             .inc();
         ConnGuard {
             _permit: permit,
@@ -87,32 +45,8 @@ impl Drop for ConnGuard {
     fn drop(&mut self) {
         metrics::global()
             .open_connections
-            .with_label_values(&[self.direction])
+            .with_label_values(&[self.direction.as_str()])
             .dec();
-    }
-}
-
-/// Bounds the number of open connections of one listener.
-#[derive(Clone)]
-pub struct ConnLimit {
-    sem: Arc<Semaphore>,
-    max: usize,
-}
-
-impl ConnLimit {
-    pub fn new(max: usize) -> Self {
-        ConnLimit {
-            sem: Arc::new(Semaphore::new(max)),
-            max,
-        }
-    }
-
-    /// Waits until every connection has closed, at most `grace`. True if all closed.
-    pub async fn wait_idle(&self, grace: Duration) -> bool {
-        let max = u32::try_from(self.max).unwrap_or(u32::MAX);
-        tokio::time::timeout(grace, self.sem.acquire_many(max))
-            .await
-            .is_ok()
     }
 }
 
@@ -120,7 +54,7 @@ impl ConnLimit {
 /// Connections over the limit are closed at once and counted.
 pub async fn accept_loop<F, Fut>(
     listener: TcpListener,
-    direction: &'static str,
+    direction: Direction,
     limit: ConnLimit,
     mut drain: Drain,
     on_conn: F,
@@ -137,21 +71,18 @@ pub async fn accept_loop<F, Fut>(
             Ok(a) => a,
             Err(e) => {
                 // Out of file descriptors or similar: back off instead of spinning.
-                tracing::warn!(direction, error = %e, "accept failed");
+                tracing::warn!(direction = direction.as_str(), error = %e, "accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
         let _ = stream.set_nodelay(true);
-        match limit.sem.clone().try_acquire_owned() {
-            Ok(permit) => {
+        match limit.try_acquire() {
+            Some(permit) => {
                 tokio::spawn(on_conn(stream, peer, ConnGuard::new(permit, direction)));
             }
-            Err(_) => {
-                metrics::global()
-                    .rejected_requests
-                    .with_label_values(&[direction, "max_connections"])
-                    .inc();
+            None => {
+                Refusal::count(direction, "max_connections");
                 refuse_over_limit(stream);
             }
         }
@@ -202,11 +133,11 @@ pub struct HttpServer {
     pub header_timeout: Duration,
     idle_timeout: Duration,
     drain: Drain,
-    direction: &'static str,
+    direction: Direction,
 }
 
 impl HttpServer {
-    pub fn new(limits: &LimitsConfig, drain: Drain, direction: &'static str) -> Self {
+    pub fn new(limits: &LimitsConfig, drain: Drain, direction: Direction) -> Self {
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
@@ -259,15 +190,8 @@ impl HttpServer {
             let response = ambiguous.is_none().then(|| Box::pin(handler(req)));
             async move {
                 let Some(response) = response else {
-                    metrics::global()
-                        .rejected_requests
-                        .with_label_values(&[direction, "ambiguous_framing"])
-                        .inc();
                     let why = ambiguous.unwrap_or_default();
-                    let mut resp = super::forward::text_response(
-                        http::StatusCode::BAD_REQUEST,
-                        format!("ambiguous request: {why}\n"),
-                    );
+                    let mut resp = Refusal::ambiguous_framing(why).answer(direction);
                     resp.headers_mut().insert(
                         http::header::CONNECTION,
                         http::HeaderValue::from_static("close"),
@@ -304,7 +228,7 @@ impl HttpServer {
             _ = activity.idle(self.idle_timeout) => {
                 metrics::global()
                     .connections_closed
-                    .with_label_values(&[self.direction, "idle_timeout"])
+                    .with_label_values(&[self.direction.as_str(), "idle_timeout"])
                     .inc();
                 conn.as_mut().graceful_shutdown();
                 conn.await
@@ -314,10 +238,7 @@ impl HttpServer {
             tracing::debug!(error = %e, "connection ended with an error");
             // Heads the HTTP/1 parser refused itself (it answered 431 or 400).
             if let Some(reason) = e.downcast_ref::<hyper::Error>().and_then(parse_refusal) {
-                metrics::global()
-                    .rejected_requests
-                    .with_label_values(&[self.direction, reason])
-                    .inc();
+                Refusal::count(self.direction, reason);
             }
         }
     }

@@ -48,6 +48,8 @@ macro_rules! write_through {
 pub mod app_protocol;
 pub mod body;
 pub mod decide;
+pub mod direction;
+pub mod drain;
 pub mod forward;
 pub mod grpc;
 pub mod head_deadline;
@@ -58,6 +60,7 @@ pub mod orig_dst;
 pub mod outbound;
 pub mod path;
 pub mod peer;
+pub mod reply;
 pub mod sniff;
 pub mod tcp;
 
@@ -66,6 +69,8 @@ use std::net::SocketAddr;
 use http::header::{HeaderName, HOST};
 use http::{StatusCode, Version};
 
+pub use self::direction::Direction;
+pub use self::reply::Refusal;
 use crate::identity::SpiffeId;
 
 /// What is known about a downstream connection once it is accepted.
@@ -103,15 +108,6 @@ pub struct Prelude {
     pub protocol: &'static str,
 }
 
-/// A request refused before any decision.
-#[derive(Debug)]
-pub struct Refusal {
-    pub status: StatusCode,
-    pub body: String,
-    /// Label for `portcullis_rejected_requests_total{reason}`.
-    pub reason: &'static str,
-}
-
 /// Hygiene (spoofable identity headers and `strip_extra` removed), unambiguous
 /// framing, one normalised path, and a request ID — in that order, for every
 /// request either direction handles.
@@ -120,20 +116,18 @@ pub fn prelude(
     strip_extra: &[HeaderName],
 ) -> Result<Prelude, Refusal> {
     headers::strip_spoofable(&mut parts.headers, strip_extra);
-    headers::check_framing(&parts.headers).map_err(|why| Refusal {
-        status: StatusCode::BAD_REQUEST,
-        body: format!("ambiguous request: {why}\n"),
-        reason: "ambiguous_framing",
-    })?;
+    headers::check_framing(&parts.headers).map_err(Refusal::ambiguous_framing)?;
     let raw = parts
         .uri
         .path_and_query()
         .map(|p| p.as_str())
         .unwrap_or("/");
-    let path = path::normalize_path_and_query(raw).map_err(|e| Refusal {
-        status: StatusCode::BAD_REQUEST,
-        body: format!("bad request path: {e}\n"),
-        reason: "bad_path",
+    let path = path::normalize_path_and_query(raw).map_err(|e| {
+        Refusal::new(
+            StatusCode::BAD_REQUEST,
+            "bad_path",
+            format!("bad request path: {e}\n"),
+        )
     })?;
     let request_id = headers::ensure_request_id(&mut parts.headers);
     let host = parts

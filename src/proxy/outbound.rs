@@ -21,11 +21,13 @@ use tokio::net::TcpStream;
 
 use super::app_protocol::{AppProtocols, Caller};
 use super::decide::{Decider, Ticket, Verdict};
-use super::forward::{text_response, AppClients, BoxError, ProxyBody};
+use super::direction::Direction;
+use super::forward::AppClients;
 use super::headers::add_headers;
 use super::inbound::ORIG_PROTO;
 use super::listener::{ConnGuard, HttpServer};
 use super::peer::{Http1Peer, PeerConn, PeerError, PeerLink, PeerPool, ALPN_TCP};
+use super::reply::{text_response, BoxError, Early, ProxyBody, Refusal};
 use super::sniff::{self, Sniffed};
 use super::{headers, Prelude};
 use crate::config::NonMeshAction;
@@ -33,6 +35,9 @@ use crate::identity::tls::Identity;
 use crate::identity::SpiffeId;
 use crate::metrics;
 use crate::policy::{HttpFacts, InputFacts};
+
+/// The side this module serves, for metrics and logs.
+const DIRECTION: Direction = Direction::Outbound;
 
 /// Where one outbound connection goes.
 #[derive(Debug, Clone)]
@@ -158,13 +163,25 @@ impl Outbound {
         }
     }
 
-    /// One HTTP request from the app, top to bottom.
+    /// One HTTP request from the app: a refusal before the policy is counted and
+    /// answered here.
     async fn handle(
         self: Arc<Self>,
         conn: Arc<OutConn>,
         req: Request<Incoming>,
     ) -> Result<Response<ProxyBody>, Infallible> {
         let started = Instant::now();
+        let outcome = self.request(&conn, req, started).await;
+        Ok(self.decider.answer(outcome, started))
+    }
+
+    /// One HTTP request from the app, top to bottom.
+    async fn request(
+        &self,
+        conn: &OutConn,
+        req: Request<Incoming>,
+        started: Instant,
+    ) -> Result<Response<ProxyBody>, Early> {
         let (mut parts, body) = req.into_parts();
 
         // 1-2. The app may not claim identities either; framing, one normalised
@@ -174,10 +191,7 @@ impl Outbound {
             request_id,
             host,
             protocol,
-        } = match super::prelude(&mut parts, &[]) {
-            Ok(p) => p,
-            Err(r) => return Ok(self.refuse(r.status, &r.body, r.reason, started)),
-        };
+        } = super::prelude(&mut parts, &[])?;
         let host = if host.is_empty() {
             conn.target.addr().to_string()
         } else {
@@ -185,160 +199,127 @@ impl Outbound {
         };
 
         // 3. For the mesh, the peer's verified identity is part of the decision.
-        let peer = match &conn.target {
-            // Futures that are large (TLS handshakes, client state) are boxed so the
-            // request's own future stays small: it is moved, they are not.
-            Target::Mesh { addr, pin } => {
-                match Box::pin(self.peers.link(*addr, pin.as_ref())).await {
-                    Ok(p) => Some((p, *addr, pin.as_ref())),
-                    Err(e) => return Ok(self.peer_failure(e, started)),
-                }
-            }
-            Target::External { .. } => {
-                if self.non_mesh == NonMeshAction::Deny {
-                    return Ok(self.refuse(
-                        StatusCode::FORBIDDEN,
-                        "egress outside the mesh is not allowed\n",
-                        "non_mesh",
-                        started,
-                    ));
-                }
-                None
-            }
-        };
+        let peer = self.peer_for(&conn.target, started).await?;
 
         // 4. Decide.
-        let (verdict, ticket) = {
-            let facts = InputFacts {
-                source_address: conn.app,
-                source_principal: conn.own_id.as_deref(),
-                destination_address: conn.target.addr(),
-                destination_principal: peer.as_ref().map(|(p, ..)| p.peer_id().as_str()),
-                http: Some(HttpFacts {
-                    id: &request_id,
-                    method: parts.method.as_str(),
-                    path: &path,
-                    host: &host,
-                    scheme: "http",
-                    protocol,
-                    headers: &parts.headers,
-                    size: None,
-                    body: None,
-                    truncated_body: false,
-                    content_type: None,
-                }),
-                jwt: None,
-            };
-            self.decider.decide(&facts)
-        };
-        let (decision, ticket) =
-            match self
-                .decider
-                .enforce(verdict, ticket, &mut parts.headers, started)
-            {
-                Ok(d) => d,
-                Err(denied) => return Ok(*denied),
-            };
+        let (verdict, ticket) = self.decider.decide(&InputFacts {
+            source_address: conn.app,
+            source_principal: conn.own_id.as_deref(),
+            destination_address: conn.target.addr(),
+            destination_principal: peer.as_ref().map(|(p, ..)| p.peer_id().as_str()),
+            http: Some(HttpFacts {
+                id: &request_id,
+                method: parts.method.as_str(),
+                path: &path,
+                host: &host,
+                scheme: "http",
+                protocol,
+                headers: &parts.headers,
+                size: None,
+                body: None,
+                truncated_body: false,
+                content_type: None,
+            }),
+            jwt: None,
+        });
+        let (decision, ticket) = self
+            .decider
+            .enforce(verdict, ticket, &mut parts.headers, started)
+            .map_err(Early::Answered)?;
 
         // 5. Forward.
+        let upgrade = headers::is_upgrade(&parts.headers);
         let mut resp = match peer {
-            Some((PeerLink::H1(link), addr, pin)) if !headers::is_upgrade(&parts.headers) => {
+            Some((PeerLink::H1(link), addr, pin)) if !upgrade => {
                 let req = Request::from_parts(parts, body.map_err_boxed());
                 Box::pin(self.send_http1_to_peer(addr, pin, link, &host, req)).await
             }
-            Some((PeerLink::H2(peer), addr, pin)) if !headers::is_upgrade(&parts.headers) => {
-                if peer.portcullis {
-                    // The peer sidecar hands the request to its app with the version
-                    // the calling app used (when that app speaks it).
-                    let orig = if parts.version == Version::HTTP_2 {
-                        "HTTP/2"
-                    } else {
-                        "HTTP/1.1"
-                    };
-                    parts
-                        .headers
-                        .insert(ORIG_PROTO, HeaderValue::from_static(orig));
-                }
-                headers::remove_hop_by_hop(&mut parts.headers, false);
-                parts.headers.remove(HOST);
-                parts.version = Version::HTTP_2;
-                parts.uri = match Uri::builder()
-                    .scheme("http")
-                    .authority(host.as_str())
-                    .path_and_query(path.as_str())
-                    .build()
-                {
-                    Ok(u) => u,
-                    Err(_) => {
-                        return Ok(self.refuse(
-                            StatusCode::BAD_REQUEST,
-                            "bad host\n",
-                            "bad_host",
-                            started,
-                        ))
-                    }
-                };
-                let req = Request::from_parts(parts, body.map_err_boxed());
-                let send = Box::pin(self.send_to_peer(addr, pin, peer, req));
-                match tokio::time::timeout(self.upstream_timeout, send).await {
-                    Ok(Ok(r)) => {
-                        let (mut p, b) = r.into_parts();
-                        headers::remove_hop_by_hop(&mut p.headers, false);
-                        Response::from_parts(
-                            p,
-                            http_body_util::BodyExt::boxed_unsync(
-                                http_body_util::BodyExt::map_err(b, BoxError::from),
-                            ),
-                        )
-                    }
-                    Ok(Err(e)) => {
-                        metrics::global()
-                            .upstream_errors
-                            .with_label_values(&["outbound", "protocol"])
-                            .inc();
-                        tracing::warn!(peer = %conn.target.addr(), error = %e, "peer request failed");
-                        text_response(StatusCode::BAD_GATEWAY, "upstream unavailable\n")
-                    }
-                    Err(_) => {
-                        metrics::global()
-                            .upstream_errors
-                            .with_label_values(&["outbound", "timeout"])
-                            .inc();
-                        text_response(StatusCode::GATEWAY_TIMEOUT, "upstream timed out\n")
-                    }
-                }
+            Some((PeerLink::H2(peer), addr, pin)) if !upgrade => {
+                let req = to_peer_h2(parts, body, peer.portcullis, &host, &path)?;
+                Box::pin(self.forward_h2(addr, pin, peer, req)).await
             }
+            // Upgrades need an HTTP/1.1 connection of their own.
             Some((_, addr, pin)) => {
-                // Upgrades need an HTTP/1.1 connection of their own.
-                Box::pin(self.upgrade_over_mtls(
-                    addr,
-                    pin,
-                    Request::from_parts(parts, body.map_err_boxed()),
-                ))
-                .await
+                let req = Request::from_parts(parts, body.map_err_boxed());
+                Box::pin(self.upgrade_over_mtls(addr, pin, req)).await
             }
             None => {
-                // Outside the mesh: the version the destination speaks, by the same
-                // rule as the inbound side's app.
-                let upstream = conn.target.addr();
-                let caller = Caller::of(&parts.headers, parts.version);
-                let http2 = self.protocols.http2(upstream, caller).await;
                 let req = Request::from_parts(parts, body.map_err_boxed());
-                let resp =
-                    Box::pin(
-                        self.external
-                            .send("outbound", &upstream.to_string(), http2, req),
-                    )
-                    .await;
-                if http2 && resp.status() == StatusCode::BAD_GATEWAY {
-                    self.protocols.forget(upstream);
-                }
-                resp
+                Box::pin(self.forward_external(conn.target.addr(), req)).await
             }
         };
         add_headers(resp.headers_mut(), &decision.response_headers_to_add);
         self.decider.finish(ticket, resp.status().as_u16(), started);
         Ok(resp)
+    }
+
+    /// The peer sidecar's connection for a mesh target (`None` outside the mesh);
+    /// an unreachable peer, or egress outside the mesh when it is denied, stops the
+    /// request.
+    async fn peer_for<'t>(
+        &self,
+        target: &'t Target,
+        started: Instant,
+    ) -> Result<Option<(PeerLink, SocketAddr, Option<&'t SpiffeId>)>, Early> {
+        match target {
+            // Futures that are large (TLS handshakes, client state) are boxed so the
+            // request's own future stays small: it is moved, they are not.
+            Target::Mesh { addr, pin } => {
+                match Box::pin(self.peers.link(*addr, pin.as_ref())).await {
+                    Ok(p) => Ok(Some((p, *addr, pin.as_ref()))),
+                    Err(e) => Err(Early::Answered(Box::new(self.peer_failure(e, started)))),
+                }
+            }
+            Target::External { .. } if self.non_mesh == NonMeshAction::Deny => Err(Refusal::new(
+                StatusCode::FORBIDDEN,
+                "non_mesh",
+                "egress outside the mesh is not allowed\n",
+            )
+            .into()),
+            Target::External { .. } => Ok(None),
+        }
+    }
+
+    /// Sends a request on a pooled HTTP/2 connection to a peer sidecar, bounded by
+    /// the upstream timeout.
+    async fn forward_h2(
+        &self,
+        addr: SocketAddr,
+        pin: Option<&SpiffeId>,
+        peer: PeerConn,
+        req: Request<ProxyBody>,
+    ) -> Response<ProxyBody> {
+        let send = Box::pin(self.send_to_peer(addr, pin, peer, req));
+        match tokio::time::timeout(self.upstream_timeout, send).await {
+            Ok(Ok(r)) => {
+                let (mut p, b) = r.into_parts();
+                headers::remove_hop_by_hop(&mut p.headers, false);
+                Response::from_parts(p, b.map_err_boxed())
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(peer = %addr, error = %e, "peer request failed");
+                upstream_failed("protocol")
+            }
+            Err(_) => upstream_failed("timeout"),
+        }
+    }
+
+    /// Outside the mesh: the version the destination speaks, by the same rule as the
+    /// inbound side's app.
+    async fn forward_external(
+        &self,
+        upstream: SocketAddr,
+        req: Request<ProxyBody>,
+    ) -> Response<ProxyBody> {
+        let caller = Caller::of(req.headers(), req.version());
+        let http2 = self.protocols.http2(upstream, caller).await;
+        let authority = upstream.to_string();
+        let send = self.external.send(DIRECTION, &authority, http2, req);
+        let resp = Box::pin(send).await;
+        if http2 && resp.status() == StatusCode::BAD_GATEWAY {
+            self.protocols.forget(upstream);
+        }
+        resp
     }
 
     /// Sends a request to a peer that speaks HTTP/1.1 only, over a pooled mTLS
@@ -368,20 +349,10 @@ impl Outbound {
         let resp = match sent {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => {
-                metrics::global()
-                    .upstream_errors
-                    .with_label_values(&["outbound", "protocol"])
-                    .inc();
                 tracing::warn!(peer = %addr, error = %e, "peer HTTP/1.1 request failed");
-                return text_response(StatusCode::BAD_GATEWAY, "upstream unavailable\n");
+                return upstream_failed("protocol");
             }
-            Err(_) => {
-                metrics::global()
-                    .upstream_errors
-                    .with_label_values(&["outbound", "timeout"])
-                    .inc();
-                return text_response(StatusCode::GATEWAY_TIMEOUT, "upstream timed out\n");
-            }
+            Err(_) => return upstream_failed("timeout"),
         };
         self.peers.give_back(addr, pin, link);
         let (mut p, b) = resp.into_parts();
@@ -435,13 +406,7 @@ impl Outbound {
         }
         let (mut p, b) = resp.into_parts();
         headers::remove_hop_by_hop(&mut p.headers, p.status == StatusCode::SWITCHING_PROTOCOLS);
-        Response::from_parts(
-            p,
-            http_body_util::BodyExt::boxed_unsync(http_body_util::BodyExt::map_err(
-                b,
-                BoxError::from,
-            )),
-        )
+        Response::from_parts(p, b.map_err_boxed())
     }
 
     /// Non-HTTP: decide once per connection, then relay (over mTLS inside the mesh).
@@ -508,10 +473,7 @@ impl Outbound {
             PeerError::Tls { .. } | PeerError::NoPeerId(_) => (StatusCode::BAD_GATEWAY, "tls"),
             _ => (StatusCode::BAD_GATEWAY, "connect"),
         };
-        metrics::global()
-            .upstream_errors
-            .with_label_values(&["outbound", kind])
-            .inc();
+        count_upstream_error(kind);
         text_response(status, format!("upstream unavailable: {kind}\n"))
     }
 
@@ -541,7 +503,7 @@ impl Outbound {
             Err(mut e) => match (e.take_message(), replay) {
                 (Some(req), _) => req,
                 (None, Some(head)) if unprocessed_by_peer(e.error()) => {
-                    head.map(|()| super::forward::full(bytes::Bytes::new()))
+                    head.map(|()| super::reply::full(bytes::Bytes::new()))
                 }
                 (None, _) => return Err(PeerSendError::Http(e.into_error())),
             },
@@ -564,22 +526,58 @@ impl Outbound {
             .finish(Ticket::refused(), resp.status().as_u16(), started);
         resp
     }
+}
 
-    fn refuse(
-        &self,
-        status: StatusCode,
-        body: &str,
-        reason: &'static str,
-        started: Instant,
-    ) -> Response<ProxyBody> {
-        metrics::global()
-            .rejected_requests
-            .with_label_values(&["outbound", reason])
-            .inc();
-        self.decider
-            .finish(Ticket::refused(), status.as_u16(), started);
-        text_response(status, body.to_owned())
+/// A request the peer failed (`protocol`) or did not answer in time (`timeout`):
+/// counted, answered 502 or 504.
+fn upstream_failed(kind: &'static str) -> Response<ProxyBody> {
+    count_upstream_error(kind);
+    if kind == "timeout" {
+        text_response(StatusCode::GATEWAY_TIMEOUT, "upstream timed out\n")
+    } else {
+        text_response(StatusCode::BAD_GATEWAY, "upstream unavailable\n")
     }
+}
+
+fn count_upstream_error(kind: &'static str) {
+    metrics::global()
+        .upstream_errors
+        .with_label_values(&[DIRECTION.as_str(), kind])
+        .inc();
+}
+
+/// The request as a peer sidecar gets it over HTTP/2: the calling app's version in
+/// [`ORIG_PROTO`] (portcullis peers only), no hop-by-hop headers, the authority in
+/// the URI.
+fn to_peer_h2(
+    mut parts: http::request::Parts,
+    body: Incoming,
+    portcullis: bool,
+    host: &str,
+    path: &str,
+) -> Result<Request<ProxyBody>, Refusal> {
+    if portcullis {
+        // The peer sidecar hands the request to its app with the version the
+        // calling app used (when that app speaks it).
+        let orig = if parts.version == Version::HTTP_2 {
+            "HTTP/2"
+        } else {
+            "HTTP/1.1"
+        };
+        parts
+            .headers
+            .insert(ORIG_PROTO, HeaderValue::from_static(orig));
+    }
+    headers::remove_hop_by_hop(&mut parts.headers, false);
+    parts.headers.remove(HOST);
+    parts.version = Version::HTTP_2;
+    parts.uri = Uri::builder()
+        .scheme("http")
+        .authority(host)
+        .path_and_query(path)
+        .build()
+        .map_err(|_| Refusal::new(StatusCode::BAD_REQUEST, "bad_host", "bad host\n"))?;
+    Ok(Request::from_parts(parts, body.map_err_boxed()))
 }
 
 async fn copy<A, B>(a: &mut A, b: &mut B)
