@@ -63,7 +63,7 @@ pub fn init_logging(format: LogFormat, level: &str) -> LevelSetter {
 }
 
 /// Starts the identity source named by the configuration and loads the first SVID.
-pub async fn start_identity(cfg: &Config) -> anyhow::Result<Arc<Identity>> {
+pub async fn start_identity(cfg: &Config, tasks: &Tasks) -> anyhow::Result<Arc<Identity>> {
     let identity = Identity::new(crypto_provider());
     match &cfg.identity {
         IdentityConfig::Files(f) => {
@@ -80,7 +80,7 @@ pub async fn start_identity(cfg: &Config) -> anyhow::Result<Arc<Identity>> {
                 poll_interval: f.poll_interval,
             };
             source
-                .start(identity.clone())
+                .start(identity.clone(), tasks)
                 .await
                 .with_context(|| format!("identity files ({})", f.cert.display()))?;
         }
@@ -91,13 +91,13 @@ pub async fn start_identity(cfg: &Config) -> anyhow::Result<Arc<Identity>> {
             let ca = DevCa::load_or_init(&cfg.trust_domain, &d.dir)
                 .with_context(|| format!("identity.dev_ca: CA directory {}", d.dir.display()))?;
             DevCaSource { ca, id, ttl: d.ttl }
-                .start(identity.clone())
+                .start(identity.clone(), tasks)
                 .await
                 .context("identity.dev_ca: issuing the SVID")?;
         }
         IdentityConfig::WorkloadApi(w) => {
             WorkloadApiSource::new(w.socket.clone(), cfg.trust_domain.clone())
-                .start(identity.clone())
+                .start(identity.clone(), tasks)
                 .await
                 .context("identity.workload_api")?;
         }
@@ -189,12 +189,15 @@ pub fn start_shadow(cfg: &Config) -> anyhow::Result<Option<Arc<crate::policy::sh
 /// Builds the JWT authenticator (none without providers), loads every key set
 /// once and starts the refresh tasks. A file or inline key set that does not
 /// load stops start-up; an unreachable JWKS URL is retried in the background.
-pub async fn start_authn(cfg: &Config) -> anyhow::Result<Option<Arc<Authenticator>>> {
+pub async fn start_authn(
+    cfg: &Config,
+    tasks: &Tasks,
+) -> anyhow::Result<Option<Arc<Authenticator>>> {
     if cfg.jwt.providers.is_empty() {
         return Ok(None);
     }
     let (authn, waits) = Authenticator::start(&cfg.jwt).await?;
-    authn.spawn_refresh(waits);
+    authn.spawn_refresh(waits, tasks);
     Ok(Some(authn))
 }
 
@@ -261,10 +264,10 @@ impl Drains {
 /// Starts every listener; returns once they are bound.
 pub async fn start(cfg: Config, set_log_level: LevelSetter) -> anyhow::Result<Running> {
     let tasks = Tasks::new();
-    let identity = start_identity(&cfg).await?;
+    let identity = start_identity(&cfg, &tasks).await?;
     let policy = start_policy_source(&cfg)?;
     let shadow = start_shadow(&cfg)?;
-    let authn = start_authn(&cfg).await?;
+    let authn = start_authn(&cfg, &tasks).await?;
     let log = start_decision_log(&cfg)?;
     let drains = Drains::new();
     let shutdown = Arc::new(Notify::new());

@@ -102,6 +102,22 @@ impl Tasks {
         running.push((name, tokio::spawn(fut)));
     }
 
+    /// Spawns a polling or refresh loop that may be cancelled at any await point:
+    /// when shutdown begins it is dropped there at once, instead of being waited
+    /// for. For loops whose every await is a sleep, a read or a fetch.
+    pub fn spawn_loop<F>(&self, name: &'static str, fut: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let stop = self.stopping();
+        self.spawn(name, async move {
+            tokio::select! {
+                _ = stop.wait() => {}
+                _ = fut => {}
+            }
+        });
+    }
+
     /// What loops wait on to end when shutdown begins.
     pub fn stopping(&self) -> Stopping {
         Stopping {

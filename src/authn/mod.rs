@@ -254,9 +254,9 @@ impl Authenticator {
 
     /// Starts the refresh tasks (URL and file sources), given the waits
     /// returned by [`Authenticator::start`].
-    pub fn spawn_refresh(&self, waits: Vec<Duration>) {
+    pub fn spawn_refresh(&self, waits: Vec<Duration>, tasks: &crate::tasks::Tasks) {
         for (p, wait) in self.providers.iter().zip(waits) {
-            tokio::spawn(p.jwks.clone().refresh_loop(wait));
+            tasks.spawn_loop("jwks-refresh", p.jwks.clone().refresh_loop(wait));
         }
     }
 

@@ -16,6 +16,7 @@ use super::svid::{IdentityError, Svid, SvidPem};
 use super::tls::Identity;
 use super::{SpiffeId, TrustDomain};
 use crate::metrics;
+use crate::tasks::Tasks;
 
 /// Records a refused candidate: log line and metric (with the reason), the current
 /// identity stays.
@@ -46,6 +47,7 @@ pub trait SvidSource: Send + Sized + 'static {
     fn start(
         self,
         identity: Arc<Identity>,
+        tasks: &Tasks,
     ) -> impl std::future::Future<Output = Result<bool, IdentityError>> + Send;
 }
 
@@ -142,18 +144,18 @@ impl FileSource {
 
 impl SvidSource for FileSource {
     /// Loads the files (an error names the file or the rule that failed), then polls.
-    async fn start(self, identity: Arc<Identity>) -> Result<bool, IdentityError> {
+    async fn start(self, identity: Arc<Identity>, tasks: &Tasks) -> Result<bool, IdentityError> {
         self.load(&identity)?;
-        tokio::spawn(self.watch(identity));
+        tasks.spawn_loop("identity-files", self.watch(identity));
         Ok(true)
     }
 }
 
 impl SvidSource for DevCaSource {
     /// Issues the first SVID, then renews it at half-life.
-    async fn start(self, identity: Arc<Identity>) -> Result<bool, IdentityError> {
+    async fn start(self, identity: Arc<Identity>, tasks: &Tasks) -> Result<bool, IdentityError> {
         self.issue(&identity)?;
-        tokio::spawn(self.renew(identity));
+        tasks.spawn_loop("identity-dev-ca", self.renew(identity));
         Ok(true)
     }
 }

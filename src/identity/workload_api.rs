@@ -27,6 +27,7 @@ use super::svid::{IdentityError, Svid, SvidPem};
 use super::tls::Identity;
 use super::TrustDomain;
 use crate::metrics;
+use crate::tasks::Tasks;
 
 /// Why an update from the Workload API could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -95,10 +96,10 @@ impl WorkloadApiSource {
 
     /// Spawns the follower and waits up to `first` for the first SVID. Returns
     /// whether one was installed in that time; the follower keeps running either way.
-    async fn start_with(self, identity: Arc<Identity>, first: Duration) -> bool {
+    async fn start_with(self, identity: Arc<Identity>, first: Duration, tasks: &Tasks) -> bool {
         let mut installs = identity.subscribe();
         let start = *installs.borrow();
-        tokio::spawn(self.follow(identity));
+        tasks.spawn_loop("identity-workload-api", self.follow(identity));
         tokio::time::timeout(first, installs.wait_for(|n| *n > start))
             .await
             .is_ok_and(|r| r.is_ok())
@@ -229,10 +230,10 @@ impl SvidSource for WorkloadApiSource {
     /// SVID. The agent may not know the workload yet: then start-up goes on without
     /// one (`Ok(false)`), inbound connections are refused and `/ready` is 503 until
     /// an SVID arrives.
-    async fn start(self, identity: Arc<Identity>) -> Result<bool, IdentityError> {
+    async fn start(self, identity: Arc<Identity>, tasks: &Tasks) -> Result<bool, IdentityError> {
         let first = self.first_svid_wait;
         let socket = self.socket.clone();
-        let installed = self.start_with(identity, first).await;
+        let installed = self.start_with(identity, first, tasks).await;
         if !installed {
             tracing::warn!(
                 socket = %socket,
