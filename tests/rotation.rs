@@ -240,3 +240,33 @@ async fn rotation_every_second_under_load_loses_no_request() {
         serials.len()
     );
 }
+
+/// Shutdown stops the background loops too: once the sidecar has stopped, nothing
+/// still holds its identity (the file poller used to be a detached task that kept
+/// polling, and kept the identity alive, after the sidecar was gone).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_stops_the_identity_poller() {
+    let pki = Pki::new();
+    let policies = policy_dir(&pki, &[("authz.rego", ALLOW_ALL)]);
+    let app = echo_app().await;
+    let mut cfg = config(&pki, &policies, app);
+    cfg.identity = IdentityConfig::Files(FilesIdentity {
+        cert: pki.path("server/tls.crt"),
+        key: pki.path("server/tls.key"),
+        bundle: pki.path("server/ca.crt"),
+        poll_interval: Duration::from_millis(50),
+        ..FilesIdentity::default()
+    });
+    let sidecar = start(cfg).await;
+    assert!(
+        sidecar.tasks.running().contains(&"identity-files"),
+        "{:?}",
+        sidecar.tasks.running()
+    );
+    let identity = sidecar.identity.clone();
+    sidecar.shutdown();
+    sidecar.wait().await;
+    // Give an escaped task a few poll intervals to show itself.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(Arc::strong_count(&identity), 1);
+}
