@@ -178,7 +178,7 @@ impl Admin {
         let drain = data_drain;
         accept_loop(
             listener,
-            crate::proxy::direction::Direction::Admin,
+            crate::direction::Direction::Admin,
             limit,
             admin_drain,
             move |stream, peer, guard| {

@@ -161,8 +161,8 @@ pub struct TapArgs {
 pub fn tap(args: &TapArgs) -> anyhow::Result<()> {
     let filter = crate::tap::TapFilter {
         direction: match args.direction.as_deref() {
-            Some("in") => Some(crate::proxy::direction::Direction::Inbound),
-            Some("out") => Some(crate::proxy::direction::Direction::Outbound),
+            Some("in") => Some(crate::direction::Direction::Inbound),
+            Some("out") => Some(crate::direction::Direction::Outbound),
             _ => None,
         },
         allowed: args.decision.as_deref().map(|d| d == "allow"),

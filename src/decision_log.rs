@@ -12,7 +12,7 @@ use http::HeaderMap;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use crate::proxy::direction::Direction;
+use crate::direction::Direction;
 
 const MASK: &str = "***";
 const ALWAYS_MASKED: &[&str] = &[

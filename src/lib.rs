@@ -24,6 +24,7 @@ pub mod commands;
 pub mod config;
 pub mod decision_log;
 pub mod demo;
+pub mod direction;
 pub mod fetch;
 pub mod identity;
 pub mod import;

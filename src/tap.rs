@@ -17,8 +17,8 @@ use prometheus::IntCounter;
 use serde::Serialize;
 use tokio::sync::broadcast;
 
+use crate::direction::Direction;
 use crate::metrics;
-use crate::proxy::direction::Direction;
 use crate::proxy::forward::{text_response, ProxyBody};
 
 /// Events buffered per subscriber before the oldest are dropped.

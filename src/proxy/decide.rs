@@ -6,10 +6,10 @@ use std::time::Instant;
 
 use http::{HeaderMap, Response, StatusCode};
 
-use super::direction::Direction;
 use super::headers::add_headers;
 use super::reply::{text_response, Early, LocalReply, ProxyBody, Refusal};
 use crate::decision_log::{now_rfc3339, DecisionEntry, DecisionLog};
+use crate::direction::Direction;
 use crate::metrics;
 use crate::policy::shadow::{Comparison, Shadow};
 use crate::policy::store::PolicyStore;

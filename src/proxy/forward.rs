@@ -9,8 +9,8 @@ use http_body_util::BodyExt;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
-use super::direction::Direction;
 use super::headers;
+use crate::direction::Direction;
 // The body type and local replies live in `reply`; re-exported for the modules
 // outside the data path that answer locally (admin, tap).
 pub use super::reply::{full, text_response, BoxError, ProxyBody};

@@ -19,7 +19,6 @@ use tokio_rustls::server::TlsStream;
 
 use super::app_protocol::{AppProtocols, Caller};
 use super::decide::Decider;
-use super::direction::Direction;
 use super::forward::AppClients;
 use super::listener::{ConnGuard, HttpServer};
 use super::reply::{Early, ProxyBody, Refusal};
@@ -27,6 +26,7 @@ use super::sniff::{self, Prefixed, Sniffed};
 use super::{body, headers, tcp, ConnInfo, Prelude};
 use crate::authn::{Authenticator, Outcome, Rejection, Verified};
 use crate::config::{BodyConfig, MtlsMode};
+use crate::direction::Direction;
 use crate::identity::tls::Identity;
 use crate::identity::x509::leaf_info;
 use crate::identity::SpiffeId;

@@ -15,11 +15,11 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::direction::Direction;
 pub use super::drain::{ConnLimit, Drain, DrainTrigger};
 use super::head_deadline::{Activity, HeadDeadline, Tracked};
 use super::reply::{ProxyBody, Refusal};
 use crate::config::LimitsConfig;
+use crate::direction::Direction;
 use crate::metrics;
 
 /// Held for the life of a connection: a connection-limit permit and the open gauge.

@@ -48,7 +48,7 @@ macro_rules! write_through {
 pub mod app_protocol;
 pub mod body;
 pub mod decide;
-pub mod direction;
+
 pub mod drain;
 pub mod forward;
 pub mod grpc;
@@ -69,8 +69,8 @@ use std::net::SocketAddr;
 use http::header::{HeaderName, HOST};
 use http::{StatusCode, Version};
 
-pub use self::direction::Direction;
 pub use self::reply::Refusal;
+pub use crate::direction::Direction;
 use crate::identity::SpiffeId;
 
 /// What is known about a downstream connection once it is accepted.

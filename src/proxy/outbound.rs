@@ -21,7 +21,6 @@ use tokio::net::TcpStream;
 
 use super::app_protocol::{AppProtocols, Caller};
 use super::decide::{Decider, Ticket, Verdict};
-use super::direction::Direction;
 use super::forward::AppClients;
 use super::headers::add_headers;
 use super::inbound::ORIG_PROTO;
@@ -31,6 +30,7 @@ use super::reply::{text_response, BoxError, Early, ProxyBody, Refusal};
 use super::sniff::{self, Sniffed};
 use super::{headers, Prelude};
 use crate::config::NonMeshAction;
+use crate::direction::Direction;
 use crate::identity::tls::Identity;
 use crate::identity::SpiffeId;
 use crate::metrics;

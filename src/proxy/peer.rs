@@ -15,6 +15,7 @@ use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
 use super::forward::ProxyBody;
+use crate::direction::Direction;
 use crate::identity::tls::client_config;
 use crate::identity::tls::{Identity, Loaded};
 use crate::identity::verifier::PeerAuthorization;
@@ -339,16 +340,18 @@ impl PeerPool {
         {
             Ok(Ok(t)) => t,
             Ok(Err(source)) => {
-                crate::identity::record_handshake_io_failure("outbound", &source);
+                crate::identity::record_handshake_io_failure(Direction::Outbound.as_str(), &source);
                 return Err(PeerError::Tls { addr, source });
             }
             Err(_) => return Err(PeerError::Timeout(addr)),
         };
         let m = metrics::global();
-        m.tls_handshakes.with_label_values(&["outbound"]).inc();
+        m.tls_handshakes
+            .with_label_values(&[Direction::Outbound.as_str()])
+            .inc();
         if tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
             m.tls_resumed_handshakes
-                .with_label_values(&["outbound"])
+                .with_label_values(&[Direction::Outbound.as_str()])
                 .inc();
         }
         let peer_id =
@@ -364,7 +367,7 @@ impl PeerPool {
             .is_none_or(|info| info.not_after < std::time::SystemTime::now());
         if expired {
             m.tls_handshake_failures
-                .with_label_values(&["outbound", "expired_session"])
+                .with_label_values(&[Direction::Outbound.as_str(), "expired_session"])
                 .inc();
             return Err(PeerError::NoPeerId(addr));
         }

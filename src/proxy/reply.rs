@@ -13,7 +13,7 @@ use http::header::{HeaderName, HeaderValue, CONTENT_TYPE};
 use http::{Response, StatusCode};
 use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full};
 
-use super::direction::Direction;
+use crate::direction::Direction;
 use crate::metrics;
 
 /// Boxed error type carried by proxied bodies.
