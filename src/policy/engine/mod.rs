@@ -320,4 +320,6 @@ impl PolicySet {
 }
 
 #[cfg(test)]
+mod load_tests;
+#[cfg(test)]
 mod tests;

@@ -7,7 +7,7 @@
 //! no `body`/`parsed_body`/`truncated_body` unless the body was buffered, no
 //! `metadataContext` without verified JWT claims.
 //!
-//! [`facts`] is what the proxy knows; [`build_input`] builds the document (all of
+//! [`InputFacts`] is what the proxy knows; [`build_input`] builds the document (all of
 //! it, or only the fields a policy can read: [`build_input_with`]); [`value_at`]
 //! answers one path of it without building it (decision memo keys).
 
