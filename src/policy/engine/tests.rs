@@ -1,12 +1,8 @@
 use super::memo::{key_hash, Memo};
 use super::*;
-use crate::policy::exact_json::json_to_value;
 use crate::policy::input::{build_input, HttpFacts, InputFacts};
-use regorus::Engine;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
-use std::time::Instant;
 
 pub(super) const AUTHZ: &str = "data.envoy.authz.allow";
 const OUTBOUND: &str = "data.portcullis.outbound.allow";
