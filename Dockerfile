@@ -12,6 +12,9 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock build.rs ./
 COPY src ./src
 COPY benches ./benches
+# A workspace member (test helpers, never linked into the binary): the workspace
+# does not load without it.
+COPY testkit ./testkit
 RUN cargo build --release --locked --bin portcullis \
  && install -D -m 0755 target/release/portcullis /out/portcullis
 

@@ -13,7 +13,7 @@ use hyper::body::Incoming;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
-use crate::identity::source::Identity;
+use crate::identity::tls::Identity;
 use crate::k8s::inject::APP_HEALTH_PREFIX;
 use crate::k8s::probe::AppProbes;
 use crate::metrics;
@@ -161,7 +161,7 @@ impl Admin {
             .ok()?
             .ok()?;
         let leaf = tls.get_ref().1.peer_certificates()?.first()?.clone();
-        let id = crate::identity::svid::leaf_info(&leaf).ok()?.id.to_string();
+        let id = crate::identity::x509::leaf_info(&leaf).ok()?.id.to_string();
         Some((tls, id))
     }
 

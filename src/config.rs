@@ -538,8 +538,8 @@ pub struct BundleConfig {
     /// Poll interval (default 30s).
     #[serde(default = "default_bundle_poll", deserialize_with = "de_duration")]
     pub poll: Duration,
-    /// PEM file of extra CA certificates trusted for an `https://` bundle
-    /// server, in addition to the system roots (optional).
+    /// PEM file of the CA certificates trusted for an `https://` bundle server,
+    /// instead of the system roots (optional; the rule of [`crate::fetch`]).
     #[serde(default)]
     pub ca: Option<PathBuf>,
 }
@@ -627,7 +627,8 @@ pub enum JwksSource {
         url: String,
         /// Refresh interval (default 5m).
         refresh: Duration,
-        /// PEM CA bundle trusted for the URL's TLS (default: the system roots).
+        /// PEM CA bundle trusted for the URL's TLS instead of the system roots
+        /// (default: the system roots; the rule of [`crate::fetch`]).
         ca: Option<PathBuf>,
     },
     /// Read from a file.
@@ -1162,7 +1163,7 @@ impl Config {
                 .filter(|u| u.scheme_str() == Some("http"))
                 .and_then(|u| u.host().map(|h| h.trim_matches(['[', ']']).to_owned()));
             match plain_host {
-                Some(h) if !crate::authn::jwks::is_loopback(&h) => fail(
+                Some(h) if !crate::fetch::is_loopback(&h) => fail(
                     path,
                     format!(
                         "\"{url}\": plain http:// is only allowed to a loopback host; use https://"

@@ -405,7 +405,7 @@ pub fn client_tls(dir: &Path, who: &str) -> anyhow::Result<Arc<rustls::ClientCon
     }
     let chain = rustls_pemfile::certs(&mut &read("tls.crt")?[..]).collect::<Result<Vec<_>, _>>()?;
     let key = rustls_pemfile::private_key(&mut &read("tls.key")?[..])?.context("no private key")?;
-    let provider = crate::identity::source::crypto_provider();
+    let provider = crate::identity::tls::crypto_provider();
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)

@@ -6,6 +6,7 @@
 //! - [`config`]: the YAML model, defaults and validation with field paths.
 //! - [`identity`]: SPIFFE IDs, X.509-SVID verification, certificate sources, the dev CA.
 //! - [`authn`]: end-user JWT authentication: providers, JWKS caches, token checks.
+//! - [`fetch`]: the one HTTPS client for downloads (JWKS documents, policy bundles).
 //! - [`policy`]: the Rego engine, the OPA-Envoy input document and decision results.
 //! - [`proxy`]: the data path (TLS sniffing, HTTP, decisions, forwarding, opaque TCP).
 //! - [`admin`], [`metrics`], [`decision_log`]: operating the sidecar.
@@ -13,7 +14,9 @@
 //! - [`commands`]: what the command line calls.
 //! - [`k8s`]: iptables rules, `inject`, the admission `webhook`, the app probe runner.
 //! - [`import`]: `portcullis import istio` (Istio security resources → Rego).
-//! - `fuzzing` (hidden): the entry points of the fuzz targets in `fuzz/`.
+//!
+//! Test helpers and the fuzz targets' entry points live in the workspace crate
+//! `portcullis-testkit` (`testkit/`), outside the release library.
 
 pub mod admin;
 pub mod authn;
@@ -21,8 +24,7 @@ pub mod commands;
 pub mod config;
 pub mod decision_log;
 pub mod demo;
-#[doc(hidden)]
-pub mod fuzzing;
+pub mod fetch;
 pub mod identity;
 pub mod import;
 pub mod k8s;

@@ -249,13 +249,13 @@ pub fn client_tls(
         .next()
         .context("no certificate in --cert")?
         .context("--cert")?;
-    let td = crate::identity::svid::leaf_info(&leaf)
+    let td = crate::identity::x509::leaf_info(&leaf)
         .map_err(|e| anyhow::anyhow!("--cert: {e}"))?
         .id
         .trust_domain();
-    let provider = crate::identity::source::crypto_provider();
-    let svid = crate::identity::source::Svid::from_pem(
-        &crate::identity::source::SvidPem {
+    let provider = crate::identity::tls::crypto_provider();
+    let svid = crate::identity::svid::Svid::from_pem(
+        &crate::identity::svid::SvidPem {
             cert: &cert,
             key: &key,
             bundle: &bundle,

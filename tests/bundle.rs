@@ -324,17 +324,16 @@ async fn https_bundle_server_and_forced_reload() {
     let key = rcgen::KeyPair::generate().unwrap();
     let params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
     let cert = params.signed_by(&key, &issuer).unwrap();
-    let server_tls = rustls::ServerConfig::builder_with_provider(
-        portcullis::identity::source::crypto_provider(),
-    )
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(
-        vec![cert.der().clone()],
-        rustls_pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
-    )
-    .unwrap();
+    let server_tls =
+        rustls::ServerConfig::builder_with_provider(portcullis::identity::tls::crypto_provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                rustls_pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
+            )
+            .unwrap();
 
     let state: Shared = Arc::default();
     state.lock().unwrap().bundle = Some(("\"e1\"".into(), bundle(1, true)));
@@ -380,17 +379,16 @@ async fn untrusted_https_server_is_rejected() {
         .unwrap()
         .self_signed(&key)
         .unwrap();
-    let server_tls = rustls::ServerConfig::builder_with_provider(
-        portcullis::identity::source::crypto_provider(),
-    )
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(
-        vec![cert.der().clone()],
-        rustls_pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
-    )
-    .unwrap();
+    let server_tls =
+        rustls::ServerConfig::builder_with_provider(portcullis::identity::tls::crypto_provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                rustls_pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
+            )
+            .unwrap();
     let state: Shared = Arc::default();
     state.lock().unwrap().bundle = Some(("\"e1\"".into(), bundle(1, true)));
     let server = bundle_server(state.clone(), Some(Arc::new(server_tls))).await;

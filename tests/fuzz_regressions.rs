@@ -1,6 +1,6 @@
 //! Replays the fuzzing seeds (`fuzz/corpus/<target>/`) and every input that once
 //! crashed a fuzz target (`fuzz/regressions/<target>/`) through the same
-//! `portcullis::fuzzing` entry points the targets in `fuzz/fuzz_targets/` call.
+//! `portcullis_testkit::fuzzing` entry points the targets in `fuzz/fuzz_targets/` call.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
@@ -10,11 +10,14 @@ type Entry = fn(&[u8]);
 
 /// The fuzz targets and their entry points.
 const TARGETS: &[(&str, Entry)] = &[
-    ("spiffe_id", portcullis::fuzzing::spiffe_id),
-    ("svid_san", portcullis::fuzzing::svid_san),
-    ("input_document", portcullis::fuzzing::input_document),
-    ("config", portcullis::fuzzing::config),
-    ("jwt", portcullis::fuzzing::jwt),
+    ("spiffe_id", portcullis_testkit::fuzzing::spiffe_id),
+    ("svid_san", portcullis_testkit::fuzzing::svid_san),
+    (
+        "input_document",
+        portcullis_testkit::fuzzing::input_document,
+    ),
+    ("config", portcullis_testkit::fuzzing::config),
+    ("jwt", portcullis_testkit::fuzzing::jwt),
 ];
 
 fn files(dir: &Path) -> Vec<PathBuf> {

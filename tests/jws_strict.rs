@@ -17,7 +17,8 @@ use aws_lc_rs::signature::{self as sig, EcdsaKeyPair, Ed25519KeyPair, KeyPair as
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use http::HeaderMap;
-use portcullis::authn::jwks::{parse_jwk, JwkError, JwsAlgorithm, KeySet};
+use portcullis::authn::jwk::{parse_jwk, JwkError, JwsAlgorithm};
+use portcullis::authn::jwks::KeySet;
 use portcullis::authn::{Authenticator, Outcome};
 use portcullis::config::{JwksSource, JwtConfig, JwtProvider, TokenLocation};
 use serde_json::{json, Value};

@@ -18,7 +18,7 @@ use hyper_util::rt::TokioIo;
 use jsonwebtoken::Algorithm;
 use jwt_keys::*;
 use portcullis::config::{ClaimToHeader, Config, JwksSource, JwtProvider, TokenLocation};
-use portcullis::identity::source::crypto_provider;
+use portcullis::identity::tls::crypto_provider;
 use portcullis::identity::SpiffeId;
 use serde_json::json;
 use tokio::net::TcpListener;

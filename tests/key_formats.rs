@@ -7,8 +7,8 @@ mod common;
 
 use base64::Engine as _;
 use common::*;
-use portcullis::identity::dev_ca::testing::LeafOptions;
 use portcullis::identity::SpiffeId;
+use portcullis_testkit::{IssueCustom, LeafOptions};
 
 const ALLOW_ALL: &str = "package envoy.authz\nimport rego.v1\ndefault allow := true\n";
 

@@ -7,14 +7,15 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use portcullis::identity::dev_ca::testing::{LeafOptions, TestLeaf};
 use portcullis::identity::{
-    leaf_info, record_handshake_io_failure, rejection_of_io, DevCa, PeerAuthorization, SpiffeId,
-    SvidClientVerifier, SvidRejection, SvidServerVerifier, TrustBundles, TrustDomain,
+    leaf_info, record_handshake_io_failure, rejection_of_io, verify_svid, verify_svid_with, DevCa,
+    PeerAuthorization, SpiffeId, SvidClientVerifier, SvidRejection, SvidServerVerifier, SvidUsage,
+    TrustBundles, TrustDomain,
 };
+use portcullis_testkit::{IssueCustom, LeafOptions, TestLeaf};
 use rustls::crypto::CryptoProvider;
 use rustls::{ClientConfig, ServerConfig, SupportedProtocolVersion};
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
@@ -643,4 +644,125 @@ async fn client_rejects_server_with_invalid_svid() {
     );
     assert_eq!(failures("t_client_expired", "expired"), before + 1);
     assert!(out.server.is_err());
+}
+
+/// Verifies a leaf issued as `opts` says (X.509-SVID rules, no handshake).
+fn verify_opts(
+    ca: &DevCa,
+    bundles: &TrustBundles,
+    opts: LeafOptions,
+) -> Result<SpiffeId, SvidRejection> {
+    let leaf = ca.issue_custom(&opts).unwrap();
+    verify_svid(&[leaf.cert_der], bundles, UnixTime::now())
+}
+
+fn example_org() -> (DevCa, TrustBundles) {
+    let ca = DevCa::generate(&td("example.org")).unwrap();
+    let bundles = TrustBundles::from_pem(td("example.org"), ca.ca_cert_pem().as_bytes()).unwrap();
+    (ca, bundles)
+}
+
+#[test]
+fn leaf_rules_without_a_handshake() {
+    let (ca, b) = example_org();
+    let good = id("spiffe://example.org/w");
+    let cases: Vec<(LeafOptions, SvidRejection)> = vec![
+        (
+            LeafOptions::for_id(&good).extra_uri("spiffe://example.org/x"),
+            SvidRejection::MultipleUriSans,
+        ),
+        (
+            LeafOptions::for_id(&good).no_uri_san(),
+            SvidRejection::NoUriSan,
+        ),
+        (
+            LeafOptions::for_id(&good).no_uri_san().dns("w.example.org"),
+            SvidRejection::NoUriSan,
+        ),
+        (
+            LeafOptions::for_uri("https://example.org/w"),
+            SvidRejection::InvalidSpiffeId,
+        ),
+        (
+            LeafOptions::for_uri("spiffe://example.org"),
+            SvidRejection::RootPathId,
+        ),
+        (LeafOptions::for_id(&good).ca(), SvidRejection::LeafIsCa),
+        (
+            LeafOptions::for_id(&good).no_key_usage(),
+            SvidRejection::NoKeyUsage,
+        ),
+        (
+            LeafOptions::for_id(&good).no_digital_signature(),
+            SvidRejection::NoDigitalSignature,
+        ),
+        (
+            LeafOptions::for_id(&good).key_cert_sign(),
+            SvidRejection::KeyCertSign,
+        ),
+        (
+            LeafOptions::for_id(&good).crl_sign(),
+            SvidRejection::CrlSign,
+        ),
+        (
+            LeafOptions::for_id(&id("spiffe://other.org/w")),
+            SvidRejection::UntrustedTrustDomain,
+        ),
+        (
+            LeafOptions::for_id(&good).validity(
+                SystemTime::now() - Duration::from_secs(7200),
+                SystemTime::now() - Duration::from_secs(3600),
+            ),
+            SvidRejection::Expired,
+        ),
+        (
+            LeafOptions::for_id(&good).validity(
+                SystemTime::now() + Duration::from_secs(3600),
+                SystemTime::now() + Duration::from_secs(7200),
+            ),
+            SvidRejection::NotYetValid,
+        ),
+    ];
+    for (opts, want) in cases {
+        let desc = format!("{opts:?}");
+        assert_eq!(verify_opts(&ca, &b, opts), Err(want), "{desc}");
+    }
+    // Distinct reasons have distinct labels.
+    let mut labels: Vec<_> = [
+        SvidRejection::NoCertificate,
+        SvidRejection::MultipleUriSans,
+        SvidRejection::Expired,
+    ]
+    .iter()
+    .map(|r| r.reason())
+    .collect();
+    labels.dedup();
+    assert_eq!(labels.len(), 3);
+}
+
+#[test]
+fn leaf_eku_needs_both_tls_purposes() {
+    // X.509-SVID §4.4: when present, serverAuth and clientAuth are both set.
+    let (ca, bundles) = example_org();
+    let leaf = ca
+        .issue_custom(&LeafOptions::for_id(&id("spiffe://example.org/w")).server_auth_only())
+        .unwrap();
+    for usage in [
+        SvidUsage::ServerAuth,
+        SvidUsage::ClientAuth,
+        SvidUsage::AnyTls,
+    ] {
+        assert_eq!(
+            verify_svid_with(
+                &leaf.cert_der,
+                &[],
+                &bundles,
+                UnixTime::now(),
+                usage,
+                provider().signature_verification_algorithms.all
+            ),
+            Err(SvidRejection::WrongExtendedKeyUsage),
+            "{usage:?}"
+        );
+    }
 }

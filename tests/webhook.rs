@@ -170,7 +170,7 @@ async fn admission_reviews_over_tls() {
 
     let mut roots = rustls::RootCertStore::empty();
     roots.add(ck.cert.der().clone()).unwrap();
-    let provider = portcullis::identity::source::crypto_provider();
+    let provider = portcullis::identity::tls::crypto_provider();
     let tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .unwrap()

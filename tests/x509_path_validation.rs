@@ -18,7 +18,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use portcullis::identity::source::{Svid, SvidPem};
+use portcullis::identity::svid::{Svid, SvidPem};
 use portcullis::identity::{
     rejection_of_io, verify_svid, PeerAuthorization, SvidClientVerifier, SvidError, SvidRejection,
     SvidServerVerifier, TrustBundles, TrustDomain,
@@ -1312,7 +1312,7 @@ async fn der_malformations() {
 
 #[tokio::test]
 async fn a_rotation_to_a_defective_chain_is_refused_with_its_reason() {
-    use portcullis::identity::source::{crypto_provider, FileSource, Identity};
+    use portcullis::identity::{crypto_provider, source::FileSource, Identity};
     let dir = tempfile::tempdir().unwrap();
     let write = |c: &Chain| {
         let cert: String = c.presented.iter().map(|d| pem("CERTIFICATE", d)).collect();
@@ -1362,7 +1362,7 @@ async fn a_rotation_to_a_defective_chain_is_refused_with_its_reason() {
 
 #[test]
 fn start_up_fails_when_a_trust_domain_has_no_usable_root() {
-    use portcullis::identity::source::{crypto_provider, FileSource, Identity};
+    use portcullis::identity::{crypto_provider, source::FileSource, Identity};
     let dir = tempfile::tempdir().unwrap();
     let good = three(root(), int(), leaf());
     let cert: String = good

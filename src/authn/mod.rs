@@ -16,20 +16,25 @@
 //! `aud` are checked; registered claims are type-checked. Keys are decoded once
 //! per JWKS load, so the request path only verifies.
 
+mod cache;
+pub mod jwk;
 pub mod jwks;
+mod location;
 pub mod token;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::header::{HeaderName, HeaderValue, COOKIE};
+use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, StatusCode};
-use percent_encoding::percent_decode_str;
 use serde_json::{Map, Value};
 
 use crate::config::{JwksSource, JwtConfig, TokenLocation};
 use crate::metrics;
-use jwks::{HttpFetcher, JwksCache, JwksError, JwsAlgorithm, KeySet, Source};
+use cache::{lock, ParsedToken, ParsedTokens, SignatureCache};
+use jwk::JwsAlgorithm;
+use jwks::{JwksCache, JwksError, KeySet, Source};
+use location::{remove_cookie, remove_query_param, token_at, Location};
 use token::TokenError;
 
 /// Why the authenticator could not be built (start-up stops).
@@ -53,14 +58,6 @@ pub enum AuthnError {
         /// The name.
         header: String,
     },
-}
-
-/// A token location, with header names parsed once.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Location {
-    Header { name: HeaderName, prefix: String },
-    Query(String),
-    Cookie(String),
 }
 
 /// One configured issuer.
@@ -224,10 +221,9 @@ impl Authenticator {
             }
             let leeway = p.clock_skew.as_secs();
             let source = match &p.jwks {
-                JwksSource::Url { url, refresh, ca } => Source::Url {
-                    fetcher: HttpFetcher::new(url, ca.as_deref()).map_err(jwks_err)?,
-                    refresh: *refresh,
-                },
+                JwksSource::Url { url, refresh, ca } => {
+                    Source::url(url, ca.as_deref(), *refresh).map_err(jwks_err)?
+                }
                 JwksSource::File { path } => Source::File(path.clone()),
                 JwksSource::Inline(json) => Source::Inline(json.clone()),
             };
@@ -495,93 +491,6 @@ impl Provider {
     }
 }
 
-/// A token's decoded header and payload.
-struct ParsedToken {
-    header: token::JoseHeader,
-    payload: Arc<Value>,
-}
-
-/// Tokens that validated, decoded: the same token arrives on every request of a
-/// client. Only tokens that passed every check are added, so a flood of forged
-/// tokens cannot fill it; bounded by the bytes of the tokens held.
-#[derive(Default)]
-struct ParsedTokens {
-    entries: std::collections::HashMap<Box<str>, Arc<ParsedToken>>,
-    bytes: usize,
-}
-
-impl ParsedTokens {
-    /// At most this many bytes of tokens are held; when full it starts over.
-    const MAX_BYTES: usize = 256 * 1024;
-
-    fn get(&self, token: &str) -> Option<Arc<ParsedToken>> {
-        self.entries.get(token).cloned()
-    }
-
-    fn insert(&mut self, token: &str, parsed: Arc<ParsedToken>) {
-        if self.bytes + token.len() > Self::MAX_BYTES {
-            self.entries.clear();
-            self.bytes = 0;
-        }
-        if self.entries.insert(token.into(), parsed).is_none() {
-            self.bytes += token.len();
-        }
-    }
-}
-
-/// (signing input, signature) pairs whose signature verified with one key set,
-/// matched byte for byte. Verification is deterministic in those bytes and the
-/// keys, so a hit is exactly as good as verifying again; the cache is emptied
-/// whenever the key set changes (rotation, refetch), and only successes are
-/// recorded. Everything else about a token (header checks, claim types,
-/// `exp`/`nbf`/`iat` against the current time, issuer, audience) is still
-/// checked on every request.
-#[derive(Default)]
-struct SignatureCache {
-    /// The key set the entries were verified with (held, so its address is not reused).
-    set: Option<Arc<KeySet>>,
-    /// Signature → signing input.
-    entries: std::collections::HashMap<Box<[u8]>, Box<[u8]>>,
-    /// Bytes held by `entries`.
-    bytes: usize,
-}
-
-impl SignatureCache {
-    /// At most this many bytes of tokens are held; when full it starts over.
-    const MAX_BYTES: usize = 256 * 1024;
-
-    fn contains(&self, set: &Arc<KeySet>, message: &[u8], signature: &[u8]) -> bool {
-        self.set.as_ref().is_some_and(|s| Arc::ptr_eq(s, set))
-            && self
-                .entries
-                .get(signature)
-                .is_some_and(|m| m.as_ref() == message)
-    }
-
-    fn insert(&mut self, set: &Arc<KeySet>, message: &[u8], signature: &[u8]) {
-        let size = message.len() + signature.len();
-        if size > Self::MAX_BYTES {
-            return;
-        }
-        let same_set = self.set.as_ref().is_some_and(|s| Arc::ptr_eq(s, set));
-        if !same_set || self.bytes + size > Self::MAX_BYTES {
-            self.set = Some(set.clone());
-            self.entries.clear();
-            self.bytes = 0;
-        }
-        let old = self.entries.insert(signature.into(), message.into());
-        self.bytes += size;
-        if let Some(m) = old {
-            self.bytes -= m.len() + signature.len();
-        }
-    }
-}
-
-fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // Nothing panics while the lock is held; recover the data if it ever did.
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 /// Keys to try for a token (indexes into the set).
 enum Selection {
     Keys(Vec<usize>),
@@ -642,89 +551,6 @@ fn header_name(index: usize, name: &str) -> Result<HeaderName, AuthnError> {
     })
 }
 
-fn token_at(loc: &Location, headers: &HeaderMap, pq: &str) -> Option<String> {
-    match loc {
-        Location::Header { name, prefix } => headers.get_all(name).iter().find_map(|v| {
-            let v = v.to_str().ok()?;
-            let rest = if prefix.is_empty() {
-                v
-            } else {
-                let head = v.get(..prefix.len())?;
-                if !head.eq_ignore_ascii_case(prefix) {
-                    return None;
-                }
-                v.get(prefix.len()..)?
-            };
-            let t = rest.trim();
-            (!t.is_empty()).then(|| t.to_owned())
-        }),
-        Location::Query(name) => {
-            let (_, query) = pq.split_once('?')?;
-            query.split('&').find_map(|pair| {
-                let (k, v) = pair.split_once('=')?;
-                if percent_decode_str(k).decode_utf8().ok()? != name.as_str() {
-                    return None;
-                }
-                let v = percent_decode_str(v).decode_utf8().ok()?;
-                (!v.is_empty()).then(|| v.into_owned())
-            })
-        }
-        Location::Cookie(name) => headers.get_all(COOKIE).iter().find_map(|v| {
-            v.to_str().ok()?.split(';').find_map(|c| {
-                let (k, v) = c.trim().split_once('=')?;
-                if k.trim() != name {
-                    return None;
-                }
-                let v = v.trim().trim_matches('"');
-                (!v.is_empty()).then(|| v.to_owned())
-            })
-        }),
-    }
-}
-
-/// The path-and-query without every `name=` parameter; `None` if there was none.
-fn remove_query_param(pq: &str, name: &str) -> Option<String> {
-    let (path, query) = pq.split_once('?')?;
-    let mut removed = false;
-    let kept: Vec<&str> = query
-        .split('&')
-        .filter(|pair| {
-            let k = pair.split_once('=').map(|(k, _)| k).unwrap_or(pair);
-            let hit = percent_decode_str(k).decode_utf8().is_ok_and(|k| k == name);
-            removed |= hit;
-            !hit
-        })
-        .collect();
-    if !removed {
-        return None;
-    }
-    Some(if kept.is_empty() {
-        path.to_owned()
-    } else {
-        format!("{path}?{}", kept.join("&"))
-    })
-}
-
-fn remove_cookie(headers: &mut HeaderMap, name: &str) {
-    let mut kept = Vec::new();
-    for v in headers.get_all(COOKIE) {
-        let Ok(v) = v.to_str() else { continue };
-        for c in v.split(';') {
-            let c = c.trim();
-            let k = c.split_once('=').map(|(k, _)| k.trim()).unwrap_or(c);
-            if !c.is_empty() && k != name {
-                kept.push(c.to_owned());
-            }
-        }
-    }
-    headers.remove(COOKIE);
-    if !kept.is_empty() {
-        if let Ok(v) = HeaderValue::from_str(&kept.join("; ")) {
-            headers.insert(COOKIE, v);
-        }
-    }
-}
-
 /// A claim as a header value: strings as they are, numbers and booleans
 /// printed, arrays of those joined with `,`; objects and nulls are skipped.
 fn claim_header_value(claims: &Value, path: &[String]) -> Option<HeaderValue> {
@@ -746,118 +572,4 @@ fn claim_header_value(claims: &Value, path: &[String]) -> Option<HeaderValue> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.append(
-                HeaderName::from_bytes(k.as_bytes()).unwrap_or_else(|e| panic!("{e}")),
-                HeaderValue::from_str(v).unwrap_or_else(|e| panic!("{e}")),
-            );
-        }
-        h
-    }
-
-    #[test]
-    fn signature_cache_is_per_key_set_and_exact() {
-        let set = || {
-            Arc::new(KeySet {
-                keys: Vec::new(),
-                loaded: true,
-            })
-        };
-        let (a, b) = (set(), set());
-        let mut c = SignatureCache::default();
-        assert!(!c.contains(&a, b"h.p", b"sig"));
-        c.insert(&a, b"h.p", b"sig");
-        assert!(c.contains(&a, b"h.p", b"sig"));
-        // Byte for byte: another message or signature is not a hit.
-        assert!(!c.contains(&a, b"h.q", b"sig"));
-        assert!(!c.contains(&a, b"h.p", b"sih"));
-        // Another key set (a rotation or refetch) knows nothing.
-        assert!(!c.contains(&b, b"h.p", b"sig"));
-        c.insert(&b, b"x", b"y");
-        assert!(!c.contains(&b, b"h.p", b"sig"));
-        assert!(!c.contains(&a, b"h.p", b"sig"));
-        // Bounded: filling past the limit starts over.
-        let big = vec![7u8; SignatureCache::MAX_BYTES / 2];
-        c.insert(&b, &big, b"1");
-        c.insert(&b, &big, b"2");
-        assert!(c.bytes <= SignatureCache::MAX_BYTES);
-        assert!(c.contains(&b, &big, b"2"));
-        assert!(!c.contains(&b, b"x", b"y"));
-    }
-
-    #[test]
-    fn token_locations() {
-        let bearer = Location::Header {
-            name: http::header::AUTHORIZATION,
-            prefix: "Bearer ".into(),
-        };
-        let h = headers(&[("authorization", "bearer  abc ")]);
-        assert_eq!(token_at(&bearer, &h, "/"), Some("abc".into()));
-        let h = headers(&[("authorization", "Basic abc")]);
-        assert_eq!(token_at(&bearer, &h, "/"), None);
-        let q = Location::Query("access_token".into());
-        assert_eq!(
-            token_at(&q, &HeaderMap::new(), "/a?x=1&access%5Ftoken=t%2Eu&y"),
-            Some("t.u".into())
-        );
-        assert_eq!(token_at(&q, &HeaderMap::new(), "/a?x=1"), None);
-        let c = Location::Cookie("session".into());
-        let h = headers(&[("cookie", "a=1; session=\"tok\"; b=2")]);
-        assert_eq!(token_at(&c, &h, "/"), Some("tok".into()));
-    }
-
-    #[test]
-    fn stripping() {
-        assert_eq!(
-            remove_query_param("/p?a=1&access_token=x&b=2", "access_token"),
-            Some("/p?a=1&b=2".into())
-        );
-        assert_eq!(
-            remove_query_param("/p?access_token=x", "access_token"),
-            Some("/p".into())
-        );
-        assert_eq!(remove_query_param("/p?a=1", "access_token"), None);
-        let mut h = headers(&[("cookie", "a=1; session=tok"), ("cookie", "b=2")]);
-        remove_cookie(&mut h, "session");
-        assert_eq!(h.get_all(COOKIE).iter().count(), 1);
-        assert_eq!(h[COOKIE], "a=1; b=2");
-        let mut h = headers(&[("cookie", "session=tok")]);
-        remove_cookie(&mut h, "session");
-        assert!(h.get(COOKIE).is_none());
-    }
-
-    #[test]
-    fn claim_headers() {
-        let claims = json!({"sub": "alice", "n": 3, "ok": true, "groups": ["a", "b"], "org": {"id": "o1"}, "x": {}});
-        let v = |p: &str| {
-            let path: Vec<String> = p.split('.').map(str::to_owned).collect();
-            claim_header_value(&claims, &path).map(|h| h.to_str().unwrap_or("").to_owned())
-        };
-        assert_eq!(v("sub").as_deref(), Some("alice"));
-        assert_eq!(v("n").as_deref(), Some("3"));
-        assert_eq!(v("ok").as_deref(), Some("true"));
-        assert_eq!(v("groups").as_deref(), Some("a,b"));
-        assert_eq!(v("org.id").as_deref(), Some("o1"));
-        assert_eq!(v("x"), None);
-        assert_eq!(v("missing"), None);
-    }
-
-    #[test]
-    fn rejection_header() {
-        let r = Rejection {
-            provider: "corp".into(),
-            reason: "expired",
-        };
-        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
-        assert_eq!(
-            r.www_authenticate(),
-            "Bearer error=\"invalid_token\", error_description=\"the token has expired\""
-        );
-    }
-}
+mod tests;

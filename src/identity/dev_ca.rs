@@ -23,7 +23,7 @@ use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use super::spiffe_id::{SpiffeId, TrustDomain};
-use super::svid::{certs_from_pem, SvidError, TrustBundles};
+use super::x509::{certs_from_pem, SvidError, TrustBundles};
 
 /// File names used by [`DevCa`] and [`IssuedSvid`].
 pub const CA_CERT_FILE: &str = "ca.crt";
@@ -271,94 +271,46 @@ impl DevCa {
         }
         let now = SystemTime::now();
         let not_after = now.checked_add(ttl).ok_or(DevCaError::TtlTooLong)?;
-        let mut opts = testing::LeafOptions::for_id(id)
-            .validity(now.checked_sub(BACKDATE).unwrap_or(now), not_after);
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        params.subject_alt_names = vec![uri_san(id.as_str())?];
         for name in dns {
-            opts = opts.dns(name);
+            let dns_name = name
+                .as_str()
+                .try_into()
+                .map_err(|_| DevCaError::BadSan(name.clone()))?;
+            params.subject_alt_names.push(SanType::DnsName(dns_name));
         }
-        let leaf = self.issue_custom(&opts)?;
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        params.not_before = to_offset(now.checked_sub(BACKDATE).unwrap_or(now));
+        params.not_after = to_offset(not_after);
+        let leaf = self.sign(params, &key)?;
         Ok(IssuedSvid {
-            cert_pem: leaf.cert_pem,
-            key_pem: leaf.key_pem,
+            cert_pem: leaf.pem(),
+            key_pem: key.serialize_pem(),
             bundle_pem: self.cert_pem.clone(),
             id: id.clone(),
             not_after: SystemTime::from(to_offset(not_after)),
         })
     }
 
-    /// Issues a leaf exactly as `opts` says, without any rule checks: for tests that
-    /// need certificates that break the X.509-SVID rules.
-    #[doc(hidden)]
-    pub fn issue_custom(
+    /// Signs `params` for `key` as this CA, with a fresh random serial number and
+    /// the authority key identifier; nothing else is added or checked. For tools and
+    /// tests that need certificates other than SVIDs ([`DevCa::issue`] makes those).
+    pub fn sign(
         &self,
-        opts: &testing::LeafOptions,
-    ) -> Result<testing::TestLeaf, DevCaError> {
-        let key = if opts.rsa {
-            KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256)?
-        } else {
-            KeyPair::generate()?
-        };
-        let mut params = CertificateParams::default();
-        params.distinguished_name = DistinguishedName::new();
-        if let Some(cn) = &opts.subject_cn {
-            params
-                .distinguished_name
-                .push(DnType::CommonName, cn.as_str());
-        }
+        mut params: CertificateParams,
+        key: &KeyPair,
+    ) -> Result<rcgen::Certificate, DevCaError> {
         params.serial_number = Some(random_serial()?);
-        let mut sans = opts
-            .uris
-            .iter()
-            .map(|u| uri_san(u))
-            .collect::<Result<Vec<_>, _>>()?;
-        for dns in &opts.dns_names {
-            let name = dns
-                .as_str()
-                .try_into()
-                .map_err(|_| DevCaError::BadSan(dns.clone()))?;
-            sans.push(SanType::DnsName(name));
-        }
-        params.subject_alt_names = sans;
-        params.is_ca = if opts.is_ca {
-            IsCa::Ca(BasicConstraints::Unconstrained)
-        } else {
-            IsCa::ExplicitNoCa
-        };
-        if opts.key_usage {
-            let mut ku = Vec::new();
-            if opts.digital_signature {
-                ku.push(KeyUsagePurpose::DigitalSignature);
-            }
-            if opts.key_cert_sign {
-                ku.push(KeyUsagePurpose::KeyCertSign);
-            }
-            if opts.crl_sign {
-                ku.push(KeyUsagePurpose::CrlSign);
-            }
-            if ku.is_empty() {
-                // rcgen omits an empty keyUsage; keyAgreement keeps the extension present.
-                ku.push(KeyUsagePurpose::KeyAgreement);
-            }
-            params.key_usages = ku;
-        }
-        params.extended_key_usages = if opts.server_auth_only {
-            vec![ExtendedKeyUsagePurpose::ServerAuth]
-        } else {
-            vec![
-                ExtendedKeyUsagePurpose::ServerAuth,
-                ExtendedKeyUsagePurpose::ClientAuth,
-            ]
-        };
         params.use_authority_key_identifier_extension = true;
-        params.not_before = to_offset(opts.not_before);
-        params.not_after = to_offset(opts.not_after);
-        let cert = params.signed_by(&key, &self.issuer)?;
-        Ok(testing::TestLeaf {
-            cert_pem: cert.pem(),
-            cert_der: cert.der().clone(),
-            key_pem: key.serialize_pem(),
-            key_der: key.serialize_der(),
-        })
+        Ok(params.signed_by(key, &self.issuer)?)
     }
 }
 
@@ -504,144 +456,10 @@ fn write_new(path: &Path, data: &[u8], mode: u32) -> Result<(), DevCaError> {
     result
 }
 
-/// Helpers for tests (here and in the integrator's tests) that need certificates which
-/// break the X.509-SVID rules. Not for production use.
-#[doc(hidden)]
-pub mod testing {
-    use super::*;
-
-    /// What to put in a test leaf. Start from [`LeafOptions::for_id`] (a valid SVID
-    /// template) and break one rule with the builder methods.
-    #[derive(Debug, Clone)]
-    pub struct LeafOptions {
-        /// URI SANs, in order (any string; need not be a SPIFFE ID).
-        pub uris: Vec<String>,
-        pub dns_names: Vec<String>,
-        /// A subject common name; `None` leaves the subject empty (SAN then critical).
-        pub subject_cn: Option<String>,
-        pub is_ca: bool,
-        /// Whether a keyUsage extension is present at all.
-        pub key_usage: bool,
-        pub digital_signature: bool,
-        pub key_cert_sign: bool,
-        pub crl_sign: bool,
-        /// EKU serverAuth only (default: serverAuth + clientAuth).
-        pub server_auth_only: bool,
-        pub not_before: SystemTime,
-        pub not_after: SystemTime,
-        /// An RSA-2048 key instead of ECDSA P-256.
-        pub rsa: bool,
-    }
-
-    impl LeafOptions {
-        /// A valid SVID template for `id`, valid for an hour.
-        pub fn for_id(id: &SpiffeId) -> Self {
-            Self::for_uri(id.as_str())
-        }
-
-        /// Like `for_id` but with any URI string as the single URI SAN.
-        pub fn for_uri(uri: &str) -> Self {
-            let now = SystemTime::now();
-            LeafOptions {
-                uris: vec![uri.to_owned()],
-                dns_names: Vec::new(),
-                subject_cn: None,
-                is_ca: false,
-                key_usage: true,
-                digital_signature: true,
-                key_cert_sign: false,
-                crl_sign: false,
-                server_auth_only: false,
-                not_before: now.checked_sub(BACKDATE).unwrap_or(now),
-                not_after: now + Duration::from_secs(3600),
-                rsa: false,
-            }
-        }
-
-        /// The leaf's key is RSA-2048 (its certificate is still signed by the CA).
-        pub fn rsa(mut self) -> Self {
-            self.rsa = true;
-            self
-        }
-
-        pub fn extra_uri(mut self, uri: &str) -> Self {
-            self.uris.push(uri.to_owned());
-            self
-        }
-
-        /// No URI SAN; a subject CN is set so the certificate still names something.
-        pub fn no_uri_san(mut self) -> Self {
-            self.uris.clear();
-            self.subject_cn
-                .get_or_insert_with(|| "no-uri-san".to_owned());
-            self
-        }
-
-        pub fn dns(mut self, name: &str) -> Self {
-            self.dns_names.push(name.to_owned());
-            self
-        }
-
-        pub fn ca(mut self) -> Self {
-            self.is_ca = true;
-            self
-        }
-
-        pub fn no_key_usage(mut self) -> Self {
-            self.key_usage = false;
-            self
-        }
-
-        pub fn no_digital_signature(mut self) -> Self {
-            self.digital_signature = false;
-            self
-        }
-
-        pub fn key_cert_sign(mut self) -> Self {
-            self.key_cert_sign = true;
-            self
-        }
-
-        pub fn crl_sign(mut self) -> Self {
-            self.crl_sign = true;
-            self
-        }
-
-        pub fn server_auth_only(mut self) -> Self {
-            self.server_auth_only = true;
-            self
-        }
-
-        pub fn validity(mut self, not_before: SystemTime, not_after: SystemTime) -> Self {
-            self.not_before = not_before;
-            self.not_after = not_after;
-            self
-        }
-    }
-
-    /// A leaf issued from [`LeafOptions`] and its key.
-    #[derive(Debug, Clone)]
-    pub struct TestLeaf {
-        pub cert_der: CertificateDer<'static>,
-        pub cert_pem: String,
-        /// PKCS#8 PEM.
-        pub key_pem: String,
-        /// PKCS#8 DER.
-        pub key_der: Vec<u8>,
-    }
-
-    impl TestLeaf {
-        /// The private key for rustls.
-        pub fn private_key(&self) -> rustls_pki_types::PrivateKeyDer<'static> {
-            rustls_pki_types::PrivateKeyDer::Pkcs8(self.key_der.clone().into())
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::identity::svid::{leaf_info, private_key_from_pem, verify_svid};
+    use crate::identity::x509::{leaf_info, private_key_from_pem, verify_svid};
     use rustls_pki_types::UnixTime;
 
     fn td(s: &str) -> TrustDomain {

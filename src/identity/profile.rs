@@ -17,7 +17,7 @@ use x509_parser::extensions::{GeneralName, NameConstraints, ParsedExtension};
 use x509_parser::prelude::{FromDer, X509Certificate, X509Version};
 use x509_parser::public_key::PublicKey;
 
-use super::svid::{SvidRejection, SvidUsage};
+use super::rejection::{SvidRejection, SvidUsage};
 
 /// Smallest RSA modulus accepted anywhere in a path (NIST SP 800-57, RFC 7518 §3.3).
 pub const MIN_RSA_BITS: usize = 2048;

@@ -1,911 +1,173 @@
-//! X.509-SVID validation: trust bundles per trust domain, the leaf rules of the
-//! X.509-SVID specification, and chain verification with rustls-webpki against the
-//! anchors of the leaf ID's own trust domain only.
-//!
-//! The leaf rules are checked first (with x509-parser) so that every rejection has a
-//! precise reason; path building and signatures are then left to webpki, and every
-//! path webpki finds is checked against the profile rules of [`super::profile`]
-//! before it is accepted (a path that fails them makes webpki try the next one).
-//! Roots are checked once, when their bundle is loaded; a root's validity window is
-//! checked on every verification, so a root that expires stops anchoring at once.
+//! The sidecar's own identity as loaded: an X.509-SVID chain with its private key
+//! and trust bundles ([`Svid`]), built from PEM and verified before anything uses
+//! it, and the errors that refuse a candidate ([`IdentityError`]). Every source
+//! (files, the development CA, the Workload API) builds its candidates here.
 
-use std::cell::Cell;
-use std::collections::HashMap;
-use std::sync::LazyLock;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::SystemTime;
 
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{
-    CertificateDer, PrivateKeyDer, SignatureVerificationAlgorithm, TrustAnchor, UnixTime,
-};
-use webpki::{ExtendedKeyUsageValidator, KeyPurposeId, KeyPurposeIdIter, KeyUsage};
-use x509_parser::extensions::GeneralName;
-use x509_parser::prelude::X509Certificate;
+use rustls::crypto::CryptoProvider;
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 
-use super::profile::{self, CaFacts, CaRole};
-use super::spiffe_id::{SpiffeId, TrustDomain};
+use super::rejection::SvidRejection;
+use super::x509::{leaf_info, verify_svid, SvidError, TrustBundles};
+use super::{SpiffeId, TrustDomain};
 
-/// Trust anchors (CA certificates) per trust domain: our own bundle plus federated ones.
-#[derive(Debug, Clone, Default)]
-pub struct TrustBundles {
-    domains: HashMap<TrustDomain, Bundle>,
-}
-
-#[derive(Debug, Clone, Default)]
-struct Bundle {
-    certs: Vec<CertificateDer<'static>>,
-    /// Anchors parsed once from the usable roots of `certs`.
-    anchors: Vec<TrustAnchor<'static>>,
-    /// What each anchor (same index) imposes at verification time.
-    roots: Vec<Root>,
-}
-
-/// The facts about a bundle root that are checked on every verification.
-#[derive(Debug, Clone)]
-struct Root {
-    not_before: i64,
-    not_after: i64,
-    facts: CaFacts,
-}
-
-impl Root {
-    fn check(&self, now: UnixTime, usage: SvidUsage) -> Result<(), SvidRejection> {
-        let now = unix_secs(now);
-        if now < self.not_before {
-            return Err(SvidRejection::RootNotYetValid);
-        }
-        if now > self.not_after {
-            return Err(SvidRejection::RootExpired);
-        }
-        self.facts.check_usage(usage)
-    }
-}
-
-fn unix_secs(t: UnixTime) -> i64 {
-    i64::try_from(t.as_secs()).unwrap_or(i64::MAX)
-}
-
-/// Checks one bundle certificate as a root at `now`: it parses as a trust anchor,
-/// follows the CA rules and is inside its validity window.
-fn validate_root(
-    cert: &CertificateDer<'_>,
-    now: UnixTime,
-) -> Result<(TrustAnchor<'static>, Root), SvidRejection> {
-    let parsed = profile::parse(cert.as_ref())?;
-    let anchor = webpki::anchor_from_trusted_cert(cert)
-        .map_err(|_| SvidRejection::Malformed)?
-        .to_owned();
-    let facts = profile::check_ca(&parsed, CaRole::Root)?;
-    let root = Root {
-        not_before: parsed.validity().not_before.timestamp(),
-        not_after: parsed.validity().not_after.timestamp(),
-        facts,
-    };
-    let secs = unix_secs(now);
-    if secs < root.not_before {
-        return Err(SvidRejection::RootNotYetValid);
-    }
-    if secs > root.not_after {
-        return Err(SvidRejection::RootExpired);
-    }
-    Ok((anchor, root))
-}
-
-impl Bundle {
-    /// Adds the usable roots of `certs`; each refused one is logged (naming `source`
-    /// and `td`), counted, and returned with its index and reason.
-    fn extend(
-        &mut self,
-        certs: Vec<CertificateDer<'static>>,
-        td: &TrustDomain,
-        source: &str,
-    ) -> Vec<(usize, SvidRejection)> {
-        let mut refused = Vec::new();
-        let now = UnixTime::now();
-        for (index, cert) in certs.into_iter().enumerate() {
-            match validate_root(&cert, now) {
-                Ok((anchor, root)) => {
-                    self.anchors.push(anchor);
-                    self.roots.push(root);
-                    self.certs.push(cert);
-                }
-                Err(reason) => {
-                    tracing::warn!(
-                        source,
-                        trust_domain = %td,
-                        index,
-                        reason = reason.reason(),
-                        "trust bundle root refused: {reason}"
-                    );
-                    crate::metrics::global()
-                        .trust_bundle_roots_refused
-                        .with_label_values(&[source, reason.reason()])
-                        .inc();
-                    refused.push((index, reason));
-                }
-            }
-        }
-        refused
-    }
-}
-
-impl TrustBundles {
-    /// An empty set: every SVID is rejected with `UntrustedTrustDomain`.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Adds the roots `anchors` to the bundle of `td` (appending if the domain is
-    /// already present). Roots that are not valid CAs now are logged, counted and
-    /// left out (see [`TrustBundles::add_pem_from`] for the checked form).
-    pub fn add(&mut self, td: TrustDomain, anchors: Vec<CertificateDer<'static>>) {
-        let bundle = self.domains.entry(td.clone()).or_default();
-        bundle.extend(anchors, &td, "api");
-    }
-
-    /// Builds the bundles from one trust domain's PEM bundle file (`ca.crt`).
-    pub fn from_pem(td: TrustDomain, pem: &[u8]) -> Result<Self, SvidError> {
-        Self::from_pem_from(td, pem, "bundle")
-    }
-
-    /// [`TrustBundles::from_pem`], naming where the bundle came from in logs and metrics.
-    pub fn from_pem_from(td: TrustDomain, pem: &[u8], source: &str) -> Result<Self, SvidError> {
-        let mut bundles = Self::new();
-        bundles.add_pem_from(td, pem, source)?;
-        Ok(bundles)
-    }
-
-    /// Adds a (federated) trust domain's PEM bundle.
-    pub fn add_pem(&mut self, td: TrustDomain, pem: &[u8]) -> Result<(), SvidError> {
-        self.add_pem_from(td, pem, "bundle")
-    }
-
-    /// Adds a trust domain's PEM bundle from `source` (`files`, `workload_api`, ...).
-    /// Each root is checked ([`SvidRejection`] reasons); refused roots are logged with
-    /// the source, the trust domain and the reason, and counted in
-    /// `portcullis_trust_bundle_roots_refused_total{source,reason}`. When no root of
-    /// the bundle is usable nothing is added and the error lists why.
-    pub fn add_pem_from(
-        &mut self,
-        td: TrustDomain,
-        pem: &[u8],
-        source: &str,
-    ) -> Result<(), SvidError> {
-        let certs = certs_from_pem(pem)?;
-        let mut bundle = Bundle::default();
-        let refused = bundle.extend(certs, &td, source);
-        if bundle.anchors.is_empty() {
-            return Err(SvidError::NoUsableRoot { td, refused });
-        }
-        let entry = self.domains.entry(td).or_default();
-        entry.certs.extend(bundle.certs);
-        entry.anchors.extend(bundle.anchors);
-        entry.roots.extend(bundle.roots);
-        Ok(())
-    }
-
-    /// The configured trust domains, in no particular order.
-    pub fn trust_domains(&self) -> impl Iterator<Item = &TrustDomain> {
-        self.domains.keys()
-    }
-
-    /// The anchor certificates of one trust domain.
-    pub fn get(&self, td: &TrustDomain) -> Option<&[CertificateDer<'static>]> {
-        self.domains.get(td).map(|b| b.certs.as_slice())
-    }
-
-    fn bundle_for(&self, td_name: &str) -> Option<&Bundle> {
-        // TrustDomain is a validated newtype; the name from a parsed SpiffeId is valid.
-        let td = TrustDomain::parse(td_name).ok()?;
-        self.domains.get(&td)
-    }
-}
-
-/// Errors reading certificate, key or bundle files (PEM).
+/// Why a candidate identity was refused.
 #[derive(Debug, thiserror::Error)]
-pub enum SvidError {
-    #[error("invalid PEM: {0}")]
-    Pem(#[from] rustls_pki_types::pem::Error),
-    #[error("no CERTIFICATE block found in PEM input")]
-    NoCertificates,
-    #[error("no private key (PKCS#8, PKCS#1 or SEC1) found in PEM input")]
-    NoPrivateKey,
-    #[error("trust domain {td} has no usable root: {}", describe_refused(.refused))]
-    NoUsableRoot {
-        td: TrustDomain,
-        /// Each refused certificate of the bundle: its index and why.
-        refused: Vec<(usize, SvidRejection)>,
+pub enum IdentityError {
+    #[error("{path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
     },
-    #[error("certificate is not an acceptable X.509-SVID: {0}")]
-    Rejected(#[from] SvidRejection),
+    #[error("{0}: no PEM certificate found")]
+    NoCertificate(String),
+    #[error("{0}: no PEM private key (PKCS#8, SEC1 or PKCS#1) found")]
+    NoKey(String),
+    #[error("{what}: malformed PEM: {source}")]
+    Pem {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("private key is not usable: {0}")]
+    Key(rustls::Error),
+    #[error("private key does not match the certificate")]
+    KeyMismatch,
+    #[error("bundle: {0}")]
+    Bundle(#[from] SvidError),
+    #[error("own certificate is not a valid SVID: {0}")]
+    NotAnSvid(SvidRejection),
+    #[error("own SPIFFE ID {id} is outside the trust domain {td}")]
+    WrongTrustDomain { id: SpiffeId, td: TrustDomain },
+    #[error("development CA: {0}")]
+    DevCa(String),
+    #[error("TLS configuration: {0}")]
+    Tls(String),
 }
 
-fn describe_refused(refused: &[(usize, SvidRejection)]) -> String {
-    let parts: Vec<String> = refused
-        .iter()
-        .map(|(i, r)| format!("certificate #{i}: {r} ({})", r.reason()))
-        .collect();
-    parts.join("; ")
-}
-
-/// Why a presented certificate chain is not an acceptable X.509-SVID.
-/// Each variant is a distinct reason with its own metric label ([`SvidRejection::reason`]).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum SvidRejection {
-    #[error("no certificate presented")]
-    NoCertificate,
-    #[error("certificate is not valid DER X.509")]
-    Malformed,
-    #[error("leaf has no URI SAN")]
-    NoUriSan,
-    #[error("leaf has more than one URI SAN")]
-    MultipleUriSans,
-    #[error("leaf URI SAN is not a valid SPIFFE ID")]
-    InvalidSpiffeId,
-    #[error("leaf SPIFFE ID has no path (names a trust domain, not a workload)")]
-    RootPathId,
-    #[error("leaf is a CA certificate (basicConstraints CA:TRUE)")]
-    LeafIsCa,
-    #[error("leaf has no keyUsage extension")]
-    NoKeyUsage,
-    #[error("leaf keyUsage lacks digitalSignature")]
-    NoDigitalSignature,
-    #[error("leaf keyUsage has keyCertSign")]
-    KeyCertSign,
-    #[error("leaf keyUsage has cRLSign")]
-    CrlSign,
-    #[error("leaf extendedKeyUsage does not allow this TLS role")]
-    WrongExtendedKeyUsage,
-    #[error("the leaf's trust domain has no configured bundle")]
-    UntrustedTrustDomain,
-    #[error("chain does not lead to an anchor of the leaf's trust domain")]
-    UnknownIssuer,
-    #[error("certificate expired")]
-    Expired,
-    #[error("certificate not yet valid")]
-    NotYetValid,
-    #[error("certificate signature is invalid")]
-    BadSignature,
-    #[error("certificate uses an unsupported signature algorithm")]
-    UnsupportedSignatureAlgorithm,
-    #[error("certificate chain is invalid")]
-    InvalidChain,
-    #[error("peer SPIFFE ID is not authorized")]
-    NotAuthorized,
-    #[error("an intermediate certificate of the path is expired")]
-    IntermediateExpired,
-    #[error("an intermediate certificate of the path is not yet valid")]
-    IntermediateNotYetValid,
-    #[error("the trust-bundle root of the path is expired")]
-    RootExpired,
-    #[error("the trust-bundle root of the path is not yet valid")]
-    RootNotYetValid,
-    #[error("a certificate is not X.509 version 3")]
-    NotVersion3,
-    #[error("a serial number is zero or negative")]
-    SerialNotPositive,
-    #[error("a serial number is longer than 20 octets")]
-    SerialTooLong,
-    #[error("signatureAlgorithm differs from the TBSCertificate signature field")]
-    SignatureAlgorithmMismatch,
-    #[error("a certificate has an extension that does not parse")]
-    MalformedExtension,
-    #[error("a certificate has an unknown critical extension")]
-    UnknownCriticalExtension,
-    #[error("a public key is too small (RSA under 2048 bits)")]
-    WeakKey,
-    #[error("a public key has an unsupported type or curve")]
-    UnsupportedKey,
-    #[error("the leaf carries name constraints")]
-    LeafNameConstraints,
-    #[error("a non-root certificate has no authority key identifier")]
-    MissingAuthorityKeyId,
-    #[error("the leaf has an empty subject and a non-critical subjectAltName")]
-    SanNotCritical,
-    #[error("a CA certificate lacks basicConstraints cA:TRUE")]
-    CaNotCa,
-    #[error("a CA certificate's basicConstraints is not critical")]
-    CaBasicConstraintsNotCritical,
-    #[error("a certificate has a path length constraint without cA:TRUE")]
-    ContradictoryBasicConstraints,
-    #[error("a CA certificate has no keyUsage extension")]
-    CaNoKeyUsage,
-    #[error("a CA certificate's keyUsage lacks keyCertSign")]
-    CaNoKeyCertSign,
-    #[error("a keyUsage extension is not critical")]
-    KeyUsageNotCritical,
-    #[error("a CA certificate has no subject key identifier")]
-    CaMissingSubjectKeyId,
-    #[error("a CA certificate has an empty subject")]
-    CaEmptySubject,
-    #[error("a CA certificate's extendedKeyUsage does not allow this TLS role")]
-    CaExtendedKeyUsage,
-    #[error("a path length constraint is exceeded")]
-    PathLengthExceeded,
-    #[error("a name constraint of a CA is violated")]
-    NameConstraintViolation,
-    #[error("a CA certificate has malformed name constraints")]
-    MalformedNameConstraints,
-}
-
-impl SvidRejection {
-    /// A snake_case label for metrics and logs.
+impl IdentityError {
+    /// A snake_case label for the `reason` of `portcullis_identity_reloads_total`:
+    /// the [`SvidRejection`] reason when the own SVID or a bundle root was refused.
     pub fn reason(&self) -> &'static str {
         match self {
-            Self::NoCertificate => "no_certificate",
-            Self::Malformed => "malformed",
-            Self::NoUriSan => "no_uri_san",
-            Self::MultipleUriSans => "multiple_uri_sans",
-            Self::InvalidSpiffeId => "invalid_spiffe_id",
-            Self::RootPathId => "root_path_id",
-            Self::LeafIsCa => "leaf_is_ca",
-            Self::NoKeyUsage => "no_key_usage",
-            Self::NoDigitalSignature => "no_digital_signature",
-            Self::KeyCertSign => "key_cert_sign",
-            Self::CrlSign => "crl_sign",
-            Self::WrongExtendedKeyUsage => "wrong_extended_key_usage",
-            Self::UntrustedTrustDomain => "untrusted_trust_domain",
-            Self::UnknownIssuer => "unknown_issuer",
-            Self::Expired => "expired",
-            Self::NotYetValid => "not_yet_valid",
-            Self::BadSignature => "bad_signature",
-            Self::UnsupportedSignatureAlgorithm => "unsupported_signature_algorithm",
-            Self::InvalidChain => "invalid_chain",
-            Self::NotAuthorized => "not_authorized",
-            Self::IntermediateExpired => "intermediate_expired",
-            Self::IntermediateNotYetValid => "intermediate_not_yet_valid",
-            Self::RootExpired => "root_expired",
-            Self::RootNotYetValid => "root_not_yet_valid",
-            Self::NotVersion3 => "not_version_3",
-            Self::SerialNotPositive => "serial_not_positive",
-            Self::SerialTooLong => "serial_too_long",
-            Self::SignatureAlgorithmMismatch => "signature_algorithm_mismatch",
-            Self::MalformedExtension => "malformed_extension",
-            Self::UnknownCriticalExtension => "unknown_critical_extension",
-            Self::WeakKey => "weak_key",
-            Self::UnsupportedKey => "unsupported_key",
-            Self::LeafNameConstraints => "leaf_name_constraints",
-            Self::MissingAuthorityKeyId => "missing_authority_key_id",
-            Self::SanNotCritical => "san_not_critical",
-            Self::CaNotCa => "ca_not_ca",
-            Self::CaBasicConstraintsNotCritical => "ca_basic_constraints_not_critical",
-            Self::ContradictoryBasicConstraints => "contradictory_basic_constraints",
-            Self::CaNoKeyUsage => "ca_no_key_usage",
-            Self::CaNoKeyCertSign => "ca_no_key_cert_sign",
-            Self::KeyUsageNotCritical => "key_usage_not_critical",
-            Self::CaMissingSubjectKeyId => "ca_missing_subject_key_id",
-            Self::CaEmptySubject => "ca_empty_subject",
-            Self::CaExtendedKeyUsage => "ca_extended_key_usage",
-            Self::PathLengthExceeded => "path_length_exceeded",
-            Self::NameConstraintViolation => "name_constraint_violation",
-            Self::MalformedNameConstraints => "malformed_name_constraints",
+            Self::Read { .. } => "read_error",
+            Self::NoCertificate(_) => "no_certificate",
+            Self::NoKey(_) => "no_private_key",
+            Self::Pem { .. } => "malformed_pem",
+            Self::Key(_) => "bad_private_key",
+            Self::KeyMismatch => "key_mismatch",
+            Self::Bundle(SvidError::NoUsableRoot { .. }) => "no_usable_root",
+            Self::Bundle(SvidError::Rejected(r)) => r.reason(),
+            Self::Bundle(_) => "bad_bundle",
+            Self::NotAnSvid(r) => r.reason(),
+            Self::WrongTrustDomain { .. } => "wrong_trust_domain",
+            Self::DevCa(_) => "dev_ca",
+            Self::Tls(_) => "tls_config",
         }
     }
 }
 
-/// What the leaf of an SVID says about itself.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LeafInfo {
+/// A verified identity: certificate chain, key, bundles and facts about the leaf.
+pub struct Svid {
     pub id: SpiffeId,
+    pub certified_key: Arc<CertifiedKey>,
+    pub bundles: Arc<TrustBundles>,
     pub not_after: SystemTime,
-    /// The serial number's big-endian bytes, as encoded.
     pub serial: Vec<u8>,
 }
 
-impl LeafInfo {
-    /// `not_after` as Unix seconds (for the expiry metric).
-    pub fn not_after_unix(&self) -> i64 {
-        match self.not_after.duration_since(UNIX_EPOCH) {
-            Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
-            Err(e) => -i64::try_from(e.duration().as_secs()).unwrap_or(i64::MAX),
+impl std::fmt::Debug for Svid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Svid")
+            .field("id", &self.id)
+            .field("serial", &hex::encode(&self.serial))
+            .field("not_after", &self.not_after)
+            .finish_non_exhaustive()
+    }
+}
+
+/// PEM inputs for one identity: chain, key, own bundle and federated bundles.
+pub struct SvidPem<'a> {
+    pub cert: &'a [u8],
+    pub key: &'a [u8],
+    pub bundle: &'a [u8],
+    pub federated: &'a [(TrustDomain, Vec<u8>)],
+}
+
+impl Svid {
+    /// Builds and verifies an identity: the key must match the leaf, the leaf must be a
+    /// valid X.509-SVID of `td` that chains to the bundle. Nothing is installed on error.
+    pub fn from_pem(
+        pem: &SvidPem<'_>,
+        td: &TrustDomain,
+        provider: &CryptoProvider,
+    ) -> Result<Svid, IdentityError> {
+        Self::from_pem_from(pem, td, provider, "pem")
+    }
+
+    /// [`Svid::from_pem`], naming the source (`files`, `workload_api`, `dev_ca`) in the
+    /// log lines and metrics of refused bundle roots. Every bundle (own and federated)
+    /// must keep at least one usable root.
+    pub fn from_pem_from(
+        pem: &SvidPem<'_>,
+        td: &TrustDomain,
+        provider: &CryptoProvider,
+        source: &str,
+    ) -> Result<Svid, IdentityError> {
+        let chain = parse_certs(pem.cert, "certificate")?;
+        let key = parse_key(pem.key)?;
+        let mut bundles = TrustBundles::from_pem_from(td.clone(), pem.bundle, source)?;
+        for (fed_td, fed_pem) in pem.federated {
+            bundles.add_pem_from(fed_td.clone(), fed_pem, source)?;
         }
-    }
-}
-
-/// The TLS role the SVID is verified for (extended key usage, when the leaf has one).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SvidUsage {
-    /// A client certificate, checked by a server: id-kp-clientAuth if EKU is present.
-    ClientAuth,
-    /// A server certificate, checked by a client: id-kp-serverAuth if EKU is present.
-    ServerAuth,
-    /// Either role: EKU absent, or containing serverAuth or clientAuth.
-    AnyTls,
-}
-
-const EKU_SERVER_AUTH: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x01];
-const EKU_CLIENT_AUTH: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x02];
-
-impl ExtendedKeyUsageValidator for SvidUsage {
-    fn validate(&self, iter: KeyPurposeIdIter<'_, '_>) -> Result<(), webpki::Error> {
-        match self {
-            Self::ClientAuth => KeyUsage::client_auth().validate(iter),
-            Self::ServerAuth => KeyUsage::server_auth().validate(iter),
-            Self::AnyTls => {
-                let server = KeyPurposeId::new(EKU_SERVER_AUTH);
-                let client = KeyPurposeId::new(EKU_CLIENT_AUTH);
-                let mut empty = true;
-                for id in iter {
-                    empty = false;
-                    let id = id?;
-                    if id == server || id == client {
-                        return Ok(());
-                    }
-                }
-                if empty {
-                    Ok(())
-                } else {
-                    #[allow(deprecated)]
-                    Err(webpki::Error::RequiredEkuNotFound)
-                }
-            }
+        // The path first, so that a refused certificate is reported by its own reason.
+        let id =
+            verify_svid(&chain, &bundles, UnixTime::now()).map_err(IdentityError::NotAnSvid)?;
+        if id.trust_domain_name() != td.as_str() {
+            return Err(IdentityError::WrongTrustDomain { id, td: td.clone() });
         }
-    }
-}
-
-/// The aws-lc-rs signature algorithms, used when no provider is given.
-static DEFAULT_ALGS: LazyLock<rustls::crypto::WebPkiSupportedAlgorithms> = LazyLock::new(|| {
-    rustls::crypto::aws_lc_rs::default_provider().signature_verification_algorithms
-});
-
-/// Verifies `chain` (leaf first, then intermediates) as an X.509-SVID at time `now`:
-/// leaf checks per the X.509-SVID spec, then path building with webpki to the anchors
-/// of the leaf ID's OWN trust domain only. Either TLS role is accepted (see
-/// [`SvidUsage::AnyTls`]); the rustls verifiers use [`verify_svid_with`] with their role.
-pub fn verify_svid(
-    chain: &[CertificateDer<'_>],
-    bundles: &TrustBundles,
-    now: UnixTime,
-) -> Result<SpiffeId, SvidRejection> {
-    let (leaf, intermediates) = chain.split_first().ok_or(SvidRejection::NoCertificate)?;
-    verify_svid_with(
-        leaf,
-        intermediates,
-        bundles,
-        now,
-        SvidUsage::AnyTls,
-        DEFAULT_ALGS.all,
-    )
-}
-
-/// [`verify_svid`] with an explicit TLS role and signature algorithms (from the
-/// crypto provider's `signature_verification_algorithms.all`). This is the one path
-/// validator: the rustls verifiers (both directions), the own SVID at load and at
-/// every rotation, and Workload API updates all come through here.
-pub fn verify_svid_with(
-    leaf: &CertificateDer<'_>,
-    intermediates: &[CertificateDer<'_>],
-    bundles: &TrustBundles,
-    now: UnixTime,
-    usage: SvidUsage,
-    algs: &[&'static dyn SignatureVerificationAlgorithm],
-) -> Result<SpiffeId, SvidRejection> {
-    let cert = profile::parse(leaf.as_ref())?;
-    let id = check_leaf(&cert)?;
-    profile::check_leaf(&cert)?;
-    profile::check_leaf_usage(&cert)?;
-    let secs = unix_secs(now);
-    if secs < cert.validity().not_before.timestamp() {
-        return Err(SvidRejection::NotYetValid);
-    }
-    if secs > cert.validity().not_after.timestamp() {
-        return Err(SvidRejection::Expired);
-    }
-    let bundle = bundles
-        .bundle_for(id.trust_domain_name())
-        .ok_or(SvidRejection::UntrustedTrustDomain)?;
-    if bundle.anchors.is_empty() {
-        return Err(SvidRejection::UnknownIssuer);
-    }
-    let ee = webpki::EndEntityCert::try_from(leaf).map_err(|_| SvidRejection::Malformed)?;
-    // The profile rules run on each candidate path; the last refusal is reported when
-    // no path passes.
-    let refusal = Cell::new(None);
-    let check = |path: &webpki::VerifiedPath<'_>| {
-        check_path(path, bundle, now, usage).map_err(|r| {
-            refusal.set(Some(r));
-            webpki::Error::UnknownIssuer
+        let signing_key = provider
+            .key_provider
+            .load_private_key(key)
+            .map_err(IdentityError::Key)?;
+        let certified = CertifiedKey::new(chain.clone(), signing_key);
+        // The provider must be able to tell that the key belongs to the certificate:
+        // "unknown" is refused like a mismatch (fail closed).
+        if certified.keys_match().is_err() {
+            return Err(IdentityError::KeyMismatch);
+        }
+        let info = leaf_info(&chain[0]).map_err(IdentityError::NotAnSvid)?;
+        Ok(Svid {
+            id,
+            certified_key: Arc::new(certified),
+            bundles: Arc::new(bundles),
+            not_after: info.not_after,
+            serial: info.serial,
         })
-    };
-    match ee.verify_for_usage(
-        algs,
-        &bundle.anchors,
-        intermediates,
-        now,
-        usage,
-        None,
-        Some(&check),
-    ) {
-        Ok(_) => Ok(id),
-        Err(e) => Err(refusal.take().unwrap_or_else(|| map_webpki_error(&e))),
     }
 }
 
-/// The profile rules on a path webpki built: the root's validity and EKU, then each
-/// intermediate as a CA.
-fn check_path(
-    path: &webpki::VerifiedPath<'_>,
-    bundle: &Bundle,
-    now: UnixTime,
-    usage: SvidUsage,
-) -> Result<(), SvidRejection> {
-    let anchor = path.anchor();
-    let root = bundle
-        .anchors
-        .iter()
-        .position(|a| std::ptr::eq(a, anchor))
-        .and_then(|i| bundle.roots.get(i))
-        .ok_or(SvidRejection::UnknownIssuer)?;
-    root.check(now, usage)?;
-    // Intermediates from the leaf's issuer upwards; `below` counts the
-    // non-self-issued ones under each CA (RFC 5280 §6.1.4 (l), (m)).
-    let mut below = 0;
-    for cert in path.intermediate_certificates() {
-        let der = cert.der();
-        let parsed = profile::parse(der.as_ref())?;
-        let facts = profile::check_ca(&parsed, CaRole::Intermediate)?;
-        facts.check_usage(usage)?;
-        facts.check_path_len(below)?;
-        if !facts.self_issued() {
-            below += 1;
-        }
-    }
-    root.facts.check_path_len(below)
-}
-
-/// Maps a webpki path-building error to the rejection reason. The leaf's own validity
-/// was checked before path building, so a time error names an intermediate.
-fn map_webpki_error(e: &webpki::Error) -> SvidRejection {
-    use webpki::Error as E;
-    #[allow(deprecated)]
-    match e {
-        E::CertExpired { .. } => SvidRejection::IntermediateExpired,
-        E::CertNotValidYet { .. } => SvidRejection::IntermediateNotYetValid,
-        E::UnknownIssuer => SvidRejection::UnknownIssuer,
-        E::InvalidSignatureForPublicKey => SvidRejection::BadSignature,
-        E::CaUsedAsEndEntity => SvidRejection::LeafIsCa,
-        E::EndEntityUsedAsCa => SvidRejection::CaNotCa,
-        E::PathLenConstraintViolated => SvidRejection::PathLengthExceeded,
-        E::NameConstraintViolation => SvidRejection::NameConstraintViolation,
-        E::MalformedNameConstraint | E::InvalidNetworkMaskConstraint => {
-            SvidRejection::MalformedNameConstraints
-        }
-        E::UnsupportedCriticalExtension => SvidRejection::UnknownCriticalExtension,
-        E::SignatureAlgorithmMismatch => SvidRejection::SignatureAlgorithmMismatch,
-        // The leaf's EKU was checked before path building: this one is a CA's.
-        E::RequiredEkuNotFound | E::RequiredEkuNotFoundContext(_) | E::EmptyEkuExtension => {
-            SvidRejection::CaExtendedKeyUsage
-        }
-        E::UnsupportedSignatureAlgorithm
-        | E::UnsupportedSignatureAlgorithmContext(_)
-        | E::UnsupportedSignatureAlgorithmForPublicKey
-        | E::UnsupportedSignatureAlgorithmForPublicKeyContext(_) => {
-            SvidRejection::UnsupportedSignatureAlgorithm
-        }
-        E::BadDer | E::BadDerTime | E::TrailingData(_) | E::MalformedExtensions => {
-            SvidRejection::Malformed
-        }
-        _ => SvidRejection::InvalidChain,
-    }
-}
-
-/// Parses the leaf of an SVID and applies the X.509-SVID leaf rules; returns its SPIFFE
-/// ID, not-after and serial. Used for our own SVID on load and for a verified peer's ID.
-/// It does not check the validity window or the chain.
-pub fn leaf_info(leaf: &CertificateDer<'_>) -> Result<LeafInfo, SvidRejection> {
-    let cert = profile::parse(leaf.as_ref())?;
-    let id = check_leaf(&cert)?;
-    let not_after = unix_to_system_time(cert.validity().not_after.timestamp());
-    Ok(LeafInfo {
-        id,
-        not_after,
-        serial: cert.raw_serial().to_vec(),
-    })
-}
-
-fn unix_to_system_time(secs: i64) -> SystemTime {
-    let magnitude = Duration::from_secs(secs.unsigned_abs());
-    if secs >= 0 {
-        UNIX_EPOCH.checked_add(magnitude)
-    } else {
-        UNIX_EPOCH.checked_sub(magnitude)
-    }
-    .unwrap_or(UNIX_EPOCH)
-}
-
-/// The X.509-SVID leaf rules; returns the leaf's SPIFFE ID.
-fn check_leaf(cert: &X509Certificate<'_>) -> Result<SpiffeId, SvidRejection> {
-    let san = cert
-        .subject_alternative_name()
-        .map_err(|_| SvidRejection::Malformed)?
-        .ok_or(SvidRejection::NoUriSan)?;
-    let mut uris = san.value.general_names.iter().filter_map(|n| match n {
-        GeneralName::URI(uri) => Some(*uri),
-        _ => None,
-    });
-    let uri = uris.next().ok_or(SvidRejection::NoUriSan)?;
-    if uris.next().is_some() {
-        return Err(SvidRejection::MultipleUriSans);
-    }
-    let id = SpiffeId::parse(uri).map_err(|_| SvidRejection::InvalidSpiffeId)?;
-    if id.is_root() {
-        return Err(SvidRejection::RootPathId);
-    }
-
-    let bc = cert
-        .basic_constraints()
-        .map_err(|_| SvidRejection::Malformed)?;
-    if bc.is_some_and(|bc| bc.value.ca) {
-        return Err(SvidRejection::LeafIsCa);
-    }
-
-    let ku = cert
-        .key_usage()
-        .map_err(|_| SvidRejection::Malformed)?
-        .ok_or(SvidRejection::NoKeyUsage)?;
-    if !ku.value.digital_signature() {
-        return Err(SvidRejection::NoDigitalSignature);
-    }
-    if ku.value.key_cert_sign() {
-        return Err(SvidRejection::KeyCertSign);
-    }
-    if ku.value.crl_sign() {
-        return Err(SvidRejection::CrlSign);
-    }
-    // X.509-SVID §4.3: "MUST be marked critical".
-    if !ku.critical {
-        return Err(SvidRejection::KeyUsageNotCritical);
-    }
-    Ok(id)
-}
-
-/// Every CERTIFICATE block of a PEM file, in order (a `tls.crt` chain or a bundle).
-pub fn certs_from_pem(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, SvidError> {
-    let certs = CertificateDer::pem_slice_iter(pem).collect::<Result<Vec<_>, _>>()?;
+fn parse_certs(pem: &[u8], what: &str) -> Result<Vec<CertificateDer<'static>>, IdentityError> {
+    let certs = rustls_pemfile::certs(&mut &pem[..])
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|source| IdentityError::Pem {
+            what: what.to_owned(),
+            source,
+        })?;
     if certs.is_empty() {
-        return Err(SvidError::NoCertificates);
+        return Err(IdentityError::NoCertificate(what.to_owned()));
     }
     Ok(certs)
 }
 
-/// The first private key of a PEM file (`tls.key`).
-pub fn private_key_from_pem(pem: &[u8]) -> Result<PrivateKeyDer<'static>, SvidError> {
-    PrivateKeyDer::from_pem_slice(pem).map_err(|e| match e {
-        rustls_pki_types::pem::Error::NoItemsFound => SvidError::NoPrivateKey,
-        other => SvidError::Pem(other),
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::identity::dev_ca::testing::LeafOptions;
-    use crate::identity::dev_ca::DevCa;
-
-    fn td(s: &str) -> TrustDomain {
-        TrustDomain::parse(s).unwrap()
-    }
-
-    fn id(s: &str) -> SpiffeId {
-        SpiffeId::parse(s).unwrap()
-    }
-
-    fn now() -> UnixTime {
-        UnixTime::now()
-    }
-
-    fn setup() -> (DevCa, TrustBundles) {
-        let ca = DevCa::generate(&td("example.org")).unwrap();
-        let bundles =
-            TrustBundles::from_pem(td("example.org"), ca.ca_cert_pem().as_bytes()).unwrap();
-        (ca, bundles)
-    }
-
-    fn verify_opts(
-        ca: &DevCa,
-        bundles: &TrustBundles,
-        opts: LeafOptions,
-    ) -> Result<SpiffeId, SvidRejection> {
-        let leaf = ca.issue_custom(&opts).unwrap();
-        verify_svid(&[leaf.cert_der], bundles, now())
-    }
-
-    #[test]
-    fn valid_svid_verifies_and_leaf_info_matches() {
-        let (ca, bundles) = setup();
-        let svid = ca
-            .issue(
-                &id("spiffe://example.org/ns/a/sa/b"),
-                Duration::from_secs(3600),
-            )
-            .unwrap();
-        let chain = certs_from_pem(svid.cert_pem.as_bytes()).unwrap();
-        assert_eq!(verify_svid(&chain, &bundles, now()).unwrap(), svid.id);
-        let info = leaf_info(&chain[0]).unwrap();
-        assert_eq!(info.id, svid.id);
-        assert_eq!(info.not_after, svid.not_after);
-        assert!(!info.serial.is_empty());
-        for usage in [SvidUsage::ClientAuth, SvidUsage::ServerAuth] {
-            let algs = DEFAULT_ALGS.all;
-            assert!(verify_svid_with(&chain[0], &[], &bundles, now(), usage, algs).is_ok());
-        }
-    }
-
-    #[test]
-    fn leaf_rules() {
-        let (ca, b) = setup();
-        let good = id("spiffe://example.org/w");
-        let cases: Vec<(LeafOptions, SvidRejection)> = vec![
-            (
-                LeafOptions::for_id(&good).extra_uri("spiffe://example.org/x"),
-                SvidRejection::MultipleUriSans,
-            ),
-            (
-                LeafOptions::for_id(&good).no_uri_san(),
-                SvidRejection::NoUriSan,
-            ),
-            (
-                LeafOptions::for_id(&good).no_uri_san().dns("w.example.org"),
-                SvidRejection::NoUriSan,
-            ),
-            (
-                LeafOptions::for_uri("https://example.org/w"),
-                SvidRejection::InvalidSpiffeId,
-            ),
-            (
-                LeafOptions::for_uri("spiffe://example.org"),
-                SvidRejection::RootPathId,
-            ),
-            (LeafOptions::for_id(&good).ca(), SvidRejection::LeafIsCa),
-            (
-                LeafOptions::for_id(&good).no_key_usage(),
-                SvidRejection::NoKeyUsage,
-            ),
-            (
-                LeafOptions::for_id(&good).no_digital_signature(),
-                SvidRejection::NoDigitalSignature,
-            ),
-            (
-                LeafOptions::for_id(&good).key_cert_sign(),
-                SvidRejection::KeyCertSign,
-            ),
-            (
-                LeafOptions::for_id(&good).crl_sign(),
-                SvidRejection::CrlSign,
-            ),
-            (
-                LeafOptions::for_id(&id("spiffe://other.org/w")),
-                SvidRejection::UntrustedTrustDomain,
-            ),
-            (
-                LeafOptions::for_id(&good).validity(
-                    SystemTime::now() - Duration::from_secs(7200),
-                    SystemTime::now() - Duration::from_secs(3600),
-                ),
-                SvidRejection::Expired,
-            ),
-            (
-                LeafOptions::for_id(&good).validity(
-                    SystemTime::now() + Duration::from_secs(3600),
-                    SystemTime::now() + Duration::from_secs(7200),
-                ),
-                SvidRejection::NotYetValid,
-            ),
-        ];
-        for (opts, want) in cases {
-            let desc = format!("{opts:?}");
-            assert_eq!(verify_opts(&ca, &b, opts), Err(want), "{desc}");
-        }
-        // Distinct reasons have distinct labels.
-        let mut labels: Vec<_> = [
-            SvidRejection::NoCertificate,
-            SvidRejection::MultipleUriSans,
-            SvidRejection::Expired,
-        ]
-        .iter()
-        .map(|r| r.reason())
-        .collect();
-        labels.dedup();
-        assert_eq!(labels.len(), 3);
-    }
-
-    #[test]
-    fn chain_rules() {
-        let (ca, bundles) = setup();
-        let other_ca = DevCa::generate(&td("example.org")).unwrap();
-        let svid = other_ca
-            .issue_custom(&LeafOptions::for_id(&id("spiffe://example.org/w")))
-            .unwrap();
-        assert_eq!(
-            verify_svid(&[svid.cert_der], &bundles, now()),
-            Err(SvidRejection::UnknownIssuer)
-        );
-        assert_eq!(
-            verify_svid(&[], &bundles, now()),
-            Err(SvidRejection::NoCertificate)
-        );
-        assert_eq!(
-            verify_svid(
-                &[CertificateDer::from(vec![0x30, 0x03, 1, 2, 3])],
-                &bundles,
-                now()
-            ),
-            Err(SvidRejection::Malformed)
-        );
-        // A domain configured with no anchors trusts nothing.
-        let mut empty = TrustBundles::new();
-        empty.add(td("example.org"), vec![]);
-        let good = ca
-            .issue_custom(&LeafOptions::for_id(&id("spiffe://example.org/w")))
-            .unwrap();
-        assert_eq!(
-            verify_svid(std::slice::from_ref(&good.cert_der), &empty, now()),
-            Err(SvidRejection::UnknownIssuer)
-        );
-        // An anchor of a federated domain does not vouch for our domain's IDs.
-        let mut crossed = TrustBundles::new();
-        crossed.add(td("example.org"), vec![other_ca.ca_cert_der().clone()]);
-        crossed.add(td("other.org"), vec![ca.ca_cert_der().clone()]);
-        assert_eq!(
-            verify_svid(&[good.cert_der], &crossed, now()),
-            Err(SvidRejection::UnknownIssuer)
-        );
-    }
-
-    #[test]
-    fn leaf_eku_needs_both_tls_purposes() {
-        // X.509-SVID §4.4: when present, serverAuth and clientAuth are both set.
-        let (ca, bundles) = setup();
-        let leaf = ca
-            .issue_custom(&LeafOptions::for_id(&id("spiffe://example.org/w")).server_auth_only())
-            .unwrap();
-        for usage in [
-            SvidUsage::ServerAuth,
-            SvidUsage::ClientAuth,
-            SvidUsage::AnyTls,
-        ] {
-            assert_eq!(
-                verify_svid_with(
-                    &leaf.cert_der,
-                    &[],
-                    &bundles,
-                    now(),
-                    usage,
-                    DEFAULT_ALGS.all
-                ),
-                Err(SvidRejection::WrongExtendedKeyUsage),
-                "{usage:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn pem_errors() {
-        assert!(matches!(
-            TrustBundles::from_pem(td("a"), b"not pem"),
-            Err(SvidError::NoCertificates)
-        ));
-        let bad = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
-        match TrustBundles::from_pem(td("a"), bad.as_bytes()) {
-            Err(SvidError::NoUsableRoot { refused, .. }) => {
-                assert_eq!(refused, vec![(0, SvidRejection::Malformed)])
-            }
-            other => panic!("{:?}", other.map(|_| ())),
-        }
-        assert!(matches!(
-            private_key_from_pem(b"nothing"),
-            Err(SvidError::NoPrivateKey)
-        ));
-        let (ca, _) = setup();
-        let mut b = TrustBundles::new();
-        b.add_pem(td("example.org"), ca.ca_cert_pem().as_bytes())
-            .unwrap();
-        b.add_pem(td("other.org"), ca.ca_cert_pem().as_bytes())
-            .unwrap();
-        let mut names: Vec<_> = b.trust_domains().map(|t| t.as_str().to_owned()).collect();
-        names.sort();
-        assert_eq!(names, ["example.org", "other.org"]);
-        assert_eq!(b.get(&td("example.org")).map(|c| c.len()), Some(1));
-        assert!(b.get(&td("nope.org")).is_none());
-    }
+fn parse_key(pem: &[u8]) -> Result<PrivateKeyDer<'static>, IdentityError> {
+    rustls_pemfile::private_key(&mut &pem[..])
+        .map_err(|source| IdentityError::Pem {
+            what: "private key".to_owned(),
+            source,
+        })?
+        .ok_or_else(|| IdentityError::NoKey("private key".to_owned()))
 }

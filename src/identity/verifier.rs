@@ -23,8 +23,9 @@ use rustls::{
 };
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
+use super::rejection::{SvidRejection, SvidUsage};
 use super::spiffe_id::SpiffeId;
-use super::svid::{leaf_info, verify_svid_with, SvidRejection, SvidUsage, TrustBundles};
+use super::x509::{leaf_info, verify_svid_with, TrustBundles};
 
 /// Which verified peers are accepted at the TLS layer (before any HTTP policy).
 #[derive(Clone)]

@@ -22,7 +22,9 @@ use base64::Engine as _;
 use futures_util::StreamExt;
 use spiffe::workload_api::{WorkloadApiClient, X509Context};
 
-use super::source::{accepted, refuse, Identity, IdentityError, Svid, SvidPem, SvidSource};
+use super::source::{accepted, refuse, SvidSource};
+use super::svid::{IdentityError, Svid, SvidPem};
+use super::tls::Identity;
 use super::TrustDomain;
 use crate::metrics;
 

@@ -429,7 +429,7 @@ mod insecure {
     }
 
     pub(super) fn client_config() -> Result<Arc<rustls::ClientConfig>, String> {
-        let provider = crate::identity::source::crypto_provider();
+        let provider = crate::identity::tls::crypto_provider();
         let cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
             .map_err(|e| format!("TLS: {e}"))?

@@ -33,7 +33,7 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
 use super::inject::{inject_pod_template, InjectOptions, Outcome};
-use crate::identity::source::crypto_provider;
+use crate::identity::tls::crypto_provider;
 
 /// Largest AdmissionReview accepted (the API server sends at most ~3 MiB).
 pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;

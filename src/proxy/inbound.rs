@@ -23,8 +23,8 @@ use super::sniff::{self, Prefixed, Sniffed};
 use super::{body, headers, tcp, ConnInfo, Prelude};
 use crate::authn::{Authenticator, Outcome, Rejection, Verified};
 use crate::config::{BodyConfig, MtlsMode};
-use crate::identity::source::Identity;
-use crate::identity::svid::leaf_info;
+use crate::identity::tls::Identity;
+use crate::identity::x509::leaf_info;
 use crate::metrics;
 use crate::policy::{HttpFacts, InputFacts};
 

@@ -29,7 +29,7 @@ use super::peer::{Http1Peer, PeerConn, PeerError, PeerLink, PeerPool, ALPN_TCP};
 use super::sniff::{self, Sniffed};
 use super::{headers, Prelude};
 use crate::config::NonMeshAction;
-use crate::identity::source::Identity;
+use crate::identity::tls::Identity;
 use crate::identity::SpiffeId;
 use crate::metrics;
 use crate::policy::{HttpFacts, InputFacts};

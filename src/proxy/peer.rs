@@ -15,8 +15,8 @@ use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
 use super::forward::ProxyBody;
-use crate::identity::source::{Identity, Loaded};
 use crate::identity::tls::client_config;
+use crate::identity::tls::{Identity, Loaded};
 use crate::identity::verifier::PeerAuthorization;
 use crate::identity::SpiffeId;
 use crate::metrics;

@@ -19,7 +19,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use portcullis::config::{Config, FilesIdentity, IdentityConfig, MtlsMode};
 use portcullis::identity::dev_ca::DevCa;
-use portcullis::identity::source::crypto_provider;
+use portcullis::identity::tls::crypto_provider;
 use portcullis::identity::{SpiffeId, TrustDomain};
 
 /// Metrics are process-wide: tests that assert exact values of a shared series
@@ -67,8 +67,8 @@ impl Pki {
         let dir = self.path(name);
         let read = |f: &str| std::fs::read(dir.join(f)).unwrap();
         let provider = crypto_provider();
-        let svid = portcullis::identity::source::Svid::from_pem(
-            &portcullis::identity::source::SvidPem {
+        let svid = portcullis::identity::svid::Svid::from_pem(
+            &portcullis::identity::svid::SvidPem {
                 cert: &read("tls.crt"),
                 key: &read("tls.key"),
                 bundle: &read("ca.crt"),

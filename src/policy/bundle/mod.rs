@@ -18,8 +18,8 @@
 //! thread and swaps it in atomically; a download, unpack or compile failure keeps
 //! the last good bundle (log line and `portcullis_policy_reloads_total{result="error"}`).
 //! The revision shown is the manifest's `revision` when present, otherwise the
-//! content hash. HTTPS uses rustls (aws-lc-rs) trusting the system roots plus
-//! `policy.bundle.ca`.
+//! content hash. Downloads go through the shared client ([`crate::fetch`]): a
+//! configured `policy.bundle.ca` replaces the system roots.
 
 use std::io::Read;
 use std::path::Path;

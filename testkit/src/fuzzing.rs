@@ -2,7 +2,7 @@
 //! (`tests/fuzz_regressions.rs`): each takes raw bytes, feeds them to the real
 //! parsers and checks invariants, panicking only when an invariant breaks.
 //!
-//! Not an API: hidden from the docs and subject to change with the fuzz targets.
+//! Not an API: subject to change with the fuzz targets.
 
 use std::net::SocketAddr;
 use std::sync::LazyLock;
@@ -10,16 +10,16 @@ use std::sync::LazyLock;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
 use rustls_pki_types::{CertificateDer, UnixTime};
 
-use crate::authn::jwks::KeySet;
-use crate::authn::{token, Authenticator, Outcome};
-use crate::config::{Config, JwksSource, JwtConfig, JwtProvider, TokenLocation};
-use crate::identity::dev_ca::testing::LeafOptions;
-use crate::identity::{
+use crate::leaf::{IssueCustom, LeafOptions};
+use portcullis::authn::jwks::KeySet;
+use portcullis::authn::{token, Authenticator, Outcome};
+use portcullis::config::{Config, JwksSource, JwtConfig, JwtProvider, TokenLocation};
+use portcullis::identity::{
     certs_from_pem, leaf_info, verify_svid, DevCa, SpiffeId, SvidRejection, TrustBundles,
     TrustDomain,
 };
-use crate::policy::{build_input, HttpFacts, InputFacts};
-use crate::proxy::{headers, path, prelude};
+use portcullis::policy::{build_input, HttpFacts, InputFacts};
+use portcullis::proxy::{headers, path, prelude};
 
 /// The trust domain of the fuzzing CA and of the SVID seeds.
 pub const TRUST_DOMAIN: &str = "fuzz.test";
