@@ -144,7 +144,7 @@ pub fn start_policy_source(cfg: &Config) -> anyhow::Result<Arc<PolicyStore>> {
                 cfg.policy.outbound_query.clone(),
                 policy_options(cfg),
             );
-            crate::policy::bundle::start(bundle, store.clone())
+            crate::policy::reload::start_bundle(bundle, store.clone())
                 .with_context(|| format!("policy.bundle.url {}", bundle.url))?;
             Ok(store)
         }
@@ -171,7 +171,7 @@ pub fn start_shadow(cfg: &Config) -> anyhow::Result<Option<Arc<crate::policy::sh
     );
     match &shadow.bundle {
         Some(bundle) => {
-            crate::policy::bundle::start(bundle, store.clone())
+            crate::policy::reload::start_bundle(bundle, store.clone())
                 .with_context(|| format!("policy.shadow.bundle.url {}", bundle.url))?;
         }
         None => {

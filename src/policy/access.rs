@@ -368,6 +368,17 @@ impl Default for Walk {
     }
 }
 
+/// The fixed leading steps of a rule head (`p[x].y` → `[p]`).
+pub(crate) fn fixed_prefix(e: &Expr) -> Vec<String> {
+    if let Some(p) = static_path(e) {
+        return p;
+    }
+    match e {
+        Expr::RefDot { refr, .. } | Expr::RefBrack { refr, .. } => fixed_prefix(refr),
+        _ => Vec::new(),
+    }
+}
+
 /// The names of a chain of `.field` / `["key"]` steps from a variable, when every
 /// step is fixed: `a.b["c"]` is `[a, b, c]`.
 pub(crate) fn static_path(e: &Expr) -> Option<Vec<String>> {

@@ -21,10 +21,10 @@ use std::time::Duration;
 
 use clap::{Subcommand, ValueEnum};
 
-use super::bundle::{rego_error, Bundle, BundleLimits};
-use super::engine::{ExtensionHook, PolicyOptions, PolicySet};
+use super::bundle::{Bundle, BundleLimits};
+use super::engine::{ExtensionHook, PolicyError, PolicyOptions, PolicySet};
+use super::exact_json::json_to_value;
 use super::explain::Explainer;
-use super::input::json_to_value;
 use super::replay;
 use super::test_runner::{self, load_sources, TestOptions};
 
@@ -369,7 +369,7 @@ fn eval(
     engine.set_gather_prints(true);
     let results = engine
         .eval_query(query.to_string(), false)
-        .map_err(|e| anyhow::anyhow!("{}", rego_error("<query>", &e)))?;
+        .map_err(|e| anyhow::anyhow!("{}", PolicyError::from_regorus("<query>", &e)))?;
     for line in engine.take_prints().unwrap_or_default() {
         eprintln!("{line}");
     }
@@ -439,7 +439,7 @@ fn check(
     for (name, text) in &sources.modules {
         let mut engine = super::parity::new_engine();
         if let Err(e) = engine.add_policy(name.clone(), text.clone()) {
-            errors.push(rego_error(name, &e).to_string());
+            errors.push(PolicyError::from_regorus(name, &e).to_string());
         }
     }
     if errors.is_empty() {

@@ -18,8 +18,6 @@ use std::fmt;
 use regorus::Value;
 use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 
-use super::input::json_to_value;
-
 /// The regorus value of `text`, which serde_json parsed into `parsed`.
 pub fn to_value(text: &[u8], parsed: &serde_json::Value) -> Value {
     if !has_wide_number(parsed) {
@@ -159,6 +157,30 @@ impl<'de> Visitor<'de> for Exact<'_> {
             fields.insert(Value::from(k), v);
         }
         Ok(Value::from(fields))
+    }
+}
+
+/// Converts JSON into a regorus value without a text round-trip.
+pub fn json_to_value(v: &serde_json::Value) -> Value {
+    match v {
+        serde_json::Value::Null => Value::Null,
+        serde_json::Value::Bool(b) => Value::Bool(*b),
+        serde_json::Value::Number(n) => {
+            if let Some(u) = n.as_u64() {
+                Value::from(u)
+            } else if let Some(i) = n.as_i64() {
+                Value::from(i)
+            } else {
+                Value::from(n.as_f64().unwrap_or(f64::NAN))
+            }
+        }
+        serde_json::Value::String(t) => Value::from(t.as_str()),
+        serde_json::Value::Array(a) => Value::from(a.iter().map(json_to_value).collect::<Vec<_>>()),
+        serde_json::Value::Object(o) => Value::from(
+            o.iter()
+                .map(|(k, v)| (Value::from(k.as_str()), json_to_value(v)))
+                .collect::<BTreeMap<_, _>>(),
+        ),
     }
 }
 

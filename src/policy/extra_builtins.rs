@@ -14,7 +14,7 @@ use aws_lc_rs::{digest, hmac};
 use ipnet::IpNet;
 use regorus::Value;
 
-use super::builtins::Registrar;
+use super::builtins::registrar::Registrar;
 
 /// The functions registered by [`register`], with their arities.
 pub const FUNCTIONS: &[(&str, usize)] = &[

@@ -12,8 +12,7 @@ use std::collections::BTreeMap;
 use regorus::unstable::{Expr, Literal, Module, Query, Rule, RuleHead};
 use serde_json::{json, Map, Value as Json};
 
-use super::access::static_path;
-use super::parity::fixed_prefix;
+use super::access::{fixed_prefix, static_path};
 
 /// One `# METADATA` block: the line (1-based) of what it annotates, its scope and
 /// its annotations (with `scope` filled in).

@@ -1,5 +1,11 @@
 //! Policy: loading and evaluating Rego with regorus, the OPA-Envoy input
 //! document, the decision result, and the store holding the active revision.
+//!
+//! Data flows one way: [`sources`] reads a policy directory (or [`bundle`]
+//! unpacks a bundle) into modules and data; [`engine`] compiles them into a
+//! [`PolicySet`]; [`reload`] builds revisions (start-up, directory watch, bundle
+//! polling, `SIGHUP`) and installs them into the [`store`]; the proxy builds the
+//! [`input`] document and asks the active set for a [`decision`].
 
 pub mod access;
 pub mod builtins;
@@ -15,11 +21,13 @@ pub mod input;
 pub mod jwt_sign;
 pub mod metadata;
 pub mod parity;
+pub mod rego_error;
+pub mod reload;
 pub mod replay;
 pub mod shadow;
+pub mod sources;
 pub mod store;
 pub mod test_runner;
-pub mod watch;
 pub mod workload_labels;
 
 pub use access::{HeaderNeeds, InputAccess, InputNeeds};

@@ -13,7 +13,7 @@ use std::fmt::Write as _;
 use std::io::BufRead;
 
 use super::engine::PolicySet;
-use super::input::json_to_value;
+use super::exact_json::json_to_value;
 use super::store::{INBOUND, OUTBOUND};
 
 /// The longest decision-log line read (longer lines count as unreadable).

@@ -1,23 +1,24 @@
-//! The current policy revision, swapped atomically; loading and reloading.
+//! The current policy revision, swapped atomically: [`PolicyStore`] holds the
+//! active [`PolicySet`] and installs new ones (with the revision metrics); the
+//! request path only loads it.
 //!
-//! A new revision is compiled off the request path and installed only if it
-//! compiles; a broken one keeps the last good revision, with a log line and
-//! `portcullis_policy_reloads_total{result="error"}`.
-//!
-//! The policy comes from one source: the policy directory (watched, see
-//! [`super::watch`]) or, when `policy.bundle` is configured, a remote OPA bundle
-//! (polled, see [`super::bundle`]). The bundle *replaces* the directory, as with
-//! OPA's bundle plugin; a store in bundle mode starts empty (decisions deny with
-//! 503 and `/ready` fails) until the first bundle activates.
+//! The policy comes from one source: the policy directory or, when
+//! `policy.bundle` is configured, a remote OPA bundle. The bundle *replaces* the
+//! directory, as with OPA's bundle plugin; a store in bundle mode starts empty
+//! (decisions deny with 503 and `/ready` fails) until the first bundle activates.
+//! Building revisions and keeping the store current (directory watch, bundle
+//! polling, forced reloads: `PolicyStore::load`, `reload`, `watch`) is
+//! [`crate::policy::reload`]'s job; a broken revision is never installed.
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use arc_swap::ArcSwapOption;
 
-use super::engine::{PolicyError, PolicyOptions, PolicySet};
 use crate::metrics;
+use crate::policy::engine::options::PolicyOptions;
+use crate::policy::engine::PolicySet;
+use crate::policy::shadow::metrics as shadow_metrics;
 
 /// Index of the inbound query in every [`PolicySet`] the store builds.
 pub const INBOUND: usize = 0;
@@ -49,24 +50,7 @@ pub struct PolicyStore {
 }
 
 impl PolicyStore {
-    /// Loads `dir` once; the error names the file and line of the first problem.
-    pub fn load(
-        dir: PathBuf,
-        inbound_query: String,
-        outbound_query: String,
-        options: impl Into<PolicyOptions>,
-    ) -> Result<Arc<PolicyStore>, PolicyError> {
-        let store = PolicyStore::new(
-            PolicySource::Dir(dir),
-            inbound_query,
-            outbound_query,
-            options.into(),
-        );
-        store.reload()?;
-        Ok(Arc::new(store))
-    }
-
-    /// An empty store whose revisions come from a bundle (see [`super::bundle`]).
+    /// An empty store whose revisions come from a bundle (see [`crate::policy::bundle`]).
     pub fn for_bundle(
         inbound_query: String,
         outbound_query: String,
@@ -80,7 +64,7 @@ impl PolicyStore {
         ))
     }
 
-    fn new(
+    pub(super) fn new(
         source: PolicySource,
         inbound_query: String,
         outbound_query: String,
@@ -97,7 +81,7 @@ impl PolicyStore {
         }
     }
 
-    /// A store for the shadow policy (see [`super::shadow`]), empty until its
+    /// A store for the shadow policy (see [`crate::policy::shadow`]), empty until its
     /// first revision loads: from `dir`, or from a bundle when `dir` is `None`.
     pub fn for_shadow(
         dir: Option<PathBuf>,
@@ -140,49 +124,24 @@ impl PolicyStore {
         &self.options
     }
 
-    /// Builds a revision from the directory and installs it if it compiles.
-    /// Blocking (compiles): call it from `spawn_blocking` on a runtime. In
-    /// bundle mode it asks the bundle poller to poll now and returns at once.
-    pub fn reload(&self) -> Result<(), PolicyError> {
-        let dir = match &self.source {
-            PolicySource::Dir(dir) => dir,
-            PolicySource::Bundle => {
-                self.refresh.notify_one();
-                return Ok(());
-            }
-        };
-        let mut attempted = self
-            .reloading
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        // Fingerprint first: a change racing the build is seen by the next check.
-        *attempted = super::watch::fingerprint(dir).ok();
-        match PolicySet::load_dir(dir, &self.queries, self.options.clone()) {
-            Ok(set) => {
-                self.install(set);
-                Ok(())
-            }
-            Err(e) => {
-                tracing::warn!(dir = %dir.display(), error = %e, "policy reload failed; keeping the last good revision");
-                self.count_failure();
-                Err(e)
-            }
-        }
-    }
-
-    /// The content fingerprint (see [`super::watch::fingerprint`]) of the
-    /// directory as of the last build attempted, good or broken.
-    pub fn attempted_fingerprint(&self) -> Option<String> {
+    /// Serialises directory builds (an older build never replaces a newer one);
+    /// the guarded value is the content fingerprint of the last build attempted.
+    pub(super) fn begin_build(&self) -> MutexGuard<'_, Option<String>> {
         self.reloading
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The content fingerprint (see [`crate::policy::sources::DirFiles::fingerprint`])
+    /// of the directory as of the last build attempted, good or broken.
+    pub fn attempted_fingerprint(&self) -> Option<String> {
+        self.begin_build().clone()
     }
 
     /// Counts a failed reload (`portcullis_policy_reloads_total{result="error"}`).
     pub fn count_failure(&self) {
         if self.shadow {
-            super::shadow::count_reload("error");
+            shadow_metrics::count_reload("error");
             return;
         }
         metrics::global()
@@ -191,28 +150,20 @@ impl PolicyStore {
             .inc();
     }
 
+    /// Asks the bundle poller to poll now (a forced reload in bundle mode).
+    pub(super) fn request_refresh(&self) {
+        self.refresh.notify_one();
+    }
+
     /// Resolves when a forced reload asks the bundle poller to poll now.
     pub async fn refresh_requested(&self) {
         self.refresh.notified().await
     }
 
-    /// Starts the policy directory watcher (see [`super::watch`]) on the
-    /// current runtime; a no-op in bundle mode.
-    pub fn watch(self: &Arc<Self>, interval: Duration) -> Option<tokio::task::JoinHandle<()>> {
-        match &self.source {
-            PolicySource::Dir(dir) => Some(tokio::spawn(super::watch::watch_dir(
-                self.clone(),
-                dir.clone(),
-                interval,
-            ))),
-            PolicySource::Bundle => None,
-        }
-    }
-
     /// Installs an already compiled set (directory reload or bundle).
     pub fn install(&self, set: PolicySet) {
         if self.shadow {
-            super::shadow::installed(&self.revision(), set.revision());
+            shadow_metrics::installed(&self.revision(), set.revision());
             self.current.store(Some(Arc::new(set)));
             return;
         }

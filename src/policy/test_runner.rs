@@ -19,9 +19,9 @@ use regorus::utils::limits::ExecutionTimerConfig;
 use regorus::{Engine, Value};
 use serde::Serialize;
 
-use super::bundle::{rego_error, Bundle, BundleError};
-use super::engine::{ExtensionHook, PolicyError};
-use super::input::json_to_value;
+use super::bundle::{Bundle, BundleError};
+use super::engine::options::{ExtensionHook, PolicyError};
+use super::exact_json::json_to_value;
 
 /// How tests are selected and run.
 #[derive(Clone, Default)]
@@ -376,7 +376,7 @@ pub fn engine_for(
     for (name, text) in &modules {
         engine
             .add_policy(name.clone(), text.clone())
-            .map_err(|e| rego_error(name, &e))?;
+            .map_err(|e| PolicyError::from_regorus(name, &e))?;
     }
     engine
         .add_data(json_to_value(&sources.data))
@@ -389,7 +389,7 @@ pub fn engine_for(
     // errors (unknown functions, recursion, …) surface here.
     engine
         .eval_query("true".to_string(), false)
-        .map_err(|e| rego_error("<compile>", &e))?;
+        .map_err(|e| PolicyError::from_regorus("<compile>", &e))?;
     Ok(engine)
 }
 
@@ -613,7 +613,7 @@ fn one_line(text: &str) -> String {
     if text.contains("exceeded time limit") {
         return TIMED_OUT.to_string();
     }
-    super::engine::one_line(text)
+    super::rego_error::one_line(text)
 }
 
 #[cfg(test)]

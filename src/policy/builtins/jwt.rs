@@ -1,40 +1,13 @@
-//! OPA's `io.jwt.*` token builtins as regorus extensions, so policies written
-//! for the OPA-Envoy plugin that verify tokens themselves run unchanged.
-//!
-//! Provided: `io.jwt.decode`, `io.jwt.encode_sign`/`encode_sign_raw` (see
-//! [`super::jwt_sign`]), `io.jwt.decode_verify` (constraints `cert`,
-//! `secret`, `alg`, `iss`, `aud`, `time`), `io.jwt.verify_rs256/384/512`,
-//! `verify_ps256/384/512`, `verify_es256/384/512`, `verify_eddsa`, `verify_hs256/384/512`.
-//!
-//! Semantics follow OPA's documentation and implementation:
-//! - `decode(jwt)` → `[header, payload, signature_hex]` (nested `cty: JWT` tokens
-//!   are decoded to the innermost one).
-//! - `decode_verify(jwt, constraints)` → `[true, header, payload]` when the
-//!   signature verifies and `iss`, `aud`, `exp` (`time < exp`) and `nbf`
-//!   (`time >= nbf`) hold at `time` (ns, default now); `[false, {}, {}]` otherwise.
-//!   The algorithm comes from the header but must fit the key: HMAC only with
-//!   `secret`, RSA/ECDSA/EdDSA only with `cert` keys of the matching type (a
-//!   JWK's own `alg` is ignored, as in OPA); `none` never verifies.
-//! - `verify_XXX(jwt, cert_or_secret)` → boolean; the algorithm is the
-//!   function's, whatever the header says.
-//!
-//! Strictness follows OPA's: no padded or non-canonical base64url segments, no
-//! JWE (`enc`) headers, PEM only at the start of the text and never PKCS#1 `RSA
-//! PUBLIC KEY`; `decode` accepts header fields of any type, `decode_verify` wants
-//! `alg`, `kid`, `typ`, `cty` as strings; payload bytes that are not UTF-8 are
-//! replaced.
-//!
-//! Errors (undecodable tokens, wrongly typed arguments, invalid constraints or
-//! keys) are builtin errors: the call is undefined, as in OPA-Envoy's non-strict
-//! evaluation, unless registered strict ([`strict_extensions`]).
+//! OPA's `io.jwt.*` builtins: decoding, verifying with a certificate, JWK or
+//! secret, and `decode_verify` with its constraints (see the parent module for
+//! the semantics followed).
 
-use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail};
 use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, DecodingKey};
-use regorus::{Engine, Value};
+use regorus::Value;
 use x509_parser::oid_registry::{
     OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY, OID_NIST_EC_P384, OID_NIST_EC_P521,
     OID_PKCS1_RSAENCRYPTION, OID_SIG_ED25519,
@@ -42,136 +15,13 @@ use x509_parser::oid_registry::{
 use x509_parser::prelude::FromDer;
 use x509_parser::x509::SubjectPublicKeyInfo;
 
-use super::engine::ExtensionHook;
 use crate::authn::jwks::algorithm_of;
 use crate::authn::token;
 
 /// Nested tokens deeper than this are not decoded.
 const MAX_NESTING: usize = 8;
 
-/// The hook registering every extension builtin, for [`super::PolicyOptions`]:
-/// builtin errors make the call undefined, as in OPA-Envoy (non-strict).
-pub fn jwt_extensions() -> ExtensionHook {
-    Arc::new(|engine: &mut Engine| register_with(engine, false))
-}
-
-/// The same builtins with strict errors (`policy eval --strict-builtin-errors`,
-/// like `opa eval --strict-builtin-errors`): a builtin error is an evaluation error.
-pub fn strict_extensions() -> ExtensionHook {
-    Arc::new(|engine: &mut Engine| register_with(engine, true))
-}
-
-/// Registers every `io.jwt.*` builtin on `engine`, and the other OPA builtins
-/// regorus lacks ([`super::extra_builtins`]), non-strict.
-pub fn register(engine: &mut Engine) -> anyhow::Result<()> {
-    register_with(engine, false)
-}
-
-/// Adds extensions to an engine; with `strict` off an error makes the call
-/// undefined (OPA's default for builtin errors).
-pub struct Registrar<'a> {
-    engine: &'a mut Engine,
-    strict: bool,
-}
-
-impl Registrar<'_> {
-    /// Registers `f` as the builtin `name` taking `nargs` arguments.
-    pub fn add<F>(&mut self, name: &str, nargs: u8, f: F) -> anyhow::Result<()>
-    where
-        F: Fn(&[Value]) -> anyhow::Result<Value> + Clone + Send + Sync + 'static,
-    {
-        let strict = self.strict;
-        self.engine.add_extension(
-            name.to_owned(),
-            nargs,
-            Box::new(move |args: Vec<Value>| match f(&args) {
-                Err(_) if !strict => Ok(Value::Undefined),
-                other => other,
-            }),
-        )
-    }
-}
-
-/// Registers every extension builtin with the given error mode.
-pub fn register_with(engine: &mut Engine, strict: bool) -> anyhow::Result<()> {
-    let mut r = Registrar { engine, strict };
-    r.add("io.jwt.decode", 1, decode)?;
-    r.add("io.jwt.encode_sign", 3, super::jwt_sign::encode_sign)?;
-    r.add(
-        "io.jwt.encode_sign_raw",
-        3,
-        super::jwt_sign::encode_sign_raw,
-    )?;
-    r.add("io.jwt.decode_verify", 2, |args: &[Value]| {
-        decode_verify(args, now_ns())
-    })?;
-    let asymmetric = [
-        ("rs256", Algorithm::RS256),
-        ("rs384", Algorithm::RS384),
-        ("rs512", Algorithm::RS512),
-        ("ps256", Algorithm::PS256),
-        ("ps384", Algorithm::PS384),
-        ("ps512", Algorithm::PS512),
-        ("es256", Algorithm::ES256),
-        ("es384", Algorithm::ES384),
-        ("eddsa", Algorithm::EdDSA),
-    ]
-    .map(|(n, a)| (n, Alg::Jose(a)))
-    .into_iter()
-    .chain([("es512", Alg::Es512)]);
-    for (name, alg) in asymmetric {
-        r.add(
-            &format!("io.jwt.verify_{name}"),
-            2,
-            move |args: &[Value]| verify_with_cert(args, alg),
-        )?;
-    }
-    let hmac = [
-        ("hs256", Algorithm::HS256),
-        ("hs384", Algorithm::HS384),
-        ("hs512", Algorithm::HS512),
-    ];
-    for (name, alg) in hmac {
-        r.add(
-            &format!("io.jwt.verify_{name}"),
-            2,
-            move |args: &[Value]| verify_with_secret(args, alg),
-        )?;
-    }
-    super::extra_builtins::register(&mut r)
-}
-
-/// The `io.jwt.*` functions [`register`] adds, with their arities.
-pub const JWT_FUNCTIONS: &[(&str, usize)] = &[
-    ("io.jwt.decode", 1),
-    ("io.jwt.decode_verify", 2),
-    ("io.jwt.encode_sign", 3),
-    ("io.jwt.encode_sign_raw", 3),
-    ("io.jwt.verify_rs256", 2),
-    ("io.jwt.verify_rs384", 2),
-    ("io.jwt.verify_rs512", 2),
-    ("io.jwt.verify_ps256", 2),
-    ("io.jwt.verify_ps384", 2),
-    ("io.jwt.verify_ps512", 2),
-    ("io.jwt.verify_es256", 2),
-    ("io.jwt.verify_es384", 2),
-    ("io.jwt.verify_es512", 2),
-    ("io.jwt.verify_eddsa", 2),
-    ("io.jwt.verify_hs256", 2),
-    ("io.jwt.verify_hs384", 2),
-    ("io.jwt.verify_hs512", 2),
-];
-
-/// The arity of an extension [`register`] adds (for the output-argument call form).
-pub fn arity(name: &str) -> Option<usize> {
-    JWT_FUNCTIONS
-        .iter()
-        .chain(super::extra_builtins::FUNCTIONS)
-        .find(|(f, _)| *f == name)
-        .map(|(_, a)| *a)
-}
-
-fn now_ns() -> f64 {
+pub(super) fn now_ns() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos() as f64)
@@ -265,7 +115,7 @@ fn payload_json(bytes: &[u8]) -> anyhow::Result<Payload> {
     let text = String::from_utf8_lossy(bytes);
     let json: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| anyhow!("invalid JSON: {e}"))?;
-    let value = super::exact_json::to_value(text.as_bytes(), &json);
+    let value = crate::policy::exact_json::to_value(text.as_bytes(), &json);
     match json {
         serde_json::Value::Object(claims) => Ok(Payload { claims, value }),
         _ => bail!("JWT payload must be a JSON object"),
@@ -273,7 +123,7 @@ fn payload_json(bytes: &[u8]) -> anyhow::Result<Payload> {
 }
 
 /// `io.jwt.decode(jwt)`.
-fn decode(args: &[Value]) -> anyhow::Result<Value> {
+pub(super) fn decode(args: &[Value]) -> anyhow::Result<Value> {
     let mut jwt = string_arg(args, 0, "io.jwt.decode")?.to_owned();
     for _ in 0..MAX_NESTING {
         let seg = token::split(&jwt).map_err(|e| anyhow!("io.jwt.decode: {e}"))?;
@@ -314,7 +164,7 @@ enum Key {
 
 /// A signature algorithm: jsonwebtoken's, or ES512.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Alg {
+pub(super) enum Alg {
     Jose(Algorithm),
     Es512,
 }
@@ -496,7 +346,7 @@ fn verifies(signature: &str, message: &str, key: &Key, alg: Alg) -> bool {
 /// `io.jwt.verify_{rs,ps,es}*`: the function's algorithm; the `kid` key first
 /// if the header names one, else every key (skipping JWKs whose `alg` differs
 /// from the header's).
-fn verify_with_cert(args: &[Value], alg: Alg) -> anyhow::Result<Value> {
+pub(super) fn verify_with_cert(args: &[Value], alg: Alg) -> anyhow::Result<Value> {
     let f = "io.jwt.verify";
     let jwt = string_arg(args, 0, f)?;
     let cert = string_arg(args, 1, f)?;
@@ -529,7 +379,7 @@ fn verify_with_cert(args: &[Value], alg: Alg) -> anyhow::Result<Value> {
 }
 
 /// `io.jwt.verify_hs*`: HMAC with the secret's bytes.
-fn verify_with_secret(args: &[Value], alg: Algorithm) -> anyhow::Result<Value> {
+pub(super) fn verify_with_secret(args: &[Value], alg: Algorithm) -> anyhow::Result<Value> {
     let f = "io.jwt.verify_hs";
     let jwt = string_arg(args, 0, f)?;
     let secret = string_arg(args, 1, f)?;
@@ -636,7 +486,7 @@ impl Constraints {
 }
 
 /// `io.jwt.decode_verify(jwt, constraints)`.
-fn decode_verify(args: &[Value], now_ns: f64) -> anyhow::Result<Value> {
+pub(super) fn decode_verify(args: &[Value], now_ns: f64) -> anyhow::Result<Value> {
     let mut jwt = string_arg(args, 0, "io.jwt.decode_verify")?.to_owned();
     let constraints = Constraints::parse(args.get(1).unwrap_or(&Value::Undefined))?;
     let time_s = constraints.time_ns.unwrap_or(now_ns) / 1e9;
