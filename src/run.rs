@@ -136,7 +136,7 @@ pub fn start_policy(cfg: &Config) -> anyhow::Result<Arc<PolicyStore>> {
 /// current: with `policy.bundle`, an empty store fed by the bundle poller (the
 /// bundle replaces `policy.dir`); otherwise the directory, loaded now (an
 /// error stops start-up) and watched every `policy.watch_interval`.
-pub fn start_policy_source(cfg: &Config) -> anyhow::Result<Arc<PolicyStore>> {
+pub fn start_policy_source(cfg: &Config, tasks: &Tasks) -> anyhow::Result<Arc<PolicyStore>> {
     match &cfg.policy.bundle {
         Some(bundle) => {
             let store = PolicyStore::for_bundle(
@@ -144,13 +144,13 @@ pub fn start_policy_source(cfg: &Config) -> anyhow::Result<Arc<PolicyStore>> {
                 cfg.policy.outbound_query.clone(),
                 policy_options(cfg),
             );
-            crate::policy::reload::start_bundle(bundle, store.clone())
+            crate::policy::reload::start_bundle(bundle, store.clone(), tasks)
                 .with_context(|| format!("policy.bundle.url {}", bundle.url))?;
             Ok(store)
         }
         None => {
             let store = start_policy(cfg)?;
-            store.watch(cfg.policy.watch_interval);
+            store.watch(cfg.policy.watch_interval, tasks);
             Ok(store)
         }
     }
@@ -159,7 +159,10 @@ pub fn start_policy_source(cfg: &Config) -> anyhow::Result<Arc<PolicyStore>> {
 /// Starts the shadow policy (`policy.shadow`): its own store, loaded and watched
 /// (or polled) like the enforced one. A shadow that does not load is logged and
 /// counted, never fatal: the enforced policy is what serves.
-pub fn start_shadow(cfg: &Config) -> anyhow::Result<Option<Arc<crate::policy::shadow::Shadow>>> {
+pub fn start_shadow(
+    cfg: &Config,
+    tasks: &Tasks,
+) -> anyhow::Result<Option<Arc<crate::policy::shadow::Shadow>>> {
     let Some(shadow) = &cfg.policy.shadow else {
         return Ok(None);
     };
@@ -171,13 +174,13 @@ pub fn start_shadow(cfg: &Config) -> anyhow::Result<Option<Arc<crate::policy::sh
     );
     match &shadow.bundle {
         Some(bundle) => {
-            crate::policy::reload::start_bundle(bundle, store.clone())
+            crate::policy::reload::start_bundle(bundle, store.clone(), tasks)
                 .with_context(|| format!("policy.shadow.bundle.url {}", bundle.url))?;
         }
         None => {
             // Errors are logged and counted by `reload`; the watcher retries.
             let _ = store.reload();
-            store.watch(cfg.policy.watch_interval);
+            store.watch(cfg.policy.watch_interval, tasks);
         }
     }
     let shadow = crate::policy::shadow::Shadow::start(store, shadow.fraction, shadow.queue)
@@ -265,8 +268,8 @@ impl Drains {
 pub async fn start(cfg: Config, set_log_level: LevelSetter) -> anyhow::Result<Running> {
     let tasks = Tasks::new();
     let identity = start_identity(&cfg, &tasks).await?;
-    let policy = start_policy_source(&cfg)?;
-    let shadow = start_shadow(&cfg)?;
+    let policy = start_policy_source(&cfg, &tasks)?;
+    let shadow = start_shadow(&cfg, &tasks)?;
     let authn = start_authn(&cfg, &tasks).await?;
     let log = start_decision_log(&cfg)?;
     let drains = Drains::new();

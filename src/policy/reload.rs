@@ -107,14 +107,14 @@ impl PolicyStore {
         }
     }
 
-    /// Starts the policy directory watcher on the current runtime; a no-op in
-    /// bundle mode.
-    pub fn watch(self: &Arc<Self>, interval: Duration) -> Option<tokio::task::JoinHandle<()>> {
-        match self.source() {
-            PolicySource::Dir(dir) => {
-                Some(tokio::spawn(watch_dir(self.clone(), dir.clone(), interval)))
-            }
-            PolicySource::Bundle => None,
+    /// Starts the policy directory watcher as a task owned by `tasks`; a no-op
+    /// in bundle mode.
+    pub fn watch(self: &Arc<Self>, interval: Duration, tasks: &crate::tasks::Tasks) {
+        if let PolicySource::Dir(dir) = self.source() {
+            tasks.spawn_loop(
+                "policy-watch",
+                watch_dir(self.clone(), dir.clone(), interval),
+            );
         }
     }
 }
@@ -229,17 +229,20 @@ impl BundlePoller {
     }
 }
 
-/// Starts polling `cfg`'s bundle into `store` on the current runtime.
+/// Starts polling `cfg`'s bundle into `store`, as a task owned by `tasks`.
 pub fn start_bundle(
     cfg: &crate::config::BundleConfig,
     store: Arc<PolicyStore>,
-) -> Result<tokio::task::JoinHandle<()>, BundleError> {
+    tasks: &crate::tasks::Tasks,
+) -> Result<(), BundleError> {
     let limits = BundleLimits::default();
     let timeout = cfg
         .poll
         .clamp(Duration::from_secs(5), Duration::from_secs(60));
     let client = BundleClient::new(&cfg.url, cfg.ca.as_deref(), limits, timeout)?;
-    Ok(tokio::spawn(
+    tasks.spawn_loop(
+        "policy-bundle",
         BundlePoller::new(client, store, cfg.poll, limits).run(),
-    ))
+    );
+    Ok(())
 }

@@ -197,7 +197,7 @@ impl Decider {
             None => crate::policy::build_input(facts),
         };
         shadow.submit(Comparison {
-            direction: self.direction.as_str(),
+            direction: self.direction,
             query: self.query,
             decision_id: facts
                 .http

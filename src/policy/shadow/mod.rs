@@ -18,6 +18,7 @@ use regorus::Value;
 use tokio::sync::mpsc;
 
 use self::metrics::METRICS;
+use crate::direction::Direction;
 use crate::policy::decision::{Decision, DecisionError};
 use crate::policy::store::PolicyStore;
 
@@ -62,7 +63,7 @@ impl Agreement {
 
 /// One decision to compare.
 pub struct Comparison {
-    pub direction: &'static str,
+    pub direction: Direction,
     pub query: usize,
     pub decision_id: String,
     /// The shadow revision's input document (only the fields it reads).
@@ -124,7 +125,7 @@ impl Shadow {
 
     /// Offers a comparison to the worker; never waits. A full queue drops it.
     pub fn submit(&self, c: Comparison) {
-        let direction = c.direction;
+        let direction = c.direction.as_str();
         if self.tx.try_send(c).is_err() {
             METRICS.dropped.with_label_values(&[direction]).inc();
         }
@@ -139,12 +140,12 @@ fn compare(store: &PolicyStore, c: Comparison) {
     let agreement = Agreement::of(&c.enforced, &shadow);
     METRICS
         .compared
-        .with_label_values(&[c.direction, agreement.label()])
+        .with_label_values(&[c.direction.as_str(), agreement.label()])
         .inc();
     if agreement != Agreement::Agree {
         tracing::info!(
             decision_id = %c.decision_id,
-            direction = c.direction,
+            direction = c.direction.as_str(),
             agreement = agreement.label(),
             enforced = %summary(&c.enforced),
             shadow = %summary(&shadow),
