@@ -108,14 +108,6 @@ pub const OPA_BUILTINS_REFUSED: &[(&str, &str)] = &[
         "its result is Go's x509.Certificate as JSON: raw DER fields, Go's enum numbers, pkix.Name and key internals, which portcullis does not reproduce",
     ),
     (
-        "json.match_schema",
-        "OPA reports schema errors as gojsonschema's error objects and texts, which regorus' `jsonschema` feature does not reproduce",
-    ),
-    (
-        "json.verify_schema",
-        "OPA reports schema errors as gojsonschema's error objects and texts, which regorus' `jsonschema` feature does not reproduce",
-    ),
-    (
         "rego.metadata.chain",
         "supported only with annotations of title, description, custom and scope (rule, document, package)",
     ),
@@ -1636,7 +1628,11 @@ mod tests {
         ] {
             assert!(builtin_support(name).is_ok(), "{name}");
         }
-        for name in ["rego.parse_module", "graphql.parse", "json.match_schema"] {
+        for name in [
+            "rego.parse_module",
+            "graphql.parse",
+            "crypto.x509.parse_keypair",
+        ] {
             assert!(builtin_support(name).is_err(), "{name}");
         }
     }

@@ -1,0 +1,82 @@
+//! `json.match_schema` and `json.verify_schema` as OPA computes them: OPA checks
+//! documents with its copy of gojsonschema (JSON Schema drafts 4/6/7 in one
+//! "hybrid" mode), so the error objects (`desc`, `error`, `field`, `type`), their
+//! texts, their order and the schema errors `verify_schema` reports are
+//! gojsonschema's. [`super::json_schema_parse`] reads a schema with gojsonschema's
+//! checks and messages; [`super::json_schema_validate`] walks a document with it.
+//!
+//! What portcullis does not reproduce is an evaluation error, never a different
+//! answer: the `format` keyword (gojsonschema's own format checkers), `$ref`s to
+//! other documents, `$ref` together with `$id`/`id`, `$schema` draft-04, regular
+//! expressions using `\D`, `\W` or `\S` inside a character class, and numbers
+//! too long for exact arithmetic.
+//!
+//! Where OPA's order is not fixed (gojsonschema walks Go maps: the properties of
+//! an object and of a schema), portcullis reports in key order, one of OPA's orders.
+
+use std::collections::BTreeMap;
+
+use regorus::Value;
+
+use super::json_schema_parse::compile;
+use super::json_schema_validate::validate;
+use super::json_schema_values::{invalid, Parsed, SchemaError};
+
+/// A document or schema argument as OPA takes it: JSON text, an object or an array.
+fn operand(v: &Value) -> Parsed<Value> {
+    match v {
+        Value::String(text) => match serde_json::from_str::<serde_json::Value>(text) {
+            Ok(parsed) => Ok(super::exact_json::to_value(text.as_bytes(), &parsed)),
+            Err(_) => invalid("invalid JSON string"),
+        },
+        Value::Object(_) | Value::Array(_) => Ok(v.clone()),
+        _ => invalid("wrong type, expected string or object"),
+    }
+}
+
+/// `json.verify_schema(schema)`: `[true, null]` or `[false, "jsonschema: ..."]`.
+pub fn verify_schema(args: &[Value]) -> anyhow::Result<Value> {
+    let schema = args.first().unwrap_or(&Value::Undefined);
+    let result = operand(schema).and_then(|s| compile(&s).map(|_| ()));
+    match result {
+        Ok(()) => Ok(Value::from(vec![Value::from(true), Value::Null])),
+        Err(SchemaError::Invalid(m)) => Ok(Value::from(vec![
+            Value::from(false),
+            Value::from(format!("jsonschema: {m}")),
+        ])),
+        Err(SchemaError::Unsupported(m)) => anyhow::bail!("json.verify_schema: {m}"),
+    }
+}
+
+/// `json.match_schema(document, schema)`: `[true, []]` or `[false, [errors]]`.
+pub fn match_schema(args: &[Value]) -> anyhow::Result<Value> {
+    let run = || -> Parsed<Value> {
+        let document = operand(args.first().unwrap_or(&Value::Undefined))?;
+        let schema = compile(&operand(args.get(1).unwrap_or(&Value::Undefined))?)?;
+        let issues = validate(&schema, &document)?;
+        let list: Vec<Value> = issues
+            .into_iter()
+            .map(|i| {
+                let mut o = BTreeMap::new();
+                o.insert(Value::from("desc"), Value::from(i.desc.clone()));
+                o.insert(
+                    Value::from("error"),
+                    Value::from(format!("{}: {}", i.field, i.desc)),
+                );
+                o.insert(Value::from("field"), Value::from(i.field));
+                o.insert(Value::from("type"), Value::from(i.kind));
+                Value::from(o)
+            })
+            .collect();
+        Ok(Value::from(vec![
+            Value::from(list.is_empty()),
+            Value::from(list),
+        ]))
+    };
+    match run() {
+        Ok(v) => Ok(v),
+        Err(SchemaError::Invalid(m) | SchemaError::Unsupported(m)) => {
+            anyhow::bail!("json.match_schema: {m}")
+        }
+    }
+}
