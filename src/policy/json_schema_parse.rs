@@ -181,6 +181,10 @@ fn is_schema(v: &Value) -> bool {
 
 /// Reads `schema` as gojsonschema does.
 pub(super) fn compile(schema: &Value) -> Parsed<Compiled> {
+    if !is_schema(schema) {
+        // OPA checks the root itself before gojsonschema reads it.
+        return invalid("schema is invalid");
+    }
     let mut draft = Draft::Hybrid;
     if let Value::Object(m) = schema {
         match get_string(m, "$schema") {

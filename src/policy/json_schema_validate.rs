@@ -136,10 +136,10 @@ impl<'a> Walker<'a> {
             Value::Object(_) => "object",
             Value::Undefined => return Err(SchemaError::Unsupported("undefined value".into())),
         };
-        if !n.types.is_empty()
-            && !n.types.contains(&given)
-            && !(given == "integer" && n.types.contains(&"number"))
-        {
+        let accepted = n.types.is_empty()
+            || n.types.contains(&given)
+            || (given == "integer" && n.types.contains(&"number"));
+        if !accepted {
             let expected = if n.types.len() == 1 {
                 n.types[0].to_string()
             } else {
