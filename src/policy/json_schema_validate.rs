@@ -193,6 +193,14 @@ impl<'a> Walker<'a> {
 
     /// `anyOf`, `oneOf`, `allOf`, `not`, `dependencies`, `if`/`then`/`else`.
     fn schema_keywords(&mut self, n: &'a Node, v: &Value, out: &mut Outcome) -> Checked {
+        self.combinators(n, v, out)?;
+        self.conditions(n, v, out)?;
+        out.score += 1;
+        Ok(())
+    }
+
+    /// `anyOf`, `oneOf` (each reporting its closest branch), `allOf`, `not`.
+    fn combinators(&mut self, n: &'a Node, v: &Value, out: &mut Outcome) -> Checked {
         if !n.any_of.is_empty() {
             let mut best: Option<Outcome> = None;
             let mut valid = false;
@@ -267,6 +275,11 @@ impl<'a> Walker<'a> {
                 );
             }
         }
+        Ok(())
+    }
+
+    /// `dependencies` and `if`/`then`/`else`.
+    fn conditions(&mut self, n: &'a Node, v: &Value, out: &mut Outcome) -> Checked {
         if let Value::Object(o) = v {
             for (key, dependency) in &n.dependencies {
                 if o.get(&Value::from(key.as_str())).is_none() {
@@ -311,7 +324,6 @@ impl<'a> Walker<'a> {
                 }
             }
         }
-        out.score += 1;
         Ok(())
     }
 
