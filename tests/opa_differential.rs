@@ -1054,6 +1054,20 @@ fn gen_schema(rng: &mut Rng, depth: u32, invalid_left: &mut bool) -> Value {
             if rng.next() % 2 == 0 {
                 s.insert("maxLength".into(), json!(2 + rng.next() % 3));
             }
+            if rng.next() % 3 == 0 {
+                s.insert(
+                    "format".into(),
+                    json!(rng.pick(&[
+                        "uuid",
+                        "ipv4",
+                        "ipv6",
+                        "hostname",
+                        "json-pointer",
+                        "relative-json-pointer",
+                        "color"
+                    ])),
+                );
+            }
             if rng.next() % 2 == 0 {
                 s.insert(
                     "pattern".into(),
@@ -1228,7 +1242,9 @@ fn gen_schema(rng: &mut Rng, depth: u32, invalid_left: &mut bool) -> Value {
             }
         }
     }
-    if *invalid_left && rng.next() % 25 == 0 {
+    // Not beside a `$ref`: OPA reads those keywords only when its walk over Go maps
+    // meets the `$ref` a second time, so its answer varies from run to run.
+    if *invalid_left && !s.contains_key("$ref") && rng.next() % 25 == 0 {
         *invalid_left = false;
         let (k, v) = rng
             .pick(&[
@@ -1264,6 +1280,18 @@ fn gen_document(rng: &mut Rng, depth: u32) -> Value {
         json!(0.3),
         json!(10),
         json!(""),
+        json!("123e4567-E89B-12d3-a456-426614174000"),
+        json!("10.1.2.3"),
+        json!("010.1.2.3"),
+        json!("::ffff:10.1.2.3"),
+        json!("2001:db8::1"),
+        json!("fe80::1%eth0"),
+        json!("api.example-1.com"),
+        json!("-bad-.com"),
+        json!("/a~1b/0"),
+        json!("/a~2"),
+        json!("0/a"),
+        json!("1#"),
         json!("a"),
         json!("ab"),
         json!("xyz"),

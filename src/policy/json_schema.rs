@@ -6,7 +6,7 @@
 //! checks and messages; [`super::json_schema_validate`] walks a document with it.
 //!
 //! What portcullis does not reproduce is an evaluation error, never a different
-//! answer: the `format` keyword (gojsonschema's own format checkers), `$ref`s to
+//! answer: the formats whose Go checks it lacks (dates, e-mail, URIs), `$ref`s to
 //! other documents, `$ref` together with `$id`/`id`, `$schema` draft-04, regular
 //! expressions using `\D`, `\W` or `\S` inside a character class, and numbers
 //! too long for exact arithmetic.

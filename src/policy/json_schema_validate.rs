@@ -2,6 +2,7 @@
 //! it in gojsonschema's order and keeping its score, which decides whose errors
 //! `anyOf`, `oneOf` and `contains` report (the closest branch's).
 
+use regex::Regex;
 use regorus::Value;
 
 use super::json_schema_parse::{Additional, Compiled, Dependency, Items, Node, Schema};
@@ -349,9 +350,9 @@ impl<'a> Walker<'a> {
             }
         }
         if let Some(f) = &n.format {
-            return Err(SchemaError::Unsupported(format!(
-                "the format {f:?} is not supported by portcullis"
-            )));
+            if !is_format(f, v)? {
+                self.add(out, "format", format!("Does not match format '{f}'"));
+            }
         }
         out.score += 1;
         Ok(())
@@ -586,4 +587,44 @@ impl<'a> Walker<'a> {
         out.score += 1;
         Ok(())
     }
+}
+
+/// gojsonschema's format checkers: values other than strings and formats it does
+/// not know pass; the formats whose Go checks portcullis does not reproduce
+/// (dates and times, e-mail addresses, URIs, URI templates, regular expressions)
+/// are an error.
+fn is_format(format: &str, v: &Value) -> Result<bool, SchemaError> {
+    static CHECKS: std::sync::OnceLock<Option<[Regex; 4]>> = std::sync::OnceLock::new();
+    let Value::String(s) = v else {
+        return Ok(true);
+    };
+    let checks = CHECKS.get_or_init(|| {
+        let label = "[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]{0,61}[a-zA-Z0-9]";
+        Some([
+            Regex::new("^[a-f0-9]{8}-[a-f0-9]{4}-[a-f0-9]{4}-[a-f0-9]{4}-[a-f0-9]{12}$").ok()?,
+            Regex::new(&format!("^({label})(\\.({label}))*$")).ok()?,
+            Regex::new("^(?:/(?:[^~/]|~0|~1)*)*$").ok()?,
+            Regex::new("^(?:0|[1-9][0-9]*)(?:#|(?:/(?:[^~/]|~0|~1)*)*)$").ok()?,
+        ])
+    });
+    let Some([uuid, hostname, pointer, relative]) = checks else {
+        return Err(SchemaError::Unsupported("format checkers".into()));
+    };
+    // Go's `net.ParseIP`: dotted quads without leading zeros, IPv6 without a zone.
+    let ip = || s.parse::<std::net::IpAddr>().is_ok();
+    Ok(match format {
+        "uuid" => uuid.is_match(&s.to_lowercase()),
+        "ipv4" => ip() && s.contains('.'),
+        "ipv6" => ip() && s.contains(':'),
+        "hostname" => hostname.is_match(s) && s.len() < 256,
+        "json-pointer" => pointer.is_match(s),
+        "relative-json-pointer" => relative.is_match(s),
+        "date" | "time" | "date-time" | "email" | "idn-email" | "uri" | "uri-reference" | "iri"
+        | "iri-reference" | "uri-template" | "regex" => {
+            return Err(SchemaError::Unsupported(format!(
+                "the format {format:?} is not supported by portcullis"
+            )))
+        }
+        _ => true,
+    })
 }
