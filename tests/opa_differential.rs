@@ -591,6 +591,10 @@ fn load_refusals_agree_with_opa() {
         "equal := 0\nallow if input.a == 1",
         "startswith(a, b) := false\nallow if startswith(\"ab\", \"a\")",
         "crypto.sha256(x) := x\nallow if crypto.sha256(\"a\") == \"a\"",
+        "allow if { [ok, _] := json.match_schema(input, {\"properties\": {\"d\": {\"format\": \"date-time\"}}}); ok }",
+        "allow if { [ok, _] := json.match_schema(input, {\"properties\": {\"d\": {\"format\": \"uuid\"}}}); ok }",
+        "allow if { [ok, _] := json.match_schema(input, \"{\\\"$ref\\\": \\\"other.json\\\"}\"); ok }",
+        "allow if { [ok, _] := json.verify_schema({\"format\": \"email\"}); ok }",
     ];
     let scratch = tempfile::tempdir().unwrap();
     let mut spec = serde_json::Map::new();

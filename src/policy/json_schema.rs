@@ -16,11 +16,12 @@
 
 use std::collections::BTreeMap;
 
+use regorus::unstable::{Expr, Ref};
 use regorus::Value;
 
 use super::json_schema_parse::compile;
 use super::json_schema_validate::validate;
-use super::json_schema_values::{invalid, Parsed, SchemaError};
+use super::json_schema_values::{invalid, Parsed, SchemaError, UNSUPPORTED_FORMATS};
 
 /// A document or schema argument as OPA takes it: JSON text, an object or an array.
 fn operand(v: &Value) -> Parsed<Value> {
@@ -79,4 +80,65 @@ pub fn match_schema(args: &[Value]) -> anyhow::Result<Value> {
             anyhow::bail!("json.match_schema: {m}")
         }
     }
+}
+
+/// The value of an expression written as a literal in the policy.
+fn literal(e: &Expr) -> Option<Value> {
+    match e {
+        Expr::String { value, .. }
+        | Expr::RawString { value, .. }
+        | Expr::Number { value, .. }
+        | Expr::Bool { value, .. }
+        | Expr::Null { value, .. } => Some(value.clone()),
+        Expr::Array { items, .. } => items
+            .iter()
+            .map(|x| literal(x))
+            .collect::<Option<Vec<_>>>()
+            .map(Value::from),
+        Expr::Object { fields, .. } => fields
+            .iter()
+            .map(|(_, k, v)| Some((literal(k)?, literal(v)?)))
+            .collect::<Option<BTreeMap<_, _>>>()
+            .map(Value::from),
+        _ => None,
+    }
+}
+
+/// The first format of `names` that `v` names anywhere (a key `format`).
+fn names_format(v: &Value, names: &[&str]) -> Option<String> {
+    match v {
+        Value::Object(o) => o.iter().find_map(|(k, x)| match (k, x) {
+            (Value::String(k), Value::String(f)) if &**k == "format" && names.contains(&&**f) => {
+                Some(f.to_string())
+            }
+            _ => names_format(x, names),
+        }),
+        Value::Array(a) => a.iter().find_map(|x| names_format(x, names)),
+        _ => None,
+    }
+}
+
+/// Why a call to `json.match_schema`/`json.verify_schema` (named `function`, called
+/// with `params`) whose schema is written in the policy is refused at load: the
+/// schema uses what portcullis cannot check as OPA does. A schema computed at run
+/// time is checked when the call runs (an evaluation error).
+pub fn literal_schema_refusal(function: &str, params: &[Ref<Expr>]) -> Option<String> {
+    let index = match function {
+        "json.match_schema" => 1,
+        "json.verify_schema" => 0,
+        _ => return None,
+    };
+    let schema = operand(&literal(params.get(index)?)?).ok()?;
+    let why = match compile(&schema) {
+        Err(SchemaError::Unsupported(m)) => m,
+        Err(SchemaError::Invalid(_)) => return None,
+        Ok(_) if index == 1 => {
+            let f = names_format(&schema, UNSUPPORTED_FORMATS)?;
+            format!("the format {f:?} is not supported by portcullis")
+        }
+        Ok(_) => return None,
+    };
+    Some(format!(
+        "`{function}` with this schema: {why}; refused at load so that no request is decided differently from OPA"
+    ))
 }

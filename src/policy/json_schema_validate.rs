@@ -6,7 +6,7 @@ use regex::Regex;
 use regorus::Value;
 
 use super::json_schema_parse::{Additional, Compiled, Dependency, Items, Node, Schema};
-use super::json_schema_values::{go_json, Dec, SchemaError};
+use super::json_schema_values::{go_json, Dec, SchemaError, UNSUPPORTED_FORMATS};
 
 /// One error of `json.match_schema`'s list.
 pub(super) struct Issue {
@@ -590,9 +590,7 @@ impl<'a> Walker<'a> {
 }
 
 /// gojsonschema's format checkers: values other than strings and formats it does
-/// not know pass; the formats whose Go checks portcullis does not reproduce
-/// (dates and times, e-mail addresses, URIs, URI templates, regular expressions)
-/// are an error.
+/// not know pass; [`UNSUPPORTED_FORMATS`] are an error.
 fn is_format(format: &str, v: &Value) -> Result<bool, SchemaError> {
     static CHECKS: std::sync::OnceLock<Option<[Regex; 4]>> = std::sync::OnceLock::new();
     let Value::String(s) = v else {
@@ -619,10 +617,9 @@ fn is_format(format: &str, v: &Value) -> Result<bool, SchemaError> {
         "hostname" => hostname.is_match(s) && s.len() < 256,
         "json-pointer" => pointer.is_match(s),
         "relative-json-pointer" => relative.is_match(s),
-        "date" | "time" | "date-time" | "email" | "idn-email" | "uri" | "uri-reference" | "iri"
-        | "iri-reference" | "uri-template" | "regex" => {
+        f if UNSUPPORTED_FORMATS.contains(&f) => {
             return Err(SchemaError::Unsupported(format!(
-                "the format {format:?} is not supported by portcullis"
+                "the format {f:?} is not supported by portcullis"
             )))
         }
         _ => true,

@@ -8,6 +8,22 @@
 use regex::Regex;
 use regorus::Value;
 
+/// gojsonschema's formats whose Go checks portcullis does not reproduce (dates
+/// and times, e-mail addresses, URIs, URI templates, regular expressions).
+pub(super) const UNSUPPORTED_FORMATS: &[&str] = &[
+    "date",
+    "time",
+    "date-time",
+    "email",
+    "idn-email",
+    "uri",
+    "uri-reference",
+    "iri",
+    "iri-reference",
+    "uri-template",
+    "regex",
+];
+
 /// A schema that gojsonschema refuses (its message, which OPA reports), or one
 /// that portcullis cannot check exactly as OPA does.
 #[derive(Debug)]

@@ -1249,6 +1249,9 @@ impl RuleScan<'_> {
                 if dotted == "strings.render_template" {
                     self.template_check(fcn, params);
                 }
+                if let Some(why) = super::json_schema::literal_schema_refusal(&dotted, params) {
+                    self.refusals.push(Refusal::at(root_span(fcn), why));
+                }
                 None
             }
             Callee::Unknown => {
