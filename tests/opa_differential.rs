@@ -1350,6 +1350,9 @@ fn json_schema_agrees_with_opa() {
         let mut schema = gen_schema(&mut rng, 3, &mut invalid_left);
         if let Value::Object(o) = &mut schema {
             o.insert("definitions".into(), definitions.clone());
+            if rng.next() % 4 == 0 {
+                o.insert("$id".into(), json!("https://example.com/s.json"));
+            }
         }
         let doc = gen_document(&mut rng, 3);
         // Now and then as JSON text, as OPA also takes them.

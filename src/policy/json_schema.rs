@@ -7,7 +7,7 @@
 //!
 //! What portcullis does not reproduce is an evaluation error, never a different
 //! answer: the formats whose Go checks it lacks (dates, e-mail, URIs), `$ref`s to
-//! other documents, `$ref` together with `$id`/`id`, `$schema` draft-04, regular
+//! other documents, `$ref` with an `$id`/`id` below the root, `$schema` draft-04, regular
 //! expressions using `\D`, `\W` or `\S` inside a character class, and numbers
 //! too long for exact arithmetic.
 //!

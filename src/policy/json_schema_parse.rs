@@ -135,8 +135,21 @@ struct Parser<'a> {
     draft: Draft,
     pool: HashMap<String, usize>,
     refs: Vec<Schema>,
+    /// The root's `$id`/`id` without its fragment: `$ref`s may name the root by it.
+    root_id: Option<String>,
+    /// An `$id`/`id` below the root that changes the base of `$ref`s.
     saw_id: bool,
     saw_ref: bool,
+}
+
+/// The `$id` (or, without `$schema`, `id`) of a schema object.
+fn schema_id(m: &Object, draft: Draft) -> Parsed<Option<&str>> {
+    let key = if draft == Draft::Hybrid && get(m, "id").is_some() {
+        "id"
+    } else {
+        "$id"
+    };
+    get_string(m, key)
 }
 
 fn get<'v>(m: &'v Object, key: &str) -> Option<&'v Value> {
@@ -211,17 +224,23 @@ pub(super) fn compile(schema: &Value) -> Parsed<Compiled> {
         draft,
         pool: HashMap::new(),
         refs: Vec::new(),
+        root_id: None,
         saw_id: false,
         saw_ref: false,
     };
+    if let Value::Object(m) = schema {
+        p.root_id = schema_id(m, draft)?.map(|id| id.split('#').next().unwrap_or("").to_string());
+    }
     let root = p.parse(schema)?;
     if p.saw_id && p.saw_ref {
-        return unsupported("$ref in a schema with $id/id is not supported by portcullis");
+        return unsupported(
+            "$ref in a schema with $id/id below its root is not supported by portcullis",
+        );
     }
     Ok(Compiled { root, refs: p.refs })
 }
 
-impl Parser<'_> {
+impl<'a> Parser<'a> {
     fn parse(&mut self, doc: &Value) -> Parsed<Schema> {
         if let Value::Bool(b) = doc {
             return Ok(Schema::Bool(*b));
@@ -230,13 +249,10 @@ impl Parser<'_> {
             return invalid("Expected: Valid Schema, given: Invalid JSON");
         };
         let mut n = Node::new();
-        let id_key = if self.draft == Draft::Hybrid && get(m, "id").is_some() {
-            "id"
-        } else {
-            "$id"
-        };
-        if get_string(m, id_key)?.is_some() {
-            self.saw_id = true;
+        if let Some(id) = schema_id(m, self.draft)? {
+            if !std::ptr::eq(doc, self.root) && !id.starts_with('#') {
+                self.saw_id = true;
+            }
         }
         if let Some(defs) = get(m, "definitions") {
             let Value::Object(defs) = defs else {
@@ -269,7 +285,11 @@ impl Parser<'_> {
 
     /// The target of a local `$ref` (`#`, `#/definitions/x`, any JSON pointer).
     fn resolve(&mut self, r: &str) -> Parsed<usize> {
-        let Some(pointer) = r.strip_prefix('#') else {
+        let in_root = match &self.root_id {
+            Some(id) if !id.is_empty() => r.strip_prefix(id.as_str()),
+            _ => None,
+        };
+        let Some(pointer) = in_root.unwrap_or(r).strip_prefix('#') else {
             return unsupported(format!(
                 "$ref {r:?} to another document is not supported by portcullis"
             ));
@@ -277,7 +297,7 @@ impl Parser<'_> {
         let index = self.refs.len();
         self.refs.push(Schema::Bool(true));
         self.pool.insert(r.to_string(), index);
-        let mut target = self.root;
+        let mut target: &'a Value = self.root;
         if !pointer.is_empty() {
             let Some(tokens) = pointer.strip_prefix('/') else {
                 return unsupported(format!("$ref {r:?} is not supported by portcullis"));
@@ -311,8 +331,7 @@ impl Parser<'_> {
         if !is_schema(target) {
             return invalid("Valid Schema must be of type object");
         }
-        let target = target.clone();
-        let schema = self.parse(&target)?;
+        let schema = self.parse(target)?;
         self.refs[index] = schema;
         Ok(index)
     }
