@@ -1068,6 +1068,7 @@ fn gen_schema(rng: &mut Rng, depth: u32, invalid_left: &mut bool) -> Value {
                         "hostname",
                         "json-pointer",
                         "relative-json-pointer",
+                        "date",
                         "color"
                     ])),
                 );
@@ -1296,6 +1297,11 @@ fn gen_document(rng: &mut Rng, depth: u32) -> Value {
         json!("/a~2"),
         json!("0/a"),
         json!("1#"),
+        json!("2024-02-29"),
+        json!("2023-02-29"),
+        json!("2024-13-01"),
+        json!("2024-1-01"),
+        json!("2000-12-31"),
         json!("a"),
         json!("ab"),
         json!("xyz"),

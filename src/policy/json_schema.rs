@@ -6,7 +6,7 @@
 //! checks and messages; [`super::json_schema_validate`] walks a document with it.
 //!
 //! What portcullis does not reproduce is an evaluation error, never a different
-//! answer: the formats whose Go checks it lacks (dates, e-mail, URIs), `$ref`s to
+//! answer: the formats whose Go checks it lacks (times, e-mail, URIs), `$ref`s to
 //! other documents, `$ref` with an `$id`/`id` below the root, `$schema` draft-04, regular
 //! expressions using `\D`, `\W` or `\S` inside a character class, and numbers
 //! too long for exact arithmetic.

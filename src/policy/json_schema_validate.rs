@@ -617,6 +617,7 @@ fn is_format(format: &str, v: &Value) -> Result<bool, SchemaError> {
         "hostname" => hostname.is_match(s) && s.len() < 256,
         "json-pointer" => pointer.is_match(s),
         "relative-json-pointer" => relative.is_match(s),
+        "date" => is_go_date(s),
         f if UNSUPPORTED_FORMATS.contains(&f) => {
             return Err(SchemaError::Unsupported(format!(
                 "the format {f:?} is not supported by portcullis"
@@ -624,4 +625,31 @@ fn is_format(format: &str, v: &Value) -> Result<bool, SchemaError> {
         }
         _ => true,
     })
+}
+
+/// Whether Go's `time.Parse("2006-01-02", s)` accepts `s`: four-digit year,
+/// two-digit month and day, a day that exists in that month.
+fn is_go_date(s: &str) -> bool {
+    let b = s.as_bytes();
+    let digits = |r: std::ops::Range<usize>| b[r].iter().all(u8::is_ascii_digit);
+    if b.len() != 10
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || !digits(0..4)
+        || !digits(5..7)
+        || !digits(8..10)
+    {
+        return false;
+    }
+    let num = |r: std::ops::Range<usize>| s[r].parse::<u32>().unwrap_or(0);
+    let (year, month, day) = (num(0..4), num(5..7), num(8..10));
+    let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
+    let days = match month {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if leap => 29,
+        2 => 28,
+        _ => return false,
+    };
+    (1..=days).contains(&day)
 }

@@ -8,10 +8,8 @@
 use regex::Regex;
 use regorus::Value;
 
-/// gojsonschema's formats whose Go checks portcullis does not reproduce (dates
-/// and times, e-mail addresses, URIs, URI templates, regular expressions).
+/// gojsonschema's formats whose Go checks portcullis does not reproduce (times, e-mail addresses, URIs, URI templates, regular expressions).
 pub(super) const UNSUPPORTED_FORMATS: &[&str] = &[
-    "date",
     "time",
     "date-time",
     "email",
