@@ -25,6 +25,7 @@ pub mod store;
 pub mod test_runner;
 pub mod watch;
 pub mod workload_labels;
+pub mod x509_builtins;
 
 pub use access::{HeaderNeeds, InputAccess, InputNeeds};
 pub use decision::{decision_from_value, Decision, DecisionError};
