@@ -2,7 +2,9 @@
 //! digests and HMACs, the `net.cidr_*` set operations that HTTP-authorization
 //! policies use, and `strings.render_template` for templates that only insert
 //! values (`{{.a.b}}`, with `{{-`/`-}}` trimming), and `regex.globs_match`
-//! (see [`super::globs_match`]). Each follows OPA's documented signature and result format; an
+//! (see [`super::globs_match`]), and `json.match_schema`/`json.verify_schema`
+//! (see [`super::json_schema`]), and `crypto.x509.parse_rsa_private_key` (see
+//! [`super::x509_builtins`]). Each follows OPA's documented signature and result format; an
 //! argument of the wrong type or an invalid address is an error, which the engine
 //! turns into an undefined call unless builtin errors are strict (as OPA does).
 
@@ -33,13 +35,16 @@ pub const FUNCTIONS: &[(&str, usize)] = &[
     ("array.flatten", 1),
     ("strings.split_n", 3),
     ("regex.globs_match", 2),
+    ("json.match_schema", 2),
+    ("json.verify_schema", 1),
+    ("crypto.x509.parse_rsa_private_key", 1),
 ];
 
 type Builtin = fn(&[Value]) -> anyhow::Result<Value>;
 
 /// Registers every function of [`FUNCTIONS`].
 pub fn register(r: &mut Registrar<'_>) -> anyhow::Result<()> {
-    let table: [(&str, Builtin); 15] = [
+    let table: [(&str, Builtin); 18] = [
         ("crypto.md5", |a| digest_hex(a, "crypto.md5", Hash::Md5)),
         ("crypto.sha1", |a| digest_hex(a, "crypto.sha1", Hash::Sha1)),
         ("crypto.sha256", |a| {
@@ -65,6 +70,12 @@ pub fn register(r: &mut Registrar<'_>) -> anyhow::Result<()> {
         ("array.flatten", array_flatten),
         ("strings.split_n", split_n),
         ("regex.globs_match", globs_match),
+        ("json.match_schema", super::json_schema::match_schema),
+        ("json.verify_schema", super::json_schema::verify_schema),
+        (
+            "crypto.x509.parse_rsa_private_key",
+            super::x509_builtins::parse_rsa_private_key,
+        ),
     ];
     for ((name, f), (listed, nargs)) in table.into_iter().zip(FUNCTIONS) {
         debug_assert_eq!(name, *listed);

@@ -18,6 +18,10 @@ pub mod explain;
 pub mod extra_builtins;
 pub mod globs_match;
 pub mod input;
+pub mod json_schema;
+mod json_schema_parse;
+mod json_schema_validate;
+mod json_schema_values;
 pub mod jwt_sign;
 pub mod metadata;
 pub mod parity;
@@ -29,6 +33,7 @@ pub mod sources;
 pub mod store;
 pub mod test_runner;
 pub mod workload_labels;
+pub mod x509_builtins;
 
 pub use access::{HeaderNeeds, InputAccess, InputNeeds};
 pub use decision::{decision_from_value, Decision, DecisionError};

@@ -521,6 +521,9 @@ pub fn run_tests(sources: &Bundle, options: &TestOptions) -> Result<TestReport, 
         engine = engine_for(rewritten, options.extensions.as_ref())?;
     }
     engine.set_gather_prints(true);
+    // As `opa test`, whose runner does not raise builtin errors: a failing call
+    // is undefined and the test goes on.
+    engine.set_strict_builtin_errors(false);
     engine.set_execution_timer_config(ExecutionTimerConfig {
         limit: options.timeout.unwrap_or(Duration::from_secs(5)),
         check_interval: std::num::NonZeroU32::MIN.saturating_add(63),
@@ -642,10 +645,12 @@ mod tests {
                 "package p_test\nimport rego.v1\nimport data.p\n\
                  test_pass if p.allow with input as {\"x\": 1}\n\
                  test_fail if p.allow with input as {\"x\": 2}\n\
-                 test_error if 1 / 0\n\
+                 test_error if v == 1\n\
                  todo_test_later if false\n\
                  todo_list := [1]\n\
-                 helper(x) := x\n",
+                 helper(x) := x\n\
+                 v = 1 if true\n\
+                 v = 2 if true\n",
             ),
         ]);
         let report = run_tests(&b, &TestOptions::default()).unwrap();
@@ -665,7 +670,13 @@ mod tests {
         );
         assert!(!report.passed());
         let err = report.results[2].error.as_ref().unwrap();
-        assert!(err.message.starts_with("p_test.rego:6:"), "{}", err.message);
+        // A conflict is an error (a builtin error would only make the call
+        // undefined, as in `opa test`).
+        assert!(
+            err.message.starts_with("p_test.rego:11:1: rule conflicts"),
+            "{}",
+            err.message
+        );
         let text = report.to_text(false);
         assert!(
             text.contains("PASS: 1/4\nFAIL: 1/4\nSKIPPED: 1/4\nERROR: 1/4\n"),

@@ -12,7 +12,6 @@ pub const OPA_BUILTINS_REFUSED: &[(&str, &str)] = &[
     ),
     ("crypto.x509.parse_certificate_request", "not implemented"),
     ("crypto.x509.parse_keypair", "not implemented"),
-    ("crypto.x509.parse_rsa_private_key", "not implemented"),
     ("crypto.parse_private_keys", "not implemented"),
     ("graphql.is_valid", "no GraphQL parser"),
     ("graphql.parse", "no GraphQL parser"),
@@ -53,14 +52,6 @@ pub const OPA_BUILTINS_REFUSED: &[(&str, &str)] = &[
     (
         "crypto.x509.parse_and_verify_certificates",
         "its result is Go's x509.Certificate as JSON: raw DER fields, Go's enum numbers, pkix.Name and key internals, which portcullis does not reproduce",
-    ),
-    (
-        "json.match_schema",
-        "OPA reports schema errors as gojsonschema's error objects and texts, which regorus' `jsonschema` feature does not reproduce",
-    ),
-    (
-        "json.verify_schema",
-        "OPA reports schema errors as gojsonschema's error objects and texts, which regorus' `jsonschema` feature does not reproduce",
     ),
     (
         "rego.metadata.chain",

@@ -504,6 +504,11 @@ impl RuleScan<'_> {
                 if dotted == "strings.render_template" {
                     self.template_check(fcn, params);
                 }
+                if let Some(why) =
+                    crate::policy::json_schema::literal_schema_refusal(&dotted, params)
+                {
+                    self.refusals.push(Refusal::at(root_span(fcn), why));
+                }
                 None
             }
             Callee::Unknown => {
