@@ -101,9 +101,8 @@ impl Inbound {
                 return;
             };
             let acceptor = TlsAcceptor::from(loaded.tls.server.clone());
-            let tls = match tokio::time::timeout(self.http.header_timeout, acceptor.accept(stream))
-                .await
-            {
+            let handshake = super::handshake::accept(acceptor, stream);
+            let tls = match tokio::time::timeout(self.http.header_timeout, handshake).await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
                     // Counted once: SVID rejections by the verifier, the rest here.
