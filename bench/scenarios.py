@@ -178,7 +178,9 @@ def conns(h, ctx, app_port, counts):
                 cpu=h.LOAD_CPU, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             )
             line = holder.stdout.readline().decode().split()
-            time.sleep(1.0)
+            # Idle for 2 s: long enough for idle connections to settle (portcullis rests
+            # HTTP/1 connections after 0.5 s and trims the heap within a second).
+            time.sleep(2.0)
             after = {k: h.status_kb(b.pid, k) for k in ("VmRSS", "RssAnon", "VmHWM")}
             held = int(line[1]) if len(line) > 1 else 0
             rows.append({"target": kind, "n": n, "held": held, "rss_before_kb": before["VmRSS"],

@@ -12,6 +12,10 @@
 //! in front. An idle HTTP/1.1 connection and a fresh one are the same to hyper: no
 //! request, nothing buffered.
 //!
+//! Freed heap memory does not leave the process by itself: glibc keeps it for
+//! reuse. After connections rest, [`trim_soon`] has the allocator hand whole free
+//! pages back to the kernel (`malloc_trim`), at most once a second.
+//!
 //! Never rested: HTTP/2 (its own framing state), a connection that carries a
 //! tunnel (101 or CONNECT), one with a request in flight, one whose next head has
 //! started to arrive.
@@ -170,6 +174,7 @@ impl<I: AsyncRead + Unpin> AsyncRead for Lease<I> {
         // End-of-stream at a request boundary: hyper closes this connection cleanly.
         this.resting = true;
         this.timer = None;
+        trim_soon();
         Poll::Ready(Ok(()))
     }
 }
@@ -217,6 +222,36 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Lease<I> {
             Some(io) => Pin::new(io).poll_shutdown(cx),
             None => Poll::Ready(Ok(())),
         }
+    }
+}
+
+/// Asks for the allocator's free pages to be returned to the kernel within a second.
+pub fn trim_soon() {
+    static TRIMMER: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    TRIM_WANTED.store(true, Ordering::Release);
+    TRIMMER.get_or_init(|| {
+        let spawned = std::thread::Builder::new()
+            .name("portcullis-trim".to_owned())
+            .stack_size(64 * 1024)
+            .spawn(|| loop {
+                std::thread::sleep(Duration::from_secs(1));
+                if TRIM_WANTED.swap(false, Ordering::AcqRel) {
+                    trim();
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::debug!(error = %e, "no trim thread; freed memory stays with the allocator");
+        }
+    });
+}
+
+static TRIM_WANTED: AtomicBool = AtomicBool::new(false);
+
+fn trim() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
