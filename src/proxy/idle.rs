@@ -70,9 +70,8 @@ pub struct Lease<I> {
     /// Requests begun when bytes last arrived: while no request has begun since,
     /// those bytes start a head that is still arriving, and it is never cut.
     heads_at_read: Option<u64>,
-    /// Fires when the rest delay of the current idle period (known by the number
-    /// of heads when it was armed) has passed.
-    timer: Option<(Pin<Box<Sleep>>, u64)>,
+    /// When to look again whether the connection may rest.
+    timer: Option<Pin<Box<Sleep>>>,
     resting: bool,
 }
 
@@ -99,18 +98,23 @@ impl<I> Lease<I> {
         (lease, slot)
     }
 
-    /// How much longer until the connection may rest, or `None` if it may not.
+    /// How long until the connection may rest (zero: now), or `None` if it never may.
+    /// While a request is in flight or a head is arriving, the answer is to look again
+    /// after [`REST_AFTER`]: nothing else wakes a read that is pending when the
+    /// response finishes.
     fn until_rest(&self) -> Option<Duration> {
         if !self.restable.http1.load(Ordering::Acquire) || self.activity.upgraded() {
             return None;
         }
-        let idle = self.activity.idle_for()?;
+        let Some(idle) = self.activity.idle_for() else {
+            return Some(REST_AFTER);
+        };
         // Bytes arrived and no request has begun since: a head is on its way.
         if self
             .heads_at_read
             .is_some_and(|h| h >= self.activity.heads())
         {
-            return None;
+            return Some(REST_AFTER);
         }
         Some(REST_AFTER.saturating_sub(idle))
     }
@@ -157,19 +161,16 @@ impl<I: AsyncRead + Unpin> AsyncRead for Lease<I> {
             return Poll::Pending;
         };
         if !left.is_zero() {
-            let heads = this.activity.heads();
             let deadline = tokio::time::Instant::now() + left;
-            let (timer, armed_at) = this
+            let timer = this
                 .timer
-                .get_or_insert_with(|| (Box::pin(tokio::time::sleep_until(deadline)), heads));
-            if *armed_at != heads {
-                // A request came and went since: a new idle period.
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+            if timer.is_elapsed() || timer.deadline() > deadline {
                 timer.as_mut().reset(deadline);
-                *armed_at = heads;
             }
-            if timer.as_mut().poll(cx).is_pending() {
-                return Poll::Pending;
-            }
+            // Woken by the timer, the caller polls again and this is decided anew.
+            let _ = timer.as_mut().poll(cx);
+            return Poll::Pending;
         }
         // End-of-stream at a request boundary: hyper closes this connection cleanly.
         this.resting = true;
@@ -318,6 +319,27 @@ mod tests {
             got.extend_from_slice(&chunk[..n]);
         }
         assert_eq!(&got, b"GET");
+    }
+
+    #[tokio::test]
+    async fn a_connection_rests_when_its_request_finishes_after_the_read_went_pending() {
+        let (server, _client) = duplex(64);
+        let activity = Activity::new();
+        let restable = Restable::new();
+        restable.saw(http::Version::HTTP_11);
+        // The response is still being sent when the parser asks for the next head.
+        let in_flight = activity.begin();
+        let (mut l, slot) = lease(server, &activity, &restable);
+        let finish = tokio::spawn(async move {
+            tokio::time::sleep(REST_AFTER / 5).await;
+            drop(in_flight);
+        });
+        let mut buf = [0u8; 8];
+        let read = tokio::time::timeout(REST_AFTER * 10, l.read(&mut buf)).await;
+        assert_eq!(read.expect("the connection never rested").unwrap(), 0);
+        finish.await.unwrap();
+        drop(l);
+        assert!(take(&slot).is_some());
     }
 
     #[tokio::test]
