@@ -31,6 +31,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 import envoy_config  # noqa: E402
+import scenarios  # noqa: E402
 
 TD = "cluster.local"
 ID_A = f"spiffe://{TD}/ns/default/sa/frontend"
@@ -43,6 +44,8 @@ TARGETS = ["direct", "portcullis", "envoy"]
 PROXIES = ["portcullis", "envoy"]
 LOAD_CPU = "0"
 PROXY_CPU = "1"
+# False while the unpinned scenario runs: nothing gets `taskset`.
+PIN = True
 
 PROCS = []
 
@@ -74,7 +77,7 @@ def free_port():
 
 
 def spawn(cmd, *, cpu, env=None, log_path=None, stdin=None, stdout=None):
-    full = ["taskset", "-c", cpu] + [str(c) for c in cmd]
+    full = (["taskset", "-c", cpu] if PIN and cpu else []) + [str(c) for c in cmd]
     e = dict(os.environ)
     e.update(env or {})
     out = open(log_path, "ab") if log_path else subprocess.DEVNULL
@@ -304,8 +307,10 @@ def start_pair(ctx, kind, app_port):
 # --- load ----------------------------------------------------------------------------
 
 
-def oha(ctx, url, *, duration, conns, rate=None, tls=False, keepalive=True, token=None):
-    cmd = [ctx.oha, "--no-tui", "--output-format", "json", "-z", f"{duration}s", "-c", str(conns)]
+def oha(ctx, url, *, duration, conns, rate=None, tls=False, keepalive=True, token=None, requests=None):
+    """oha for `duration` seconds, or for `requests` requests when duration is None."""
+    cmd = [ctx.oha, "--no-tui", "--output-format", "json", "-c", str(conns)]
+    cmd += ["-z", f"{duration}s"] if duration else ["-n", str(requests)]
     if rate:
         cmd += ["-q", str(rate), "--latency-correction"]
     if tls:
@@ -314,8 +319,8 @@ def oha(ctx, url, *, duration, conns, rate=None, tls=False, keepalive=True, toke
         cmd += ["--disable-keepalive"]
     cmd += ["-H", f"authorization: Bearer {token or ctx.jwt['token']}"]
     cmd.append(url)
-    full = ["taskset", "-c", LOAD_CPU] + [str(c) for c in cmd]
-    r = subprocess.run(full, capture_output=True, timeout=duration + 60)
+    full = (["taskset", "-c", LOAD_CPU] if PIN else []) + [str(c) for c in cmd]
+    r = subprocess.run(full, capture_output=True, timeout=(duration or 30) + 60)
     if r.returncode != 0:
         raise RuntimeError(f"oha failed: {r.stderr.decode()[-2000:]}")
     j = json.loads(r.stdout)
@@ -326,7 +331,7 @@ def oha(ctx, url, *, duration, conns, rate=None, tls=False, keepalive=True, toke
         "ok": ok,
         "codes": codes,
         "errors": j.get("errorDistribution") or {},
-        "rps": ok / duration,
+        "rps": ok / (duration or j.get("summary", {}).get("total") or 1),
         "p50_ms": (lp.get("p50") or 0) * 1e3,
         "p99_ms": (lp.get("p99") or 0) * 1e3,
         "p999_ms": (lp.get("p99.9") or 0) * 1e3,
@@ -412,6 +417,7 @@ def rotate(xs, r):
 
 
 def run(args):
+    this = sys.modules[__name__]
     ctx = Ctx()
     ctx.bin, ctx.envoy, ctx.oha, ctx.jwt_mode = args.portcullis, args.envoy, args.oha, args.jwt
     ctx.work = Path(args.work)
@@ -426,7 +432,7 @@ def run(args):
     q = args.quick
     dur = {"lat100": 6 if q else 15, "lat1000": 5 if q else 12, "inb": 5 if q else 10, "max": 4 if q else 8, "hs": 4 if q else 6}
     rounds = 1 if q else 3
-    conn_counts = [16, 256, 1024] if q else [16, 256, 4096]
+    conn_counts = [1000, 10000] if q else [256, 1000, 10000]
     results = {"meta": {"quick": q, "rounds": rounds, "durations_s": dur, "started": time.strftime("%Y-%m-%d %H:%M:%S")}}
 
     # App on CPU 0 beside the load generator.
@@ -520,45 +526,29 @@ def run(args):
     s = metric_sum(mtext, "portcullis_policy_evaluation_duration_seconds_sum", [("direction", "inbound")])
     results["decision_in_proxy"] = {"count": n, "mean_us": (s / n * 1e6) if n else None}
     results["runs"] = runs
+
+    # The issue #17 scenarios (bench/scenarios.py): the storm on the running pairs,
+    # then fresh processes for cold start, the unpinned mesh and idle connections.
+    results["storm"] = scenarios.storm(this, ctx, side, app_port, 6 if q else 10)
     for kind in PROXIES:
         for s_ in side[kind]:
             stop(s_.proc)
-
-    # Cost per connection: a fresh inbound sidecar per count, N idle mTLS keep-alive connections.
-    conns = []
-    for n in conn_counts:
-        for kind in PROXIES:
-            b = (start_portcullis if kind == "portcullis" else start_envoy)(ctx, "b", app_port=app_port)
-            time.sleep(0.5)
-            rss0 = status_kb(b.pid, "VmRSS")
-            holder = spawn(
-                [sys.executable, HERE / "hold_conns.py", "--port", b.listen, "--pki", ctx.pki / "a", "--n", n,
-                 "--header", f"authorization: Bearer {ctx.jwt['token']}"],
-                cpu=LOAD_CPU,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-            )
-            line = holder.stdout.readline().decode().split()
-            time.sleep(1.0)
-            rss1 = status_kb(b.pid, "VmRSS")
-            okc = int(line[1]) if len(line) > 1 else 0
-            conns.append({"target": kind, "n": n, "held": okc, "rss_before_kb": rss0, "rss_after_kb": rss1,
-                          "per_conn_kb": (rss1 - rss0) / okc if okc else None})
-            log(f"conns {kind:>10} n={n}: held={okc} rss {rss0} -> {rss1} kB")
-            holder.stdin.close()
-            stop(holder)
-            stop(b.proc)
-    results["connections"] = conns
+    results["cold"] = scenarios.cold(this, ctx, app_port, 2 if q else 3)
+    results["unpinned"] = scenarios.unpinned(this, ctx, dur["lat1000"])
+    results["connections"] = scenarios.conns(this, ctx, app_port, conn_counts)
     results["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
     return results
 
 
+def common_args(ap):
+    """The binaries and the work directory (shared with bench/scenarios.py)."""
+    for name in ("--portcullis", "--envoy", "--oha", "--work"):
+        ap.add_argument(name, required=True)
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--portcullis", required=True)
-    ap.add_argument("--envoy", required=True)
-    ap.add_argument("--oha", required=True)
-    ap.add_argument("--work", required=True)
+    common_args(ap)
     ap.add_argument("--out", required=True)
     ap.add_argument("--jwt", choices=["auto", "on", "off"], default="auto")
     ap.add_argument("--quick", action="store_true")

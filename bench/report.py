@@ -14,6 +14,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import scenarios  # noqa: E402  (bench/scenarios.py, beside this file)
 
 PROXIES = ["portcullis", "envoy"]
 
@@ -217,6 +218,7 @@ def markdown(raw, rows, checks, notes):
         L += ["criterion `benches/policy_scale.rs` (build input + evaluate, mean):", "", "| policy | µs |", "|---|---:|"]
         for k, v in notes["policy_scale_us"].items():
             L.append(f"| {k} | {fmt(v)} |")
+    L += scenarios.markdown(raw)
     L += ["", "Plots: latency.png, cpu.png, throughput.png, memory.png, connections.png, policy_scale.png.", ""]
     return "\n".join(L)
 

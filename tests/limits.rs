@@ -306,6 +306,69 @@ async fn later_keepalive_heads_have_a_deadline_too() {
     assert!(started.elapsed() >= Duration::from_millis(600));
 }
 
+/// One whole HTTP/1.1 response with a `content-length` body, as text.
+async fn read_response<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> String {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&got).into_owned();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let len = text[..end]
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse::<usize>().unwrap())
+                })
+                .unwrap_or(0);
+            if got.len() >= end + 4 + len {
+                return text;
+            }
+        }
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed before a whole response: {text}");
+        got.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// An HTTP/1.1 connection idle past the rest delay (`proxy::idle`) has no parser
+/// until its next byte: requests after the rest are served on the same connection,
+/// and a head that then dribbles still meets the head deadline.
+#[tokio::test]
+async fn rested_keepalive_connections_serve_and_keep_the_head_deadline() {
+    let pki = Pki::new();
+    pki.issue("frontend", FRONTEND);
+    let dir = policy_dir(&pki, &[("authz.rego", ALLOW_ALL)]);
+    let app = echo_app().await;
+    let mut cfg = config(&pki, &dir, app);
+    cfg.limits.header_timeout = Duration::from_millis(700);
+    let sidecar = start(cfg).await;
+    let rest = portcullis::proxy::idle::REST_AFTER * 2;
+
+    let mut s = tls(&pki, sidecar.inbound_addr, &[b"http/1.1"]).await;
+    for path in ["/zero", "/one", "/two", "/three"] {
+        // Each request after the first one after the connection has rested (the first
+        // head is due from the connection's start); one arrives in two pieces.
+        if path != "/zero" {
+            tokio::time::sleep(rest).await;
+        }
+        let head = format!("POST {path} HTTP/1.1\r\nhost: backend\r\ncontent-length: 2\r\n\r\nok");
+        let (first, second) = head.as_bytes().split_at(if path == "/two" { 1 } else { 0 });
+        s.write_all(first).await.unwrap();
+        s.write_all(second).await.unwrap();
+        let text = read_response(&mut s).await;
+        assert!(text.starts_with("HTTP/1.1 200"), "{path}: {text}");
+    }
+
+    // A head that starts after a rest and stops: 408 at the deadline, then closed.
+    tokio::time::sleep(rest).await;
+    s.write_all(b"GET /b HTTP/1.1\r\nhost: ba").await.unwrap();
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got)).await;
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+}
+
 #[tokio::test]
 async fn http2_concurrent_streams_are_bounded() {
     let pki = Pki::new();

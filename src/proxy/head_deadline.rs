@@ -91,11 +91,12 @@ impl Activity {
         self.upgraded.store(true, Ordering::Release);
     }
 
-    fn upgraded(&self) -> bool {
+    pub fn upgraded(&self) -> bool {
         self.upgraded.load(Ordering::Acquire)
     }
 
-    fn heads(&self) -> u64 {
+    /// Request heads parsed on this connection so far.
+    pub fn heads(&self) -> u64 {
         self.heads.load(Ordering::Acquire)
     }
 

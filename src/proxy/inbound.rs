@@ -173,20 +173,20 @@ impl Inbound {
             return None;
         };
         let acceptor = TlsAcceptor::from(loaded.tls.server.clone());
-        let tls =
-            match tokio::time::timeout(self.http.header_timeout, acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
-                    // Counted once: SVID rejections by the verifier, the rest here.
-                    crate::identity::record_handshake_io_failure(DIRECTION.as_str(), &e);
-                    tracing::debug!(%peer, error = %e, "inbound TLS handshake failed");
-                    return None;
-                }
-                Err(_) => {
-                    record_tls_failure("timeout");
-                    return None;
-                }
-            };
+        let handshake = super::handshake::accept(acceptor, stream);
+        let tls = match tokio::time::timeout(self.http.header_timeout, handshake).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                // Counted once: SVID rejections by the verifier, the rest here.
+                crate::identity::record_handshake_io_failure(DIRECTION.as_str(), &e);
+                tracing::debug!(%peer, error = %e, "inbound TLS handshake failed");
+                return None;
+            }
+            Err(_) => {
+                record_tls_failure("timeout");
+                return None;
+            }
+        };
         let m = metrics::global();
         m.tls_handshakes
             .with_label_values(&[DIRECTION.as_str()])

@@ -11,12 +11,13 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 pub use super::drain::{ConnLimit, Drain, DrainTrigger};
 use super::head_deadline::{Activity, HeadDeadline, Tracked};
+use super::idle;
 use super::reply::{ProxyBody, Refusal};
 use crate::config::LimitsConfig;
 use crate::direction::Direction;
@@ -167,15 +168,18 @@ impl HttpServer {
     pub async fn serve<I, F, Fut>(&self, io: I, handler: F)
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-        F: Fn(Request<Incoming>) -> Fut + Send + 'static,
+        F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
         Fut:
             Future<Output = Result<Response<ProxyBody>, std::convert::Infallible>> + Send + 'static,
     {
         let activity = Activity::new();
-        let io = HeadDeadline::new(io, self.header_timeout, activity.clone(), self.direction);
+        let mut io = HeadDeadline::new(io, self.header_timeout, activity.clone(), self.direction);
         let tracker = activity.clone();
         let direction = self.direction;
-        let handler = move |req: Request<Incoming>| {
+        let restable = idle::Restable::new();
+        let saw = restable.clone();
+        let handler = Arc::new(move |req: Request<Incoming>| {
+            saw.saw(req.version());
             let in_flight = tracker.begin();
             let connect = req.method() == http::Method::CONNECT;
             // gRPC callers get the sidecar's own refusals as gRPC statuses.
@@ -213,12 +217,61 @@ impl HttpServer {
                 }
                 Ok::<_, std::convert::Infallible>(resp.map(|b| Tracked::new(b, in_flight)))
             }
-        };
+        });
+        // One hyper connection per round; an idle HTTP/1 connection rests between
+        // rounds with no parser or buffers (see `idle`).
+        let mut prefix = None;
+        let mut drain = self.drain.clone();
+        loop {
+            let (lease, slot) = idle::Lease::new(io, prefix, activity.clone(), restable.clone());
+            // Boxed: the hyper connection's state is freed while the connection rests
+            // (inline, it would size the connection's task for its whole life).
+            Box::pin(self.serve_round(lease, handler.clone(), &activity, &mut drain)).await;
+            io = match idle::take(&slot) {
+                Some(io) => io,
+                None => return,
+            };
+            prefix = tokio::select! {
+                b = idle::next_byte(&mut io) => b,
+                _ = drain.signaled() => None,
+                _ = activity.idle(self.idle_timeout) => {
+                    self.count_idle_close();
+                    None
+                }
+            };
+            if prefix.is_none() {
+                let _ = tokio::time::timeout(Duration::from_secs(1), io.shutdown()).await;
+                return;
+            }
+        }
+    }
+
+    fn count_idle_close(&self) {
+        metrics::global()
+            .connections_closed
+            .with_label_values(&[self.direction.as_str(), "idle_timeout"])
+            .inc();
+    }
+
+    /// Serves one hyper connection on `io` until it ends, drains or idles out.
+    async fn serve_round<I, H, Fut>(
+        &self,
+        io: I,
+        handler: Arc<H>,
+        activity: &Activity,
+        drain: &mut Drain,
+    ) where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        H: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Response<Tracked<ProxyBody>>, std::convert::Infallible>>
+            + Send
+            + 'static,
+    {
+        let service = service_fn(move |req| handler(req));
         let conn = self
             .builder
-            .serve_connection_with_upgrades(TokioIo::new(io), service_fn(handler));
+            .serve_connection_with_upgrades(TokioIo::new(io), service);
         tokio::pin!(conn);
-        let mut drain = self.drain.clone();
         let result = tokio::select! {
             r = conn.as_mut() => r,
             _ = drain.signaled() => {
@@ -226,10 +279,7 @@ impl HttpServer {
                 conn.await
             }
             _ = activity.idle(self.idle_timeout) => {
-                metrics::global()
-                    .connections_closed
-                    .with_label_values(&[self.direction.as_str(), "idle_timeout"])
-                    .inc();
+                self.count_idle_close();
                 conn.as_mut().graceful_shutdown();
                 conn.await
             }
