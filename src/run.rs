@@ -508,14 +508,16 @@ async fn stop_when_asked(
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let setter = init_logging(cfg.log.format, &cfg.log.level);
-    let running = start(cfg, setter).await?;
-    // Installed here rather than in the task: a signal sent as soon as the admin
-    // port answers is handled, not lost to a task that has not run yet.
-    match (
+    // Installed before anything listens: a signal sent as soon as the admin port
+    // answers is held for the handler task, never met by the default action
+    // (SIGHUP's is to terminate the process).
+    let signals = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
         signal(SignalKind::hangup()),
-    ) {
+    );
+    let running = start(cfg, setter).await?;
+    match signals {
         (Ok(term), Ok(int), Ok(hup)) => running.tasks.spawn(
             "signals",
             handle_signals(
