@@ -34,6 +34,8 @@ pub mod store;
 pub mod test_runner;
 pub mod workload_labels;
 pub mod x509_builtins;
+pub mod x509_certificates;
+mod x509_extensions;
 
 pub use access::{HeaderNeeds, InputAccess, InputNeeds};
 pub use decision::{decision_from_value, Decision, DecisionError};

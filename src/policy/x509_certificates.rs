@@ -1,0 +1,379 @@
+//! `crypto.x509.parse_certificates` as OPA computes it: each certificate as Go's
+//! `x509.Certificate` marshalled by `encoding/json` (raw DER fields as base64,
+//! Go's enumeration numbers, `pkix.Name`, the public key's fields, `null` where
+//! Go holds a nil slice). The input is PEM text (CERTIFICATE blocks), base64 of
+//! such a text, or base64 of concatenated DER certificates, as OPA reads it.
+//!
+//! Only what portcullis reproduces exactly is answered; anything else is an
+//! evaluation error rather than a different answer: extensions Go decodes into
+//! fields other than key usage, extended key usage, basic constraints, subject
+//! alternative names (DNS, email, IP, simple `scheme://host/path` URIs) and key
+//! identifiers (name constraints, policies, CRL distribution points, authority
+//! information access, ...), public keys other than RSA, ECDSA P-256/P-384/P-521
+//! and Ed25519, name values other than UTF8/Printable/IA5/Numeric strings, and
+//! PEM text with anything but CERTIFICATE blocks and blank lines.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use anyhow::{anyhow, bail};
+use base64::Engine as _;
+use regorus::Value;
+use x509_parser::prelude::{FromDer, X509Certificate, X509Name};
+use x509_parser::x509::{AlgorithmIdentifier, SubjectPublicKeyInfo};
+
+use super::x509_builtins::go_base64;
+
+const F: &str = "crypto.x509.parse_certificates";
+
+/// `crypto.x509.parse_certificates(certs)`.
+pub fn parse_certificates(args: &[Value]) -> anyhow::Result<Value> {
+    let Some(Value::String(input)) = args.first() else {
+        bail!("{F}: operand 1 must be string");
+    };
+    let der = input_der(input)?;
+    let mut rest = der.as_slice();
+    let mut out = Vec::new();
+    while !rest.is_empty() {
+        let (next, cert) =
+            X509Certificate::from_der(rest).map_err(|_| anyhow!("{F}: x509: malformed certificate"))?;
+        out.push(certificate(&cert)?);
+        rest = next;
+    }
+    Ok(Value::from(out))
+}
+
+/// The concatenated DER of the certificates in `input`.
+fn input_der(input: &str) -> anyhow::Result<Vec<u8>> {
+    if input.starts_with("-----BEGIN") {
+        return pem_der(input);
+    }
+    let compact: String = input.chars().filter(|c| *c != '\r' && *c != '\n').collect();
+    let decoded = go_base64()
+        .decode(compact)
+        .map_err(|e| anyhow!("{F}: {e}"))?;
+    if decoded.starts_with(b"-----BEGIN") {
+        let text = String::from_utf8(decoded).map_err(|_| anyhow!("{F}: not PEM text"))?;
+        return pem_der(&text);
+    }
+    Ok(decoded)
+}
+
+/// The DER of the CERTIFICATE blocks of `text`, which must hold nothing else
+/// but blank lines (Go's reader skips other text, which is not reproduced).
+fn pem_der(text: &str) -> anyhow::Result<Vec<u8>> {
+    let mut der = Vec::new();
+    let mut lines = text.lines().map(|l| l.strip_suffix('\r').unwrap_or(l));
+    while let Some(line) = lines.next() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        if line != "-----BEGIN CERTIFICATE-----" {
+            bail!("{F}: only CERTIFICATE blocks are supported, found {line:.40}");
+        }
+        let mut body = String::new();
+        loop {
+            match lines.next() {
+                Some("-----END CERTIFICATE-----") => break,
+                Some(l) if l.bytes().all(|b| b.is_ascii_alphanumeric() || b"+/=".contains(&b)) => {
+                    body.push_str(l);
+                }
+                _ => bail!("{F}: malformed CERTIFICATE block"),
+            }
+        }
+        let block = go_base64()
+            .decode(body)
+            .map_err(|e| anyhow!("{F}: {e}"))?;
+        der.extend_from_slice(&block);
+    }
+    Ok(der)
+}
+
+pub(super) fn obj(fields: Vec<(&str, Value)>) -> Value {
+    Value::from(
+        fields
+            .into_iter()
+            .map(|(k, v)| (Value::from(k), v))
+            .collect::<BTreeMap<_, _>>(),
+    )
+}
+
+/// A Go slice: `null` when nil (nothing appended).
+pub(super) fn slice(items: Vec<Value>) -> Value {
+    if items.is_empty() {
+        Value::Null
+    } else {
+        Value::from(items)
+    }
+}
+
+/// A Go `[]byte`: base64, `null` when nil.
+pub(super) fn bytes(b: Option<&[u8]>) -> Value {
+    match b {
+        Some(b) => Value::from(base64::engine::general_purpose::STANDARD.encode(b)),
+        None => Value::Null,
+    }
+}
+
+pub(super) fn big(n: &x509_parser::num_bigint::BigUint) -> anyhow::Result<Value> {
+    Value::from_numeric_string(&n.to_string()).map_err(|_| anyhow!("{F}: number"))
+}
+
+pub(super) fn oid(o: &x509_parser::der_parser::oid::Oid<'_>) -> anyhow::Result<Value> {
+    let arcs = o.iter().ok_or_else(|| anyhow!("{F}: object identifier arc too large"))?;
+    Ok(Value::from(arcs.map(Value::from).collect::<Vec<_>>()))
+}
+
+fn certificate(cert: &X509Certificate<'_>) -> anyhow::Result<Value> {
+    let tbs = &cert.tbs_certificate;
+    if !same_algorithm(&tbs.signature, &cert.signature_algorithm) {
+        bail!("{F}: x509: inner and outer signature algorithm identifiers don't match");
+    }
+    if tbs.raw_serial().first().is_some_and(|b| b & 0x80 != 0) {
+        bail!("{F}: x509: negative serial number");
+    }
+    if cert.signature_value.unused_bits != 0 {
+        bail!("{F}: signature is not a whole number of bytes");
+    }
+    let version = tbs.version.0 + 1;
+    if !(1..=3).contains(&version) || (version != 3 && !tbs.extensions().is_empty()) {
+        bail!("{F}: x509: invalid version");
+    }
+    let (key_algorithm, key) = public_key(&tbs.subject_pki)?;
+    let mut fields = vec![
+        ("Raw", bytes(Some(cert.as_raw()))),
+        ("RawTBSCertificate", bytes(Some(tbs.as_ref()))),
+        ("RawSubjectPublicKeyInfo", bytes(Some(tbs.subject_pki.raw))),
+        ("RawSubject", bytes(Some(tbs.subject.as_raw()))),
+        ("RawIssuer", bytes(Some(tbs.issuer.as_raw()))),
+        ("Signature", bytes(Some(&cert.signature_value.data))),
+        ("SignatureAlgorithm", Value::from(signature_algorithm(&cert.signature_algorithm))),
+        ("PublicKeyAlgorithm", Value::from(key_algorithm)),
+        ("PublicKey", key),
+        ("Version", Value::from(version)),
+        ("SerialNumber", big(&tbs.serial)?),
+        ("Issuer", name(&tbs.issuer)?),
+        ("Subject", name(&tbs.subject)?),
+        ("NotBefore", Value::from(rfc3339(tbs.validity.not_before.timestamp())?)),
+        ("NotAfter", Value::from(rfc3339(tbs.validity.not_after.timestamp())?)),
+        ("ExtraExtensions", Value::Null),
+    ];
+    fields.extend(super::x509_extensions::fields(tbs.extensions())?);
+    Ok(obj(fields))
+}
+
+fn same_algorithm(a: &AlgorithmIdentifier<'_>, b: &AlgorithmIdentifier<'_>) -> bool {
+    a.algorithm == b.algorithm
+        && a.parameters.as_ref().map(|p| (p.tag(), p.data)) == b.parameters.as_ref().map(|p| (p.tag(), p.data))
+}
+
+/// Go's `x509.SignatureAlgorithm` number for `alg` (0 when unknown, as Go).
+fn signature_algorithm(alg: &AlgorithmIdentifier<'_>) -> u64 {
+    let id = alg.algorithm.to_id_string();
+    match id.as_str() {
+        "1.2.840.113549.1.1.2" => 1,
+        "1.2.840.113549.1.1.4" => 2,
+        "1.2.840.113549.1.1.5" | "1.3.14.3.2.29" => 3,
+        "1.2.840.113549.1.1.11" => 4,
+        "1.2.840.113549.1.1.12" => 5,
+        "1.2.840.113549.1.1.13" => 6,
+        "1.2.840.10040.4.3" => 7,
+        "2.16.840.1.101.3.4.3.2" => 8,
+        "1.2.840.10045.4.1" => 9,
+        "1.2.840.10045.4.3.2" => 10,
+        "1.2.840.10045.4.3.3" => 11,
+        "1.2.840.10045.4.3.4" => 12,
+        "1.3.101.112" if alg.parameters.is_none() => 16,
+        _ => 0,
+    }
+}
+
+/// Go's `x509.PublicKeyAlgorithm` number and the key as Go marshals it.
+fn public_key(spki: &SubjectPublicKeyInfo<'_>) -> anyhow::Result<(u64, Value)> {
+    use x509_parser::public_key::PublicKey;
+    let alg = &spki.algorithm;
+    let key = &spki.subject_public_key.data;
+    match alg.algorithm.to_id_string().as_str() {
+        "1.2.840.113549.1.1.1" => {
+            let null = alg.parameters.as_ref().is_some_and(|p| p.tag().0 == 5 && p.data.is_empty());
+            if !null {
+                bail!("{F}: x509: RSA key missing NULL parameters");
+            }
+            let Ok(PublicKey::RSA(rsa)) = spki.parsed() else {
+                bail!("{F}: x509: invalid RSA public key");
+            };
+            let positive = |b: &[u8]| b.first().is_some_and(|f| f & 0x80 == 0) && b.iter().any(|x| *x != 0);
+            if !positive(rsa.modulus) || !positive(rsa.exponent) {
+                bail!("{F}: x509: RSA modulus or exponent is not a positive number");
+            }
+            let e = rsa.try_exponent().map_err(|_| anyhow!("{F}: x509: RSA exponent too large"))?;
+            let n = x509_parser::num_bigint::BigUint::from_bytes_be(rsa.modulus);
+            Ok((1, obj(vec![("N", big(&n)?), ("E", Value::from(e))])))
+        }
+        "1.2.840.10045.2.1" => {
+            let curve = alg
+                .parameters
+                .as_ref()
+                .and_then(|p| p.as_oid().ok())
+                .map(|o| o.to_id_string())
+                .unwrap_or_default();
+            let (size, agreement) = match curve.as_str() {
+                "1.2.840.10045.3.1.7" => (32, &aws_lc_rs::agreement::ECDH_P256),
+                "1.3.132.0.34" => (48, &aws_lc_rs::agreement::ECDH_P384),
+                "1.3.132.0.35" => (66, &aws_lc_rs::agreement::ECDH_P521),
+                _ => bail!("{F}: x509: unsupported elliptic curve"),
+            };
+            let on_curve = key.len() == 1 + 2 * size
+                && key[0] == 4
+                && aws_lc_rs::agreement::ParsedPublicKey::try_from(
+                    &aws_lc_rs::agreement::UnparsedPublicKey::new(agreement, key.as_ref()),
+                )
+                .is_ok();
+            if !on_curve {
+                bail!("{F}: x509: failed to unmarshal elliptic curve point");
+            }
+            let coordinate = |b: &[u8]| big(&x509_parser::num_bigint::BigUint::from_bytes_be(b));
+            Ok((
+                3,
+                obj(vec![
+                    ("Curve", obj(vec![])),
+                    ("X", coordinate(&key[1..=size])?),
+                    ("Y", coordinate(&key[1 + size..])?),
+                ]),
+            ))
+        }
+        "1.3.101.112" => {
+            if alg.parameters.is_some() || key.len() != 32 || spki.subject_public_key.unused_bits != 0 {
+                bail!("{F}: x509: invalid Ed25519 public key");
+            }
+            Ok((4, bytes(Some(key))))
+        }
+        other => bail!("{F}: public key algorithm {other} is not supported"),
+    }
+}
+
+/// Go's `pkix.Name` filled from the RDN sequence `n`.
+fn name(n: &X509Name<'_>) -> anyhow::Result<Value> {
+    let mut names = Vec::new();
+    let (mut common, mut serial) = (String::new(), String::new());
+    let mut lists: BTreeMap<u64, Vec<Value>> = BTreeMap::new();
+    for atv in n.iter_attributes() {
+        let value = name_value(atv.attr_value())?;
+        names.push(obj(vec![
+            ("Type", oid(atv.attr_type())?),
+            ("Value", Value::from(value.as_str())),
+        ]));
+        let arcs: Vec<u64> = atv.attr_type().iter().map(|i| i.collect()).unwrap_or_default();
+        if let [2, 5, 4, last] = arcs[..] {
+            match last {
+                3 => common = value,
+                5 => serial = value,
+                6..=11 | 17 => lists.entry(last).or_default().push(Value::from(value)),
+                _ => {}
+            }
+        }
+    }
+    let mut list = |arc| slice(lists.remove(&arc).unwrap_or_default());
+    Ok(obj(vec![
+        ("Country", list(6)),
+        ("Locality", list(7)),
+        ("Province", list(8)),
+        ("StreetAddress", list(9)),
+        ("Organization", list(10)),
+        ("OrganizationalUnit", list(11)),
+        ("PostalCode", list(17)),
+        ("CommonName", Value::from(common)),
+        ("SerialNumber", Value::from(serial)),
+        ("Names", slice(names)),
+        ("ExtraNames", Value::Null),
+    ]))
+}
+
+/// A name attribute's string as Go reads it.
+fn name_value(v: &x509_parser::der_parser::asn1_rs::Any<'_>) -> anyhow::Result<String> {
+    let data = v.data;
+    let ok = match v.tag().0 {
+        12 => true,                                                // UTF8String
+        19 => data.iter().all(|b| go_printable(*b)),               // PrintableString
+        22 => data.is_ascii(),                                     // IA5String
+        18 => data.iter().all(|b| b.is_ascii_digit() || *b == b' '), // NumericString
+        _ => bail!("{F}: name attribute of ASN.1 tag {} is not supported", v.tag().0),
+    };
+    match (ok, std::str::from_utf8(data)) {
+        (true, Ok(s)) => Ok(s.to_string()),
+        _ => bail!("{F}: x509: invalid RDN value"),
+    }
+}
+
+/// Go's PrintableString alphabet (with `*` and `&`, which Go accepts).
+fn go_printable(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b" '()+,-./:=?*&".contains(&b)
+}
+
+/// `time.Time` as Go marshals it in UTC: RFC 3339 with `Z`.
+fn rfc3339(secs: i64) -> anyhow::Result<String> {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil date from days since 1970-01-01 (proleptic Gregorian).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    if !(0..=9999).contains(&year) {
+        bail!("{F}: year outside of range [0,9999]");
+    }
+    Ok(format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    ))
+}
+
+/// An IP address as Go's `net.IP` marshals it.
+pub(super) fn ip_text(b: &[u8]) -> anyhow::Result<String> {
+    match b.len() {
+        4 => Ok(Ipv4Addr::new(b[0], b[1], b[2], b[3]).to_string()),
+        16 => {
+            let mut a = [0u8; 16];
+            a.copy_from_slice(b);
+            let v6 = Ipv6Addr::from(a);
+            Ok(match v6.to_ipv4_mapped() {
+                Some(v4) => IpAddr::V4(v4).to_string(),
+                None => v6.to_string(),
+            })
+        }
+        n => bail!("{F}: x509: cannot parse IP address of length {n}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_are_go_rfc3339() {
+        assert_eq!(rfc3339(0).unwrap(), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_893_501_005).unwrap(), "2030-01-01T12:30:05Z");
+        assert_eq!(rfc3339(951_782_400).unwrap(), "2000-02-29T00:00:00Z");
+    }
+
+    #[test]
+    fn ip_addresses_read_as_go_prints_them() {
+        assert_eq!(ip_text(&[10, 0, 0, 1]).unwrap(), "10.0.0.1");
+        let mut mapped = [0u8; 16];
+        mapped[10] = 0xff;
+        mapped[11] = 0xff;
+        mapped[12] = 1;
+        assert_eq!(ip_text(&mapped).unwrap(), "1.0.0.0");
+        let mut v6 = [0u8; 16];
+        v6[15] = 1;
+        assert_eq!(ip_text(&v6).unwrap(), "::1");
+        assert!(ip_text(&[1, 2, 3]).is_err());
+    }
+}

@@ -1,0 +1,343 @@
+//! The fields of Go's `x509.Certificate` that come from the certificate's
+//! extensions, for [`super::x509_certificates`]: the raw `Extensions` list and
+//! what Go decodes from key usage, extended key usage, basic constraints, subject
+//! alternative names and key identifiers. Extensions that Go decodes into other
+//! fields are an error here (not reproduced); other unknown extensions stay in
+//! `Extensions` only, or in `UnhandledCriticalExtensions` when critical, as Go does.
+
+use std::borrow::Cow;
+use std::collections::BTreeSet;
+
+use anyhow::{anyhow, bail};
+use regorus::Value;
+use x509_parser::der_parser::oid::Oid;
+use x509_parser::extensions::X509Extension;
+
+use super::x509_builtins::element;
+use super::x509_certificates::{bytes, ip_text, obj, oid, slice};
+
+const F: &str = "crypto.x509.parse_certificates";
+
+/// Extensions Go decodes into fields that are not reproduced.
+const NOT_REPRODUCED: &[&str] = &[
+    "2.5.29.30",          // name constraints
+    "2.5.29.31",          // CRL distribution points
+    "2.5.29.32",          // certificate policies
+    "2.5.29.33",          // policy mappings
+    "2.5.29.36",          // policy constraints
+    "2.5.29.54",          // inhibit anyPolicy
+    "1.3.6.1.5.5.7.1.1", // authority information access
+];
+
+/// Go's `x509.ExtKeyUsage` numbers by object identifier.
+const EXT_KEY_USAGES: &[(&str, u64)] = &[
+    ("2.5.29.37.0", 0),
+    ("1.3.6.1.5.5.7.3.1", 1),
+    ("1.3.6.1.5.5.7.3.2", 2),
+    ("1.3.6.1.5.5.7.3.3", 3),
+    ("1.3.6.1.5.5.7.3.4", 4),
+    ("1.3.6.1.5.5.7.3.5", 5),
+    ("1.3.6.1.5.5.7.3.6", 6),
+    ("1.3.6.1.5.5.7.3.7", 7),
+    ("1.3.6.1.5.5.7.3.8", 8),
+    ("1.3.6.1.5.5.7.3.9", 9),
+    ("1.3.6.1.4.1.311.10.3.3", 10),
+    ("2.16.840.1.113730.4.1", 11),
+    ("1.3.6.1.4.1.311.2.1.22", 12),
+    ("1.3.6.1.4.1.311.61.1.1", 13),
+];
+
+/// What the extensions set, in Go's field names (zero values where absent).
+#[derive(Default)]
+struct Decoded {
+    raw: Vec<Value>,
+    unhandled_critical: Vec<Value>,
+    key_usage: u64,
+    ext_key_usage: Vec<Value>,
+    unknown_ext_key_usage: Vec<Value>,
+    basic_constraints: Option<(bool, i64)>,
+    subject_key_id: Option<Vec<u8>>,
+    authority_key_id: Option<Vec<u8>>,
+    dns: Vec<Value>,
+    email: Vec<Value>,
+    ip: Vec<Value>,
+    uris: Vec<Value>,
+    uri_strings: Vec<Value>,
+}
+
+/// The extension-derived fields of the certificate with extensions `exts`.
+pub(super) fn fields(exts: &[X509Extension<'_>]) -> anyhow::Result<Vec<(&'static str, Value)>> {
+    let mut d = Decoded::default();
+    let mut seen = BTreeSet::new();
+    for e in exts {
+        let id = e.oid.to_id_string();
+        if !seen.insert(id.clone()) {
+            bail!("{F}: x509: certificate contains duplicate extensions");
+        }
+        d.raw.push(obj(vec![
+            ("Id", oid(&e.oid)?),
+            ("Critical", Value::Bool(e.critical)),
+            ("Value", bytes(Some(e.value))),
+        ]));
+        if NOT_REPRODUCED.contains(&id.as_str()) {
+            bail!("{F}: certificates with extension {id} are not supported");
+        }
+        let handled = match id.as_str() {
+            "2.5.29.15" => {
+                d.key_usage = key_usage(e.value)?;
+                true
+            }
+            "2.5.29.37" => {
+                ext_key_usage(e.value, &mut d)?;
+                true
+            }
+            "2.5.29.19" => {
+                d.basic_constraints = Some(basic_constraints(e.value)?);
+                true
+            }
+            "2.5.29.14" => {
+                d.subject_key_id = Some(tagged(e.value, 0x04, "subject key identifier")?.to_vec());
+                true
+            }
+            "2.5.29.35" => {
+                let body = tagged(e.value, 0x30, "authority key identifier")?;
+                d.authority_key_id = match element(body) {
+                    Ok((0x80, id, _)) => Some(id.to_vec()),
+                    _ => None,
+                };
+                true
+            }
+            "2.5.29.17" => subject_alt_names(e.value, &mut d)?,
+            _ => false,
+        };
+        if e.critical && !handled {
+            d.unhandled_critical.push(oid(&e.oid)?);
+        }
+    }
+    let (ca, max_path) = d.basic_constraints.unwrap_or((false, 0));
+    let mut out = vec![
+        ("Extensions", slice(d.raw)),
+        ("UnhandledCriticalExtensions", slice(d.unhandled_critical)),
+        ("KeyUsage", Value::from(d.key_usage)),
+        ("ExtKeyUsage", slice(d.ext_key_usage)),
+        ("UnknownExtKeyUsage", slice(d.unknown_ext_key_usage)),
+        ("BasicConstraintsValid", Value::Bool(d.basic_constraints.is_some())),
+        ("IsCA", Value::Bool(ca)),
+        ("MaxPathLen", Value::from(max_path)),
+        ("MaxPathLenZero", Value::Bool(d.basic_constraints.is_some() && max_path == 0)),
+        ("SubjectKeyId", bytes(d.subject_key_id.as_deref())),
+        ("AuthorityKeyId", bytes(d.authority_key_id.as_deref())),
+        ("DNSNames", slice(d.dns)),
+        ("EmailAddresses", slice(d.email)),
+        ("IPAddresses", slice(d.ip)),
+        ("URIs", slice(d.uris)),
+        ("URIStrings", slice(d.uri_strings)),
+        ("PermittedDNSDomainsCritical", Value::Bool(false)),
+    ];
+    for name in [
+        "OCSPServer",
+        "IssuingCertificateURL",
+        "PermittedDNSDomains",
+        "ExcludedDNSDomains",
+        "PermittedIPRanges",
+        "ExcludedIPRanges",
+        "PermittedEmailAddresses",
+        "ExcludedEmailAddresses",
+        "PermittedURIDomains",
+        "ExcludedURIDomains",
+        "CRLDistributionPoints",
+        "PolicyIdentifiers",
+        "Policies",
+        "PolicyMappings",
+    ] {
+        out.push((name, Value::Null));
+    }
+    for name in ["InhibitAnyPolicy", "InhibitPolicyMapping", "RequireExplicitPolicy"] {
+        out.push((name, Value::from(0u64)));
+    }
+    for name in [
+        "InhibitAnyPolicyZero",
+        "InhibitPolicyMappingZero",
+        "RequireExplicitPolicyZero",
+    ] {
+        out.push((name, Value::Bool(false)));
+    }
+    Ok(out)
+}
+
+/// The content of `der`, which must be one element of tag `tag` and nothing more.
+fn tagged<'a>(der: &'a [u8], tag: u8, what: &str) -> anyhow::Result<&'a [u8]> {
+    match element(der) {
+        Ok((t, content, [])) if t == tag => Ok(content),
+        _ => bail!("{F}: x509: invalid {what}"),
+    }
+}
+
+/// Go's `x509.KeyUsage` bits: bit i of the BIT STRING is `1 << i`, i < 9.
+fn key_usage(der: &[u8]) -> anyhow::Result<u64> {
+    let bits = tagged(der, 0x03, "key usage")?;
+    let Some((&unused, data)) = bits.split_first() else {
+        bail!("{F}: x509: invalid key usage");
+    };
+    let padding_clear = data.last().is_none_or(|last| last & ((1u8 << unused.min(7)) - 1) == 0);
+    if unused > 7 || (data.is_empty() && unused != 0) || !padding_clear {
+        bail!("{F}: x509: invalid key usage");
+    }
+    let len = data.len() * 8 - usize::from(unused);
+    Ok((0..9usize)
+        .filter(|i| *i < len && data[i / 8] & (0x80 >> (i % 8)) != 0)
+        .map(|i| 1u64 << i)
+        .sum())
+}
+
+fn ext_key_usage(der: &[u8], d: &mut Decoded) -> anyhow::Result<()> {
+    let mut body = tagged(der, 0x30, "extended key usage")?;
+    while !body.is_empty() {
+        let (tag, content, rest) = element(body)?;
+        if tag != 0x06 {
+            bail!("{F}: x509: invalid extended key usage");
+        }
+        let usage = Oid::new(Cow::Borrowed(content));
+        let id = usage.to_id_string();
+        match EXT_KEY_USAGES.iter().find(|(o, _)| *o == id) {
+            Some((_, n)) => d.ext_key_usage.push(Value::from(*n)),
+            None => d.unknown_ext_key_usage.push(oid(&usage)?),
+        }
+        body = rest;
+    }
+    Ok(())
+}
+
+/// `(IsCA, MaxPathLen)`: -1 when no path length is given, as Go.
+fn basic_constraints(der: &[u8]) -> anyhow::Result<(bool, i64)> {
+    let bad = || anyhow!("{F}: x509: invalid basic constraints");
+    let mut body = tagged(der, 0x30, "basic constraints")?;
+    let mut ca = false;
+    if let Ok((0x01, b, rest)) = element(body) {
+        ca = match b {
+            [0x00] => false,
+            [0xff] => true,
+            _ => return Err(bad()),
+        };
+        body = rest;
+    }
+    let mut max = -1;
+    if let Ok((0x02, n, rest)) = element(body) {
+        if n.is_empty() || n.len() > 4 {
+            return Err(bad());
+        }
+        let first = i64::from(n[0] as i8);
+        max = n[1..].iter().fold(first, |acc, b| (acc << 8) | i64::from(*b));
+        body = rest;
+    }
+    if !body.is_empty() {
+        return Err(bad());
+    }
+    Ok((ca, max))
+}
+
+/// Reads the SAN extension into `d`; whether Go counts it as handled (it holds
+/// at least one name).
+fn subject_alt_names(der: &[u8], d: &mut Decoded) -> anyhow::Result<bool> {
+    let mut body = tagged(der, 0x30, "subject alternative names")?;
+    let mut any = false;
+    while !body.is_empty() {
+        let (tag, content, rest) = element(body)?;
+        body = rest;
+        let text = || -> anyhow::Result<&str> {
+            match std::str::from_utf8(content) {
+                Ok(s) if s.is_ascii() => Ok(s),
+                _ => bail!("{F}: x509: SAN name is malformed"),
+            }
+        };
+        match tag {
+            0x81 => d.email.push(Value::from(text()?)),
+            0x82 => d.dns.push(Value::from(text()?)),
+            0x86 => {
+                let s = text()?;
+                d.uris.push(uri(s)?);
+                d.uri_strings.push(Value::from(s));
+            }
+            0x87 => d.ip.push(Value::from(ip_text(content)?)),
+            _ => bail!("{F}: subject alternative names of tag {tag:#x} are not supported"),
+        }
+        any = true;
+    }
+    Ok(any)
+}
+
+/// Go's `url.URL` for a `scheme://host[:port][/path]` URI of plain characters
+/// (any other form is not reproduced).
+fn uri(s: &str) -> anyhow::Result<Value> {
+    let unsupported = || anyhow!("{F}: URI {s:.80} is not of a supported form");
+    let (scheme, rest) = s.split_once("://").ok_or_else(unsupported)?;
+    let scheme_ok = scheme.starts_with(|c: char| c.is_ascii_lowercase())
+        && scheme
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+-.".contains(&b));
+    let (host, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    let (domain, port) = match host.split_once(':') {
+        Some((d, p)) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => (d, Some(p)),
+        Some(_) => return Err(unsupported()),
+        None => (host, None),
+    };
+    let domain_ok = !domain.is_empty()
+        && domain.split('.').all(|label| {
+            !label.is_empty() && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
+    let path_ok = path
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-._~/$&+,:;=@".contains(&b));
+    if !scheme_ok || !domain_ok || !path_ok || port.is_some_and(|p| p.len() > 5) {
+        return Err(unsupported());
+    }
+    let text = |t: &str| Value::from(t);
+    Ok(obj(vec![
+        ("Scheme", text(scheme)),
+        ("Opaque", text("")),
+        ("User", Value::Null),
+        ("Host", text(host)),
+        ("Path", text(path)),
+        ("RawPath", text("")),
+        ("OmitHost", Value::Bool(false)),
+        ("ForceQuery", Value::Bool(false)),
+        ("RawQuery", text("")),
+        ("Fragment", text("")),
+        ("RawFragment", text("")),
+    ]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_usage_bits_are_go_numbers() {
+        // digitalSignature and keyEncipherment: Go's 1 | 4.
+        assert_eq!(key_usage(&[0x03, 0x02, 0x05, 0xa0]).unwrap(), 5);
+        // decipherOnly is bit 8, in the second byte.
+        assert_eq!(key_usage(&[0x03, 0x03, 0x07, 0x00, 0x80]).unwrap(), 256);
+        assert!(key_usage(&[0x03, 0x02, 0x05, 0xa1]).is_err());
+    }
+
+    #[test]
+    fn basic_constraints_default_to_no_path_length() {
+        assert_eq!(basic_constraints(&[0x30, 0x00]).unwrap(), (false, -1));
+        assert_eq!(
+            basic_constraints(&[0x30, 0x06, 0x01, 0x01, 0xff, 0x02, 0x01, 0x00]).unwrap(),
+            (true, 0)
+        );
+    }
+
+    #[test]
+    fn only_plain_uris_are_answered() {
+        assert!(uri("spiffe://example.org/ns/a/sa/b").is_ok());
+        assert!(uri("https://h:8443").is_ok());
+        for bad in ["spiffe://ex%41/x", "urn:x", "a://u@h/", "a://h/p?q", "a://h/p#f", "a://a..b/"] {
+            assert!(uri(bad).is_err(), "{bad}");
+        }
+    }
+}
