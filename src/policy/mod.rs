@@ -17,6 +17,7 @@ pub mod exact_json;
 pub mod explain;
 pub mod extra_builtins;
 pub mod globs_match;
+mod go_json;
 pub mod input;
 pub mod json_schema;
 mod json_schema_parse;

@@ -14,7 +14,6 @@
 //! PEM text with anything but CERTIFICATE blocks and blank lines.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use anyhow::{anyhow, bail};
 use base64::Engine as _;
@@ -22,6 +21,7 @@ use regorus::Value;
 use x509_parser::prelude::{FromDer, X509Certificate, X509Name};
 use x509_parser::x509::{AlgorithmIdentifier, SubjectPublicKeyInfo};
 
+use super::go_json::{big, bytes, obj, oid, slice};
 use super::x509_builtins::go_base64;
 
 const F: &str = "crypto.x509.parse_certificates";
@@ -35,8 +35,8 @@ pub fn parse_certificates(args: &[Value]) -> anyhow::Result<Value> {
     let mut rest = der.as_slice();
     let mut out = Vec::new();
     while !rest.is_empty() {
-        let (next, cert) =
-            X509Certificate::from_der(rest).map_err(|_| anyhow!("{F}: x509: malformed certificate"))?;
+        let (next, cert) = X509Certificate::from_der(rest)
+            .map_err(|_| anyhow!("{F}: x509: malformed certificate"))?;
         out.push(certificate(&cert)?);
         rest = next;
     }
@@ -75,53 +75,19 @@ fn pem_der(text: &str) -> anyhow::Result<Vec<u8>> {
         loop {
             match lines.next() {
                 Some("-----END CERTIFICATE-----") => break,
-                Some(l) if l.bytes().all(|b| b.is_ascii_alphanumeric() || b"+/=".contains(&b)) => {
+                Some(l)
+                    if l.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"+/=".contains(&b)) =>
+                {
                     body.push_str(l);
                 }
                 _ => bail!("{F}: malformed CERTIFICATE block"),
             }
         }
-        let block = go_base64()
-            .decode(body)
-            .map_err(|e| anyhow!("{F}: {e}"))?;
+        let block = go_base64().decode(body).map_err(|e| anyhow!("{F}: {e}"))?;
         der.extend_from_slice(&block);
     }
     Ok(der)
-}
-
-pub(super) fn obj(fields: Vec<(&str, Value)>) -> Value {
-    Value::from(
-        fields
-            .into_iter()
-            .map(|(k, v)| (Value::from(k), v))
-            .collect::<BTreeMap<_, _>>(),
-    )
-}
-
-/// A Go slice: `null` when nil (nothing appended).
-pub(super) fn slice(items: Vec<Value>) -> Value {
-    if items.is_empty() {
-        Value::Null
-    } else {
-        Value::from(items)
-    }
-}
-
-/// A Go `[]byte`: base64, `null` when nil.
-pub(super) fn bytes(b: Option<&[u8]>) -> Value {
-    match b {
-        Some(b) => Value::from(base64::engine::general_purpose::STANDARD.encode(b)),
-        None => Value::Null,
-    }
-}
-
-pub(super) fn big(n: &x509_parser::num_bigint::BigUint) -> anyhow::Result<Value> {
-    Value::from_numeric_string(&n.to_string()).map_err(|_| anyhow!("{F}: number"))
-}
-
-pub(super) fn oid(o: &x509_parser::der_parser::oid::Oid<'_>) -> anyhow::Result<Value> {
-    let arcs = o.iter().ok_or_else(|| anyhow!("{F}: object identifier arc too large"))?;
-    Ok(Value::from(arcs.map(Value::from).collect::<Vec<_>>()))
 }
 
 fn certificate(cert: &X509Certificate<'_>) -> anyhow::Result<Value> {
@@ -147,15 +113,24 @@ fn certificate(cert: &X509Certificate<'_>) -> anyhow::Result<Value> {
         ("RawSubject", bytes(Some(tbs.subject.as_raw()))),
         ("RawIssuer", bytes(Some(tbs.issuer.as_raw()))),
         ("Signature", bytes(Some(&cert.signature_value.data))),
-        ("SignatureAlgorithm", Value::from(signature_algorithm(&cert.signature_algorithm))),
+        (
+            "SignatureAlgorithm",
+            Value::from(signature_algorithm(&cert.signature_algorithm)),
+        ),
         ("PublicKeyAlgorithm", Value::from(key_algorithm)),
         ("PublicKey", key),
         ("Version", Value::from(version)),
         ("SerialNumber", big(&tbs.serial)?),
         ("Issuer", name(&tbs.issuer)?),
         ("Subject", name(&tbs.subject)?),
-        ("NotBefore", Value::from(rfc3339(tbs.validity.not_before.timestamp())?)),
-        ("NotAfter", Value::from(rfc3339(tbs.validity.not_after.timestamp())?)),
+        (
+            "NotBefore",
+            Value::from(rfc3339(tbs.validity.not_before.timestamp())?),
+        ),
+        (
+            "NotAfter",
+            Value::from(rfc3339(tbs.validity.not_after.timestamp())?),
+        ),
         ("ExtraExtensions", Value::Null),
     ];
     fields.extend(super::x509_extensions::fields(tbs.extensions())?);
@@ -164,7 +139,8 @@ fn certificate(cert: &X509Certificate<'_>) -> anyhow::Result<Value> {
 
 fn same_algorithm(a: &AlgorithmIdentifier<'_>, b: &AlgorithmIdentifier<'_>) -> bool {
     a.algorithm == b.algorithm
-        && a.parameters.as_ref().map(|p| (p.tag(), p.data)) == b.parameters.as_ref().map(|p| (p.tag(), p.data))
+        && a.parameters.as_ref().map(|p| (p.tag(), p.data))
+            == b.parameters.as_ref().map(|p| (p.tag(), p.data))
 }
 
 /// Go's `x509.SignatureAlgorithm` number for `alg` (0 when unknown, as Go).
@@ -195,18 +171,24 @@ fn public_key(spki: &SubjectPublicKeyInfo<'_>) -> anyhow::Result<(u64, Value)> {
     let key = &spki.subject_public_key.data;
     match alg.algorithm.to_id_string().as_str() {
         "1.2.840.113549.1.1.1" => {
-            let null = alg.parameters.as_ref().is_some_and(|p| p.tag().0 == 5 && p.data.is_empty());
+            let null = alg
+                .parameters
+                .as_ref()
+                .is_some_and(|p| p.tag().0 == 5 && p.data.is_empty());
             if !null {
                 bail!("{F}: x509: RSA key missing NULL parameters");
             }
             let Ok(PublicKey::RSA(rsa)) = spki.parsed() else {
                 bail!("{F}: x509: invalid RSA public key");
             };
-            let positive = |b: &[u8]| b.first().is_some_and(|f| f & 0x80 == 0) && b.iter().any(|x| *x != 0);
+            let positive =
+                |b: &[u8]| b.first().is_some_and(|f| f & 0x80 == 0) && b.iter().any(|x| *x != 0);
             if !positive(rsa.modulus) || !positive(rsa.exponent) {
                 bail!("{F}: x509: RSA modulus or exponent is not a positive number");
             }
-            let e = rsa.try_exponent().map_err(|_| anyhow!("{F}: x509: RSA exponent too large"))?;
+            let e = rsa
+                .try_exponent()
+                .map_err(|_| anyhow!("{F}: x509: RSA exponent too large"))?;
             let n = x509_parser::num_bigint::BigUint::from_bytes_be(rsa.modulus);
             Ok((1, obj(vec![("N", big(&n)?), ("E", Value::from(e))])))
         }
@@ -243,7 +225,10 @@ fn public_key(spki: &SubjectPublicKeyInfo<'_>) -> anyhow::Result<(u64, Value)> {
             ))
         }
         "1.3.101.112" => {
-            if alg.parameters.is_some() || key.len() != 32 || spki.subject_public_key.unused_bits != 0 {
+            if alg.parameters.is_some()
+                || key.len() != 32
+                || spki.subject_public_key.unused_bits != 0
+            {
                 bail!("{F}: x509: invalid Ed25519 public key");
             }
             Ok((4, bytes(Some(key))))
@@ -263,7 +248,11 @@ fn name(n: &X509Name<'_>) -> anyhow::Result<Value> {
             ("Type", oid(atv.attr_type())?),
             ("Value", Value::from(value.as_str())),
         ]));
-        let arcs: Vec<u64> = atv.attr_type().iter().map(|i| i.collect()).unwrap_or_default();
+        let arcs: Vec<u64> = atv
+            .attr_type()
+            .iter()
+            .map(|i| i.collect())
+            .unwrap_or_default();
         if let [2, 5, 4, last] = arcs[..] {
             match last {
                 3 => common = value,
@@ -293,11 +282,14 @@ fn name(n: &X509Name<'_>) -> anyhow::Result<Value> {
 fn name_value(v: &x509_parser::der_parser::asn1_rs::Any<'_>) -> anyhow::Result<String> {
     let data = v.data;
     let ok = match v.tag().0 {
-        12 => true,                                                // UTF8String
-        19 => data.iter().all(|b| go_printable(*b)),               // PrintableString
-        22 => data.is_ascii(),                                     // IA5String
+        12 => true,                                                  // UTF8String
+        19 => data.iter().all(|b| go_printable(*b)),                 // PrintableString
+        22 => data.is_ascii(),                                       // IA5String
         18 => data.iter().all(|b| b.is_ascii_digit() || *b == b' '), // NumericString
-        _ => bail!("{F}: name attribute of ASN.1 tag {} is not supported", v.tag().0),
+        _ => bail!(
+            "{F}: name attribute of ASN.1 tag {} is not supported",
+            v.tag().0
+        ),
     };
     match (ok, std::str::from_utf8(data)) {
         (true, Ok(s)) => Ok(s.to_string()),
@@ -335,23 +327,6 @@ fn rfc3339(secs: i64) -> anyhow::Result<String> {
     ))
 }
 
-/// An IP address as Go's `net.IP` marshals it.
-pub(super) fn ip_text(b: &[u8]) -> anyhow::Result<String> {
-    match b.len() {
-        4 => Ok(Ipv4Addr::new(b[0], b[1], b[2], b[3]).to_string()),
-        16 => {
-            let mut a = [0u8; 16];
-            a.copy_from_slice(b);
-            let v6 = Ipv6Addr::from(a);
-            Ok(match v6.to_ipv4_mapped() {
-                Some(v4) => IpAddr::V4(v4).to_string(),
-                None => v6.to_string(),
-            })
-        }
-        n => bail!("{F}: x509: cannot parse IP address of length {n}"),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -361,19 +336,5 @@ mod tests {
         assert_eq!(rfc3339(0).unwrap(), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339(1_893_501_005).unwrap(), "2030-01-01T12:30:05Z");
         assert_eq!(rfc3339(951_782_400).unwrap(), "2000-02-29T00:00:00Z");
-    }
-
-    #[test]
-    fn ip_addresses_read_as_go_prints_them() {
-        assert_eq!(ip_text(&[10, 0, 0, 1]).unwrap(), "10.0.0.1");
-        let mut mapped = [0u8; 16];
-        mapped[10] = 0xff;
-        mapped[11] = 0xff;
-        mapped[12] = 1;
-        assert_eq!(ip_text(&mapped).unwrap(), "1.0.0.0");
-        let mut v6 = [0u8; 16];
-        v6[15] = 1;
-        assert_eq!(ip_text(&v6).unwrap(), "::1");
-        assert!(ip_text(&[1, 2, 3]).is_err());
     }
 }

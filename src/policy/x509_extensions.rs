@@ -7,25 +7,26 @@
 
 use std::borrow::Cow;
 use std::collections::BTreeSet;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use anyhow::{anyhow, bail};
 use regorus::Value;
 use x509_parser::der_parser::oid::Oid;
 use x509_parser::extensions::X509Extension;
 
+use super::go_json::{bytes, obj, oid, slice};
 use super::x509_builtins::element;
-use super::x509_certificates::{bytes, ip_text, obj, oid, slice};
 
 const F: &str = "crypto.x509.parse_certificates";
 
 /// Extensions Go decodes into fields that are not reproduced.
 const NOT_REPRODUCED: &[&str] = &[
-    "2.5.29.30",          // name constraints
-    "2.5.29.31",          // CRL distribution points
-    "2.5.29.32",          // certificate policies
-    "2.5.29.33",          // policy mappings
-    "2.5.29.36",          // policy constraints
-    "2.5.29.54",          // inhibit anyPolicy
+    "2.5.29.30",         // name constraints
+    "2.5.29.31",         // CRL distribution points
+    "2.5.29.32",         // certificate policies
+    "2.5.29.33",         // policy mappings
+    "2.5.29.36",         // policy constraints
+    "2.5.29.54",         // inhibit anyPolicy
     "1.3.6.1.5.5.7.1.1", // authority information access
 ];
 
@@ -121,10 +122,16 @@ pub(super) fn fields(exts: &[X509Extension<'_>]) -> anyhow::Result<Vec<(&'static
         ("KeyUsage", Value::from(d.key_usage)),
         ("ExtKeyUsage", slice(d.ext_key_usage)),
         ("UnknownExtKeyUsage", slice(d.unknown_ext_key_usage)),
-        ("BasicConstraintsValid", Value::Bool(d.basic_constraints.is_some())),
+        (
+            "BasicConstraintsValid",
+            Value::Bool(d.basic_constraints.is_some()),
+        ),
         ("IsCA", Value::Bool(ca)),
         ("MaxPathLen", Value::from(max_path)),
-        ("MaxPathLenZero", Value::Bool(d.basic_constraints.is_some() && max_path == 0)),
+        (
+            "MaxPathLenZero",
+            Value::Bool(d.basic_constraints.is_some() && max_path == 0),
+        ),
         ("SubjectKeyId", bytes(d.subject_key_id.as_deref())),
         ("AuthorityKeyId", bytes(d.authority_key_id.as_deref())),
         ("DNSNames", slice(d.dns)),
@@ -152,7 +159,11 @@ pub(super) fn fields(exts: &[X509Extension<'_>]) -> anyhow::Result<Vec<(&'static
     ] {
         out.push((name, Value::Null));
     }
-    for name in ["InhibitAnyPolicy", "InhibitPolicyMapping", "RequireExplicitPolicy"] {
+    for name in [
+        "InhibitAnyPolicy",
+        "InhibitPolicyMapping",
+        "RequireExplicitPolicy",
+    ] {
         out.push((name, Value::from(0u64)));
     }
     for name in [
@@ -179,7 +190,9 @@ fn key_usage(der: &[u8]) -> anyhow::Result<u64> {
     let Some((&unused, data)) = bits.split_first() else {
         bail!("{F}: x509: invalid key usage");
     };
-    let padding_clear = data.last().is_none_or(|last| last & ((1u8 << unused.min(7)) - 1) == 0);
+    let padding_clear = data
+        .last()
+        .is_none_or(|last| last & ((1u8 << unused.min(7)) - 1) == 0);
     if unused > 7 || (data.is_empty() && unused != 0) || !padding_clear {
         bail!("{F}: x509: invalid key usage");
     }
@@ -227,7 +240,9 @@ fn basic_constraints(der: &[u8]) -> anyhow::Result<(bool, i64)> {
             return Err(bad());
         }
         let first = i64::from(n[0] as i8);
-        max = n[1..].iter().fold(first, |acc, b| (acc << 8) | i64::from(*b));
+        max = n[1..]
+            .iter()
+            .fold(first, |acc, b| (acc << 8) | i64::from(*b));
         body = rest;
     }
     if !body.is_empty() {
@@ -286,7 +301,10 @@ fn uri(s: &str) -> anyhow::Result<Value> {
     };
     let domain_ok = !domain.is_empty()
         && domain.split('.').all(|label| {
-            !label.is_empty() && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            !label.is_empty()
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
         });
     let path_ok = path
         .bytes()
@@ -310,9 +328,40 @@ fn uri(s: &str) -> anyhow::Result<Value> {
     ]))
 }
 
+/// An IP address as Go's `net.IP` marshals it.
+fn ip_text(b: &[u8]) -> anyhow::Result<String> {
+    match b.len() {
+        4 => Ok(Ipv4Addr::new(b[0], b[1], b[2], b[3]).to_string()),
+        16 => {
+            let mut a = [0u8; 16];
+            a.copy_from_slice(b);
+            let v6 = Ipv6Addr::from(a);
+            Ok(match v6.to_ipv4_mapped() {
+                Some(v4) => IpAddr::V4(v4).to_string(),
+                None => v6.to_string(),
+            })
+        }
+        n => bail!("{F}: x509: cannot parse IP address of length {n}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ip_addresses_read_as_go_prints_them() {
+        assert_eq!(ip_text(&[10, 0, 0, 1]).unwrap(), "10.0.0.1");
+        let mut mapped = [0u8; 16];
+        mapped[10] = 0xff;
+        mapped[11] = 0xff;
+        mapped[12] = 1;
+        assert_eq!(ip_text(&mapped).unwrap(), "1.0.0.0");
+        let mut v6 = [0u8; 16];
+        v6[15] = 1;
+        assert_eq!(ip_text(&v6).unwrap(), "::1");
+        assert!(ip_text(&[1, 2, 3]).is_err());
+    }
 
     #[test]
     fn key_usage_bits_are_go_numbers() {
@@ -336,7 +385,14 @@ mod tests {
     fn only_plain_uris_are_answered() {
         assert!(uri("spiffe://example.org/ns/a/sa/b").is_ok());
         assert!(uri("https://h:8443").is_ok());
-        for bad in ["spiffe://ex%41/x", "urn:x", "a://u@h/", "a://h/p?q", "a://h/p#f", "a://a..b/"] {
+        for bad in [
+            "spiffe://ex%41/x",
+            "urn:x",
+            "a://u@h/",
+            "a://h/p?q",
+            "a://h/p#f",
+            "a://a..b/",
+        ] {
             assert!(uri(bad).is_err(), "{bad}");
         }
     }
