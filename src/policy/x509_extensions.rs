@@ -102,8 +102,9 @@ pub(super) fn fields(exts: &[X509Extension<'_>]) -> anyhow::Result<Vec<(&'static
             }
             "2.5.29.35" => {
                 let body = tagged(e.value, 0x30, "authority key identifier")?;
-                d.authority_key_id = match element(body) {
-                    Ok((0x80, id, _)) => Some(id.to_vec()),
+                // Go reads the key identifier only when the first tag is [0].
+                d.authority_key_id = match body.first() {
+                    Some(0x80) => Some(element(body)?.1.to_vec()),
                     _ => None,
                 };
                 true

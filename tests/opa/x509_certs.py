@@ -94,7 +94,7 @@ def sans():
     if rng.random() < 0.5:
         names.append(x509.DNSName(rng.choice(["a.example", "*.svc.cluster.local", "localhost"])))
     if rng.random() < 0.4:
-        names.append(x509.IPAddress(ipaddress.ip_address(rng.choice(["10.0.0.1", "127.0.0.1", "::1", "2001:db8::5", "fe80::1:0:0:2"]))))
+        names.append(x509.IPAddress(ipaddress.ip_address(rng.choice(["10.0.0.1", "127.0.0.1", "::1", "2001:db8::5", "fe80::1:0:0:2", "::ffff:192.0.2.7"]))))
     if rng.random() < 0.2:
         names.append(x509.RFC822Name("a@b.example"))
     return names
@@ -190,6 +190,10 @@ def main():
         ("unsupported", one[:300] + one[-30:]),
         ("ok", base64.b64encode(b"\x30\x03\x02\x01\x01").decode()),
         ("ok", "leading text\n" + one),
+        ("ok", one.replace("\n", "\r\n")),
+        ("ok", "\n" + one),
+        ("ok", one + "\n\n" + one),
+        ("ok", base64.encodebytes(der(certificate("p384"))).decode()),
     ]
     engine = OpaEngine()
     engine.add_policy("p.rego", "package p\nimport rego.v1\nc := crypto.x509.parse_certificates(input.c)\n")
