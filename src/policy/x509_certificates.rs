@@ -1,17 +1,16 @@
 //! `crypto.x509.parse_certificates` as OPA computes it: each certificate as Go's
-//! `x509.Certificate` marshalled by `encoding/json` (raw DER fields as base64,
-//! Go's enumeration numbers, `pkix.Name`, the public key's fields, `null` where
-//! Go holds a nil slice). The input is PEM text (CERTIFICATE blocks), base64 of
-//! such a text, or base64 of concatenated DER certificates, as OPA reads it.
+//! `x509.Certificate` marshalled by `encoding/json` (raw DER fields as base64, Go's
+//! enumeration numbers, `pkix.Name`, the public key's fields, `null` where Go holds a
+//! nil slice). The input is PEM text (CERTIFICATE blocks), base64 of such a text, or
+//! base64 of concatenated DER certificates, as OPA reads it.
 //!
-//! Only what portcullis reproduces exactly is answered; anything else is an
-//! evaluation error rather than a different answer: extensions Go decodes into
-//! fields other than key usage, extended key usage, basic constraints, subject
-//! alternative names (DNS, email, IP, simple `scheme://host/path` URIs) and key
-//! identifiers (name constraints, policies, CRL distribution points, authority
-//! information access, ...), public keys other than RSA, ECDSA P-256/P-384/P-521
-//! and Ed25519, RSA-PSS signatures, name values other than UTF8/Printable/IA5/Numeric strings, and
-//! PEM text with anything but CERTIFICATE blocks and blank lines.
+//! Only what portcullis reproduces exactly is answered; anything else is an evaluation
+//! error rather than a different answer: name constraints, policy mappings, policy
+//! constraints and inhibit-anyPolicy (see [`super::x509_extensions`] for the extensions
+//! decoded), SAN entries other than DNS, email, IP and simple `scheme://host/path`
+//! URIs, public keys other than RSA, ECDSA P-256/P-384/P-521 and Ed25519, RSA-PSS
+//! signatures, name values other than UTF8/Printable/IA5/Numeric strings, and PEM text
+//! with anything but CERTIFICATE blocks and blank lines.
 
 use std::collections::BTreeMap;
 

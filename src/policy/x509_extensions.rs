@@ -1,9 +1,10 @@
-//! The fields of Go's `x509.Certificate` that come from the certificate's
-//! extensions, for [`super::x509_certificates`]: the raw `Extensions` list and
-//! what Go decodes from key usage, extended key usage, basic constraints, subject
-//! alternative names and key identifiers. Extensions that Go decodes into other
-//! fields are an error here (not reproduced); other unknown extensions stay in
-//! `Extensions` only, or in `UnhandledCriticalExtensions` when critical, as Go does.
+//! The fields of Go's `x509.Certificate` that come from the certificate's extensions,
+//! for [`super::x509_certificates`]: the raw `Extensions` list and what Go decodes from
+//! key usage, extended key usage, basic constraints, subject alternative names, key
+//! identifiers, authority information access, CRL distribution points and certificate
+//! policies. Extensions that Go decodes into other fields are an error here (not
+//! reproduced); other unknown extensions stay in `Extensions` only, or in
+//! `UnhandledCriticalExtensions` when critical, as Go does.
 
 use std::borrow::Cow;
 use std::collections::BTreeSet;
@@ -21,13 +22,10 @@ const F: &str = "crypto.x509.parse_certificates";
 
 /// Extensions Go decodes into fields that are not reproduced.
 const NOT_REPRODUCED: &[&str] = &[
-    "2.5.29.30",         // name constraints
-    "2.5.29.31",         // CRL distribution points
-    "2.5.29.32",         // certificate policies
-    "2.5.29.33",         // policy mappings
-    "2.5.29.36",         // policy constraints
-    "2.5.29.54",         // inhibit anyPolicy
-    "1.3.6.1.5.5.7.1.1", // authority information access
+    "2.5.29.30", // name constraints
+    "2.5.29.33", // policy mappings
+    "2.5.29.36", // policy constraints
+    "2.5.29.54", // inhibit anyPolicy
 ];
 
 /// Go's `x509.ExtKeyUsage` numbers by object identifier.
@@ -64,6 +62,11 @@ struct Decoded {
     ip: Vec<Value>,
     uris: Vec<Value>,
     uri_strings: Vec<Value>,
+    ocsp: Vec<Value>,
+    issuers: Vec<Value>,
+    crl_distribution_points: Vec<Value>,
+    /// Each policy as arcs and as dotted text.
+    policies: Option<Vec<(Value, Value)>>,
 }
 
 /// The extension-derived fields of the certificate with extensions `exts`.
@@ -83,35 +86,7 @@ pub(super) fn fields(exts: &[X509Extension<'_>]) -> anyhow::Result<Vec<(&'static
         if NOT_REPRODUCED.contains(&id.as_str()) {
             bail!("{F}: certificates with extension {id} are not supported");
         }
-        let handled = match id.as_str() {
-            "2.5.29.15" => {
-                d.key_usage = key_usage(e.value)?;
-                true
-            }
-            "2.5.29.37" => {
-                ext_key_usage(e.value, &mut d)?;
-                true
-            }
-            "2.5.29.19" => {
-                d.basic_constraints = Some(basic_constraints(e.value)?);
-                true
-            }
-            "2.5.29.14" => {
-                d.subject_key_id = Some(tagged(e.value, 0x04, "subject key identifier")?.to_vec());
-                true
-            }
-            "2.5.29.35" => {
-                let body = tagged(e.value, 0x30, "authority key identifier")?;
-                // Go reads the key identifier only when the first tag is [0].
-                d.authority_key_id = match body.first() {
-                    Some(0x80) => Some(element(body)?.1.to_vec()),
-                    _ => None,
-                };
-                true
-            }
-            "2.5.29.17" => subject_alt_names(e.value, &mut d)?,
-            _ => false,
-        };
+        let handled = decode_one(&id, e.value, &mut d)?;
         if e.critical && !handled {
             d.unhandled_critical.push(oid(&e.oid)?);
         }
@@ -141,10 +116,29 @@ pub(super) fn fields(exts: &[X509Extension<'_>]) -> anyhow::Result<Vec<(&'static
         ("URIs", slice(d.uris)),
         ("URIStrings", slice(d.uri_strings)),
         ("PermittedDNSDomainsCritical", Value::Bool(false)),
+        ("OCSPServer", slice(d.ocsp)),
+        ("IssuingCertificateURL", slice(d.issuers)),
+        ("CRLDistributionPoints", slice(d.crl_distribution_points)),
+        // Go makes PolicyIdentifiers (never nil once the extension is read)
+        // from Policies, which stays nil when empty.
+        (
+            "PolicyIdentifiers",
+            d.policies.as_ref().map_or(Value::Null, |p| {
+                Value::from(p.iter().map(|(arcs, _)| arcs.clone()).collect::<Vec<_>>())
+            }),
+        ),
+        (
+            "Policies",
+            slice(
+                d.policies
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(_, text)| text)
+                    .collect(),
+            ),
+        ),
     ];
     for name in [
-        "OCSPServer",
-        "IssuingCertificateURL",
         "PermittedDNSDomains",
         "ExcludedDNSDomains",
         "PermittedIPRanges",
@@ -153,9 +147,6 @@ pub(super) fn fields(exts: &[X509Extension<'_>]) -> anyhow::Result<Vec<(&'static
         "ExcludedEmailAddresses",
         "PermittedURIDomains",
         "ExcludedURIDomains",
-        "CRLDistributionPoints",
-        "PolicyIdentifiers",
-        "Policies",
         "PolicyMappings",
     ] {
         out.push((name, Value::Null));
@@ -175,6 +166,52 @@ pub(super) fn fields(exts: &[X509Extension<'_>]) -> anyhow::Result<Vec<(&'static
         out.push((name, Value::Bool(false)));
     }
     Ok(out)
+}
+
+/// Decodes the extension `id` into `d`; whether Go handles it (an unhandled
+/// critical extension is listed in `UnhandledCriticalExtensions`).
+fn decode_one(id: &str, der: &[u8], d: &mut Decoded) -> anyhow::Result<bool> {
+    Ok(match id {
+        "2.5.29.15" => {
+            d.key_usage = key_usage(der)?;
+            true
+        }
+        "2.5.29.37" => {
+            ext_key_usage(der, d)?;
+            true
+        }
+        "2.5.29.19" => {
+            d.basic_constraints = Some(basic_constraints(der)?);
+            true
+        }
+        "2.5.29.14" => {
+            d.subject_key_id = Some(tagged(der, 0x04, "subject key identifier")?.to_vec());
+            true
+        }
+        "2.5.29.35" => {
+            let body = tagged(der, 0x30, "authority key identifier")?;
+            // Go reads the key identifier only when the first tag is [0].
+            d.authority_key_id = match body.first() {
+                Some(0x80) => Some(element(body)?.1.to_vec()),
+                _ => None,
+            };
+            true
+        }
+        "2.5.29.17" => subject_alt_names(der, d)?,
+        "1.3.6.1.5.5.7.1.1" => {
+            authority_info_access(der, d)?;
+            true
+        }
+        "2.5.29.31" => {
+            d.crl_distribution_points = crl_distribution_points(der)?;
+            true
+        }
+        "2.5.29.32" => {
+            d.policies = Some(certificate_policies(der)?);
+            true
+        }
+        _ => false,
+    })
 }
 
 /// The content of `der`, which must be one element of tag `tag` and nothing more.
@@ -250,6 +287,84 @@ fn basic_constraints(der: &[u8]) -> anyhow::Result<(bool, i64)> {
         return Err(bad());
     }
     Ok((ca, max))
+}
+
+/// A URL string as Go's `string(bytes)`; UTF-8 only (Go would replace other bytes).
+fn url_text(b: &[u8]) -> anyhow::Result<Value> {
+    std::str::from_utf8(b)
+        .map(Value::from)
+        .map_err(|_| anyhow!("{F}: URL that is not UTF-8 is not supported"))
+}
+
+/// OCSP servers and issuer URLs (access location URIs; others skipped, as Go).
+fn authority_info_access(der: &[u8], d: &mut Decoded) -> anyhow::Result<()> {
+    let mut body = tagged(der, 0x30, "authority info access")?;
+    while !body.is_empty() {
+        let (tag, access, rest) = element(body)?;
+        body = rest;
+        let (oid_tag, method, location) = element(access)?;
+        if tag != 0x30 || oid_tag != 0x06 {
+            bail!("{F}: x509: invalid authority info access");
+        }
+        if location.first() != Some(&0x86) {
+            continue;
+        }
+        let url = url_text(element(location)?.1)?;
+        match Oid::new(Cow::Borrowed(method)).to_id_string().as_str() {
+            "1.3.6.1.5.5.7.48.1" => d.ocsp.push(url),
+            "1.3.6.1.5.5.7.48.2" => d.issuers.push(url),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// The URIs of the full names of the distribution points, as Go collects them.
+fn crl_distribution_points(der: &[u8]) -> anyhow::Result<Vec<Value>> {
+    let bad = || anyhow!("{F}: x509: invalid CRL distribution points");
+    let mut urls = Vec::new();
+    let mut body = tagged(der, 0x30, "CRL distribution points")?;
+    while !body.is_empty() {
+        let (tag, point, rest) = element(body)?;
+        body = rest;
+        if tag != 0x30 {
+            return Err(bad());
+        }
+        if point.first() != Some(&0xa0) {
+            continue;
+        }
+        let (_, name, _) = element(point)?;
+        let (tag, mut names, _) = element(name)?;
+        if tag != 0xa0 {
+            return Err(bad());
+        }
+        while names.first() == Some(&0x86) {
+            let (_, uri, rest) = element(names)?;
+            urls.push(url_text(uri)?);
+            names = rest;
+        }
+    }
+    Ok(urls)
+}
+
+/// The policy identifiers, each as arcs and as dotted text; a repeated one is an
+/// error, as in Go.
+fn certificate_policies(der: &[u8]) -> anyhow::Result<Vec<(Value, Value)>> {
+    let bad = || anyhow!("{F}: x509: invalid certificate policies");
+    let mut seen = BTreeSet::new();
+    let mut out = Vec::new();
+    let mut body = tagged(der, 0x30, "certificate policies")?;
+    while !body.is_empty() {
+        let (tag, policy, rest) = element(body)?;
+        body = rest;
+        let (oid_tag, id, _) = element(policy)?;
+        if tag != 0x30 || oid_tag != 0x06 || id.is_empty() || !seen.insert(id) {
+            return Err(bad());
+        }
+        let id = Oid::new(Cow::Borrowed(id));
+        out.push((oid(&id)?, Value::from(id.to_id_string())));
+    }
+    Ok(out)
 }
 
 /// Reads the SAN extension into `d`; whether Go counts it as handled (it holds

@@ -124,6 +124,19 @@ def extensions(b, subject_key, issuer_key, ca):
         b = b.add_extension(x509.SubjectKeyIdentifier.from_public_key(subject_key.public_key()), critical=False)
     if rng.random() < 0.6:
         b = b.add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()), critical=False)
+    if rng.random() < 0.2:
+        b = b.add_extension(x509.AuthorityInformationAccess([
+            x509.AccessDescription(x509.oid.AuthorityInformationAccessOID.OCSP, x509.UniformResourceIdentifier("http://ocsp.example")),
+            x509.AccessDescription(x509.oid.AuthorityInformationAccessOID.CA_ISSUERS, x509.UniformResourceIdentifier("http://ca.example/ca.der")),
+        ][:rng.randint(1, 2)]), critical=False)
+    if rng.random() < 0.2:
+        b = b.add_extension(x509.CRLDistributionPoints([x509.DistributionPoint(
+            [x509.UniformResourceIdentifier("http://crl.example/1"), x509.DNSName("crl.example")], None, None, None)]),
+            critical=False)
+    if rng.random() < 0.2:
+        policies = [x509.PolicyInformation(ObjectIdentifier("2.23.140.1.2.1"), None),
+                    x509.PolicyInformation(ObjectIdentifier("1.3.6.1.4.1.99999.2"), ["http://cps.example"])]
+        b = b.add_extension(x509.CertificatePolicies(policies[:rng.randint(1, 2)]), critical=rng.random() < 0.3)
     if rng.random() < 0.15:
         b = b.add_extension(x509.UnrecognizedExtension(ObjectIdentifier("1.3.6.1.4.1.99999.7"), b"\x04\x02hi"),
                             critical=rng.random() < 0.5)
@@ -173,9 +186,8 @@ def main():
         cases.append(("ok", text))
     unsupported = [
         lambda b: b.add_extension(x509.NameConstraints([x509.DNSName("example.org")], None), critical=True),
-        lambda b: b.add_extension(x509.CertificatePolicies([x509.PolicyInformation(ObjectIdentifier("2.23.140.1.2.1"), None)]), critical=False),
-        lambda b: b.add_extension(x509.CRLDistributionPoints([x509.DistributionPoint([x509.UniformResourceIdentifier("http://crl.example/1")], None, None, None)]), critical=False),
-        lambda b: b.add_extension(x509.AuthorityInformationAccess([x509.AccessDescription(x509.oid.AuthorityInformationAccessOID.OCSP, x509.UniformResourceIdentifier("http://ocsp.example"))]), critical=False),
+        lambda b: b.add_extension(x509.PolicyConstraints(0, None), critical=True),
+        lambda b: b.add_extension(x509.InhibitAnyPolicy(1), critical=True),
     ]
     for extra in unsupported:
         cases.append(("unsupported", pem(certificate("p256", extra))))
