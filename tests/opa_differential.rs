@@ -1517,10 +1517,13 @@ print(json.dumps(out))
 /// `crypto.x509.parse_certificates` on certificates made by Python's
 /// `cryptography` (tests/opa/x509_certs.py: RSA, ECDSA P-256/P-384/P-521 and
 /// Ed25519 keys, varied names, SANs, key usages, basic constraints, key
-/// identifiers, unknown extensions; PEM, PEM chains, base64 of PEM and of DER)
-/// and on broken input: the whole result compared with OPA's inside Rego, with
-/// serials, RSA moduli and curve points as exact decimal strings on both sides. Inputs portcullis refuses by design (extensions it does not
-/// decode, P-224 and DSA keys, PEM text Go partly skips) must be errors.
+/// identifiers, AIA, CRL distribution points, policies, unknown extensions; PEM,
+/// PEM chains, base64 of PEM and of DER), on the development CA's root and an
+/// SVID it issues (rcgen), and on broken input: the whole result compared with
+/// OPA's inside Rego, with serials, RSA moduli and curve points as exact decimal
+/// strings on both sides. Inputs portcullis refuses by design (name constraints,
+/// policy constraints, inhibit-anyPolicy, P-224 and DSA keys, PEM text Go partly
+/// skips) must be errors.
 #[test]
 fn parsed_certificates_agree_with_opa() {
     let py = match python() {
@@ -1530,8 +1533,33 @@ fn parsed_certificates_agree_with_opa() {
             return;
         }
     };
+    // The development CA's own certificates (rcgen) besides the generated ones.
+    let scratch = tempfile::tempdir().unwrap();
+    let (ca, svid) = (scratch.path().join("ca"), scratch.path().join("svid"));
+    let ca_init = Command::new(BIN)
+        .args(["ca", "init", "--trust-domain", "cluster.local", "--out"])
+        .arg(&ca)
+        .status()
+        .unwrap();
+    let issue = Command::new(BIN)
+        .args([
+            "ca",
+            "issue",
+            "--spiffe-id",
+            "spiffe://cluster.local/ns/default/sa/web",
+        ])
+        .args(["--dns", "web.default", "--ca"])
+        .arg(&ca)
+        .arg("--out")
+        .arg(&svid)
+        .status()
+        .unwrap();
+    assert!(ca_init.success() && issue.success());
     let out = Command::new(&py)
         .arg(repo().join("tests/opa/x509_certs.py"))
+        .arg("15")
+        .arg(svid.join("tls.crt"))
+        .arg(ca.join("ca.crt"))
         .output()
         .unwrap();
     assert!(

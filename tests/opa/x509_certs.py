@@ -10,7 +10,7 @@ decimal strings: JSON readers that go through a double (portcullis' input
 reader included) cannot hold them, and the test converts its own answer the same
 way with format_int.
 
-Certificates are made with `cryptography` from a seeded generator: key types
+Usage: x509_certs.py [SEED [PEM_FILE...]]. Certificates are made with `cryptography` from a seeded generator: key types
 (RSA, ECDSA P-256/P-384/P-521, Ed25519), issuers, names, validity, serials and
 extensions vary from one to the next.
 """
@@ -29,6 +29,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, ObjectIdentifier
 from opa_bindings import OpaEngine
 
 rng = random.Random(int(sys.argv[1]) if len(sys.argv) > 1 else 15)
+# Further PEM files (certificates made elsewhere) to compare as they are.
+EXTRA_FILES = sys.argv[2:]
 UTC = datetime.timezone.utc
 
 
@@ -207,6 +209,9 @@ def main():
         ("ok", one + "\n\n" + one),
         ("ok", base64.encodebytes(der(certificate("p384"))).decode()),
     ]
+    for path in EXTRA_FILES:
+        with open(path) as f:
+            cases.append(("ok", f.read()))
     engine = OpaEngine()
     engine.add_policy("p.rego", "package p\nimport rego.v1\nc := crypto.x509.parse_certificates(input.c)\n")
     out = []
