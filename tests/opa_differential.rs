@@ -1517,12 +1517,13 @@ print(json.dumps(out))
 /// `crypto.x509.parse_certificates` on certificates made by Python's
 /// `cryptography` (tests/opa/x509_certs.py: RSA, ECDSA P-256/P-384/P-521 and
 /// Ed25519 keys, varied names, SANs, key usages, basic constraints, key
-/// identifiers, AIA, CRL distribution points, policies, unknown extensions; PEM,
+/// identifiers, AIA, CRL distribution points, policies, name constraints, unknown
+/// extensions; PEM,
 /// PEM chains, base64 of PEM and of DER), on the development CA's root and an
 /// SVID it issues (rcgen), and on broken input: the whole result compared with
 /// OPA's inside Rego, with serials, RSA moduli and curve points as exact decimal
-/// strings on both sides. Inputs portcullis refuses by design (name constraints,
-/// policy constraints, inhibit-anyPolicy, P-224 and DSA keys, PEM text Go partly
+/// strings on both sides. Inputs portcullis refuses by design (mailbox name
+/// constraints, policy constraints, inhibit-anyPolicy, P-224 and DSA keys, PEM text Go partly
 /// skips) must be errors.
 #[test]
 fn parsed_certificates_agree_with_opa() {

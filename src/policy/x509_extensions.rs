@@ -1,8 +1,8 @@
 //! The fields of Go's `x509.Certificate` that come from the certificate's extensions,
 //! for [`super::x509_certificates`]: the raw `Extensions` list and what Go decodes from
 //! key usage, extended key usage, basic constraints, subject alternative names, key
-//! identifiers, authority information access, CRL distribution points and certificate
-//! policies. Extensions that Go decodes into other fields are an error here (not
+//! identifiers, authority information access, CRL distribution points, certificate
+//! policies and name constraints. Extensions that Go decodes into other fields are an error here (not
 //! reproduced); other unknown extensions stay in `Extensions` only, or in
 //! `UnhandledCriticalExtensions` when critical, as Go does.
 
@@ -22,7 +22,6 @@ const F: &str = "crypto.x509.parse_certificates";
 
 /// Extensions Go decodes into fields that are not reproduced.
 const NOT_REPRODUCED: &[&str] = &[
-    "2.5.29.30", // name constraints
     "2.5.29.33", // policy mappings
     "2.5.29.36", // policy constraints
     "2.5.29.54", // inhibit anyPolicy
@@ -46,6 +45,16 @@ const EXT_KEY_USAGES: &[(&str, u64)] = &[
     ("1.3.6.1.4.1.311.61.1.1", 13),
 ];
 
+/// One side of the name constraints, in Go's field order: DNS domains, IP
+/// ranges, email addresses or domains, URI domains.
+#[derive(Default)]
+struct Subtrees {
+    dns: Vec<Value>,
+    ips: Vec<Value>,
+    emails: Vec<Value>,
+    uri_domains: Vec<Value>,
+}
+
 /// What the extensions set, in Go's field names (zero values where absent).
 #[derive(Default)]
 struct Decoded {
@@ -65,6 +74,10 @@ struct Decoded {
     ocsp: Vec<Value>,
     issuers: Vec<Value>,
     crl_distribution_points: Vec<Value>,
+    /// Name constraints: permitted and excluded subtrees, and whether critical.
+    permitted: Subtrees,
+    excluded: Subtrees,
+    constraints_critical: bool,
     /// Each policy as arcs and as dotted text.
     policies: Option<Vec<(Value, Value)>>,
 }
@@ -87,6 +100,9 @@ pub(super) fn fields(exts: &[X509Extension<'_>]) -> anyhow::Result<Vec<(&'static
             bail!("{F}: certificates with extension {id} are not supported");
         }
         let handled = decode_one(&id, e.value, &mut d)?;
+        if id == "2.5.29.30" {
+            d.constraints_critical = e.critical;
+        }
         if e.critical && !handled {
             d.unhandled_critical.push(oid(&e.oid)?);
         }
@@ -115,7 +131,18 @@ pub(super) fn fields(exts: &[X509Extension<'_>]) -> anyhow::Result<Vec<(&'static
         ("IPAddresses", slice(d.ip)),
         ("URIs", slice(d.uris)),
         ("URIStrings", slice(d.uri_strings)),
-        ("PermittedDNSDomainsCritical", Value::Bool(false)),
+        (
+            "PermittedDNSDomainsCritical",
+            Value::Bool(d.constraints_critical),
+        ),
+        ("PermittedDNSDomains", slice(d.permitted.dns)),
+        ("PermittedIPRanges", slice(d.permitted.ips)),
+        ("PermittedEmailAddresses", slice(d.permitted.emails)),
+        ("PermittedURIDomains", slice(d.permitted.uri_domains)),
+        ("ExcludedDNSDomains", slice(d.excluded.dns)),
+        ("ExcludedIPRanges", slice(d.excluded.ips)),
+        ("ExcludedEmailAddresses", slice(d.excluded.emails)),
+        ("ExcludedURIDomains", slice(d.excluded.uri_domains)),
         ("OCSPServer", slice(d.ocsp)),
         ("IssuingCertificateURL", slice(d.issuers)),
         ("CRLDistributionPoints", slice(d.crl_distribution_points)),
@@ -138,19 +165,7 @@ pub(super) fn fields(exts: &[X509Extension<'_>]) -> anyhow::Result<Vec<(&'static
             ),
         ),
     ];
-    for name in [
-        "PermittedDNSDomains",
-        "ExcludedDNSDomains",
-        "PermittedIPRanges",
-        "ExcludedIPRanges",
-        "PermittedEmailAddresses",
-        "ExcludedEmailAddresses",
-        "PermittedURIDomains",
-        "ExcludedURIDomains",
-        "PolicyMappings",
-    ] {
-        out.push((name, Value::Null));
-    }
+    out.push(("PolicyMappings", Value::Null));
     for name in [
         "InhibitAnyPolicy",
         "InhibitPolicyMapping",
@@ -204,6 +219,10 @@ fn decode_one(id: &str, der: &[u8], d: &mut Decoded) -> anyhow::Result<bool> {
         }
         "2.5.29.31" => {
             d.crl_distribution_points = crl_distribution_points(der)?;
+            true
+        }
+        "2.5.29.30" => {
+            name_constraints(der, d)?;
             true
         }
         "2.5.29.32" => {
@@ -345,6 +364,101 @@ fn crl_distribution_points(der: &[u8]) -> anyhow::Result<Vec<Value>> {
         }
     }
     Ok(urls)
+}
+
+/// The permitted and excluded subtrees of a name constraints extension, checked
+/// as Go checks them. Other name forms (Go marks the extension unhandled) and
+/// email mailboxes (`user@domain`) are not reproduced.
+fn name_constraints(der: &[u8], d: &mut Decoded) -> anyhow::Result<()> {
+    let bad = || anyhow!("{F}: x509: invalid NameConstraints extension");
+    let mut body = tagged(der, 0x30, "NameConstraints extension")?;
+    let mut present = false;
+    for (tag, side) in [(0xa0, &mut d.permitted), (0xa1, &mut d.excluded)] {
+        if body.first() != Some(&tag) {
+            continue;
+        }
+        let (_, mut subtrees, rest) = element(body)?;
+        body = rest;
+        present |= !subtrees.is_empty();
+        while !subtrees.is_empty() {
+            let (seq, subtree, rest) = element(subtrees)?;
+            subtrees = rest;
+            let (tag, value, _) = element(subtree)?;
+            if seq != 0x30 {
+                return Err(bad());
+            }
+            constraint(tag, value, side)?;
+        }
+    }
+    if !body.is_empty() || !present {
+        return Err(bad());
+    }
+    Ok(())
+}
+
+/// One general subtree's base name into `side`.
+fn constraint(tag: u8, value: &[u8], side: &mut Subtrees) -> anyhow::Result<()> {
+    let text = || match std::str::from_utf8(value) {
+        Ok(s) if s.is_ascii() => Ok(s),
+        _ => Err(anyhow!("{F}: x509: invalid constraint value")),
+    };
+    let domain_ok = |s: &str| go_domain(s.strip_prefix('.').unwrap_or(s));
+    match tag {
+        0x82 => {
+            let s = text()?;
+            if !domain_ok(s) {
+                bail!("{F}: x509: failed to parse dnsName constraint {s:.80}");
+            }
+            side.dns.push(Value::from(s));
+        }
+        0x87 => {
+            let half = match value.len() {
+                8 => 4,
+                32 => 16,
+                n => bail!("{F}: x509: IP constraint contained value of length {n}"),
+            };
+            let (ip, mask) = value.split_at(half);
+            let ones = mask.iter().map(|b| b.leading_ones()).sum::<u32>() as usize;
+            let canonical = mask.iter().enumerate().all(|(i, b)| {
+                let want = ones.saturating_sub(i * 8).min(8);
+                *b == (0xffu16 << (8 - want)) as u8
+            });
+            if !canonical {
+                bail!("{F}: x509: IP constraint contained invalid mask");
+            }
+            side.ips.push(obj(vec![
+                ("IP", Value::from(ip_text(ip)?)),
+                ("Mask", bytes(Some(mask))),
+            ]));
+        }
+        0x81 => {
+            let s = text()?;
+            if s.contains('@') {
+                bail!("{F}: email mailbox constraints are not supported");
+            }
+            if !domain_ok(s) {
+                bail!("{F}: x509: failed to parse rfc822Name constraint {s:.80}");
+            }
+            side.emails.push(Value::from(s));
+        }
+        0x86 => {
+            let s = text()?;
+            if s.parse::<IpAddr>().is_ok() || !domain_ok(s) {
+                bail!("{F}: x509: failed to parse URI constraint {s:.80}");
+            }
+            side.uri_domains.push(Value::from(s));
+        }
+        _ => bail!("{F}: name constraints of tag {tag:#x} are not supported"),
+    }
+    Ok(())
+}
+
+/// Go's `domainToReverseLabels` check: no empty label (so no leading, trailing
+/// or doubled dot) and printable ASCII only; the empty domain passes.
+fn go_domain(s: &str) -> bool {
+    s.is_empty()
+        || s.split('.')
+            .all(|l| !l.is_empty() && l.bytes().all(|b| (33..=126).contains(&b)))
 }
 
 /// The policy identifiers, each as arcs and as dotted text; a repeated one is an
@@ -495,6 +609,17 @@ mod tests {
             basic_constraints(&[0x30, 0x06, 0x01, 0x01, 0xff, 0x02, 0x01, 0x00]).unwrap(),
             (true, 0)
         );
+    }
+
+    #[test]
+    fn ip_constraints_need_a_canonical_mask() {
+        let mut side = Subtrees::default();
+        assert!(constraint(0x87, &[10, 0, 0, 0, 255, 0, 0, 0], &mut side).is_ok());
+        assert!(constraint(0x87, &[10, 0, 0, 0, 255, 0, 255, 0], &mut side).is_err());
+        assert!(constraint(0x87, &[10, 0, 0, 0, 0xfe, 0, 0], &mut side).is_err());
+        assert!(constraint(0x82, b"a..b", &mut side).is_err());
+        assert!(constraint(0x86, b"10.0.0.1", &mut side).is_err());
+        assert_eq!(side.ips.len(), 1);
     }
 
     #[test]

@@ -139,6 +139,13 @@ def extensions(b, subject_key, issuer_key, ca):
         policies = [x509.PolicyInformation(ObjectIdentifier("2.23.140.1.2.1"), None),
                     x509.PolicyInformation(ObjectIdentifier("1.3.6.1.4.1.99999.2"), ["http://cps.example"])]
         b = b.add_extension(x509.CertificatePolicies(policies[:rng.randint(1, 2)]), critical=rng.random() < 0.3)
+    if ca and rng.random() < 0.5:
+        permitted = [x509.DNSName(".cluster.local"), x509.UniformResourceIdentifier("example.org"),
+                     x509.IPAddress(ipaddress.ip_network("10.0.0.0/8")), x509.RFC822Name("example.org"),
+                     x509.IPAddress(ipaddress.ip_network("2001:db8::/32"))]
+        excluded = [x509.DNSName("bad.example"), x509.IPAddress(ipaddress.ip_network("10.1.0.0/16"))]
+        b = b.add_extension(x509.NameConstraints(rng.sample(permitted, rng.randint(1, 3)),
+                                                 rng.choice([None, excluded])), critical=rng.random() < 0.8)
     if rng.random() < 0.15:
         b = b.add_extension(x509.UnrecognizedExtension(ObjectIdentifier("1.3.6.1.4.1.99999.7"), b"\x04\x02hi"),
                             critical=rng.random() < 0.5)
@@ -187,7 +194,7 @@ def main():
             text = base64.b64encode(der(c) + der(certificate(rng.choice(KINDS)))).decode()
         cases.append(("ok", text))
     unsupported = [
-        lambda b: b.add_extension(x509.NameConstraints([x509.DNSName("example.org")], None), critical=True),
+        lambda b: b.add_extension(x509.NameConstraints([x509.RFC822Name("a@example.org")], None), critical=True),
         lambda b: b.add_extension(x509.PolicyConstraints(0, None), critical=True),
         lambda b: b.add_extension(x509.InhibitAnyPolicy(1), critical=True),
     ]
