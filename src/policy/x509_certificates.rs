@@ -5,8 +5,8 @@
 //! base64 of concatenated DER certificates, as OPA reads it.
 //!
 //! Only what portcullis reproduces exactly is answered; anything else is an evaluation
-//! error rather than a different answer: policy mappings, policy constraints, inhibit-anyPolicy,
-//! name constraints on email mailboxes or other name forms (see
+//! error rather than a different answer: policy mappings, policy constraints,
+//! inhibit-anyPolicy, name constraints on email mailboxes or other name forms (see
 //! [`super::x509_extensions`] for the extensions decoded), SAN entries other than DNS,
 //! email, IP and simple `scheme://host/path` URIs, public keys other than RSA, ECDSA
 //! P-256/P-384/P-521 and Ed25519, RSA-PSS signatures, name values other than

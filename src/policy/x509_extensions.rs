@@ -2,9 +2,9 @@
 //! for [`super::x509_certificates`]: the raw `Extensions` list and what Go decodes from
 //! key usage, extended key usage, basic constraints, subject alternative names, key
 //! identifiers, authority information access, CRL distribution points, certificate
-//! policies and name constraints. Extensions that Go decodes into other fields are an error here (not
-//! reproduced); other unknown extensions stay in `Extensions` only, or in
-//! `UnhandledCriticalExtensions` when critical, as Go does.
+//! policies and name constraints. Extensions that Go decodes into other fields are an
+//! error here (not reproduced); other unknown extensions stay in `Extensions` only, or
+//! in `UnhandledCriticalExtensions` when critical, as Go does.
 
 use std::borrow::Cow;
 use std::collections::BTreeSet;
