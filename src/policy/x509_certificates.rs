@@ -192,7 +192,9 @@ fn public_key(spki: &SubjectPublicKeyInfo<'_>) -> anyhow::Result<(u64, Value)> {
             }
             let e = rsa
                 .try_exponent()
-                .map_err(|_| anyhow!("{F}: x509: RSA exponent too large"))?;
+                .ok()
+                .filter(|e| i64::try_from(*e).is_ok()) // Go reads it into an int
+                .ok_or_else(|| anyhow!("{F}: x509: RSA exponent too large"))?;
             let n = x509_parser::num_bigint::BigUint::from_bytes_be(rsa.modulus);
             Ok((1, obj(vec![("N", big(&n)?), ("E", Value::from(e))])))
         }
