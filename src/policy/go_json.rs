@@ -40,10 +40,42 @@ pub fn big(n: &x509_parser::num_bigint::BigUint) -> anyhow::Result<Value> {
     Value::from_numeric_string(&n.to_string()).map_err(|_| anyhow!("number"))
 }
 
-/// An `asn1.ObjectIdentifier`: its arcs.
+/// An `asn1.ObjectIdentifier`: its arcs, where Go's reader takes the encoding
+/// (minimal base-128 arcs below 2^31, none cut short); an error otherwise.
 pub fn oid(o: &x509_parser::der_parser::oid::Oid<'_>) -> anyhow::Result<Value> {
-    let arcs = o
-        .iter()
-        .ok_or_else(|| anyhow!("object identifier arc too large"))?;
-    Ok(Value::from(arcs.map(Value::from).collect::<Vec<_>>()))
+    let arcs = go_oid_arcs(o.as_bytes()).ok_or_else(|| anyhow!("x509: malformed OID"))?;
+    Ok(Value::from(
+        arcs.into_iter().map(Value::from).collect::<Vec<_>>(),
+    ))
+}
+
+/// The arcs of the DER object identifier content `der`, as Go reads them.
+pub fn go_oid_arcs(der: &[u8]) -> Option<Vec<u64>> {
+    let mut arcs = Vec::new();
+    let mut rest = der;
+    while !rest.is_empty() {
+        if rest[0] == 0x80 {
+            return None; // not minimal
+        }
+        let mut value: u64 = 0;
+        loop {
+            let (&b, tail) = rest.split_first()?;
+            rest = tail;
+            if value >= 1 << (31 - 7) {
+                return None;
+            }
+            value = (value << 7) | u64::from(b & 0x7f);
+            if b & 0x80 == 0 {
+                break;
+            }
+        }
+        if arcs.is_empty() {
+            let first = (value / 40).min(2);
+            arcs.push(first);
+            arcs.push(value - 40 * first);
+        } else {
+            arcs.push(value);
+        }
+    }
+    (!arcs.is_empty()).then_some(arcs)
 }

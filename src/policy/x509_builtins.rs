@@ -90,12 +90,16 @@ pub(super) fn element(der: &[u8]) -> anyhow::Result<(u8, &[u8], &[u8])> {
         (usize::from(first), rest)
     } else {
         let count = usize::from(first & 0x7f);
-        if count == 0 || count > 4 || rest.len() < count {
+        // DER: a long form only when needed, without leading zero bytes.
+        if count == 0 || count > 4 || rest.len() < count || rest[0] == 0 {
             return Err(short());
         }
         let len = rest[..count]
             .iter()
             .fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
+        if len < 0x80 {
+            return Err(short());
+        }
         (len, &rest[count..])
     };
     if rest.len() < len {

@@ -21,8 +21,8 @@ use regorus::Value;
 use x509_parser::prelude::{FromDer, X509Certificate, X509Name};
 use x509_parser::x509::{AlgorithmIdentifier, SubjectPublicKeyInfo};
 
-use super::go_json::{big, bytes, obj, oid, slice};
-use super::x509_builtins::go_base64;
+use super::go_json::{big, bytes, go_oid_arcs, obj, oid, slice};
+use super::x509_builtins::{element, go_base64};
 
 const F: &str = "crypto.x509.parse_certificates";
 
@@ -108,6 +108,13 @@ fn certificate(cert: &X509Certificate<'_>) -> anyhow::Result<Value> {
     if cert.signature_algorithm.algorithm.to_id_string() == "1.2.840.113549.1.1.10" {
         // Go's number depends on the PSS parameters, which are not reproduced.
         bail!("{F}: RSA-PSS signatures are not supported");
+    }
+    for id in [
+        &tbs.signature.algorithm,
+        &cert.signature_algorithm.algorithm,
+        &tbs.subject_pki.algorithm.algorithm,
+    ] {
+        oid(id).map_err(|e| anyhow!("{F}: {e}"))?;
     }
     let (key_algorithm, key) = public_key(&tbs.subject_pki)?;
     let mut fields = vec![
@@ -202,6 +209,7 @@ fn public_key(spki: &SubjectPublicKeyInfo<'_>) -> anyhow::Result<(u64, Value)> {
             let curve = alg
                 .parameters
                 .as_ref()
+                .filter(|p| p.tag().0 == 6 && go_oid_arcs(p.data).is_some())
                 .and_then(|p| p.as_oid().ok())
                 .map(|o| o.to_id_string())
                 .unwrap_or_default();
@@ -243,28 +251,46 @@ fn public_key(spki: &SubjectPublicKeyInfo<'_>) -> anyhow::Result<(u64, Value)> {
     }
 }
 
-/// Go's `pkix.Name` filled from the RDN sequence `n`.
+/// Go's `pkix.Name` filled from the RDN sequence `n`, read from its DER as Go's
+/// parser reads it (x509-parser is more lenient).
 fn name(n: &X509Name<'_>) -> anyhow::Result<Value> {
+    let bad = |what: &str| anyhow!("{F}: x509: invalid RDNSequence{what}");
     let mut names = Vec::new();
     let (mut common, mut serial) = (String::new(), String::new());
     let mut lists: BTreeMap<u64, Vec<Value>> = BTreeMap::new();
-    for atv in n.iter_attributes() {
-        let value = name_value(atv.attr_value())?;
-        names.push(obj(vec![
-            ("Type", oid(atv.attr_type())?),
-            ("Value", Value::from(value.as_str())),
-        ]));
-        let arcs: Vec<u64> = atv
-            .attr_type()
-            .iter()
-            .map(|i| i.collect())
-            .unwrap_or_default();
-        if let [2, 5, 4, last] = arcs[..] {
-            match last {
-                3 => common = value,
-                5 => serial = value,
-                6..=11 | 17 => lists.entry(last).or_default().push(Value::from(value)),
-                _ => {}
+    let (tag, mut rdns, _) = element(n.as_raw()).map_err(|_| bad(""))?;
+    if tag != 0x30 {
+        return Err(bad(""));
+    }
+    while !rdns.is_empty() {
+        let (tag, mut set, rest) = element(rdns).map_err(|_| bad(""))?;
+        rdns = rest;
+        if tag != 0x31 {
+            return Err(bad(""));
+        }
+        while !set.is_empty() {
+            let (tag, atv, rest) = element(set).map_err(|_| bad(": invalid attribute"))?;
+            set = rest;
+            let (oid_tag, id, atv) = element(atv).map_err(|_| bad(": invalid attribute type"))?;
+            let arcs = go_oid_arcs(id)
+                .filter(|_| tag == 0x30 && oid_tag == 0x06)
+                .ok_or_else(|| bad(": invalid attribute type"))?;
+            let (value_tag, raw, _) = element(atv).map_err(|_| bad(": invalid attribute value"))?;
+            let value = name_value(value_tag, raw)?;
+            names.push(obj(vec![
+                (
+                    "Type",
+                    Value::from(arcs.iter().copied().map(Value::from).collect::<Vec<_>>()),
+                ),
+                ("Value", Value::from(value.as_str())),
+            ]));
+            if let [2, 5, 4, last] = arcs[..] {
+                match last {
+                    3 => common = value,
+                    5 => serial = value,
+                    6..=11 | 17 => lists.entry(last).or_default().push(Value::from(value)),
+                    _ => {}
+                }
             }
         }
     }
@@ -284,18 +310,14 @@ fn name(n: &X509Name<'_>) -> anyhow::Result<Value> {
     ]))
 }
 
-/// A name attribute's string as Go reads it.
-fn name_value(v: &x509_parser::der_parser::asn1_rs::Any<'_>) -> anyhow::Result<String> {
-    let data = v.data;
-    let ok = match v.tag().0 {
+/// A name attribute's string (tag `tag`, content `data`) as Go reads it.
+fn name_value(tag: u8, data: &[u8]) -> anyhow::Result<String> {
+    let ok = match tag {
         12 => true,                                                  // UTF8String
         19 => data.iter().all(|b| go_printable(*b)),                 // PrintableString
         22 => data.is_ascii(),                                       // IA5String
         18 => data.iter().all(|b| b.is_ascii_digit() || *b == b' '), // NumericString
-        _ => bail!(
-            "{F}: name attribute of ASN.1 tag {} is not supported",
-            v.tag().0
-        ),
+        _ => bail!("{F}: name attribute of ASN.1 tag {tag} is not supported"),
     };
     match (ok, std::str::from_utf8(data)) {
         (true, Ok(s)) => Ok(s.to_string()),

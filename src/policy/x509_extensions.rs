@@ -268,10 +268,11 @@ fn ext_key_usage(der: &[u8], d: &mut Decoded) -> anyhow::Result<()> {
             bail!("{F}: x509: invalid extended key usage");
         }
         let usage = Oid::new(Cow::Borrowed(content));
+        let arcs = oid(&usage)?;
         let id = usage.to_id_string();
         match EXT_KEY_USAGES.iter().find(|(o, _)| *o == id) {
             Some((_, n)) => d.ext_key_usage.push(Value::from(*n)),
-            None => d.unknown_ext_key_usage.push(oid(&usage)?),
+            None => d.unknown_ext_key_usage.push(arcs),
         }
         body = rest;
     }
@@ -322,7 +323,7 @@ fn authority_info_access(der: &[u8], d: &mut Decoded) -> anyhow::Result<()> {
         let (tag, access, rest) = element(body)?;
         body = rest;
         let (oid_tag, method, location) = element(access)?;
-        if tag != 0x30 || oid_tag != 0x06 {
+        if tag != 0x30 || oid_tag != 0x06 || super::go_json::go_oid_arcs(method).is_none() {
             bail!("{F}: x509: invalid authority info access");
         }
         if location.first() != Some(&0x86) {
