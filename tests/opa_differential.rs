@@ -1524,7 +1524,8 @@ print(json.dumps(out))
 /// OPA's inside Rego, with serials, RSA moduli and curve points as exact decimal
 /// strings on both sides. Inputs portcullis refuses by design (mailbox name
 /// constraints, policy constraints, inhibit-anyPolicy, P-224 and DSA keys, PEM text Go partly
-/// skips) must be errors.
+/// skips) must be errors; 200 certificates with random bytes changed must get
+/// OPA's answer or an error, never another value.
 #[test]
 fn parsed_certificates_agree_with_opa() {
     let py = match python() {
@@ -1613,7 +1614,7 @@ differ[i] := keys if {
 
 refused contains i if {
 	some i, c in input.cases
-	c.kind == "unsupported"
+	c.kind != "ok"
 	not agree[i]
 	not got[i]
 }

@@ -109,6 +109,7 @@ fn certificate(cert: &X509Certificate<'_>) -> anyhow::Result<Value> {
         // Go's number depends on the PSS parameters, which are not reproduced.
         bail!("{F}: RSA-PSS signatures are not supported");
     }
+    go_structure(cert.as_raw())?;
     for id in [
         &tbs.signature.algorithm,
         &cert.signature_algorithm.algorithm,
@@ -146,6 +147,88 @@ fn certificate(cert: &X509Certificate<'_>) -> anyhow::Result<Value> {
     ];
     fields.extend(super::x509_extensions::fields(tbs.extensions())?);
     Ok(obj(fields))
+}
+
+/// What Go's reader checks and x509-parser lets through: the algorithm
+/// identifiers hold an OBJECT IDENTIFIER, and each extension reads as
+/// `{OID, [BOOLEAN 00|FF], OCTET STRING}`.
+fn go_structure(der: &[u8]) -> anyhow::Result<()> {
+    let (cert, _) = seq(der, "certificate")?;
+    let (tbs, rest) = seq(cert, "tbs certificate")?;
+    algorithm(rest)?;
+    let (_, signature) = seq(rest, "algorithm identifier")?;
+    if !matches!(element(signature), Ok((0x03, [0, ..], _))) {
+        return Err(malformed("signature"));
+    }
+    let mut fields = Vec::new();
+    let mut body = tbs;
+    while !body.is_empty() {
+        let (tag, content, rest) = element(body).map_err(|_| malformed("tbs certificate"))?;
+        fields.push((tag, &body[..body.len() - rest.len()], content));
+        body = rest;
+    }
+    let skip = usize::from(fields.first().is_some_and(|f| f.0 == 0xa0));
+    let field = |i: usize| {
+        fields
+            .get(skip + i)
+            .ok_or_else(|| malformed("tbs certificate"))
+    };
+    algorithm(field(1)?.1)?; // signature
+    let (mut validity, _) = seq(field(3)?.1, "validity")?;
+    for _ in 0..2 {
+        let (tag, time, rest) = element(validity).map_err(|_| malformed("validity"))?;
+        let digits = time.len().saturating_sub(1);
+        let shape_ok = time.last() == Some(&b'Z') && time[..digits].iter().all(u8::is_ascii_digit);
+        if !matches!((tag, time.len()), (0x17, 13) | (0x18, 15)) || !shape_ok {
+            bail!("{F}: x509: unsupported time format");
+        }
+        validity = rest;
+    }
+    let (spki, _) = seq(field(5)?.1, "public key")?;
+    algorithm(spki)?;
+    let Some((_, _, extensions)) = fields.iter().find(|f| f.0 == 0xa3) else {
+        return Ok(());
+    };
+    let (mut list, _) = seq(extensions, "extensions")?;
+    while !list.is_empty() {
+        let (ext, rest) = seq(list, "extension")?;
+        list = rest;
+        let (tag, _, mut ext) = element(ext).map_err(|_| malformed("extension OID field"))?;
+        if tag != 0x06 {
+            return Err(malformed("extension OID field"));
+        }
+        if let Ok((0x01, critical, rest)) = element(ext) {
+            if critical != [0x00] && critical != [0xff] {
+                return Err(malformed("extension critical field"));
+            }
+            ext = rest;
+        }
+        if !matches!(element(ext), Ok((0x04, _, _))) {
+            return Err(malformed("extension value field"));
+        }
+    }
+    Ok(())
+}
+
+fn malformed(what: &str) -> anyhow::Error {
+    anyhow!("{F}: x509: malformed {what}")
+}
+
+/// The content and the rest after a SEQUENCE at the start of `d`.
+fn seq<'a>(d: &'a [u8], what: &str) -> anyhow::Result<(&'a [u8], &'a [u8])> {
+    match element(d) {
+        Ok((0x30, body, rest)) => Ok((body, rest)),
+        _ => Err(malformed(what)),
+    }
+}
+
+/// Whether the AlgorithmIdentifier at the start of `d` starts with an OID.
+fn algorithm(d: &[u8]) -> anyhow::Result<()> {
+    let (body, _) = seq(d, "algorithm identifier")?;
+    match element(body) {
+        Ok((0x06, _, _)) => Ok(()),
+        _ => Err(malformed("OID")),
+    }
 }
 
 fn same_algorithm(a: &AlgorithmIdentifier<'_>, b: &AlgorithmIdentifier<'_>) -> bool {

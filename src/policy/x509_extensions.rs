@@ -294,7 +294,9 @@ fn basic_constraints(der: &[u8]) -> anyhow::Result<(bool, i64)> {
     }
     let mut max = -1;
     if let Ok((0x02, n, rest)) = element(body) {
-        if n.is_empty() || n.len() > 4 {
+        // Minimal and not negative (OPA's Go refuses a negative path length).
+        let minimal = n.len() < 2 || !matches!((n[0], n[1] & 0x80), (0, 0) | (0xff, 0x80));
+        if n.is_empty() || n.len() > 4 || !minimal || n[0] & 0x80 != 0 {
             return Err(bad());
         }
         let first = i64::from(n[0] as i8);

@@ -2,9 +2,11 @@
 OPA's answer for each.
 
 Writes to standard output one JSON document:
-  {"cases": [{"c": INPUT, "kind": "ok" | "unsupported", "error": BOOL, "want": VALUE}]}
+  {"cases": [{"c": INPUT, "kind": "ok" | "unsupported" | "mutated", "error": BOOL, "want": VALUE}]}
 where INPUT is PEM text, base64 of PEM or base64 of DER; "unsupported" marks
-inputs portcullis answers with an error by design (documented in the README).
+inputs portcullis answers with an error by design (documented in the README),
+"mutated" certificates with random bytes changed, which portcullis must answer
+as OPA does or with an error.
 Serial numbers and public key integers (RSA moduli, curve points) are given as
 decimal strings: JSON readers that go through a double (portcullis' input
 reader included) cannot hold them, and the test converts its own answer the same
@@ -216,6 +218,14 @@ def main():
         ("ok", one + "\n\n" + one),
         ("ok", base64.encodebytes(der(certificate("p384"))).decode()),
     ]
+    # Certificates with one or two bytes changed: portcullis must give OPA's
+    # answer or an error, never another value.
+    for i in range(200):
+        d = bytearray(der(certificate(KINDS[i % len(KINDS)])))
+        for _ in range(rng.randint(1, 2)):
+            j = rng.randrange(len(d))
+            d[j] = rng.randrange(256) if rng.random() < 0.7 else d[j] ^ (1 << rng.randrange(8))
+        cases.append(("mutated", base64.b64encode(bytes(d)).decode()))
     for path in EXTRA_FILES:
         with open(path) as f:
             cases.append(("ok", f.read()))
