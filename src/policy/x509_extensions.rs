@@ -478,8 +478,12 @@ fn certificate_policies(der: &[u8]) -> anyhow::Result<Vec<(Value, Value)>> {
         if tag != 0x30 || oid_tag != 0x06 || id.is_empty() || !seen.insert(id) {
             return Err(bad());
         }
-        let id = Oid::new(Cow::Borrowed(id));
-        out.push((oid(&id)?, Value::from(id.to_id_string())));
+        let arcs = super::go_json::go_oid_arcs(id).ok_or_else(bad)?;
+        let text: Vec<String> = arcs.iter().map(u64::to_string).collect();
+        out.push((
+            Value::from(arcs.into_iter().map(Value::from).collect::<Vec<_>>()),
+            Value::from(text.join(".")),
+        ));
     }
     Ok(out)
 }
