@@ -186,6 +186,16 @@ fn go_structure(der: &[u8]) -> anyhow::Result<()> {
     }
     let (spki, _) = seq(field(5)?.1, "public key")?;
     algorithm(spki)?;
+    // After the key only the unique identifiers and the extensions, in order
+    // (Go ignores anything else there; x509-parser reads it differently).
+    let trailing: Vec<u8> = fields.iter().skip(skip + 6).map(|f| f.0).collect();
+    if !trailing.windows(2).all(|w| w[0] < w[1])
+        || trailing
+            .iter()
+            .any(|t| ![0x81, 0x82, 0xa1, 0xa2, 0xa3].contains(t))
+    {
+        return Err(malformed("tbs certificate"));
+    }
     let Some((_, _, extensions)) = fields.iter().find(|f| f.0 == 0xa3) else {
         return Ok(());
     };

@@ -157,7 +157,7 @@ def extensions(b, subject_key, issuer_key, ca):
 def certificate(kind, extra=None):
     subject_key = key(kind)
     issuer_key = rng.choice(ISSUERS)
-    ca = rng.random() < 0.25
+    ca = extra is None and rng.random() < 0.25  # no random name constraints beside `extra`
     start = datetime.datetime(rng.choice([1999, 2020, 2025]), rng.randint(1, 12), rng.randint(1, 28),
                               rng.randint(0, 23), rng.randint(0, 59), rng.randint(0, 59), tzinfo=UTC)
     end = start + datetime.timedelta(days=rng.choice([1, 90, 365 * 40]))
