@@ -420,9 +420,9 @@ async fn refused_modules_never_load() {
             "declared var `k` unused",
         ),
         (
-            "allow if { crypto.x509.parse_certificates(input.x) }",
+            "allow if { crypto.x509.parse_certificate_request(input.x) }",
             "authz.rego:5:12",
-            "OPA builtin `crypto.x509.parse_certificates`",
+            "OPA builtin `crypto.x509.parse_certificate_request`",
         ),
         (
             "allow if { startswith(input.parsed_path[0], \"v\", \"x\", \"y\") }",

@@ -4,7 +4,8 @@
 //! values (`{{.a.b}}`, with `{{-`/`-}}` trimming), and `regex.globs_match`
 //! (see [`super::globs_match`]), and `json.match_schema`/`json.verify_schema`
 //! (see [`super::json_schema`]), and `crypto.x509.parse_rsa_private_key` (see
-//! [`super::x509_builtins`]). Each follows OPA's documented signature and result format; an
+//! [`super::x509_builtins`]) and `crypto.x509.parse_certificates` (see
+//! [`super::x509_certificates`]). Each follows OPA's documented signature and result format; an
 //! argument of the wrong type or an invalid address is an error, which the engine
 //! turns into an undefined call unless builtin errors are strict (as OPA does).
 
@@ -38,13 +39,14 @@ pub const FUNCTIONS: &[(&str, usize)] = &[
     ("json.match_schema", 2),
     ("json.verify_schema", 1),
     ("crypto.x509.parse_rsa_private_key", 1),
+    ("crypto.x509.parse_certificates", 1),
 ];
 
 type Builtin = fn(&[Value]) -> anyhow::Result<Value>;
 
 /// Registers every function of [`FUNCTIONS`].
 pub fn register(r: &mut Registrar<'_>) -> anyhow::Result<()> {
-    let table: [(&str, Builtin); 18] = [
+    let table: [(&str, Builtin); 19] = [
         ("crypto.md5", |a| digest_hex(a, "crypto.md5", Hash::Md5)),
         ("crypto.sha1", |a| digest_hex(a, "crypto.sha1", Hash::Sha1)),
         ("crypto.sha256", |a| {
@@ -75,6 +77,10 @@ pub fn register(r: &mut Registrar<'_>) -> anyhow::Result<()> {
         (
             "crypto.x509.parse_rsa_private_key",
             super::x509_builtins::parse_rsa_private_key,
+        ),
+        (
+            "crypto.x509.parse_certificates",
+            super::x509_certificates::parse_certificates,
         ),
     ];
     for ((name, f), (listed, nargs)) in table.into_iter().zip(FUNCTIONS) {

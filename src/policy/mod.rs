@@ -17,6 +17,7 @@ pub mod exact_json;
 pub mod explain;
 pub mod extra_builtins;
 pub mod globs_match;
+mod go_json;
 pub mod input;
 pub mod json_schema;
 mod json_schema_parse;
@@ -34,6 +35,8 @@ pub mod store;
 pub mod test_runner;
 pub mod workload_labels;
 pub mod x509_builtins;
+pub mod x509_certificates;
+mod x509_extensions;
 
 pub use access::{HeaderNeeds, InputAccess, InputNeeds};
 pub use decision::{decision_from_value, Decision, DecisionError};

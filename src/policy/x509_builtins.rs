@@ -82,20 +82,24 @@ fn key_der(input: &str, depth: u8) -> anyhow::Result<Option<Vec<u8>>> {
 }
 
 /// One DER element at the start of `der`: (tag, content, rest).
-fn element(der: &[u8]) -> anyhow::Result<(u8, &[u8], &[u8])> {
-    let short = || anyhow!("{F}: truncated DER");
+pub(super) fn element(der: &[u8]) -> anyhow::Result<(u8, &[u8], &[u8])> {
+    let short = || anyhow!("truncated DER");
     let (&tag, rest) = der.split_first().ok_or_else(short)?;
     let (&first, rest) = rest.split_first().ok_or_else(short)?;
     let (len, rest) = if first < 0x80 {
         (usize::from(first), rest)
     } else {
         let count = usize::from(first & 0x7f);
-        if count == 0 || count > 4 || rest.len() < count {
+        // DER: a long form only when needed, without leading zero bytes.
+        if count == 0 || count > 4 || rest.len() < count || rest[0] == 0 {
             return Err(short());
         }
         let len = rest[..count]
             .iter()
             .fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
+        if len < 0x80 {
+            return Err(short());
+        }
         (len, &rest[count..])
     };
     if rest.len() < len {
@@ -138,13 +142,6 @@ fn pkcs8_inner(der: &[u8]) -> anyhow::Result<Vec<u8>> {
 /// it (padded, whitespace ignored); Go skips a block that is not, and OPA then
 /// answers `null`.
 fn go_pem_body_decodes(input: &str) -> bool {
-    use base64::engine::{general_purpose::GeneralPurposeConfig, DecodePaddingMode};
-    let go = base64::engine::GeneralPurpose::new(
-        &base64::alphabet::STANDARD,
-        GeneralPurposeConfig::new()
-            .with_decode_allow_trailing_bits(true)
-            .with_decode_padding_mode(DecodePaddingMode::RequireCanonical),
-    );
     let body: String = input
         .lines()
         .skip(1)
@@ -152,5 +149,16 @@ fn go_pem_body_decodes(input: &str) -> bool {
         .filter(|l| !l.contains(':'))
         .flat_map(|l| l.chars().filter(|c| !c.is_ascii_whitespace()))
         .collect();
-    go.decode(body).is_ok()
+    go_base64().decode(body).is_ok()
+}
+
+/// Go's `base64.StdEncoding` as a decoder: padded, trailing bits allowed.
+pub(super) fn go_base64() -> base64::engine::GeneralPurpose {
+    use base64::engine::{general_purpose::GeneralPurposeConfig, DecodePaddingMode};
+    base64::engine::GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        GeneralPurposeConfig::new()
+            .with_decode_allow_trailing_bits(true)
+            .with_decode_padding_mode(DecodePaddingMode::RequireCanonical),
+    )
 }

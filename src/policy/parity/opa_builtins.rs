@@ -46,10 +46,6 @@ pub const OPA_BUILTINS_REFUSED: &[(&str, &str)] = &[
     ("cast_set", "deprecated in OPA"),
     ("cast_string", "deprecated in OPA"),
     (
-        "crypto.x509.parse_certificates",
-        "its result is Go's x509.Certificate as JSON: raw DER fields, Go's enum numbers, pkix.Name and key internals, which portcullis does not reproduce",
-    ),
-    (
         "crypto.x509.parse_and_verify_certificates",
         "its result is Go's x509.Certificate as JSON: raw DER fields, Go's enum numbers, pkix.Name and key internals, which portcullis does not reproduce",
     ),
