@@ -339,10 +339,11 @@ fn sighup_reloads_policy() {
     std::fs::write(policies.join("authz.rego"), good(1)).unwrap();
     let admin = free_port();
     let config = format!(
-        "identity:\n  files: {{cert: {s}/tls.crt, key: {s}/tls.key, bundle: {s}/ca.crt}}\ninbound: {{listen: 127.0.0.1:{i}, app: 127.0.0.1:{a}}}\nadmin: {{listen: 127.0.0.1:{admin}}}\npolicy: {{dir: {p}, watch_interval: 1h}}\nlog: {{decisions: false, level: warn}}\n",
+        "identity:\n  files: {{cert: {s}/tls.crt, key: {s}/tls.key, bundle: {s}/ca.crt}}\ninbound: {{listen: 127.0.0.1:{i}, app: 127.0.0.1:{a}}}\noutbound: {{listen: 127.0.0.1:{o}}}\nadmin: {{listen: 127.0.0.1:{admin}}}\npolicy: {{dir: {p}, watch_interval: 1h}}\nlog: {{decisions: false, level: warn}}\n",
         s = pki.path("server").display(),
         i = free_port(),
         a = free_port(),
+        o = free_port(),
         p = policies.display(),
     );
     let config_path = pki.path("config.yaml");
