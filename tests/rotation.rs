@@ -16,6 +16,17 @@ use portcullis::identity::{leaf_info, SpiffeId};
 
 const ALLOW_ALL: &str = "package envoy.authz\nimport rego.v1\ndefault allow := true\n";
 
+/// The PKI's server identity as files, polled every `poll`.
+fn server_files(pki: &Pki, poll: Duration) -> IdentityConfig {
+    IdentityConfig::Files(FilesIdentity {
+        cert: pki.path("server/tls.crt"),
+        key: pki.path("server/tls.key"),
+        bundle: pki.path("server/ca.crt"),
+        poll_interval: poll,
+        ..FilesIdentity::default()
+    })
+}
+
 /// Opens an mTLS connection; returns the server's certificate serial and an HTTP sender.
 async fn connect(
     cfg: &Arc<rustls::ClientConfig>,
@@ -52,13 +63,7 @@ async fn file_rotation_keeps_old_connections_and_refuses_mismatched_keys() {
     let policies = policy_dir(&pki, &[("authz.rego", ALLOW_ALL)]);
     let app = echo_app().await;
     let mut cfg = config(&pki, &policies, app);
-    cfg.identity = IdentityConfig::Files(FilesIdentity {
-        cert: pki.path("server/tls.crt"),
-        key: pki.path("server/tls.key"),
-        bundle: pki.path("server/ca.crt"),
-        poll_interval: Duration::from_millis(100),
-        ..FilesIdentity::default()
-    });
+    cfg.identity = server_files(&pki, Duration::from_millis(100));
     let sidecar = start(cfg).await;
     let addr = sidecar.inbound_addr;
     let client = pki.client("frontend", &[b"http/1.1"]);
@@ -161,13 +166,7 @@ async fn rotation_every_second_under_load_loses_no_request() {
     let policies = policy_dir(&pki, &[("authz.rego", ALLOW_ALL)]);
     let app = echo_app().await;
     let mut cfg = config(&pki, &policies, app);
-    cfg.identity = IdentityConfig::Files(FilesIdentity {
-        cert: pki.path("server/tls.crt"),
-        key: pki.path("server/tls.key"),
-        bundle: pki.path("server/ca.crt"),
-        poll_interval: Duration::from_millis(100),
-        ..FilesIdentity::default()
-    });
+    cfg.identity = server_files(&pki, Duration::from_millis(100));
     let sidecar = start(cfg).await;
     let addr = sidecar.inbound_addr;
     let client = pki.client("frontend", &[b"http/1.1"]);
@@ -250,13 +249,7 @@ async fn shutdown_stops_the_identity_poller() {
     let policies = policy_dir(&pki, &[("authz.rego", ALLOW_ALL)]);
     let app = echo_app().await;
     let mut cfg = config(&pki, &policies, app);
-    cfg.identity = IdentityConfig::Files(FilesIdentity {
-        cert: pki.path("server/tls.crt"),
-        key: pki.path("server/tls.key"),
-        bundle: pki.path("server/ca.crt"),
-        poll_interval: Duration::from_millis(50),
-        ..FilesIdentity::default()
-    });
+    cfg.identity = server_files(&pki, Duration::from_millis(50));
     let sidecar = start(cfg).await;
     assert!(
         sidecar.tasks.running().contains(&"identity-files"),

@@ -82,7 +82,8 @@ impl DecisionError {
     }
 }
 
-fn kind(v: &Value) -> &'static str {
+/// Rego's name for the type of `v`, as OPA's messages print it.
+pub(crate) fn type_name(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "boolean",
@@ -119,7 +120,7 @@ pub fn decision_from_value(v: &Value) -> Result<Decision, DecisionError> {
         other => {
             return Err(wrong(format!(
                 "expected a boolean or an object with `allowed`, got a {}",
-                kind(other)
+                type_name(other)
             )))
         }
     };
@@ -130,7 +131,7 @@ pub fn decision_from_value(v: &Value) -> Result<Decision, DecisionError> {
         Some(other) => {
             return Err(wrong(format!(
                 "`allowed` must be a boolean, got a {}",
-                kind(other)
+                type_name(other)
             )))
         }
         None => return Err(wrong("result object has no `allowed` field".to_string())),
@@ -167,7 +168,7 @@ pub fn decision_from_value(v: &Value) -> Result<Decision, DecisionError> {
             other => {
                 return Err(wrong(format!(
                     "`body` must be a string, got a {}",
-                    kind(other)
+                    type_name(other)
                 )))
             }
         }
@@ -177,7 +178,7 @@ pub fn decision_from_value(v: &Value) -> Result<Decision, DecisionError> {
         Some(other) => {
             return Err(wrong(format!(
                 "`reason` must be a string, got a {}",
-                kind(other)
+                type_name(other)
             )))
         }
         None if !d.allowed => d.reason = d.body.clone(),
@@ -190,7 +191,7 @@ fn status(v: &Value) -> Result<u16, DecisionError> {
     let Value::Number(n) = v else {
         return Err(wrong(format!(
             "`http_status` must be an integer, got a {}",
-            kind(v)
+            type_name(v)
         )));
     };
     match n.as_u64() {
@@ -207,7 +208,7 @@ fn header_map(v: &Value, field: &str) -> Result<Vec<(String, String)>, DecisionE
     let Value::Object(o) = v else {
         return Err(wrong(format!(
             "`{field}` must be an object, got a {}",
-            kind(v)
+            type_name(v)
         )));
     };
     let mut out = Vec::with_capacity(o.len());
@@ -235,7 +236,7 @@ fn header_map(v: &Value, field: &str) -> Result<Vec<(String, String)>, DecisionE
             other => {
                 return Err(wrong(format!(
                     "`{field}.{name}` must be a string or an array of strings, got a {}",
-                    kind(other)
+                    type_name(other)
                 )))
             }
         }
@@ -250,7 +251,7 @@ fn header_names(v: &Value, field: &str) -> Result<Vec<String>, DecisionError> {
         other => {
             return Err(wrong(format!(
                 "`{field}` must be an array of strings, got a {}",
-                kind(other)
+                type_name(other)
             )))
         }
     };

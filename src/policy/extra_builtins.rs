@@ -18,6 +18,7 @@ use ipnet::IpNet;
 use regorus::Value;
 
 use super::builtins::registrar::Registrar;
+use super::decision::type_name;
 
 /// The functions registered by [`register`], with their arities.
 pub const FUNCTIONS: &[(&str, usize)] = &[
@@ -100,19 +101,6 @@ fn string_arg<'a>(args: &'a [Value], i: usize, f: &str) -> anyhow::Result<&'a st
             type_name(other)
         ),
         None => bail!("{f}: operand {} missing", i + 1),
-    }
-}
-
-fn type_name(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "boolean",
-        Value::Number(_) => "number",
-        Value::String(_) => "string",
-        Value::Array(_) => "array",
-        Value::Set(_) => "set",
-        Value::Object(_) => "object",
-        Value::Undefined => "undefined",
     }
 }
 
@@ -522,11 +510,7 @@ fn go_print(v: &Value, out: &mut String) {
         Value::Number(_) => out.push_str(&v.to_string()),
         Value::String(s) => out.push_str(s),
         Value::Array(_) | Value::Set(_) => {
-            let items: Vec<&Value> = match v {
-                Value::Array(a) => a.iter().collect(),
-                Value::Set(s) => s.iter().collect(),
-                _ => Vec::new(),
-            };
+            let items = super::go_json::elements(v);
             out.push('[');
             for (i, x) in items.into_iter().enumerate() {
                 if i > 0 {

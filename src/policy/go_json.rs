@@ -9,6 +9,16 @@ use base64::Engine as _;
 use regorus::Value;
 
 /// A Go struct: an object of its field names.
+/// The elements of an array or a set, in order (empty for anything else): what
+/// Go's printers walk for a slice.
+pub fn elements(v: &Value) -> Vec<&Value> {
+    match v {
+        Value::Array(a) => a.iter().collect(),
+        Value::Set(s) => s.iter().collect(),
+        _ => Vec::new(),
+    }
+}
+
 pub fn obj(fields: Vec<(&str, Value)>) -> Value {
     Value::from(
         fields

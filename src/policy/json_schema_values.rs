@@ -322,11 +322,7 @@ fn write_go_json(v: &Value, out: &mut String) -> Parsed<()> {
         }
         Value::String(s) => go_quote(s, out),
         Value::Array(_) | Value::Set(_) => {
-            let items: Vec<&Value> = match v {
-                Value::Array(a) => a.iter().collect(),
-                Value::Set(s) => s.iter().collect(),
-                _ => Vec::new(),
-            };
+            let items = super::go_json::elements(v);
             out.push('[');
             for (i, x) in items.into_iter().enumerate() {
                 if i > 0 {
