@@ -1,6 +1,6 @@
 //! The admin listener (`:15000`): `/metrics`, `/live`, `/ready` for the pod network;
 //! state-changing endpoints (`/shutdown`, `/logging`) and the live decision stream
-//! (`/tap`, see [`crate::tap`]) answer only on loopback.
+//! (`/tap`, see [`crate::proxy::tap`]) answer only on loopback.
 //! `GET /app-health/<container>/<livez|readyz|startupz>` runs the app's original
 //! kubelet probe (rewritten by `portcullis inject`, see [`crate::k8s::probe`]).
 
@@ -16,13 +16,11 @@ use tokio::sync::Notify;
 use crate::identity::tls::Identity;
 use crate::k8s::inject::APP_HEALTH_PREFIX;
 use crate::k8s::probe::AppProbes;
+use crate::logging::LevelSetter;
 use crate::metrics;
 use crate::policy::store::PolicyStore;
 use crate::proxy::forward::{text_response, ProxyBody};
 use crate::proxy::listener::{accept_loop, ConnLimit, Drain, HttpServer};
-
-/// Changes the log filter at run time; errors say why the level is invalid.
-pub type LevelSetter = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
 
 /// What the admin endpoints look at and act on.
 pub struct Admin {
@@ -101,7 +99,7 @@ impl Admin {
                     None => text_response(StatusCode::BAD_REQUEST, "missing ?level=\n"),
                 }
             }
-            (&Method::GET, "/tap") => crate::tap::response(req.uri().query()),
+            (&Method::GET, "/tap") => crate::proxy::tap::response(req.uri().query()),
             (_, "/metrics" | "/live" | "/ready" | "/shutdown" | "/logging" | "/tap") => {
                 text_response(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
             }

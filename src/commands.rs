@@ -159,7 +159,7 @@ pub struct TapArgs {
 
 /// `portcullis tap`: prints each decision the sidecar streams until interrupted.
 pub fn tap(args: &TapArgs) -> anyhow::Result<()> {
-    let filter = crate::tap::TapFilter {
+    let filter = crate::proxy::tap::TapFilter {
         direction: match args.direction.as_deref() {
             Some("in") => Some(crate::direction::Direction::Inbound),
             Some("out") => Some(crate::direction::Direction::Outbound),
@@ -170,12 +170,14 @@ pub fn tap(args: &TapArgs) -> anyhow::Result<()> {
         path_prefix: args.path_prefix.clone(),
     };
     let mtls = match (&args.cert, &args.key, &args.bundle) {
-        (Some(cert), Some(key), Some(bundle)) => {
-            Some(crate::tap::client_tls(cert, key, bundle).context("--cert/--key/--bundle")?)
-        }
+        (Some(cert), Some(key), Some(bundle)) => Some(
+            crate::proxy::tap::client_tls(cert, key, bundle).context("--cert/--key/--bundle")?,
+        ),
         _ => None,
     };
-    runtime()?.block_on(crate::tap::follow(args.admin, &filter, args.json, mtls))
+    runtime()?.block_on(crate::proxy::tap::follow(
+        args.admin, &filter, args.json, mtls,
+    ))
 }
 
 /// Arguments of `portcullis import istio`.

@@ -76,7 +76,7 @@ const BUNDLED_POLICIES: &[(&str, &str)] = &[
 
 /// Runs the demo until Ctrl-C (or, with `--check`, until the checks are done).
 pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
-    let set_level = crate::run::init_logging(LogFormat::Text, "warn");
+    let set_level = crate::logging::init_logging(LogFormat::Text, "warn");
     let td = TrustDomain::parse(TRUST_DOMAIN)?;
     let dir = &args.dir;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;

@@ -13,7 +13,7 @@ use tokio::sync::Notify;
 
 use crate::admin::Admin;
 use crate::authn::Authenticator;
-use crate::config::{Config, IdentityConfig, LogFormat, OutboundMode, RouteProtocol};
+use crate::config::{Config, IdentityConfig, OutboundMode, RouteProtocol};
 use crate::decision_log::DecisionLog;
 use crate::direction::Direction;
 use crate::identity::dev_ca::DevCa;
@@ -31,36 +31,7 @@ use crate::proxy::outbound::{Outbound, Protocol, Target};
 use crate::proxy::peer::PeerPool;
 use crate::tasks::Tasks;
 
-pub use crate::admin::LevelSetter;
-
-/// Installs the global tracing subscriber; returns a function that changes the level.
-pub fn init_logging(format: LogFormat, level: &str) -> LevelSetter {
-    use tracing_subscriber::prelude::*;
-    use tracing_subscriber::{reload, EnvFilter};
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
-    let (filter, handle) = reload::Layer::new(filter);
-    let registry = tracing_subscriber::registry().with(filter);
-    // Logs go to stderr; stdout carries decision logs.
-    let result = match format {
-        LogFormat::Json => registry
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .json()
-                    .with_writer(std::io::stderr),
-            )
-            .try_init(),
-        LogFormat::Text => registry
-            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
-            .try_init(),
-    };
-    if result.is_err() {
-        // Already installed (tests, demo): keep the existing subscriber.
-    }
-    Box::new(move |l: &str| {
-        let f = EnvFilter::try_new(l).map_err(|e| format!("bad level {l:?}: {e}"))?;
-        handle.reload(f).map_err(|e| e.to_string())
-    })
-}
+use crate::logging::{init_logging, LevelSetter};
 
 /// Starts the identity source named by the configuration and loads the first SVID.
 pub async fn start_identity(cfg: &Config, tasks: &Tasks) -> anyhow::Result<Arc<Identity>> {

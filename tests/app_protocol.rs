@@ -338,10 +338,7 @@ impl Drop for PythonApp {
 async fn python_http_server() -> Option<PythonApp> {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("hello.txt"), "hello from python\n").unwrap();
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let port = portcullis_testkit::ports::free_port();
     let child = Command::new("python3")
         .args([
             "-m",

@@ -10,7 +10,7 @@
 mod common;
 mod envoy_proc;
 
-use std::net::{SocketAddr, TcpListener as StdListener};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -51,13 +51,7 @@ macro_rules! envoy_or_skip {
     };
 }
 
-fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use portcullis_testkit::ports::free_port;
 
 fn addr(port: u16) -> Value {
     json!({"socket_address": {"address": "127.0.0.1", "port_value": port}})

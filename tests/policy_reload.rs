@@ -320,13 +320,7 @@ async fn configmap_symlink_swap_is_detected() {
     );
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use portcullis_testkit::ports::free_port;
 
 /// `SIGHUP` to the real binary reloads the directory even when the watcher
 /// would not look for an hour.

@@ -151,13 +151,7 @@ impl Drop for Proc {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use portcullis_testkit::ports::free_port;
 
 #[tokio::test]
 async fn the_real_binary_logs_each_disagreement_with_the_decision_id_and_both_results() {

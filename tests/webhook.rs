@@ -7,7 +7,6 @@
 mod k8s_schema;
 
 use std::io::Write;
-use std::net::TcpListener as StdListener;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,13 +28,7 @@ impl Drop for Proc {
     }
 }
 
-fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use portcullis_testkit::ports::free_port;
 
 struct Client {
     tls: Arc<rustls::ClientConfig>,

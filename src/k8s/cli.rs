@@ -190,7 +190,7 @@ pub fn run_webhook(cmd: &WebhookCmd) -> anyhow::Result<()> {
     if cert_poll.is_zero() {
         bail!("--cert-poll must be greater than zero");
     }
-    let _ = crate::run::init_logging(crate::config::LogFormat::Json, &cmd.webhook_log_level);
+    let _ = crate::logging::init_logging(crate::config::LogFormat::Json, &cmd.webhook_log_level);
     let cfg = WebhookConfig {
         tls_cert: cmd.tls_cert.clone(),
         tls_key: cmd.tls_key.clone(),

@@ -27,8 +27,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::policy::bundle::{Bundle, BundleClient, BundleError, BundleLimits, Fetched};
-use crate::policy::engine::options::{PolicyError, PolicyOptions};
 use crate::policy::engine::PolicySet;
+use crate::policy::options::{PolicyError, PolicyOptions};
 use crate::policy::sources::DirFiles;
 use crate::policy::store::{PolicySource, PolicyStore};
 

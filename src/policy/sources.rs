@@ -12,7 +12,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::policy::engine::options::PolicyError;
+use crate::policy::options::PolicyError;
 
 /// Symbolic-link loops and absurd nesting stop here.
 pub const MAX_DEPTH: usize = 32;

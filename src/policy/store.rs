@@ -11,14 +11,14 @@
 //! [`crate::policy::reload`]'s job; a broken revision is never installed.
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard, PoisonError};
 
 use arc_swap::ArcSwapOption;
+use prometheus::{IntCounterVec, IntGaugeVec};
 
 use crate::metrics;
-use crate::policy::engine::options::PolicyOptions;
 use crate::policy::engine::PolicySet;
-use crate::policy::shadow::metrics as shadow_metrics;
+use crate::policy::options::PolicyOptions;
 
 /// Index of the inbound query in every [`PolicySet`] the store builds.
 pub const INBOUND: usize = 0;
@@ -34,6 +34,53 @@ pub enum PolicySource {
     Bundle,
 }
 
+/// The metrics a store counts its installs in: the enforced policy's
+/// (`portcullis_policy_reloads_total`, `portcullis_policy_revision_info`) or the
+/// shadow policy's (`portcullis_policy_shadow_reloads_total`,
+/// `portcullis_policy_shadow_revision_info`).
+struct RevisionMetrics {
+    reloads: &'static IntCounterVec,
+    revision: &'static IntGaugeVec,
+    /// The log message of an install.
+    installed: &'static str,
+}
+
+impl RevisionMetrics {
+    fn enforced() -> RevisionMetrics {
+        let m = metrics::global();
+        RevisionMetrics {
+            reloads: &m.policy_reloads,
+            revision: &m.policy_revision,
+            installed: "policy revision active",
+        }
+    }
+
+    fn shadow() -> RevisionMetrics {
+        static SHADOW: LazyLock<(IntCounterVec, IntGaugeVec)> = LazyLock::new(|| {
+            let registry = &metrics::global().registry;
+            (
+                metrics::counter(
+                    registry,
+                    "portcullis_policy_shadow_reloads_total",
+                    "Shadow policy loads and reloads, by result.",
+                    &["result"],
+                ),
+                metrics::gauge_vec(
+                    registry,
+                    "portcullis_policy_shadow_revision_info",
+                    "The loaded shadow policy revision; value is always 1.",
+                    &["revision"],
+                ),
+            )
+        });
+        RevisionMetrics {
+            reloads: &SHADOW.0,
+            revision: &SHADOW.1,
+            installed: "shadow policy revision active",
+        }
+    }
+}
+
 /// Holds the active [`PolicySet`].
 pub struct PolicyStore {
     current: ArcSwapOption<PolicySet>,
@@ -45,8 +92,9 @@ pub struct PolicyStore {
     reloading: Mutex<Option<String>>,
     /// Wakes the bundle poller (a forced reload in bundle mode).
     refresh: tokio::sync::Notify,
-    /// A shadow policy (`policy.shadow`): counted in its own metrics, never enforced.
-    shadow: bool,
+    /// Where installs are counted: a shadow policy (`policy.shadow`) has its own
+    /// metrics, and is never enforced.
+    metrics: RevisionMetrics,
 }
 
 impl PolicyStore {
@@ -77,7 +125,7 @@ impl PolicyStore {
             options,
             reloading: Mutex::new(None),
             refresh: tokio::sync::Notify::new(),
-            shadow: false,
+            metrics: RevisionMetrics::enforced(),
         }
     }
 
@@ -91,7 +139,7 @@ impl PolicyStore {
     ) -> Arc<PolicyStore> {
         let source = dir.map_or(PolicySource::Bundle, PolicySource::Dir);
         let mut store = PolicyStore::new(source, inbound_query, outbound_query, options.into());
-        store.shadow = true;
+        store.metrics = RevisionMetrics::shadow();
         Arc::new(store)
     }
 
@@ -140,14 +188,7 @@ impl PolicyStore {
 
     /// Counts a failed reload (`portcullis_policy_reloads_total{result="error"}`).
     pub fn count_failure(&self) {
-        if self.shadow {
-            shadow_metrics::count_reload("error");
-            return;
-        }
-        metrics::global()
-            .policy_reloads
-            .with_label_values(&["error"])
-            .inc();
+        self.metrics.reloads.with_label_values(&["error"]).inc();
     }
 
     /// Asks the bundle poller to poll now (a forced reload in bundle mode).
@@ -162,21 +203,14 @@ impl PolicyStore {
 
     /// Installs an already compiled set (directory reload or bundle).
     pub fn install(&self, set: PolicySet) {
-        if self.shadow {
-            shadow_metrics::installed(&self.revision(), set.revision());
-            self.current.store(Some(Arc::new(set)));
-            return;
-        }
-        let m = metrics::global();
+        let m = &self.metrics;
         let old = self.revision();
         if old != set.revision() {
-            let _ = m.policy_revision.remove_label_values(&[&old]);
+            let _ = m.revision.remove_label_values(&[&old]);
         }
-        m.policy_revision
-            .with_label_values(&[set.revision()])
-            .set(1);
-        m.policy_reloads.with_label_values(&["success"]).inc();
-        tracing::info!(revision = set.revision(), "policy revision active");
+        m.revision.with_label_values(&[set.revision()]).set(1);
+        m.reloads.with_label_values(&["success"]).inc();
+        tracing::info!(revision = set.revision(), "{}", m.installed);
         self.current.store(Some(Arc::new(set)));
     }
 }

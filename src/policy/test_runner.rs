@@ -20,8 +20,8 @@ use regorus::{Engine, Value};
 use serde::Serialize;
 
 use super::bundle::{Bundle, BundleError};
-use super::engine::options::{ExtensionHook, PolicyError};
 use super::exact_json::json_to_value;
+use super::options::{ExtensionHook, PolicyError};
 
 /// How tests are selected and run.
 #[derive(Clone, Default)]

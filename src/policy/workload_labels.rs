@@ -8,7 +8,7 @@ use std::path::Path;
 
 use serde_json::{Map, Value};
 
-use super::engine::options::PolicyError;
+use super::options::PolicyError;
 
 /// Where the labels go in the data document.
 pub const DATA_PATH: [&str; 3] = ["portcullis", "workload", "labels"];

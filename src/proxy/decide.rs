@@ -218,7 +218,7 @@ impl Decider {
         facts: &InputFacts<'_>,
     ) -> Ticket {
         let logged = self.log.wants(label == "allow");
-        if !logged && !crate::tap::active() {
+        if !logged && !crate::proxy::tap::active() {
             return Ticket {
                 label,
                 entry: None,
@@ -356,8 +356,8 @@ impl Decider {
         let log = self.log.clone();
         let logged = ticket.logged;
         let done = move |entry: DecisionEntry| {
-            if crate::tap::active() {
-                crate::tap::publish(tap_event(&entry));
+            if crate::proxy::tap::active() {
+                crate::proxy::tap::publish(tap_event(&entry));
             }
             if logged {
                 log.log(&entry);
@@ -383,8 +383,8 @@ impl Decider {
 }
 
 /// A decision as the tap streams it.
-fn tap_event(e: &DecisionEntry) -> crate::tap::TapEvent {
-    crate::tap::TapEvent {
+fn tap_event(e: &DecisionEntry) -> crate::proxy::tap::TapEvent {
+    crate::proxy::tap::TapEvent {
         time: e.time.clone(),
         decision_id: e.decision_id.clone(),
         direction: e.direction,

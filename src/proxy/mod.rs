@@ -64,6 +64,7 @@ pub mod path;
 pub mod peer;
 pub mod reply;
 pub mod sniff;
+pub mod tap;
 pub mod tcp;
 
 use std::net::SocketAddr;

@@ -143,7 +143,7 @@ mod tests {
         assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
         assert_eq!(resp.headers()[WWW_AUTHENTICATE], "Bearer");
         assert_eq!(resp.headers()[CONTENT_TYPE], "text/plain; charset=utf-8");
-        let grpc = super::super::grpc::answer_as_grpc(resp);
+        let grpc = crate::proxy::grpc::answer_as_grpc(resp);
         assert_eq!(grpc.status(), StatusCode::OK);
         assert_eq!(grpc.headers()["grpc-status"], "16");
         assert_eq!(grpc.headers()["grpc-message"], "token expired");

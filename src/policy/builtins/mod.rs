@@ -1,10 +1,10 @@
 //! The extension builtins and their registration: OPA's `io.jwt.*` token
 //! builtins ([`jwt`]) as regorus extensions, so policies written for the
 //! OPA-Envoy plugin that verify tokens themselves run unchanged, and the other
-//! OPA builtins regorus lacks ([`crate::policy::extra_builtins`]).
+//! OPA builtins regorus lacks ([`crate::policy::builtins::extra`]).
 //!
 //! Provided: `io.jwt.decode`, `io.jwt.encode_sign`/`encode_sign_raw` (see
-//! [`crate::policy::jwt_sign`]), `io.jwt.decode_verify` (constraints `cert`,
+//! [`crate::policy::builtins::jwt_sign`]), `io.jwt.decode_verify` (constraints `cert`,
 //! `secret`, `alg`, `iss`, `aud`, `time`), `io.jwt.verify_rs256/384/512`,
 //! `verify_ps256/384/512`, `verify_es256/384/512`, `verify_eddsa`, `verify_hs256/384/512`.
 //!
@@ -30,8 +30,19 @@
 //! keys) are builtin errors: the call is undefined, as in OPA-Envoy's non-strict
 //! evaluation, unless registered strict ([`strict_extensions`]).
 
+pub mod extra;
+pub mod globs_match;
+mod go_json;
+pub mod json_schema;
+mod json_schema_parse;
+mod json_schema_validate;
+mod json_schema_values;
 mod jwt;
+pub mod jwt_sign;
 pub mod registrar;
+pub mod x509_builtins;
+pub mod x509_certificates;
+mod x509_extensions;
 
 use std::sync::Arc;
 
@@ -39,9 +50,9 @@ use jsonwebtoken::Algorithm;
 use regorus::{Engine, Value};
 
 use self::jwt::{decode, decode_verify, now_ns, verify_with_cert, verify_with_secret, Alg};
-// Builtin files register through it (see `crate::policy::extra_builtins`).
+// Builtin files register through it (see `crate::policy::builtins::extra`).
 pub use self::registrar::Registrar;
-use crate::policy::engine::options::ExtensionHook;
+use crate::policy::options::ExtensionHook;
 
 /// The hook registering every extension builtin, for [`crate::policy::PolicyOptions`]:
 /// builtin errors make the call undefined, as in OPA-Envoy (non-strict).
@@ -56,7 +67,7 @@ pub fn strict_extensions() -> ExtensionHook {
 }
 
 /// Registers every `io.jwt.*` builtin on `engine`, and the other OPA builtins
-/// regorus lacks ([`crate::policy::extra_builtins`]), non-strict.
+/// regorus lacks ([`crate::policy::builtins::extra`]), non-strict.
 pub fn register(engine: &mut Engine) -> anyhow::Result<()> {
     register_with(engine, false)
 }
@@ -68,12 +79,12 @@ pub fn register_with(engine: &mut Engine, strict: bool) -> anyhow::Result<()> {
     r.add(
         "io.jwt.encode_sign",
         3,
-        crate::policy::jwt_sign::encode_sign,
+        crate::policy::builtins::jwt_sign::encode_sign,
     )?;
     r.add(
         "io.jwt.encode_sign_raw",
         3,
-        crate::policy::jwt_sign::encode_sign_raw,
+        crate::policy::builtins::jwt_sign::encode_sign_raw,
     )?;
     r.add("io.jwt.decode_verify", 2, |args: &[Value]| {
         decode_verify(args, now_ns())
@@ -111,7 +122,7 @@ pub fn register_with(engine: &mut Engine, strict: bool) -> anyhow::Result<()> {
             move |args: &[Value]| verify_with_secret(args, alg),
         )?;
     }
-    crate::policy::extra_builtins::register(&mut r)
+    crate::policy::builtins::extra::register(&mut r)
 }
 
 /// The `io.jwt.*` functions [`register`] adds, with their arities.
@@ -139,7 +150,7 @@ pub const JWT_FUNCTIONS: &[(&str, usize)] = &[
 pub fn arity(name: &str) -> Option<usize> {
     JWT_FUNCTIONS
         .iter()
-        .chain(crate::policy::extra_builtins::FUNCTIONS)
+        .chain(crate::policy::builtins::extra::FUNCTIONS)
         .find(|(f, _)| *f == name)
         .map(|(_, a)| *a)
 }

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use crate::policy::engine::options::PolicyError;
+use crate::policy::options::PolicyError;
 
 /// Size limits applied while downloading and unpacking a bundle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -27,8 +27,8 @@ use std::path::Path;
 mod error;
 pub mod fetch;
 
-use crate::policy::engine::options::{PolicyError, PolicyOptions};
 use crate::policy::engine::PolicySet;
+use crate::policy::options::{PolicyError, PolicyOptions};
 use crate::policy::sources::{merge_at, parse_data_document, DirFiles, FileKind, Sources};
 
 pub use self::error::{BundleError, BundleLimits};

@@ -17,10 +17,10 @@ use regorus::unstable::{Expr, Module, Ref, Rule, RuleHead};
 use regorus::{Engine, Value};
 
 use super::memo::Memo;
-use super::options::{PolicyError, PolicyOptions};
 use super::pool::{eval_document, new_vm, timer, Evaluators, Plan, QueryPlan, RvmPlan};
 use crate::policy::access::{InputAccess, InputNeeds};
 use crate::policy::exact_json::json_to_value;
+use crate::policy::options::{PolicyError, PolicyOptions};
 
 /// A compiled revision, before it gets its id and revision string.
 pub(super) struct Compiled {

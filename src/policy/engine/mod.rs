@@ -26,7 +26,6 @@
 
 mod compile;
 mod memo;
-pub mod options;
 mod pool;
 
 use std::path::Path;
@@ -44,8 +43,8 @@ use crate::policy::input::{build_input_with, value_at, InputFacts};
 use crate::policy::sources::{content_hash, DirFiles, Sources};
 
 pub use self::memo::MemoUse;
-pub use self::options::{EvalLimits, ExtensionHook, PolicyError, PolicyOptions};
 pub use self::pool::EvaluatorKind;
+pub use crate::policy::options::{EvalLimits, ExtensionHook, PolicyError, PolicyOptions};
 
 static NEXT_SET_ID: AtomicU64 = AtomicU64::new(1);
 

@@ -13,9 +13,9 @@ use regorus::utils::limits::ExecutionTimerConfig;
 use regorus::{Engine, Value};
 
 use super::memo::Memo;
-use super::options::EvalLimits;
 use crate::policy::access::{InputAccess, InputNeeds};
 use crate::policy::decision::DecisionError;
+use crate::policy::options::EvalLimits;
 use crate::policy::rego_error::one_line;
 
 /// Idle VMs/engines kept per pool; more concurrent evaluations simply build extra ones.

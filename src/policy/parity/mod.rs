@@ -35,7 +35,7 @@ use regorus::{Engine, Value};
 use self::rules::{conflicting_rules, import_aliases, recursion, rule_head, Index};
 use self::scan::{Resolver, RuleScan};
 use crate::policy::access::fixed_prefix;
-use crate::policy::engine::options::PolicyError;
+use crate::policy::options::PolicyError;
 
 pub use self::engine::new_engine;
 pub use self::opa_builtins::{builtin_support, builtin_table, OPA_BUILTINS, OPA_BUILTINS_REFUSED};

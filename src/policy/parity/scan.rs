@@ -268,7 +268,7 @@ impl RuleScan<'_> {
         let ok = match params.first().map(|p| p.as_ref()) {
             Some(Expr::String { value, .. } | Expr::RawString { value, .. }) => value
                 .as_string()
-                .is_ok_and(|t| crate::policy::extra_builtins::template_supported(t)),
+                .is_ok_and(|t| crate::policy::builtins::extra::template_supported(t)),
             _ => false,
         };
         if !ok {
@@ -505,7 +505,7 @@ impl RuleScan<'_> {
                     self.template_check(fcn, params);
                 }
                 if let Some(why) =
-                    crate::policy::json_schema::literal_schema_refusal(&dotted, params)
+                    crate::policy::builtins::json_schema::literal_schema_refusal(&dotted, params)
                 {
                     self.refusals.push(Refusal::at(root_span(fcn), why));
                 }

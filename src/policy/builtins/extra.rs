@@ -17,8 +17,8 @@ use aws_lc_rs::{digest, hmac};
 use ipnet::IpNet;
 use regorus::Value;
 
-use super::builtins::registrar::Registrar;
-use super::decision::type_name;
+use super::registrar::Registrar;
+use crate::policy::decision::type_name;
 
 /// The functions registered by [`register`], with their arities.
 pub const FUNCTIONS: &[(&str, usize)] = &[

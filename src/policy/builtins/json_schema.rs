@@ -27,7 +27,10 @@ use super::json_schema_values::{invalid, Parsed, SchemaError, UNSUPPORTED_FORMAT
 fn operand(v: &Value) -> Parsed<Value> {
     match v {
         Value::String(text) => match serde_json::from_str::<serde_json::Value>(text) {
-            Ok(parsed) => Ok(super::exact_json::to_value(text.as_bytes(), &parsed)),
+            Ok(parsed) => Ok(crate::policy::exact_json::to_value(
+                text.as_bytes(),
+                &parsed,
+            )),
             Err(_) => invalid("invalid JSON string"),
         },
         Value::Object(_) | Value::Array(_) => Ok(v.clone()),
