@@ -19,6 +19,7 @@ Alone (one scenario, results to stdout as JSON), e.g. while working on memory:
 
 import statistics
 import subprocess
+import os
 import sys
 import threading
 import time
@@ -58,14 +59,16 @@ def wait_ready(h, s, timeout=20):
 
 def curl_ms(h, ctx, url, tls):
     """One request on a new connection (curl, so no session resumption): total ms."""
-    cmd = ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code} %{time_total}",
+    cmd = ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code} %{time_total} %{time_connect} %{time_appconnect} %{time_starttransfer}",
            "-H", f"authorization: Bearer {ctx.jwt['token']}", "--max-time", "10"]
     if tls:
         cmd += ["-k", "--cert", ctx.pki / "a" / "tls.crt", "--key", ctx.pki / "a" / "tls.key"]
     full = (["taskset", "-c", h.LOAD_CPU] if h.PIN else []) + [str(c) for c in cmd + [url]]
     out = subprocess.run(full, capture_output=True, timeout=30).stdout.decode().split()
-    if len(out) != 2 or out[0] != "200":
+    if len(out) != 5 or out[0] != "200":
         raise RuntimeError(f"cold-start request to {url} answered {out}")
+    if os.environ.get("COLD_DETAIL"):
+        h.log("  connect %.2f tls %.2f first byte %.2f total %.2f ms" % tuple(float(x) * 1e3 for x in out[2:] + out[1:2]))
     return float(out[1]) * 1e3
 
 
@@ -199,7 +202,7 @@ def markdown(raw):
     L = []
     c = raw.get("cold")
     if c:
-        L += ["", "### Cold start (first request on a fresh process vs the next five, each on a new connection)", "",
+        L += ["", "### Cold start (first request on a fresh process vs the next five, each on a new connection; medians over fresh processes)", "",
               "| topology | target | first (ms) | warm (ms) | first / warm |", "|---|---|---:|---:|---:|"]
         for topo in ("inbound", "mesh"):
             for t in ("portcullis", "envoy", "direct"):
@@ -286,7 +289,7 @@ def main():
         if a.only == "conns":
             out = {"connections": conns(h, ctx, app_port, [int(x) for x in a.counts.split(",")])}
         elif a.only == "cold":
-            out = {"cold": cold(h, ctx, app_port, 2)}
+            out = {"cold": cold(h, ctx, app_port, int(os.environ.get("COLD_REPS", "5")))}
         elif a.only == "unpinned":
             out = {"unpinned": unpinned(h, ctx, 5)}
         else:

@@ -77,19 +77,13 @@ fn bench(c: &mut Criterion) {
         source_principal: Some("spiffe://cluster.local/ns/default/sa/frontend"),
         destination_address: "10.1.0.9:8080".parse().unwrap_or_else(|e| panic!("{e}")),
         destination_principal: Some("spiffe://cluster.local/ns/default/sa/demo"),
-        http: Some(HttpFacts {
-            id: "3f1c6a0e-8a55-4a4e-9d3e-4c2b7f1f0c11",
-            method: "GET",
-            path: "/api/orders/42?fields=id,total&lang=en",
-            host: "demo:8080",
-            scheme: "https",
-            protocol: "HTTP/2",
-            headers: &headers,
-            size: Some(0),
-            body: None,
-            truncated_body: false,
-            content_type: None,
-        }),
+        http: Some(HttpFacts::bodiless(
+            "3f1c6a0e-8a55-4a4e-9d3e-4c2b7f1f0c11",
+            "GET",
+            "/api/orders/42?fields=id,total&lang=en",
+            "demo:8080",
+            &headers,
+        )),
         jwt: Some(("jwt_payload", &claims)),
     };
 

@@ -251,24 +251,6 @@ pub async fn start(cfg: Config, set_log_level: LevelSetter) -> anyhow::Result<Ru
     let admin_addr = admin_listener.local_addr()?;
     let inbound_addr = inbound_listener.local_addr()?;
 
-    let admin = Arc::new(Admin {
-        identity: identity.clone(),
-        policy: policy.clone(),
-        shutdown: shutdown.clone(),
-        set_log_level,
-        tap_allowed: cfg.admin.tap.allowed_principals.clone(),
-    });
-    let admin_http = HttpServer::new(&cfg.limits, drains.admin.clone(), Direction::Admin);
-    tasks.spawn(
-        "admin",
-        admin.serve(
-            admin_listener,
-            admin_http,
-            drains.admin.clone(),
-            drains.data.clone(),
-        ),
-    );
-
     let decider = |direction, query, dry_run| Decider {
         direction,
         query,
@@ -303,8 +285,34 @@ pub async fn start(cfg: Config, set_log_level: LevelSetter) -> anyhow::Result<Ru
         &drains.data,
     ));
     let outbound_limit = ConnLimit::new(cfg.limits.max_connections);
-    let (outbound_addr, route_addrs) =
-        start_outbound_listeners(&cfg, outbound, &outbound_limit, &drains.data, &tasks).await?;
+    let (outbound_addr, route_addrs) = start_outbound_listeners(
+        &cfg,
+        outbound.clone(),
+        &outbound_limit,
+        &drains.data,
+        &tasks,
+    )
+    .await?;
+    warm_routes(&cfg, &outbound, &tasks).await;
+
+    // The admin port answers (and `/ready` turns 200) once the routes are warm.
+    let admin = Arc::new(Admin {
+        identity: identity.clone(),
+        policy: policy.clone(),
+        shutdown: shutdown.clone(),
+        set_log_level,
+        tap_allowed: cfg.admin.tap.allowed_principals.clone(),
+    });
+    let admin_http = HttpServer::new(&cfg.limits, drains.admin.clone(), Direction::Admin);
+    tasks.spawn(
+        "admin",
+        admin.serve(
+            admin_listener,
+            admin_http,
+            drains.admin.clone(),
+            drains.data.clone(),
+        ),
+    );
 
     tracing::info!(%inbound_addr, ?outbound_addr, %admin_addr, "portcullis started");
     let task = tokio::spawn(stop_when_asked(
@@ -403,6 +411,43 @@ fn outbound_side(
         http: HttpServer::new(&cfg.limits, drain.clone(), Direction::Outbound),
         upstream_timeout: cfg.limits.upstream_timeout,
         detect_timeout: std::time::Duration::from_millis(200),
+    }
+}
+
+/// How long start-up waits for the route upstreams' connections ([`warm_routes`]).
+const ROUTE_WARM_BOUND: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Opens the mTLS connection to every HTTP route's upstream before the sidecar
+/// reports ready, so the first request through a route does not pay for the
+/// handshake. Start-up waits at most [`ROUTE_WARM_BOUND`]; a slower upstream keeps
+/// connecting in the background (a request that arrives meanwhile waits for that
+/// handshake instead of starting another), and one that is down is connected on
+/// first use, as before.
+async fn warm_routes(cfg: &Config, outbound: &Arc<Outbound>, tasks: &Tasks) {
+    let upstreams: Vec<_> = cfg
+        .outbound
+        .routes
+        .iter()
+        .filter(|r| r.protocol == RouteProtocol::Http)
+        .map(|r| (r.upstream, r.spiffe_id.clone()))
+        .collect();
+    if upstreams.is_empty() {
+        return;
+    }
+    let (done, warmed) = tokio::sync::oneshot::channel::<()>();
+    let outbound = outbound.clone();
+    tasks.spawn("route-warm", async move {
+        let warming = upstreams
+            .iter()
+            .map(|(addr, id)| outbound.peers.warm(*addr, id));
+        futures_util::future::join_all(warming).await;
+        let _ = done.send(());
+    });
+    if tokio::time::timeout(ROUTE_WARM_BOUND, warmed)
+        .await
+        .is_err()
+    {
+        tracing::debug!("route upstreams still connecting; first requests will wait for them");
     }
 }
 

@@ -201,8 +201,10 @@ impl PolicyStore {
         self.refresh.notified().await
     }
 
-    /// Installs an already compiled set (directory reload or bundle).
+    /// Installs an already compiled set (directory reload or bundle), warmed first
+    /// ([`PolicySet::warm`]).
     pub fn install(&self, set: PolicySet) {
+        set.warm();
         let m = &self.metrics;
         let old = self.revision();
         if old != set.revision() {

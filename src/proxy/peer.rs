@@ -155,6 +155,18 @@ impl PeerPool {
         self.http2_replacing(addr, pin, None).await
     }
 
+    /// Opens the connection a first request to `addr` would open (HTTP/2 kept in
+    /// its slot, HTTP/1.1 kept idle), so that request does not pay for the
+    /// handshake. Best effort: a failure is logged at debug and the connection is
+    /// opened on first use as before.
+    pub async fn warm(&self, addr: SocketAddr, pin: &SpiffeId) {
+        match self.link(addr, Some(pin)).await {
+            Ok(PeerLink::H1(conn)) => self.give_back(addr, Some(pin), conn),
+            Ok(PeerLink::H2(_)) => {}
+            Err(e) => tracing::debug!(%addr, error = %e, "route upstream not warmed"),
+        }
+    }
+
     /// Returns an HTTP/1.1 connection after its request was sent; it is reused once
     /// its response has been read.
     pub fn give_back(&self, addr: SocketAddr, pin: Option<&SpiffeId>, conn: Http1Peer) {

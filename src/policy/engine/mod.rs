@@ -253,6 +253,19 @@ impl PolicySet {
         (decision, MemoUse::Miss)
     }
 
+    /// Evaluates every query once on a made-up request (a GET of `/` from a
+    /// loopback peer with no identity), so that what the evaluators and the input
+    /// builder set up on first use is done before the set serves traffic, not on
+    /// its first request. The results are dropped; the decision memo is not
+    /// touched, and nothing is logged or counted.
+    pub fn warm(&self) {
+        let headers = http::HeaderMap::new();
+        let facts = warm_up_facts(&headers);
+        for (i, q) in self.queries.iter().enumerate() {
+            let _ = self.evaluate(i, build_input_with(&facts, &q.needs));
+        }
+    }
+
     /// Evaluates query number `query` and returns the raw result
     /// (`Value::Undefined` when undefined).
     pub fn evaluate_value(&self, query: usize, input: Value) -> Result<Value, DecisionError> {
@@ -315,6 +328,26 @@ impl PolicySet {
             return Err(DecisionError::Undefined);
         }
         decision_from_value(&self.evaluators.interpret(q, input)?)
+    }
+}
+
+/// The made-up request [`PolicySet::warm`] evaluates: a GET of `/` from a
+/// loopback peer with no identity and no token.
+fn warm_up_facts(headers: &http::HeaderMap) -> InputFacts<'_> {
+    let loopback = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    InputFacts {
+        source_address: loopback,
+        source_principal: None,
+        destination_address: loopback,
+        destination_principal: None,
+        http: Some(crate::policy::input::HttpFacts::bodiless(
+            "warm-up",
+            "GET",
+            "/",
+            "localhost",
+            headers,
+        )),
+        jwt: None,
     }
 }
 

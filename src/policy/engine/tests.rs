@@ -595,3 +595,31 @@ fn memo_confirms_the_whole_key_and_starts_over_when_full() {
     memo.put(9, vec![Value::Undefined], Decision::deny());
     assert_eq!(memo.map().len(), 1, "full: started over");
 }
+
+#[test]
+fn warming_evaluates_nothing_into_the_memo() {
+    let set = PolicySet::from_sources(
+        vec![(
+            "p.rego".into(),
+            "package envoy.authz\nimport rego.v1\ndefault allow := false\nallow if input.attributes.request.http.path == \"/\"\n"
+                .into(),
+        )],
+        serde_json::Value::Null,
+        &[AUTHZ.to_string()],
+        PolicyOptions {
+            decision_cache: 16,
+            ..test_options()
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    set.warm();
+    // The warm-up's own request, decided afterwards, is evaluated, not answered from
+    // the memo.
+    let headers = http::HeaderMap::new();
+    let facts = warm_up_facts(&headers);
+    let (decision, memo) = set.decide(0, &facts);
+    assert!(decision.unwrap_or_else(|e| panic!("{e}")).allowed);
+    assert_eq!(memo, MemoUse::Miss);
+    let (_, memo) = set.decide(0, &facts);
+    assert_eq!(memo, MemoUse::Hit);
+}

@@ -45,3 +45,29 @@ pub struct HttpFacts<'a> {
     /// The request's content type, used to produce `parsed_body`.
     pub content_type: Option<&'a str>,
 }
+
+impl<'a> HttpFacts<'a> {
+    /// A request without a body over mTLS HTTP/2 (`https`), as most decisions see
+    /// one: `size` 0, nothing buffered.
+    pub fn bodiless(
+        id: &'a str,
+        method: &'a str,
+        path: &'a str,
+        host: &'a str,
+        headers: &'a http::HeaderMap,
+    ) -> HttpFacts<'a> {
+        HttpFacts {
+            id,
+            method,
+            path,
+            host,
+            scheme: "https",
+            protocol: "HTTP/2",
+            headers,
+            size: Some(0),
+            body: None,
+            truncated_body: false,
+            content_type: None,
+        }
+    }
+}
