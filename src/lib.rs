@@ -26,6 +26,7 @@ pub mod decision_log;
 pub mod demo;
 pub mod direction;
 pub mod fetch;
+pub mod footprint;
 pub mod identity;
 pub mod import;
 pub mod k8s;
