@@ -27,42 +27,18 @@ pub fn release_startup_pages() -> usize {
     if std::env::var("PORTCULLIS_RELEASE_STARTUP_PAGES").is_ok_and(|v| v == "off") {
         return 0;
     }
-    let (Ok(exe), Ok(maps)) = (
+    let (Ok(exe), Ok(smaps)) = (
         std::fs::read_link("/proc/self/exe"),
-        std::fs::read_to_string("/proc/self/maps"),
+        std::fs::read_to_string("/proc/self/smaps"),
     ) else {
         return 0;
     };
-    let exe = exe.to_string_lossy();
     let mut released = 0;
-    for line in maps.lines() {
-        let mut fields = line.split_whitespace();
-        let (Some(range), Some(perms), Some(offset)) =
-            (fields.next(), fields.next(), fields.next())
-        else {
-            continue;
-        };
-        // Only pages nobody wrote: dropping a written private page would lose the
-        // write. The machine code (`r-xp`) and the first read-only segment (file
-        // offset 0: headers, constants, unwind tables) are never written. Other
-        // read-only mappings are not safe: RELRO pages were written by the dynamic
-        // loader (relocations) before being made read-only.
-        let clean = perms == "r-xp" || (perms == "r--p" && offset.bytes().all(|b| b == b'0'));
-        if !clean || fields.nth(2) != Some(&*exe) {
-            continue;
-        }
-        let Some((start, end)) = range.split_once('-') else {
-            continue;
-        };
-        let (Ok(start), Ok(end)) = (
-            usize::from_str_radix(start, 16),
-            usize::from_str_radix(end, 16),
-        ) else {
-            continue;
-        };
-        // SAFETY: the range is a read-only private file mapping of our own
-        // executable, listed by the kernel; MADV_DONTNEED on it drops the page
-        // table entries only, and the next access maps the same file contents.
+    for (start, end) in clean_mappings(&smaps, &exe.to_string_lossy()) {
+        // SAFETY: the range is a private file mapping of our own executable, listed
+        // by the kernel, read-only and without a dirty page; MADV_DONTNEED on it
+        // drops the page table entries only, and the next access maps the same file
+        // contents again.
         let rc =
             unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED) };
         if rc == 0 {
@@ -72,7 +48,54 @@ pub fn release_startup_pages() -> usize {
     released
 }
 
-/// Nothing to release where `/proc/self/maps` does not exist.
+/// The address ranges in `smaps` (the text of `/proc/self/smaps`) that map `exe`
+/// read-only (`r--p` or `r-xp`) and hold no page of their own. A private page that
+/// was written is a copy (counted in `Anonymous`), and dropping it would lose the
+/// write: RELRO pages, written by the dynamic loader (relocations) before being made
+/// read-only, are skipped, and so would be text the loader relocated or a debugger
+/// patched. (`Private_Dirty` is no guide: a freshly built executable's page-cache
+/// pages are dirty until written back, and they are the file's own.)
+#[cfg(target_os = "linux")]
+fn clean_mappings(smaps: &str, exe: &str) -> Vec<(usize, usize)> {
+    let mut clean = Vec::new();
+    // The mapping being read: its range if it is a candidate, and whether it holds
+    // copies of its own (or did not say).
+    let mut current: Option<(usize, usize)> = None;
+    let mut copied = true;
+    let mut finish = |current: Option<(usize, usize)>, copied: bool| {
+        if let (Some(range), false) = (current, copied) {
+            clean.push(range);
+        }
+    };
+    for line in smaps.lines() {
+        let mut fields = line.split_whitespace();
+        let Some(first) = fields.next() else {
+            continue;
+        };
+        if let Some((start, end)) = first.split_once('-') {
+            // A mapping's header: range, perms, offset, device, inode, path.
+            let (Ok(start), Ok(end)) = (
+                usize::from_str_radix(start, 16),
+                usize::from_str_radix(end, 16),
+            ) else {
+                continue;
+            };
+            finish(current.take(), copied);
+            copied = true;
+            let perms = fields.next();
+            let ours = fields.nth(3) == Some(exe) && fields.next().is_none();
+            if ours && matches!(perms, Some("r--p" | "r-xp")) && end > start {
+                current = Some((start, end));
+            }
+        } else if first == "Anonymous:" {
+            copied = fields.next() != Some("0");
+        }
+    }
+    finish(current, copied);
+    clean
+}
+
+/// Nothing to release where `/proc/self/smaps` does not exist.
 #[cfg(not(target_os = "linux"))]
 pub fn release_startup_pages() -> usize {
     0
@@ -89,6 +112,36 @@ mod tests {
             .find_map(|l| l.strip_prefix("RssFile:"))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
             .unwrap_or(0)
+    }
+
+    #[test]
+    fn only_clean_read_only_mappings_of_the_executable_are_candidates() {
+        let smaps = "\
+55d0c0000000-55d0c0200000 r--p 00000000 fe:00 42 /opt/bin/portcullis
+Private_Dirty:       120 kB
+Anonymous:             0 kB
+55d0c0200000-55d0c1000000 r-xp 00200000 fe:00 42 /opt/bin/portcullis
+Private_Dirty:         0 kB
+Anonymous:             0 kB
+55d0c1000000-55d0c1100000 r--p 01000000 fe:00 42 /opt/bin/portcullis
+Private_Dirty:       512 kB
+Anonymous:           512 kB
+55d0c1100000-55d0c1200000 rw-p 01100000 fe:00 42 /opt/bin/portcullis
+Anonymous:             0 kB
+55d0c1200000-55d0c1300000 r-xp 00000000 fe:00 43 /usr/lib/libc.so.6
+Anonymous:             0 kB
+55d0c1300000-55d0c1400000 r-xp 00000000 fe:00 44 /opt/bin/portcullis (deleted)
+Anonymous:             0 kB
+55d0c1400000-55d0c1500000 r-xp 01400000 fe:00 42 /opt/bin/portcullis
+Private_Dirty:         0 kB
+";
+        assert_eq!(
+            clean_mappings(smaps, "/opt/bin/portcullis"),
+            vec![
+                (0x55d0c0000000, 0x55d0c0200000),
+                (0x55d0c0200000, 0x55d0c1000000)
+            ]
+        );
     }
 
     #[test]
