@@ -12,8 +12,8 @@ use rustls::sign::CertifiedKey;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 
 use super::rejection::SvidRejection;
+use super::spiffe_id::{SpiffeId, TrustDomain};
 use super::x509::{leaf_info, verify_svid, SvidError, TrustBundles};
-use super::{SpiffeId, TrustDomain};
 
 /// Why a candidate identity was refused.
 #[derive(Debug, thiserror::Error)]
