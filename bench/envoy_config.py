@@ -296,6 +296,25 @@ def outbound(*, listen_port, admin_port, upstream_port, pki_dir, peer_id):
     }
 
 
+def outbound_tcp(*, listen_port, admin_port, upstream_port, pki_dir, peer_id):
+    """An outbound sidecar for opaque TCP: each client connection -> a new mTLS
+    connection to the peer (pinned to peer_id), bytes relayed (tcp_proxy). The
+    upstream TLS context keeps Envoy's default session cache, so it resumes."""
+    cfg = outbound(listen_port=listen_port, admin_port=admin_port, upstream_port=upstream_port,
+                   pki_dir=pki_dir, peer_id=peer_id)
+    tcp = {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+        "stat_prefix": "outbound_tcp",
+        "cluster": "peer",
+    }
+    res = cfg["static_resources"]
+    res["listeners"][0]["filter_chains"] = [{"filters": [{"name": "envoy.filters.network.tcp_proxy", "typed_config": tcp}]}]
+    cluster = res["clusters"][0]
+    cluster.pop("typed_extension_protocol_options")
+    cluster["transport_socket"]["typed_config"]["common_tls_context"].pop("alpn_protocols")
+    return cfg
+
+
 def write(path, cfg):
     with open(path, "w") as f:
         json.dump(cfg, f, indent=1)

@@ -183,7 +183,7 @@ def make_pki(bin_, work):
 # --- sidecars ----------------------------------------------------------------------
 
 
-def portcullis_yaml(*, pki_dir, inbound, app, admin, outbound_listen, routes, jwt_mode, jwks_file):
+def portcullis_yaml(*, pki_dir, inbound, app, admin, outbound_listen, routes, jwt_mode, jwks_file, route_protocol="http"):
     lines = [
         f"trust_domain: {TD}",
         "identity:",
@@ -198,7 +198,7 @@ def portcullis_yaml(*, pki_dir, inbound, app, admin, outbound_listen, routes, jw
     if routes:
         lines += ["  mode: routes", "  routes:"]
         for listen, upstream, sid in routes:
-            lines.append(f"    - {{listen: 127.0.0.1:{listen}, upstream: 127.0.0.1:{upstream}, spiffe_id: {sid}, protocol: http}}")
+            lines.append(f"    - {{listen: 127.0.0.1:{listen}, upstream: 127.0.0.1:{upstream}, spiffe_id: {sid}, protocol: {route_protocol}}}")
     lines += [
         "policy:",
         f"  dir: {ROOT / 'policies'}",
@@ -231,7 +231,10 @@ class Sidecar:
         return self.proc.pid
 
 
-def start_portcullis(ctx, role, *, app_port=None, upstream=None):
+def start_portcullis(ctx, role, *, app_port=None, upstream=None, route_protocol="http"):
+    """An inbound sidecar (role b) or an outbound one with one route to `upstream` (role a):
+    `route_protocol` http (pooled HTTP/2 to the peer) or tcp (one mTLS connection to
+    the peer per client connection)."""
     w = ctx.work
     admin, inbound, outl = free_port(), free_port(), free_port()
     route_port = free_port() if role == "a" else None
@@ -244,6 +247,7 @@ def start_portcullis(ctx, role, *, app_port=None, upstream=None):
         routes=[(route_port, upstream, ID_B)] if role == "a" else [],
         jwt_mode=ctx.jwt_mode,
         jwks_file=w / "jwks.json",
+        route_protocol=route_protocol,
     )
     path = w / f"portcullis-{role}-{admin}.yaml"
     path.write_text(cfg)
@@ -259,7 +263,8 @@ def start_portcullis(ctx, role, *, app_port=None, upstream=None):
     return Sidecar("portcullis", role, p, admin, listen)
 
 
-def start_envoy(ctx, role, *, app_port=None, upstream=None):
+def start_envoy(ctx, role, *, app_port=None, upstream=None, route_protocol="http"):
+    """As start_portcullis; a tcp route is a tcp_proxy to the peer over mTLS."""
     w = ctx.work
     admin, listen = free_port(), free_port()
     if role == "b":
@@ -272,7 +277,7 @@ def start_envoy(ctx, role, *, app_port=None, upstream=None):
             rbac=ctx.rbac,
         )
     else:
-        cfg = envoy_config.outbound(
+        cfg = (envoy_config.outbound if route_protocol == "http" else envoy_config.outbound_tcp)(
             listen_port=listen, admin_port=admin, upstream_port=upstream, pki_dir=ctx.pki / "a", peer_id=ID_B
         )
     path = w / f"envoy-{role}-{admin}.json"
@@ -297,10 +302,10 @@ def start_envoy(ctx, role, *, app_port=None, upstream=None):
     return Sidecar("envoy", role, p, admin, listen)
 
 
-def start_pair(ctx, kind, app_port):
+def start_pair(ctx, kind, app_port, route_protocol="http"):
     start = start_portcullis if kind == "portcullis" else start_envoy
     b = start(ctx, "b", app_port=app_port)
-    a = start(ctx, "a", upstream=b.listen)
+    a = start(ctx, "a", upstream=b.listen, route_protocol=route_protocol)
     return a, b
 
 
@@ -537,6 +542,7 @@ def run(args):
     # often slower for reasons outside the proxy (caches), and a median of two
     # is then the mean with that outlier.
     results["cold"] = scenarios.cold(this, ctx, app_port, 5 if q else 7)
+    results["newconns"] = scenarios.newconns(this, ctx, app_port, dur["hs"], 1 if q else 3)
     results["unpinned"] = scenarios.unpinned(this, ctx, dur["lat1000"])
     results["connections"] = scenarios.conns(this, ctx, app_port, conn_counts)
     results["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")

@@ -8,6 +8,9 @@
   unpinned  the mesh at 1000 rps with nothing pinned: sidecars, app and load
             generator share both cores, as in a pod
   conns     RSS per idle mTLS keep-alive connection at 1,000 and 10,000 held
+  newconns  new connections through the mesh: each client connection to A's tcp
+            route becomes a new mTLS connection from A to B (sessions resumed
+            between the sidecars); connections per CPU-second of A and B
 
 Each function takes the harness module `h` (its process list, spawn and oha) and
 its context, and returns plain data for raw.json; `markdown(raw)` renders them.
@@ -166,6 +169,56 @@ def unpinned(h, ctx, duration):
         h.PIN = True
 
 
+def resumed(h, s):
+    """(handshakes, resumed) accepted by inbound sidecar `s` so far."""
+    if s.kind == "portcullis":
+        text = h.http_get(f"http://127.0.0.1:{s.admin}/metrics")
+        lab = [("direction", "inbound")]
+        return (h.metric_sum(text, "portcullis_tls_handshakes_total", lab),
+                h.metric_sum(text, "portcullis_tls_resumed_handshakes_total", lab))
+    text = h.http_get(f"http://127.0.0.1:{s.admin}/stats?filter=ssl")
+    got = {"handshake": 0, "session_reused": 0}
+    for line in text.splitlines():
+        name, _, value = line.partition(": ")
+        for k in got:
+            if name.startswith("listener.") and name.endswith(f".ssl.{k}"):
+                got[k] += int(value)
+    return got["handshake"], got["session_reused"]
+
+
+def newconns(h, ctx, app_port, duration, reps):
+    """oha without keep-alive through A's tcp route: one mTLS connection A -> B per
+    request. Fresh pairs; the targets alternate over `reps` rounds."""
+    rows = []
+    pairs = {k: h.start_pair(ctx, k, app_port, route_protocol="tcp") for k in h.PROXIES}
+    try:
+        for kind in h.PROXIES:
+            wait_ready(h, pairs[kind][0])
+            wait_ready(h, pairs[kind][1])
+            # Warm-up: the first full handshake, the token cache, the pool to the app.
+            h.oha(ctx, h.url_of(pairs[kind][0].listen), duration=1, conns=16, keepalive=False)
+        for rep in range(reps):
+            for kind in h.rotate(h.TARGETS, rep):
+                port = app_port if kind == "direct" else pairs[kind][0].listen
+                sidecars = [] if kind == "direct" else list(pairs[kind])
+                before = resumed(h, pairs[kind][1]) if sidecars else (0, 0)
+                res = h.measured(ctx, sidecars, lambda: h.oha(ctx, h.url_of(port), duration=duration, conns=16,
+                                                                 keepalive=False))
+                after = resumed(h, pairs[kind][1]) if sidecars else (0, 0)
+                res.update({"target": kind, "rep": rep, "handshakes": after[0] - before[0],
+                            "resumed": after[1] - before[1]})
+                cpu = sum(res["cpu_s"].values())
+                res["conns_per_cpu_s"] = res["ok"] / cpu if cpu else None
+                rows.append(res)
+                h.log(f"newconns {kind:>10}: ok={res['ok']} cpu={res['cpu_s']} handshakes={res['handshakes']} "
+                      f"resumed={res['resumed']}")
+    finally:
+        for kind in h.PROXIES:
+            for s_ in pairs[kind]:
+                h.stop(s_.proc)
+    return rows
+
+
 def conns(h, ctx, app_port, counts):
     """A fresh inbound sidecar per count; N idle mTLS keep-alive connections held."""
     rows = []
@@ -232,6 +285,26 @@ def markdown(raw):
             p, e = by["portcullis"]["p99_ms"] - d, by["envoy"]["p99_ms"] - d
             L += ["", f"Added p99 during the storm: portcullis {_fmt(p)} ms, Envoy {_fmt(e)} ms, "
                   f"ratio {_fmt(_ratio(p, e), 2)} (target ≤ 0.5)."]
+    n = raw.get("newconns")
+    if n:
+        L += ["", "### New connections through the mesh (oha without keep-alive → A's tcp route → a new mTLS "
+              "connection A → B per request → app; medians over rounds)", "",
+              "| target | connections/s | A+B CPU s per 10k connections | connections per A+B CPU-second | "
+              "B handshakes resumed |", "|---|---:|---:|---:|---:|"]
+        for t in ("portcullis", "envoy", "direct"):
+            rs = [r for r in n if r["target"] == t]
+            if not rs:
+                continue
+            cps = _med([r["conns_per_cpu_s"] for r in rs])
+            cpu10k = _med([sum(r["cpu_s"].values()) / r["ok"] * 1e4 for r in rs if r["ok"] and r["cpu_s"]])
+            hs = sum(r["handshakes"] for r in rs)
+            res = f"{sum(r['resumed'] for r in rs)}/{hs}" if hs else "n/a"
+            L.append(f"| {t} | {_fmt(_med([r['rps'] for r in rs]))} | {_fmt(cpu10k)} | {_fmt(cps)} | {res} |")
+        p = _med([r["conns_per_cpu_s"] for r in n if r["target"] == "portcullis"])
+        e = _med([r["conns_per_cpu_s"] for r in n if r["target"] == "envoy"])
+        if p and e:
+            L += ["", f"New mesh connections per CPU-second: portcullis / Envoy {_fmt(_ratio(p, e), 2)} "
+                  "(target ≥ 2)."]
     u = raw.get("unpinned")
     if u:
         by = {r["target"]: r for r in u}
@@ -266,7 +339,7 @@ def main():
 
     ap = argparse.ArgumentParser()
     h.common_args(ap)
-    ap.add_argument("--only", choices=["cold", "storm", "unpinned", "conns"], required=True)
+    ap.add_argument("--only", choices=["cold", "storm", "unpinned", "conns", "newconns"], required=True)
     ap.add_argument("--counts", default="1000,10000")
     ap.add_argument("--targets", default="portcullis,envoy")
     a = ap.parse_args()
@@ -290,6 +363,8 @@ def main():
             out = {"connections": conns(h, ctx, app_port, [int(x) for x in a.counts.split(",")])}
         elif a.only == "cold":
             out = {"cold": cold(h, ctx, app_port, int(os.environ.get("COLD_REPS", "5")))}
+        elif a.only == "newconns":
+            out = {"newconns": newconns(h, ctx, app_port, 5, int(os.environ.get("NEWCONNS_REPS", "2")))}
         elif a.only == "unpinned":
             out = {"unpinned": unpinned(h, ctx, 5)}
         else:

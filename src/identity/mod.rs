@@ -3,13 +3,15 @@
 //! Data flows one way: [`spiffe_id`] and [`rejection`] (the vocabulary) → [`profile`]
 //! (RFC 5280 rules) → [`x509`] (trust bundles, path validation) → [`svid`] (the own
 //! SVID from PEM, identity errors) → [`tls`] (the current [`Identity`], the crypto
-//! provider, rustls configurations per rotation; [`verifier`] for the handshakes) →
+//! provider, rustls configurations per rotation; [`verifier`] for the handshakes,
+//! [`sessions`] for the client's resumption tickets) →
 //! the sources ([`source`]: files, dev CA; [`workload_api`]).
 
 pub mod dev_ca;
 pub mod profile;
 pub mod refusal_log;
 pub mod rejection;
+pub mod sessions;
 pub mod source;
 pub mod spiffe_id;
 pub mod svid;

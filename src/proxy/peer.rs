@@ -346,7 +346,7 @@ impl PeerPool {
         let name = ServerName::IpAddress(addr.ip().into());
         let tls = match tokio::time::timeout(
             self.connect_timeout,
-            TlsConnector::from(config).connect(name, tcp),
+            super::handshake::in_turns(TlsConnector::from(config).connect(name, tcp)),
         )
         .await
         {
