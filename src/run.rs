@@ -267,6 +267,7 @@ pub async fn start(cfg: Config, set_log_level: LevelSetter) -> anyhow::Result<Ru
         &drains.data,
     ));
     let inbound_limit = ConnLimit::new(cfg.limits.max_connections);
+    let warm_inbound = inbound.clone();
     tasks.spawn(
         "inbound-accept",
         accept_loop(
@@ -293,9 +294,9 @@ pub async fn start(cfg: Config, set_log_level: LevelSetter) -> anyhow::Result<Ru
         &tasks,
     )
     .await?;
-    warm_routes(&cfg, &outbound, &tasks).await;
+    warm_up(&cfg, &outbound, &warm_inbound, &tasks).await;
 
-    // The admin port answers (and `/ready` turns 200) once the routes are warm.
+    // The admin port answers (and `/ready` turns 200) once the warm-ups are done.
     let admin = Arc::new(Admin {
         identity: identity.clone(),
         policy: policy.clone(),
@@ -420,16 +421,18 @@ fn outbound_side(
     }
 }
 
-/// How long start-up waits for the route upstreams' connections ([`warm_routes`]).
-const ROUTE_WARM_BOUND: std::time::Duration = std::time::Duration::from_millis(500);
+/// How long start-up waits for its warm-ups ([`warm_up`]).
+const WARM_BOUND: std::time::Duration = std::time::Duration::from_millis(500);
 
-/// Opens the mTLS connection to every HTTP route's upstream before the sidecar
-/// reports ready, so the first request through a route does not pay for the
-/// handshake. Start-up waits at most [`ROUTE_WARM_BOUND`]; a slower upstream keeps
-/// connecting in the background (a request that arrives meanwhile waits for that
-/// handshake instead of starting another), and one that is down is connected on
-/// first use, as before.
-async fn warm_routes(cfg: &Config, outbound: &Arc<Outbound>, tasks: &Tasks) {
+/// Before the sidecar reports ready: opens the mTLS connection to every HTTP route's
+/// upstream, so the first request through a route does not pay for the handshake,
+/// and asks the app whether it speaks HTTP/2 (`app_protocol: auto`), so the first
+/// request that arrives over HTTP/2 does not pay for that probe. Start-up waits at
+/// most [`WARM_BOUND`]; a slower upstream keeps connecting in the background (a
+/// request that arrives meanwhile waits for that handshake instead of starting
+/// another). An upstream that is down, or an app not up yet, is connected or probed
+/// on first use, as before.
+async fn warm_up(cfg: &Config, outbound: &Arc<Outbound>, inbound: &Arc<Inbound>, tasks: &Tasks) {
     let upstreams: Vec<_> = cfg
         .outbound
         .routes
@@ -437,23 +440,27 @@ async fn warm_routes(cfg: &Config, outbound: &Arc<Outbound>, tasks: &Tasks) {
         .filter(|r| r.protocol == RouteProtocol::Http)
         .map(|r| (r.upstream, r.spiffe_id.clone()))
         .collect();
-    if upstreams.is_empty() {
-        return;
-    }
+    // With original destinations the app's ports are known only per connection.
+    let app = (!cfg.inbound.original_destination).then_some(cfg.inbound.app);
     let (done, warmed) = tokio::sync::oneshot::channel::<()>();
     let outbound = outbound.clone();
-    tasks.spawn("route-warm", async move {
-        let warming = upstreams
-            .iter()
-            .map(|(addr, id)| outbound.peers.warm(*addr, id));
-        futures_util::future::join_all(warming).await;
+    let inbound = inbound.clone();
+    tasks.spawn("warm-up", async move {
+        let routes = futures_util::future::join_all(
+            upstreams
+                .iter()
+                .map(|(addr, id)| outbound.peers.warm(*addr, id)),
+        );
+        let app = async {
+            if let Some(app) = app {
+                inbound.protocols.warm(app).await;
+            }
+        };
+        futures_util::future::join(routes, app).await;
         let _ = done.send(());
     });
-    if tokio::time::timeout(ROUTE_WARM_BOUND, warmed)
-        .await
-        .is_err()
-    {
-        tracing::debug!("route upstreams still connecting; first requests will wait for them");
+    if tokio::time::timeout(WARM_BOUND, warmed).await.is_err() {
+        tracing::debug!("warm-up still running; first requests will wait for its connections");
     }
 }
 

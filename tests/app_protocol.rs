@@ -441,3 +441,54 @@ async fn an_app_that_does_not_speak_http_gets_the_client_an_answer() {
         .expect("the sidecar must answer");
     assert_eq!(r.status(), 504, "{body}");
 }
+
+/// An HTTP/1.1-only app that notes how each connection it accepts starts.
+async fn noting_app() -> (SocketAddr, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let noted = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            let mut head = [0u8; 4];
+            let n = s.peek(&mut head).await.unwrap_or(0);
+            noted
+                .lock()
+                .unwrap()
+                .push(String::from_utf8_lossy(&head[..n]).into_owned());
+            let svc = hyper::service::service_fn(|r: Request<Incoming>| async move {
+                let text = format!("{:?} {}", r.version(), r.uri().path());
+                Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from(text))))
+            });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(s), svc),
+            );
+        }
+    });
+    (addr, seen)
+}
+
+#[tokio::test]
+async fn the_app_is_probed_before_ready_not_on_the_first_request() {
+    let pki = Pki::new();
+    pki.issue("frontend", FRONTEND);
+    let (app, seen) = noting_app().await;
+    let sc = sidecar(&pki, app, |_| {}).await;
+    // Ready: the probe has been made (start-up waits up to 500 ms for it; a loaded
+    // machine gets more time here), and nothing else.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while seen.lock().unwrap().is_empty() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(seen.lock().unwrap().clone(), vec!["PRI ".to_owned()]);
+    let mut h2 = h2_over_mtls(&pki, &[b"h2"], sc.inbound_addr).await;
+    let (r, body) = split(h2.send_request(h2_req("/ok/1", &[])).await.unwrap()).await;
+    assert_eq!(r.status(), 200, "{body}");
+    assert_eq!(body, "HTTP/1.1 /ok/1");
+    // The HTTP/2 request went as HTTP/1.1 on a connection of its own, without a
+    // second probe.
+    assert_eq!(
+        seen.lock().unwrap().clone(),
+        vec!["PRI ".to_owned(), "POST".to_owned()]
+    );
+}

@@ -95,6 +95,14 @@ impl AppProtocols {
         }
     }
 
+    /// Probes `upstream` ahead of the first request that would need it (start-up):
+    /// only under `auto`, and only when nothing is cached for it.
+    pub async fn warm(&self, upstream: SocketAddr) {
+        if self.configured(upstream.port()) == AppProtocol::Auto {
+            self.speaks_http2(upstream).await;
+        }
+    }
+
     /// Forgets what was probed for `upstream` (a request over HTTP/2 failed there).
     pub fn forget(&self, upstream: SocketAddr) {
         self.lock().remove(&upstream);
@@ -190,6 +198,37 @@ mod tests {
         let addr = gone.local_addr().unwrap();
         drop(gone);
         assert_eq!(probe(addr).await, None);
+    }
+
+    #[tokio::test]
+    async fn warming_probes_once_and_only_under_auto() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let app = l.local_addr().unwrap();
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let mut buf = [0u8; 64];
+                let _ = s.read(&mut buf).await;
+                let _ = s.write_all(b"\x00\x00\x00\x04\x00\x00\x00\x00\x00").await;
+            }
+        });
+        let accepted = || accepted.load(std::sync::atomic::Ordering::SeqCst);
+        let fixed = AppProtocols::new(AppProtocol::Http1, BTreeMap::new());
+        fixed.warm(app).await;
+        assert_eq!(accepted(), 0);
+        let auto = AppProtocols::new(AppProtocol::Auto, BTreeMap::new());
+        auto.warm(app).await;
+        assert_eq!(accepted(), 1);
+        let h2_caller = Caller {
+            version: Version::HTTP_2,
+            grpc: false,
+            upgrade: false,
+        };
+        assert!(auto.http2(app, h2_caller).await);
+        auto.warm(app).await;
+        assert_eq!(accepted(), 1, "the answer is cached");
     }
 
     #[tokio::test]
