@@ -31,7 +31,7 @@ use tokio::sync::{AcquireError, OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
-/// The environment variable that turns turns off when set to `off`.
+/// The environment variable that disables turns when set to `off`.
 pub const ENV_SWITCH: &str = "PORTCULLIS_HANDSHAKE_TURNS";
 
 /// The turns: one permit per worker of the runtime that first needed one, or `None`
