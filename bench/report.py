@@ -229,8 +229,62 @@ def markdown(raw, rows, checks, notes):
         for k, v in notes["policy_scale_us"].items():
             L.append(f"| {k} | {fmt(v)} |")
     L += scenarios.markdown(raw)
-    L += ["", "Plots: latency.png, cpu.png, throughput.png, memory.png, connections.png, policy_scale.png.", ""]
+    L += ["", "Plots: latency.png, cpu.png, throughput.png, memory.png, connections.png, scenarios.png, policy_scale.png.", ""]
     return "\n".join(L)
+
+
+def scenario_plot(out, raw, s, colors):
+    """The issue #17 scenarios (bench/scenarios.py) in one figure: cold start, the
+    handshake storm, new connections per CPU-second, the unpinned mesh."""
+    med = lambda xs: statistics.median(xs) if xs else 0  # noqa: E731
+    fig, axes = plt.subplots(2, 2, figsize=(11, 8))
+    ax = axes[0][0]
+    cold = raw.get("cold") or []
+    for i, t in enumerate(["direct"] + PROXIES):
+        vals = []
+        for topo in ("inbound", "mesh"):
+            rs = [r for r in cold if r["topology"] == topo and r["target"] == t]
+            vals.append(med([r["first_ms"] for r in rs]) / (med([r["warm_ms"] for r in rs]) or 1))
+        ax.bar([j + i * 0.27 for j in range(2)], vals, 0.27, label=t, color=colors[t])
+    ax.axhline(2, color="black", linewidth=0.8, linestyle="--")
+    ax.set_xticks([j + 0.27 for j in range(2)], ["inbound", "mesh"])
+    ax.set_title("cold start: first request / warm one (goal ≤ 2)")
+    ax.legend()
+    ax = axes[0][1]
+    storm = {r["target"]: r for r in raw.get("storm") or []}
+    for i, t in enumerate(["direct"] + PROXIES):
+        r = storm.get(t) or {}
+        ax.bar([j + i * 0.27 for j in range(3)], [r.get(k, 0) for k in ("p50_ms", "p99_ms", "p999_ms")], 0.27,
+               label=t, color=colors[t])
+    ax.set_yscale("log")
+    ax.set_xticks([j + 0.27 for j in range(3)], ["p50", "p99", "p99.9"])
+    ax.set_ylabel("ms (log)")
+    ax.set_title("handshake storm: kept-alive connections' latency")
+    ax.legend()
+    ax = axes[1][0]
+    nc = raw.get("newconns") or []
+    for i, t in enumerate(PROXIES):
+        cpu10k = s[("handshake", t, "cpu10k")]
+        vals = [1e4 / cpu10k if cpu10k else 0,
+                med([r["conns_per_cpu_s"] for r in nc if r["target"] == t and r["conns_per_cpu_s"]])]
+        ax.bar([j + i * 0.4 for j in range(2)], vals, 0.4, label=t, color=colors[t])
+    ax.set_xticks([j + 0.2 for j in range(2)], ["client → B (handshakes)", "mesh A → B (tcp route)"])
+    ax.set_ylabel("new mTLS connections per CPU-second\n(of B; through the mesh, of A and B)")
+    ax.set_title("new connections (sessions resumed)")
+    ax.legend()
+    ax = axes[1][1]
+    unp = {r["target"]: r for r in raw.get("unpinned") or []}
+    for i, t in enumerate(["direct"] + PROXIES):
+        r = unp.get(t) or {}
+        ax.bar([j + i * 0.27 for j in range(3)], [r.get(k, 0) for k in ("p50_ms", "p99_ms", "p999_ms")], 0.27,
+               label=t, color=colors[t])
+    ax.set_xticks([j + 0.27 for j in range(3)], ["p50", "p99", "p99.9"])
+    ax.set_ylabel("ms")
+    ax.set_title("unpinned mesh at 1000 rps")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "scenarios.png", dpi=100)
+    plt.close(fig)
 
 
 def plots(out, raw, s, notes):
@@ -285,6 +339,7 @@ def plots(out, raw, s, notes):
     fig.tight_layout()
     fig.savefig(out / "memory.png", dpi=100)
     plt.close(fig)
+    scenario_plot(out, raw, s, colors)
     # Connections
     fig, ax = plt.subplots(figsize=(6, 4))
     for t in PROXIES:
