@@ -233,6 +233,21 @@ def markdown(raw, rows, checks, notes):
     return "\n".join(L)
 
 
+def percentile_bars(ax, rows, colors, title, log=False):
+    """p50 / p99 / p99.9 of one scenario's rows (one per target) as grouped bars."""
+    by = {r["target"]: r for r in rows or []}
+    for i, t in enumerate(["direct"] + PROXIES):
+        r = by.get(t) or {}
+        ax.bar([j + i * 0.27 for j in range(3)], [r.get(k, 0) for k in ("p50_ms", "p99_ms", "p999_ms")], 0.27,
+               label=t, color=colors[t])
+    if log:
+        ax.set_yscale("log")
+    ax.set_xticks([j + 0.27 for j in range(3)], ["p50", "p99", "p99.9"])
+    ax.set_ylabel("ms (log)" if log else "ms")
+    ax.set_title(title)
+    ax.legend()
+
+
 def scenario_plot(out, raw, s, colors):
     """The issue #17 scenarios (bench/scenarios.py) in one figure: cold start, the
     handshake storm, new connections per CPU-second, the unpinned mesh."""
@@ -250,17 +265,7 @@ def scenario_plot(out, raw, s, colors):
     ax.set_xticks([j + 0.27 for j in range(2)], ["inbound", "mesh"])
     ax.set_title("cold start: first request / warm one (goal ≤ 2)")
     ax.legend()
-    ax = axes[0][1]
-    storm = {r["target"]: r for r in raw.get("storm") or []}
-    for i, t in enumerate(["direct"] + PROXIES):
-        r = storm.get(t) or {}
-        ax.bar([j + i * 0.27 for j in range(3)], [r.get(k, 0) for k in ("p50_ms", "p99_ms", "p999_ms")], 0.27,
-               label=t, color=colors[t])
-    ax.set_yscale("log")
-    ax.set_xticks([j + 0.27 for j in range(3)], ["p50", "p99", "p99.9"])
-    ax.set_ylabel("ms (log)")
-    ax.set_title("handshake storm: kept-alive connections' latency")
-    ax.legend()
+    percentile_bars(axes[0][1], raw.get("storm"), colors, "handshake storm: kept-alive connections' latency", log=True)
     ax = axes[1][0]
     nc = raw.get("newconns") or []
     for i, t in enumerate(PROXIES):
@@ -272,16 +277,7 @@ def scenario_plot(out, raw, s, colors):
     ax.set_ylabel("new mTLS connections per CPU-second\n(of B; through the mesh, of A and B)")
     ax.set_title("new connections (sessions resumed)")
     ax.legend()
-    ax = axes[1][1]
-    unp = {r["target"]: r for r in raw.get("unpinned") or []}
-    for i, t in enumerate(["direct"] + PROXIES):
-        r = unp.get(t) or {}
-        ax.bar([j + i * 0.27 for j in range(3)], [r.get(k, 0) for k in ("p50_ms", "p99_ms", "p999_ms")], 0.27,
-               label=t, color=colors[t])
-    ax.set_xticks([j + 0.27 for j in range(3)], ["p50", "p99", "p99.9"])
-    ax.set_ylabel("ms")
-    ax.set_title("unpinned mesh at 1000 rps")
-    ax.legend()
+    percentile_bars(axes[1][1], raw.get("unpinned"), colors, "unpinned mesh at 1000 rps")
     fig.tight_layout()
     fig.savefig(out / "scenarios.png", dpi=100)
     plt.close(fig)

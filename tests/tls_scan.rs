@@ -1,7 +1,8 @@
 //! The inbound listener's TLS surface as a real scanner (sslyze) sees it: only TLS 1.2
 //! and 1.3, AEAD suites with forward secrecy only, no client-initiated renegotiation,
-//! no compression, none of the classic vulnerabilities, and a client certificate
-//! required in strict mode. The findings are printed (README "Compatibility").
+//! no compression, none of the classic vulnerabilities, a client certificate required
+//! in strict mode, and the server's TLS 1.3 suite order (AES-128 first) applied to an
+//! OpenSSL client that prefers AES-256. The findings are printed (README "Compatibility").
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -72,6 +73,10 @@ async fn sslyze_finds_only_modern_tls_and_a_required_client_certificate() {
         );
     }
     assert!(!names("TLS 1.3").is_empty(), "TLS 1.3 refused: {r}");
+    // The server's suite order decides: OpenSSL offers AES-256 first and gets AES-128.
+    let choice = &r["openssl_choice"];
+    assert_eq!(choice["client_first"], "TLS_AES_256_GCM_SHA384", "{r}");
+    assert_eq!(choice["negotiated"], "TLS_AES_128_GCM_SHA256", "{r}");
     assert_eq!(r["client_renegotiation_dos"], false, "{r}");
     assert_eq!(r["compression"], false, "{r}");
     assert_eq!(r["heartbleed"], false, "{r}");

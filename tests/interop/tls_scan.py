@@ -4,11 +4,15 @@ Usage: tls_scan.py --port P [--cert F --key F]
 
 Without a client certificate only the connectivity probe runs (sslyze then reports
 whether the server requires one); with it, every protocol version, cipher suite,
-renegotiation, compression and the classic vulnerabilities are scanned.
+renegotiation, compression and the classic vulnerabilities are scanned, and one
+handshake with Python's `ssl` (OpenSSL, its default suite order) reports which TLS 1.3
+suite the server chose.
 """
 
 import argparse
 import json
+import socket
+import ssl
 from pathlib import Path
 
 from sslyze import (
@@ -94,7 +98,25 @@ def main():
         out["fallback_scsv"] = scsv.supports_fallback_scsv if scsv else "error"
         early = scan.tls_1_3_early_data.result
         out["early_data"] = early.supports_early_data if early else "error"
+    if creds:
+        out["openssl_choice"] = openssl_choice(a)
     print(json.dumps(out), flush=True)
+
+
+def openssl_choice(a):
+    """OpenSSL's first TLS 1.3 preference, and the suite the server picked from its offer."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.load_cert_chain(a.cert, a.key)
+    first = next(c["name"] for c in ctx.get_ciphers() if c["protocol"] == "TLSv1.3")
+    try:
+        with socket.create_connection(("127.0.0.1", a.port), timeout=10) as raw:
+            with ctx.wrap_socket(raw, server_hostname="localhost") as tls:
+                return {"client_first": first, "negotiated": tls.cipher()[0]}
+    except OSError as e:
+        return {"client_first": first, "error": str(e)}
 
 
 if __name__ == "__main__":
