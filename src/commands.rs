@@ -20,10 +20,13 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 /// `portcullis run [--config FILE] [--check-config]`.
 pub fn run(config: Option<&Path>, check_only: bool) -> anyhow::Result<()> {
+    crate::footprint::map_by_page();
     let cfg = match config {
         Some(p) => Config::load(p)?,
         None => Config::default(),
     };
+    // Start-up's phases each leave the resident set when done (see `footprint`).
+    crate::footprint::release_startup_pages();
     if check_only {
         println!(
             "configuration OK{}",

@@ -243,6 +243,7 @@ pub async fn start(cfg: Config, set_log_level: LevelSetter) -> anyhow::Result<Ru
     let shadow = start_shadow(&cfg, &tasks)?;
     let authn = start_authn(&cfg, &tasks).await?;
     let log = start_decision_log(&cfg)?;
+    crate::footprint::release_startup_pages();
     let drains = Drains::new();
     let shutdown = Arc::new(Notify::new());
 
@@ -294,6 +295,7 @@ pub async fn start(cfg: Config, set_log_level: LevelSetter) -> anyhow::Result<Ru
         &tasks,
     )
     .await?;
+    crate::footprint::release_startup_pages();
     warm_up(&cfg, &outbound, &warm_inbound, &tasks).await;
 
     // The admin port answers (and `/ready` turns 200) once the warm-ups are done.
