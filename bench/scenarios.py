@@ -226,14 +226,24 @@ def conns(h, ctx, app_port, counts):
         for kind in h.PROXIES:
             b = (h.start_portcullis if kind == "portcullis" else h.start_envoy)(ctx, "b", app_port=app_port)
             wait_ready(h, b)
-            time.sleep(0.5)
+
+            def hold(count):
+                p = h.spawn(
+                    [sys.executable, h.HERE / "hold_conns.py", "--port", b.listen, "--pki", ctx.pki / "a", "--n", count,
+                     "--header", f"authorization: Bearer {ctx.jwt['token']}"],
+                    cpu=h.LOAD_CPU, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                )
+                return p, p.stdout.readline().decode().split()
+
+            # One-time costs out of the baseline, alike for both proxies: 32
+            # connections held and closed first (code paths mapped, the app's pool
+            # and the allocators' first growth), then 2 s to settle.
+            warm, _ = hold(32)
+            warm.stdin.close()
+            h.stop(warm)
+            time.sleep(2.0)
             before = {k: h.status_kb(b.pid, k) for k in ("VmRSS", "RssAnon")}
-            holder = h.spawn(
-                [sys.executable, h.HERE / "hold_conns.py", "--port", b.listen, "--pki", ctx.pki / "a", "--n", n,
-                 "--header", f"authorization: Bearer {ctx.jwt['token']}"],
-                cpu=h.LOAD_CPU, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            )
-            line = holder.stdout.readline().decode().split()
+            holder, line = hold(n)
             # Idle for 2 s: long enough for idle connections to settle (portcullis rests
             # HTTP/1 connections after 0.5 s and trims the heap within a second).
             time.sleep(2.0)

@@ -142,6 +142,9 @@ impl Inbound {
         let Some((tls, accepted)) = self.handshake(stream, peer).await else {
             return;
         };
+        // Boxed once: the stages below each keep the stream across their awaits, and
+        // the connection's task is sized for all of them, for its whole life.
+        let tls = Box::new(tls);
         let conn = Arc::new(ConnInfo {
             peer,
             dest,
@@ -233,7 +236,7 @@ impl Inbound {
     async fn serve_opaque_alpn(
         self: Arc<Self>,
         conn: Arc<ConnInfo>,
-        mut tls: TlsStream<TcpStream>,
+        mut tls: Box<TlsStream<TcpStream>>,
     ) {
         let timeout = self.http.header_timeout;
         match sniff::sniff(&mut tls, timeout, 64, sniff::classify_inbound).await {
