@@ -18,9 +18,9 @@
 //!   in a sidecar's life) and a few thousand entries in `/proc/PID/maps`.
 //! - [`release_startup_pages`] unmaps those pages from this process
 //!   (`madvise(MADV_DONTNEED)`); the next touch of each maps it again with a minor
-//!   fault. The sidecar does it between start-up's phases (configuration, then
-//!   identity and policy, then the warm-ups) and once more [`RELEASE_AFTER`] start-up,
-//!   once traffic has mapped the request path.
+//!   fault. The sidecar does it once the configuration is read, once identity,
+//!   policy and authentication are set up, again before the warm-ups, and
+//!   [`RELEASE_AFTER`] start-up, once traffic has mapped the request path.
 //!
 //! `PORTCULLIS_RELEASE_STARTUP_PAGES=off` turns both off.
 
