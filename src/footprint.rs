@@ -15,7 +15,9 @@
 //!   dumps, which leave out an executable's unmodified pages anyway, and splits the
 //!   mapping where it changes). Fault-around stays inside a mapping, so each touch
 //!   maps one page. The cost is one minor fault per page first used (a few thousand
-//!   in a sidecar's life) and a few thousand entries in `/proc/PID/maps`.
+//!   in a sidecar's life) and a few thousand entries in `/proc/PID/maps`. Skipped
+//!   when the pages outnumber a quarter of `vm.max_map_count` (65,530 by default;
+//!   the release binary has about 4,200).
 //! - [`release_startup_pages`] unmaps those pages from this process
 //!   (`madvise(MADV_DONTNEED)`); the next touch of each maps it again with a minor
 //!   fault. The sidecar does it once the configuration is read, once identity,
@@ -63,8 +65,19 @@ pub fn map_by_page() -> usize {
         p if p > 0 => p as usize,
         _ => return 0,
     };
+    let mappings = own_clean_mappings();
+    // Each page becomes a mapping: leave three quarters of the process's limit on
+    // mappings (vm.max_map_count) to everything else, or split nothing.
+    let pages: usize = mappings.iter().map(|(s, e)| (e - s) / page).sum();
+    let limit = std::fs::read_to_string("/proc/sys/vm/max_map_count")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .unwrap_or(65_530);
+    if pages > limit / 4 {
+        return 0;
+    }
     let mut marked = 0;
-    for (start, end) in own_clean_mappings() {
+    for (start, end) in mappings {
         for at in (start..end).step_by(2 * page) {
             // SAFETY: the page lies in a read-only file mapping of our own executable,
             // listed by the kernel; MADV_DONTDUMP changes whether a core dump includes
