@@ -499,3 +499,25 @@ fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The size of the future `f` returns, without calling it.
+    fn future_size<A, B, C, D, F, Fut>(_: F) -> usize
+    where
+        F: FnOnce(A, B, C, D) -> Fut,
+    {
+        std::mem::size_of::<Fut>()
+    }
+
+    /// A connection's task is allocated at its future's size and kept for the
+    /// connection's life, idle or not: with the TLS stream inline in each stage it
+    /// was 7.5 kB (release and test builds alike), boxed it is 3.4 kB.
+    #[test]
+    fn a_connection_task_stays_small() {
+        let size = future_size(Inbound::serve_connection);
+        assert!(size <= 4608, "{size} bytes");
+    }
+}
