@@ -203,22 +203,22 @@ fn vm_hwm_kib(pid: u32) -> u64 {
         .unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn upload_of_100_mb_streams_with_bounded_memory_and_metrics_pass_promtool() {
-    let pki = Pki::new();
-    pki.issue("frontend", FRONTEND);
-    let policies = policy_dir(
-        &pki,
+/// A policy directory whose policy allows everything.
+fn allow_all(pki: &Pki) -> std::path::PathBuf {
+    policy_dir(
+        pki,
         &[(
             "authz.rego",
             "package envoy.authz\nimport rego.v1\ndefault allow := true\n",
         )],
-    );
-    let app = echo_app().await;
-    let (inbound, admin) = (free_port(), free_port());
-    let cfg = write_config(pki.dir.path(), &pki, &policies, inbound, admin, app);
+    )
+}
+
+/// `portcullis run --config cfg` with `env`, once its admin port reports ready.
+async fn run_until_ready(cfg: &Path, admin: u16, env: &[(&str, &str)]) -> Proc {
     let child = Command::new(BIN)
         .args(["run", "--config", cfg.to_str().unwrap()])
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
@@ -228,6 +228,70 @@ async fn upload_of_100_mb_streams_with_bounded_memory_and_metrics_pass_promtool(
     tokio::task::spawn_blocking(move || wait_ready(admin_addr))
         .await
         .unwrap();
+    child
+}
+
+/// The lines of `/proc/PID/maps` that map the binary, and the process's `RssFile` in kB.
+fn own_mappings_and_rss_file(pid: u32) -> (usize, u64) {
+    let exe = std::fs::canonicalize(BIN).unwrap();
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let mappings = maps
+        .lines()
+        .filter(|l| l.split_whitespace().nth(5) == exe.to_str())
+        .count();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let rss_file = status
+        .lines()
+        .find_map(|l| l.strip_prefix("RssFile:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    (mappings, rss_file)
+}
+
+/// `portcullis run` maps its code a page at a time and drops start-up's pages before
+/// it reports ready; `PORTCULLIS_RELEASE_STARTUP_PAGES=off` is the control.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_maps_its_code_a_page_at_a_time_and_drops_start_up_pages() {
+    let pki = Pki::new();
+    let policies = allow_all(&pki);
+    let app = echo_app().await;
+    let mut seen = Vec::new();
+    for off in [false, true] {
+        let (inbound, admin) = (free_port(), free_port());
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = write_config(dir.path(), &pki, &policies, inbound, admin, app);
+        let env = [(
+            "PORTCULLIS_RELEASE_STARTUP_PAGES",
+            if off { "off" } else { "on" },
+        )];
+        let child = run_until_ready(&cfg, admin, &env).await;
+        seen.push(own_mappings_and_rss_file(child.0.id()));
+    }
+    let ((split, rss_split), (whole, rss_whole)) = (seen[0], seen[1]);
+    // A few thousand pages of code and constants, each its own mapping; the control
+    // has the loader's handful.
+    assert!(split > 1000, "{split} mappings of the binary");
+    assert!(
+        whole < 20,
+        "{whole} mappings of the binary with the measures off"
+    );
+    // Start-up's code left the resident set (the warm-ups mapped back what they use).
+    assert!(
+        rss_split * 2 < rss_whole,
+        "RssFile {rss_split} kB, {rss_whole} kB with the measures off"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upload_of_100_mb_streams_with_bounded_memory_and_metrics_pass_promtool() {
+    let pki = Pki::new();
+    pki.issue("frontend", FRONTEND);
+    let policies = allow_all(&pki);
+    let app = echo_app().await;
+    let (inbound, admin) = (free_port(), free_port());
+    let cfg = write_config(pki.dir.path(), &pki, &policies, inbound, admin, app);
+    let child = run_until_ready(&cfg, admin, &[]).await;
     let idle_kib = vm_hwm_kib(child.0.id());
 
     // 100 MiB in 64 KiB chunks, streamed.
@@ -275,7 +339,8 @@ async fn upload_of_100_mb_streams_with_bounded_memory_and_metrics_pass_promtool(
     );
 
     // The exposition passes promtool's linter.
-    let (_, metrics_text) = admin_get(admin_addr, "/metrics").await;
+    let (_, metrics_text) =
+        admin_get(format!("127.0.0.1:{admin}").parse().unwrap(), "/metrics").await;
     assert!(metrics_text.contains("portcullis_requests_total{"));
     if !have("promtool") {
         eprintln!("SKIP promtool check: promtool is not installed (Debian package prometheus; .ci/run installs it)");

@@ -142,9 +142,6 @@ impl Inbound {
         let Some((tls, accepted)) = self.handshake(stream, peer).await else {
             return;
         };
-        // Boxed once: the stages below each keep the stream across their awaits, and
-        // the connection's task is sized for all of them, for its whole life.
-        let tls = Box::new(tls);
         let conn = Arc::new(ConnInfo {
             peer,
             dest,
@@ -170,7 +167,7 @@ impl Inbound {
         &self,
         stream: TcpStream,
         peer: SocketAddr,
-    ) -> Option<(TlsStream<TcpStream>, Accepted)> {
+    ) -> Option<(Box<TlsStream<TcpStream>>, Accepted)> {
         let Some(loaded) = self.identity.current() else {
             record_tls_failure("no_identity");
             return None;
