@@ -25,11 +25,14 @@ use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::runtime::Handle;
 use tokio::sync::{AcquireError, OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
+
+use super::coalesce::Coalesce;
 
 /// The environment variable that disables turns when set to `off`.
 pub const ENV_SWITCH: &str = "PORTCULLIS_HANDSHAKE_TURNS";
@@ -60,12 +63,35 @@ fn turns() -> Option<&'static Arc<Semaphore>> {
 /// hold the 1.2 kB stream inline, and the task is sized for all of them for the
 /// connection's life (7.5 kB before, 3.4 kB boxed). The outbound side's connection
 /// task (3.0 kB) did not change when its client streams were boxed the same way.
-pub async fn accept(
+///
+/// Its session tickets (TLS 1.3) wait to go out with the first bytes the connection
+/// writes ([`Coalesce`]).
+pub async fn accept<IO>(
     acceptor: TlsAcceptor,
-    stream: TcpStream,
-) -> io::Result<Box<TlsStream<TcpStream>>> {
-    in_turns(acceptor.accept(stream)).await.map(Box::new)
+    stream: IO,
+) -> io::Result<Box<TlsStream<Coalesce<IO>>>>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    // Boxed in a block of its own: a stream still in scope at the await below would
+    // be kept inline in the connection's task.
+    let mut tls = {
+        match in_turns(acceptor.accept(Coalesce::new(stream)).into_fallible()).await {
+            Ok(tls) => Box::new(tls),
+            Err((e, mut io)) => {
+                // An alert may still be held.
+                io.send_held_now();
+                return Err(e);
+            }
+        }
+    };
+    let tls13 = tls.get_ref().1.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3);
+    tls.get_mut().0.handshake_done(tls13).await?;
+    Ok(tls)
 }
+
+/// A server-side TLS stream as [`accept`] returns it.
+pub type ServerTls = TlsStream<Coalesce<TcpStream>>;
 
 /// Polls `fut` one step per turn (or directly when turns are off).
 pub async fn in_turns<F: Future>(fut: F) -> F::Output {
@@ -144,33 +170,9 @@ mod tests {
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     use std::sync::Mutex;
 
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    fn tls_pair() -> (TlsAcceptor, tokio_rustls::TlsConnector) {
-        let provider = crate::identity::crypto_provider();
-        let rcgen::CertifiedKey { cert, signing_key } =
-            rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
-        let der = CertificateDer::from(cert.der().to_vec());
-        let key = PrivateKeyDer::Pkcs8(signing_key.serialize_der().into());
-        let server = rustls::ServerConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(vec![der.clone()], key)
-            .unwrap();
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(der).unwrap();
-        let client = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        (
-            TlsAcceptor::from(Arc::new(server)),
-            tokio_rustls::TlsConnector::from(Arc::new(client)),
-        )
-    }
+    use crate::proxy::coalesce::tests::{client, ping_pong, pki, server};
 
     #[tokio::test]
     async fn a_handshake_in_turns_completes_and_the_stream_carries_data() {
@@ -178,30 +180,15 @@ mod tests {
         if std::env::var_os(ENV_SWITCH).is_none() {
             assert!(turns().is_some());
         }
-        let (acceptor, connector) = tls_pair();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let client = tokio::spawn(async move {
-            let tcp = TcpStream::connect(addr).await.unwrap();
-            let name = ServerName::try_from("localhost").unwrap();
-            let mut tls = connector.connect(name, tcp).await.unwrap();
-            tls.write_all(b"ping").await.unwrap();
-            let mut answer = [0u8; 4];
-            tls.read_exact(&mut answer).await.unwrap();
-            answer
-        });
-        let (tcp, _) = listener.accept().await.unwrap();
-        let mut tls = accept(acceptor, tcp).await.unwrap();
-        let mut got = [0u8; 4];
-        tls.read_exact(&mut got).await.unwrap();
-        assert_eq!(&got, b"ping");
-        tls.write_all(b"pong").await.unwrap();
-        assert_eq!(&client.await.unwrap(), b"pong");
+        let pki = pki();
+        let connector = client(&pki, &[&rustls::version::TLS13]);
+        let (_, kind) = ping_pong(server(&pki, false), connector).await;
+        assert_eq!(kind, rustls::HandshakeKind::Full);
     }
 
     #[tokio::test]
     async fn a_client_that_is_not_tls_fails_the_handshake() {
-        let (acceptor, _) = tls_pair();
+        let acceptor = server(&pki(), false);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let client = tokio::spawn(async move {

@@ -15,7 +15,7 @@ use hyper::body::Incoming;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
-use tokio_rustls::server::TlsStream;
+use super::handshake::ServerTls;
 
 use super::app_protocol::{AppProtocols, Caller};
 use super::decide::Decider;
@@ -167,7 +167,7 @@ impl Inbound {
         &self,
         stream: TcpStream,
         peer: SocketAddr,
-    ) -> Option<(Box<TlsStream<TcpStream>>, Accepted)> {
+    ) -> Option<(Box<ServerTls>, Accepted)> {
         let Some(loaded) = self.identity.current() else {
             record_tls_failure("no_identity");
             return None;
@@ -230,11 +230,7 @@ impl Inbound {
     /// Whatever an app could read as HTTP is served as HTTP, so the ALPN cannot skip
     /// per-request decisions and header hygiene. A server-first protocol must be
     /// declared in `inbound.opaque_ports`.
-    async fn serve_opaque_alpn(
-        self: Arc<Self>,
-        conn: Arc<ConnInfo>,
-        mut tls: Box<TlsStream<TcpStream>>,
-    ) {
+    async fn serve_opaque_alpn(self: Arc<Self>, conn: Arc<ConnInfo>, mut tls: Box<ServerTls>) {
         let timeout = self.http.header_timeout;
         match sniff::sniff(&mut tls, timeout, 64, sniff::classify_inbound).await {
             Some((Sniffed::Http, seen)) => self.serve_http(conn, Prefixed::new(seen, tls)).await,

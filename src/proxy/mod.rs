@@ -47,6 +47,7 @@ macro_rules! write_through {
 
 pub mod app_protocol;
 pub mod body;
+pub mod coalesce;
 pub mod decide;
 
 pub mod drain;
