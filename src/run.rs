@@ -376,6 +376,7 @@ fn inbound_side(
             cfg.limits.idle_timeout,
         ),
         app: cfg.inbound.app,
+        listen: cfg.inbound.listen,
         original_destination: cfg.inbound.original_destination,
         loopback_ports: cfg.inbound.loopback_ports.clone(),
         protocols: crate::proxy::app_protocol::AppProtocols::new(

@@ -43,6 +43,8 @@ pub struct Inbound {
     pub decider: Decider,
     pub clients: AppClients,
     pub app: SocketAddr,
+    /// Where the inbound listener listens.
+    pub listen: SocketAddr,
     pub original_destination: bool,
     /// With `original_destination`: ports forwarded to loopback instead.
     pub loopback_ports: Vec<u16>,
@@ -113,11 +115,17 @@ impl Inbound {
         stream: &TcpStream,
         peer: SocketAddr,
     ) -> Option<(SocketAddr, SocketAddr)> {
-        let local = stream.local_addr().ok()?;
         if !self.original_destination {
-            return Some((self.app, SocketAddr::new(local.ip(), self.app.port())));
+            // The address the client connected to: the listener's, unless it listens
+            // on every address (one `getsockname` per connection saved otherwise).
+            let ip = if self.listen.ip().is_unspecified() {
+                stream.local_addr().ok()?.ip()
+            } else {
+                self.listen.ip()
+            };
+            return Some((self.app, SocketAddr::new(ip, self.app.port())));
         }
-        match super::orig_dst::original_destination(stream, local) {
+        match super::orig_dst::original_destination(stream, peer) {
             // Where the app listens: the address the client meant, so an app bound
             // to the pod IP is reached and a localhost-only port stays private.
             Ok(d) if self.loopback_ports.contains(&d.port()) => {

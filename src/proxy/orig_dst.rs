@@ -6,14 +6,15 @@ use std::os::fd::AsRawFd;
 const SO_ORIGINAL_DST: libc::c_int = 80;
 const IP6T_SO_ORIGINAL_DST: libc::c_int = 80;
 
-/// Reads the pre-NAT destination of `socket`. Errors when the connection was not
-/// redirected (no conntrack entry).
+/// Reads the pre-NAT destination of `socket`; `either_end` is one of its addresses
+/// (the peer's serves: both ends have the family the question is asked in). Errors
+/// when the connection was not redirected (no conntrack entry).
 pub fn original_destination(
     socket: &impl AsRawFd,
-    local: SocketAddr,
+    either_end: SocketAddr,
 ) -> std::io::Result<SocketAddr> {
     let fd = socket.as_raw_fd();
-    if local.is_ipv4() {
+    if either_end.is_ipv4() {
         let mut addr: libc::sockaddr_in = unsafe { std::mem::zeroed() };
         let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
         // SAFETY: `addr` and `len` are valid for writes of the size passed.
