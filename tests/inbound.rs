@@ -372,3 +372,50 @@ async fn repeated_requests_are_answered_from_the_decision_cache() {
         "{after}"
     );
 }
+
+#[tokio::test]
+async fn a_resumed_session_whose_certificate_expired_since_is_refused() {
+    let (pki, sidecar) = setup().await;
+    // Two more seconds to live.
+    let svid = pki
+        .ca
+        .issue(
+            &portcullis::identity::SpiffeId::parse(FRONTEND).unwrap(),
+            Duration::from_secs(2),
+        )
+        .unwrap();
+    svid.write(&pki.path("short")).unwrap();
+    let c = pki.client("short", &[b"http/1.1"]);
+    let (r, _) = call(&c, sidecar.inbound_addr, req("GET", "/public/x", &[], "")).await;
+    assert_eq!(r.status(), 200);
+    // The certificate's facts are remembered from here on; its expiry is still
+    // checked on every connection.
+    let (r, _) = call(&c, sidecar.inbound_addr, req("GET", "/public/x", &[], "")).await;
+    assert_eq!(r.status(), 200);
+    let wait = svid
+        .not_after
+        .duration_since(std::time::SystemTime::now())
+        .unwrap_or_default();
+    tokio::time::sleep(wait + Duration::from_millis(1100)).await;
+
+    // The client resumes its session (no certificate is verified on resumption) and
+    // the sidecar closes the connection before any request is read.
+    let mut s = h1(&c, sidecar.inbound_addr).await;
+    assert!(s
+        .send_request(req("GET", "/public/x", &[], ""))
+        .await
+        .is_err());
+    let text = admin_get(sidecar.admin_addr, "/metrics").await.1;
+    let failures = metric(
+        &text,
+        "portcullis_tls_handshake_failures_total",
+        &[("direction", "inbound"), ("reason", "expired_session")],
+    );
+    assert_eq!(failures, 1.0, "{text}");
+    let resumed = metric(
+        &text,
+        "portcullis_tls_resumed_handshakes_total",
+        &[("direction", "inbound")],
+    );
+    assert!(resumed >= 2.0, "{text}");
+}

@@ -8,6 +8,7 @@
 //! the sources ([`source`]: files, dev CA; [`workload_api`]).
 
 pub mod dev_ca;
+pub mod peer_leaf;
 pub mod profile;
 pub mod refusal_log;
 pub mod rejection;

@@ -27,8 +27,8 @@ use super::{body, headers, tcp, ConnInfo, Prelude};
 use crate::authn::{Authenticator, Outcome, Rejection, Verified};
 use crate::config::{BodyConfig, MtlsMode};
 use crate::direction::Direction;
+use crate::identity::peer_leaf::PeerLeaves;
 use crate::identity::tls::Identity;
-use crate::identity::x509::leaf_info;
 use crate::identity::SpiffeId;
 use crate::metrics;
 use crate::policy::{HttpFacts, InputFacts};
@@ -58,6 +58,8 @@ pub struct Inbound {
     pub strip_extra: Vec<HeaderName>,
     /// JWT authentication (`jwt.providers`); `None` when no provider is configured.
     pub authn: Option<Arc<Authenticator>>,
+    /// What the clients' certificates say, read once per certificate.
+    pub peer_leaves: PeerLeaves,
 }
 
 /// The side this module serves, for metrics and logs.
@@ -205,25 +207,21 @@ impl Inbound {
                 .with_label_values(&[DIRECTION.as_str()])
                 .inc();
         }
-        let Some(leaf) = session.peer_certificates().and_then(|c| c.first()).cloned() else {
+        let Some(leaf) = session.peer_certificates().and_then(|c| c.first()) else {
             record_tls_failure("no_client_certificate");
             return None;
         };
-        let peer_id = match leaf_info(&leaf) {
-            // A resumed session carries the certificate of its first handshake:
-            // one that expired since is not an identity any more.
-            Ok(info) if info.not_after < std::time::SystemTime::now() => {
-                record_tls_failure("expired_session");
-                return None;
-            }
-            Ok(info) => info.id,
-            Err(_) => return None,
-        };
+        let leaf = self.peer_leaves.get(leaf).ok()?;
+        // A resumed session carries the certificate of its first handshake: one that
+        // expired since is not an identity any more.
+        if leaf.not_after < std::time::SystemTime::now() {
+            record_tls_failure("expired_session");
+            return None;
+        }
         let local_id = loaded.svid.id.to_string();
-        let hash = hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &leaf));
         let accepted = Accepted {
-            xfcc: headers::xfcc_value(&local_id, &hash, peer_id.as_str()),
-            peer_id,
+            xfcc: headers::xfcc_value(&local_id, &leaf.sha256_hex, leaf.id.as_str()),
+            peer_id: leaf.id.clone(),
             local_id,
             // A peer sidecar relaying non-HTTP traffic says so with its ALPN; one
             // carrying HTTP negotiates its own ALPN, the only way to be trusted with
