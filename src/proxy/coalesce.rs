@@ -222,4 +222,4 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Coalesce<IO> {
 
 #[cfg(test)]
 #[path = "coalesce_tests.rs"]
-pub(crate) mod tests;
+mod tests;
