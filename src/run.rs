@@ -393,7 +393,6 @@ fn inbound_side(
             .map(|a| a.claim_header_names())
             .unwrap_or_default(),
         authn,
-        peer_leaves: Default::default(),
     }
 }
 

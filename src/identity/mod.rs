@@ -28,8 +28,8 @@ pub use spiffe_id::{SpiffeId, SpiffeIdError, TrustDomain};
 pub use svid::{IdentityError, Svid, SvidPem};
 pub use tls::{crypto_provider, Identity};
 pub use verifier::{
-    peer_spiffe_id, record_handshake_failure, record_handshake_io_failure, rejection_of,
-    rejection_of_io, PeerAuthorization, SvidClientVerifier, SvidServerVerifier,
+    record_handshake_failure, record_handshake_io_failure, rejection_of, rejection_of_io,
+    PeerAuthorization, SvidClientVerifier, SvidServerVerifier,
 };
 pub use x509::{
     certs_from_pem, leaf_info, private_key_from_pem, verify_svid, verify_svid_with, LeafInfo,

@@ -1,17 +1,18 @@
-//! What an accepted client's leaf certificate says, worked out once per certificate.
+//! Who the verified peer of a TLS connection is, from its leaf certificate, worked
+//! out once per certificate.
 //!
-//! Every inbound mTLS connection needs its client's SPIFFE ID, the certificate's
-//! expiry (a resumed session may outlive it) and its SHA-256 (the XFCC `Hash`). A
-//! client presents the same certificate on every connection until it rotates, and a
-//! resumed session carries the one of its first handshake, so [`PeerLeaves`] keeps
-//! those facts per certificate: parsing a certificate was 2 % of the CPU of a resumed
-//! handshake. Only certificates that completed a handshake get here (the verifier
-//! checked them), the facts are a pure function of the bytes, and the expiry is still
-//! compared with the clock on every connection by the caller. At most
+//! Every mTLS connection, in either direction, needs its peer's SPIFFE ID and the
+//! certificate's expiry (a resumed session carries the certificate of its first
+//! handshake, which may have expired since); inbound also needs its SHA-256 (the XFCC
+//! `Hash`). A peer presents the same certificate on every connection until it rotates,
+//! so [`PeerLeaves`] keeps those facts per certificate: parsing a certificate was 2 %
+//! of the CPU of a resumed handshake. Only certificates that completed a handshake get
+//! here (the verifiers checked them), the facts are a pure function of the bytes, and
+//! [`verified_peer`] compares the expiry with the clock on every connection. At most
 //! [`PeerLeaves::CAPACITY`] certificates are kept; when full the map starts over.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::SystemTime;
 
 use rustls_pki_types::CertificateDer;
@@ -78,6 +79,34 @@ impl PeerLeaves {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Box<[u8]>, Arc<PeerLeaf>>> {
         self.known.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// Why a connection's peer is not (or no longer) an identity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerLeafError {
+    /// The peer presented no certificate.
+    NoCertificate,
+    /// Its leaf is not an X.509-SVID leaf.
+    NotAnSvid,
+    /// Its certificate expired since the session's first handshake.
+    Expired,
+}
+
+/// The facts of every peer certificate the process has met.
+static LEAVES: LazyLock<PeerLeaves> = LazyLock::new(PeerLeaves::default);
+
+/// The verified peer of `conn` (after its handshake): the facts of its leaf, refused
+/// when that certificate has expired since.
+pub fn verified_peer(conn: &rustls::CommonState) -> Result<Arc<PeerLeaf>, PeerLeafError> {
+    let der = conn
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .ok_or(PeerLeafError::NoCertificate)?;
+    let leaf = LEAVES.get(der).map_err(|_| PeerLeafError::NotAnSvid)?;
+    if leaf.not_after < SystemTime::now() {
+        return Err(PeerLeafError::Expired);
+    }
+    Ok(leaf)
 }
 
 #[cfg(test)]

@@ -25,7 +25,7 @@ use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
 use super::rejection::{SvidRejection, SvidUsage};
 use super::spiffe_id::SpiffeId;
-use super::x509::{leaf_info, verify_svid_with, TrustBundles};
+use super::x509::{verify_svid_with, TrustBundles};
 
 /// Which verified peers are accepted at the TLS layer (before any HTTP policy).
 #[derive(Clone)]
@@ -393,12 +393,6 @@ pub fn record_handshake_io_failure(direction: &'static str, err: &std::io::Error
                 .inc();
         }
     }
-}
-
-/// The SPIFFE ID of the (already verified) peer of a connection, from its leaf.
-pub fn peer_spiffe_id(conn: &rustls::CommonState) -> Option<SpiffeId> {
-    let leaf = conn.peer_certificates()?.first()?;
-    leaf_info(leaf).ok().map(|info| info.id)
 }
 
 #[cfg(test)]

@@ -27,7 +27,7 @@ use super::{body, headers, tcp, ConnInfo, Prelude};
 use crate::authn::{Authenticator, Outcome, Rejection, Verified};
 use crate::config::{BodyConfig, MtlsMode};
 use crate::direction::Direction;
-use crate::identity::peer_leaf::PeerLeaves;
+use crate::identity::peer_leaf::{verified_peer, PeerLeafError};
 use crate::identity::tls::Identity;
 use crate::identity::SpiffeId;
 use crate::metrics;
@@ -58,8 +58,6 @@ pub struct Inbound {
     pub strip_extra: Vec<HeaderName>,
     /// JWT authentication (`jwt.providers`); `None` when no provider is configured.
     pub authn: Option<Arc<Authenticator>>,
-    /// What the clients' certificates say, read once per certificate.
-    pub peer_leaves: PeerLeaves,
 }
 
 /// The side this module serves, for metrics and logs.
@@ -207,17 +205,18 @@ impl Inbound {
                 .with_label_values(&[DIRECTION.as_str()])
                 .inc();
         }
-        let Some(leaf) = session.peer_certificates().and_then(|c| c.first()) else {
-            record_tls_failure("no_client_certificate");
-            return None;
+        let leaf = match verified_peer(session) {
+            Ok(leaf) => leaf,
+            Err(PeerLeafError::NoCertificate) => {
+                record_tls_failure("no_client_certificate");
+                return None;
+            }
+            Err(PeerLeafError::Expired) => {
+                record_tls_failure("expired_session");
+                return None;
+            }
+            Err(PeerLeafError::NotAnSvid) => return None,
         };
-        let leaf = self.peer_leaves.get(leaf).ok()?;
-        // A resumed session carries the certificate of its first handshake: one that
-        // expired since is not an identity any more.
-        if leaf.not_after < std::time::SystemTime::now() {
-            record_tls_failure("expired_session");
-            return None;
-        }
         let local_id = loaded.svid.id.to_string();
         let accepted = Accepted {
             xfcc: headers::xfcc_value(&local_id, &leaf.sha256_hex, leaf.id.as_str()),

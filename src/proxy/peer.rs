@@ -366,23 +366,16 @@ impl PeerPool {
                 .with_label_values(&[Direction::Outbound.as_str()])
                 .inc();
         }
-        let peer_id =
-            crate::identity::peer_spiffe_id(tls.get_ref().1).ok_or(PeerError::NoPeerId(addr))?;
-        // A resumed session carries the certificate of its first handshake: one that
-        // expired since is not the peer's identity any more.
-        let expired = tls
-            .get_ref()
-            .1
-            .peer_certificates()
-            .and_then(|c| c.first())
-            .and_then(|leaf| crate::identity::leaf_info(leaf).ok())
-            .is_none_or(|info| info.not_after < std::time::SystemTime::now());
-        if expired {
-            m.tls_handshake_failures
-                .with_label_values(&[Direction::Outbound.as_str(), "expired_session"])
-                .inc();
-            return Err(PeerError::NoPeerId(addr));
-        }
+        let peer_id = match crate::identity::peer_leaf::verified_peer(tls.get_ref().1) {
+            Ok(leaf) => leaf.id.clone(),
+            Err(crate::identity::peer_leaf::PeerLeafError::Expired) => {
+                m.tls_handshake_failures
+                    .with_label_values(&[Direction::Outbound.as_str(), "expired_session"])
+                    .inc();
+                return Err(PeerError::NoPeerId(addr));
+            }
+            Err(_) => return Err(PeerError::NoPeerId(addr)),
+        };
         Ok((tls, peer_id))
     }
 }
