@@ -377,14 +377,7 @@ async fn repeated_requests_are_answered_from_the_decision_cache() {
 async fn a_resumed_session_whose_certificate_expired_since_is_refused() {
     let (pki, sidecar) = setup().await;
     // Two more seconds to live.
-    let svid = pki
-        .ca
-        .issue(
-            &portcullis::identity::SpiffeId::parse(FRONTEND).unwrap(),
-            Duration::from_secs(2),
-        )
-        .unwrap();
-    svid.write(&pki.path("short")).unwrap();
+    let (_, not_after) = pki.issue_for("short", FRONTEND, Duration::from_secs(2));
     let c = pki.client("short", &[b"http/1.1"]);
     let (r, _) = call(&c, sidecar.inbound_addr, req("GET", "/public/x", &[], "")).await;
     assert_eq!(r.status(), 200);
@@ -392,8 +385,7 @@ async fn a_resumed_session_whose_certificate_expired_since_is_refused() {
     // checked on every connection.
     let (r, _) = call(&c, sidecar.inbound_addr, req("GET", "/public/x", &[], "")).await;
     assert_eq!(r.status(), 200);
-    let wait = svid
-        .not_after
+    let wait = not_after
         .duration_since(std::time::SystemTime::now())
         .unwrap_or_default();
     tokio::time::sleep(wait + Duration::from_millis(1100)).await;

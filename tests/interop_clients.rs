@@ -67,6 +67,48 @@ async fn curl_http1_over_mtls() {
     curl_row("curl_http1_over_mtls", CLIENTS[0], &["--http1.1"], "1.1").await;
 }
 
+/// curl (OpenSSL) resumes its TLS 1.3 session on its next connection with the
+/// tickets the sidecar sent along with the first reply (`src/proxy/coalesce.rs`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_resumes_with_the_tickets_that_came_with_the_reply() {
+    let test = "curl_resumes_with_the_tickets_that_came_with_the_reply";
+    let (Some(py), Some(_)) = (or_skip(test, python_with(&[])), or_skip(test, tool("curl"))) else {
+        return;
+    };
+    let pki = pki();
+    let app = python_app(&py, "http", pki.dir.path()).await;
+    let s = sidecar(&pki, app.addr).await;
+    // Two requests, each on its own connection (the sidecar closes after each reply).
+    let mut args = curl_mtls(&pki, s.inbound_addr, "/hello");
+    let url = args.pop().unwrap();
+    let mut cmd = Command::new("curl");
+    cmd.args([
+        "-sS",
+        "--http1.1",
+        "-H",
+        "connection: close",
+        "--max-time",
+        "50",
+    ])
+    .args(["-o", "/dev/null", "-o", "/dev/null", "-w", "%{http_code} "])
+    .args(&args)
+    .args([&url, &url]);
+    let out = run(cmd, WAIT).await.unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "200 200 ", "{out:?}");
+    let text = admin_get(s.admin_addr, "/metrics").await.1;
+    let inbound = [("direction", "inbound")];
+    assert_eq!(
+        metric(&text, "portcullis_tls_handshakes_total", &inbound),
+        2.0
+    );
+    assert_eq!(
+        metric(&text, "portcullis_tls_resumed_handshakes_total", &inbound),
+        1.0,
+        "{text}"
+    );
+    s.shutdown();
+}
+
 /// curl's default over TLS: ALPN `h2` to the sidecar, whatever the app speaks.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn curl_http2_over_mtls() {

@@ -8,7 +8,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -51,15 +51,17 @@ impl Pki {
         self.dir.path().join(p)
     }
 
-    /// Issues `id` into `<dir>/<name>/{tls.crt,tls.key,ca.crt}`.
+    /// Issues `id` into `<dir>/<name>/{tls.crt,tls.key,ca.crt}`, valid for an hour.
     pub fn issue(&self, name: &str, id: &str) -> PathBuf {
+        self.issue_for(name, id, Duration::from_secs(3600)).0
+    }
+
+    /// [`Pki::issue`] valid for `ttl`; also returns when it expires.
+    pub fn issue_for(&self, name: &str, id: &str, ttl: Duration) -> (PathBuf, SystemTime) {
         let out = self.path(name);
-        self.ca
-            .issue(&SpiffeId::parse(id).unwrap(), Duration::from_secs(3600))
-            .unwrap()
-            .write(&out)
-            .unwrap();
-        out
+        let svid = self.ca.issue(&SpiffeId::parse(id).unwrap(), ttl).unwrap();
+        svid.write(&out).unwrap();
+        (out, svid.not_after)
     }
 
     /// A rustls client config presenting `<name>`'s SVID and verifying the server as an SVID.
