@@ -296,7 +296,13 @@ pub async fn start(cfg: Config, set_log_level: LevelSetter) -> anyhow::Result<Ru
     )
     .await?;
     crate::footprint::release_startup_pages();
-    warm_up(&cfg, &outbound, &warm_inbound, &tasks).await;
+    let warm = Warm {
+        identity: &identity,
+        policy: &policy,
+        outbound: &outbound,
+        inbound: &warm_inbound,
+    };
+    warm.up(&cfg, &tasks).await;
 
     // The admin port answers (and `/ready` turns 200) once the warm-ups are done.
     let admin = Arc::new(Admin {
@@ -424,46 +430,80 @@ fn outbound_side(
     }
 }
 
-/// How long start-up waits for its warm-ups ([`warm_up`]).
+/// How long start-up waits for its network warm-ups ([`Warm::up`]).
 const WARM_BOUND: std::time::Duration = std::time::Duration::from_millis(500);
 
-/// Before the sidecar reports ready: opens the mTLS connection to every HTTP route's
-/// upstream, so the first request through a route does not pay for the handshake,
-/// and asks the app whether it speaks HTTP/2 (`app_protocol: auto`), so the first
-/// request that arrives over HTTP/2 does not pay for that probe. Start-up waits at
-/// most [`WARM_BOUND`]; a slower upstream keeps connecting in the background (a
-/// request that arrives meanwhile waits for that handshake instead of starting
-/// another). An upstream that is down, or an app not up yet, is connected or probed
-/// on first use, as before.
-async fn warm_up(cfg: &Config, outbound: &Arc<Outbound>, inbound: &Arc<Inbound>, tasks: &Tasks) {
-    let upstreams: Vec<_> = cfg
-        .outbound
-        .routes
-        .iter()
-        .filter(|r| r.protocol == RouteProtocol::Http)
-        .map(|r| (r.upstream, r.spiffe_id.clone()))
-        .collect();
-    // With original destinations the app's ports are known only per connection.
-    let app = (!cfg.inbound.original_destination).then_some(cfg.inbound.app);
-    let (done, warmed) = tokio::sync::oneshot::channel::<()>();
-    let outbound = outbound.clone();
-    let inbound = inbound.clone();
-    tasks.spawn("warm-up", async move {
-        let routes = futures_util::future::join_all(
-            upstreams
-                .iter()
-                .map(|(addr, id)| outbound.peers.warm(*addr, id)),
-        );
-        let app = async {
-            if let Some(app) = app {
-                inbound.protocols.warm(app).await;
-            }
-        };
-        futures_util::future::join(routes, app).await;
-        let _ = done.send(());
-    });
-    if tokio::time::timeout(WARM_BOUND, warmed).await.is_err() {
-        tracing::debug!("warm-up still running; first requests will wait for its connections");
+/// What the warm-ups before readiness work on ([`Warm::up`]).
+struct Warm<'a> {
+    identity: &'a Arc<Identity>,
+    policy: &'a Arc<PolicyStore>,
+    outbound: &'a Arc<Outbound>,
+    inbound: &'a Arc<Inbound>,
+}
+
+impl Warm<'_> {
+    /// Before the sidecar reports ready, after start-up's code was unmapped
+    /// ([`crate::footprint::release_startup_pages`]), so that what the first requests
+    /// run is mapped and was run once:
+    ///
+    /// - in memory: an mTLS handshake with the current identity
+    ///   ([`crate::identity::tls::warm_up`]), one evaluation of every policy query
+    ///   ([`crate::policy::PolicySet::warm`]), and one HTTP/2 and one HTTP/1.1 request
+    ///   through the inbound HTTP server ([`crate::proxy::warm`]). Nothing is logged or
+    ///   counted, nothing leaves the process. The identity and policy warm-ups also run
+    ///   when they are installed; here they map their code again.
+    /// - on the network: the mTLS connection to every HTTP route's upstream, so the
+    ///   first request through a route does not pay for the handshake, and the probe
+    ///   of whether the app speaks HTTP/2 (`app_protocol: auto`). Start-up waits at
+    ///   most [`WARM_BOUND`] for these; a slower upstream keeps connecting in the
+    ///   background (a request that arrives meanwhile waits for that handshake instead
+    ///   of starting another). An upstream that is down, or an app not up yet, is
+    ///   connected or probed on first use, as before.
+    async fn up(&self, cfg: &Config, tasks: &Tasks) {
+        if let Some(loaded) = self.identity.current() {
+            crate::identity::tls::warm_up(
+                &loaded.svid,
+                self.identity.provider(),
+                &loaded.tls.server,
+            );
+        }
+        if let Some(set) = self.policy.current() {
+            set.warm();
+        }
+        crate::proxy::warm::exchange(&self.inbound.http).await;
+        self.connect(cfg, tasks).await;
+    }
+
+    async fn connect(&self, cfg: &Config, tasks: &Tasks) {
+        let upstreams: Vec<_> = cfg
+            .outbound
+            .routes
+            .iter()
+            .filter(|r| r.protocol == RouteProtocol::Http)
+            .map(|r| (r.upstream, r.spiffe_id.clone()))
+            .collect();
+        // With original destinations the app's ports are known only per connection.
+        let app = (!cfg.inbound.original_destination).then_some(cfg.inbound.app);
+        let (done, warmed) = tokio::sync::oneshot::channel::<()>();
+        let outbound = self.outbound.clone();
+        let inbound = self.inbound.clone();
+        tasks.spawn("warm-up", async move {
+            let routes = futures_util::future::join_all(
+                upstreams
+                    .iter()
+                    .map(|(addr, id)| outbound.peers.warm(*addr, id)),
+            );
+            let app = async {
+                if let Some(app) = app {
+                    inbound.protocols.warm(app).await;
+                }
+            };
+            futures_util::future::join(routes, app).await;
+            let _ = done.send(());
+        });
+        if tokio::time::timeout(WARM_BOUND, warmed).await.is_err() {
+            tracing::debug!("warm-up still running; first requests will wait for its connections");
+        }
     }
 }
 

@@ -283,6 +283,71 @@ async fn run_maps_its_code_a_page_at_a_time_and_drops_start_up_pages() {
     );
 }
 
+/// The series a request through the data path moves.
+const DATA_PATH_SERIES: [&str; 6] = [
+    "portcullis_requests_total",
+    "portcullis_request_duration_seconds_count",
+    "portcullis_policy_evaluation_duration_seconds_count",
+    "portcullis_policy_decision_cache_total",
+    "portcullis_tls_handshakes_total",
+    "portcullis_rejected_requests_total",
+];
+
+/// The warm-ups before readiness (an mTLS handshake, every policy query, an HTTP/2
+/// and an HTTP/1.1 request, all in memory) count nothing and log no decision: the
+/// first client's request is the first one counted and logged (the control).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_ups_before_ready_count_and_log_nothing() {
+    let pki = Pki::new();
+    pki.issue("frontend", FRONTEND);
+    let policies = allow_all(&pki);
+    let app = echo_app().await;
+    let (inbound, admin) = (free_port(), free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), &pki, &policies, inbound, admin, app);
+    let log = dir.path().join("decisions.log");
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        "decisions: false\n",
+        &format!("decisions: true\n  decision_file: {}\n", log.display()),
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let _child = run_until_ready(&cfg, admin, &[]).await;
+    let admin_addr: SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
+    let lines = |p: &Path| {
+        std::fs::read_to_string(p)
+            .map(|t| t.lines().count())
+            .unwrap_or(0)
+    };
+
+    let (_, ready) = admin_get(admin_addr, "/metrics").await;
+    for name in DATA_PATH_SERIES {
+        assert_eq!(
+            metric(&ready, name, &[]),
+            0.0,
+            "{name} moved before any client"
+        );
+    }
+    assert_eq!(lines(&log), 0, "a decision was logged before any client");
+
+    let client = pki.client("frontend", &[b"http/1.1"]);
+    let addr: SocketAddr = format!("127.0.0.1:{inbound}").parse().unwrap();
+    let (resp, _) = call(&client, addr, req("GET", "/first", &[], "")).await;
+    assert_eq!(resp.status(), 200);
+    let (_, after) = admin_get(admin_addr, "/metrics").await;
+    for name in [
+        "portcullis_requests_total",
+        "portcullis_tls_handshakes_total",
+    ] {
+        assert_eq!(metric(&after, name, &[]), 1.0, "{name} after one request");
+    }
+    // The decision log is written off the request path.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while lines(&log) == 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(lines(&log), 1, "one decision logged for one request");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upload_of_100_mb_streams_with_bounded_memory_and_metrics_pass_promtool() {
     let pki = Pki::new();

@@ -67,6 +67,7 @@ pub mod reply;
 pub mod sniff;
 pub mod tap;
 pub mod tcp;
+pub mod warm;
 
 use std::net::SocketAddr;
 
