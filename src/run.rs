@@ -448,9 +448,10 @@ impl Warm<'_> {
     ///
     /// - in memory: an mTLS handshake with the current identity
     ///   ([`crate::identity::tls::warm_up`]), one evaluation of every policy query
-    ///   ([`crate::policy::PolicySet::warm`]), and one HTTP/2 and one HTTP/1.1 request
-    ///   through the inbound HTTP server ([`crate::proxy::warm`]). Nothing is logged or
-    ///   counted, nothing leaves the process. The identity and policy warm-ups also run
+    ///   ([`crate::policy::PolicySet::warm`]), one made-up token per JWT provider
+    ///   checked up to its signature ([`Authenticator::warm`]), and one HTTP/2 and one
+    ///   HTTP/1.1 request through the inbound HTTP server ([`crate::proxy::warm`]).
+    ///   Nothing is logged or counted, nothing leaves the process. The identity and policy warm-ups also run
     ///   when they are installed; here they map their code again.
     /// - on the network: the mTLS connection to every HTTP route's upstream, so the
     ///   first request through a route does not pay for the handshake, and the probe
@@ -469,6 +470,9 @@ impl Warm<'_> {
         }
         if let Some(set) = self.policy.current() {
             set.warm();
+        }
+        if let Some(authn) = &self.inbound.authn {
+            authn.warm().await;
         }
         crate::proxy::warm::exchange(&self.inbound.http).await;
         self.connect(cfg, tasks).await;

@@ -76,6 +76,19 @@ impl JwsAlgorithm {
         Self::ALL.into_iter().find(|a| a.name() == name)
     }
 
+    /// The length of a signature, where the algorithm fixes it (RSA's is the key's
+    /// modulus: 2048 bits is assumed).
+    pub fn usual_signature_len(self) -> usize {
+        match self {
+            Self::HS256 => 32,
+            Self::HS384 => 48,
+            Self::HS512 | Self::ES256 | Self::EdDSA => 64,
+            Self::ES384 => 96,
+            Self::ES512 => 132,
+            _ => 256,
+        }
+    }
+
     /// For HMAC: the smallest key, the hash output size (RFC 7518 §3.2).
     pub fn min_hmac_key_bytes(self) -> Option<usize> {
         match self {

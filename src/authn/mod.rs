@@ -81,6 +81,39 @@ impl Provider {
     pub fn name(&self) -> &str {
         &self.name
     }
+
+    /// A token for [`Authenticator::warm`]: this provider's issuer and first
+    /// audience, its first key's `kid` and algorithm, a signature of the usual
+    /// length that no key produced. `None` before the keys are loaded.
+    fn warm_up_token(&self) -> Option<String> {
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        use base64::Engine;
+        let set = self.jwks.current();
+        let key = set.keys.first()?;
+        let (alg, _) = key.verifiers.first()?;
+        let mut header = Map::new();
+        header.insert("alg".into(), alg.name().into());
+        header.insert("typ".into(), "JWT".into());
+        if let Some(kid) = &key.kid {
+            header.insert("kid".into(), kid.clone().into());
+        }
+        let now = jsonwebtoken::get_current_timestamp();
+        let mut payload = Map::new();
+        payload.insert("iss".into(), self.issuer.clone().into());
+        payload.insert("sub".into(), "portcullis-warm-up".into());
+        payload.insert("iat".into(), now.into());
+        payload.insert("exp".into(), (now + 60).into());
+        if let Some(aud) = self.audiences.first() {
+            payload.insert("aud".into(), aud.clone().into());
+        }
+        let json = |m: Map<String, Value>| serde_json::to_vec(&Value::Object(m)).ok();
+        Some(format!(
+            "{}.{}.{}",
+            URL_SAFE_NO_PAD.encode(json(header)?),
+            URL_SAFE_NO_PAD.encode(json(payload)?),
+            URL_SAFE_NO_PAD.encode(vec![1u8; alg.usual_signature_len()]),
+        ))
+    }
 }
 
 /// Validates tokens for every configured provider.
@@ -342,6 +375,23 @@ impl Authenticator {
                 None => false,
             },
             None => false,
+        }
+    }
+
+    /// Validates, once per provider, a made-up token that names the provider's first
+    /// key and cannot verify (its signature is a constant). Start-up runs it before
+    /// readiness so that the first client's token does not pay for mapping and first
+    /// running the token parsing, key selection and signature check. Nothing is
+    /// counted, logged or cached: only a valid token is cached, and only
+    /// [`Authenticator::authenticate`] counts and logs.
+    pub async fn warm(&self) {
+        for provider in &self.providers {
+            let (Some(token), Some(&location)) =
+                (provider.warm_up_token(), provider.locations.first())
+            else {
+                continue;
+            };
+            let _ = self.validate(&token, location).await;
         }
     }
 

@@ -84,3 +84,65 @@ fn rejection_header() {
         "Bearer error=\"invalid_token\", error_description=\"the token has expired\""
     );
 }
+
+/// An authenticator with one provider whose keys are `jwks` (inline).
+async fn with_keys(jwks: Value) -> Arc<Authenticator> {
+    let cfg = JwtConfig {
+        providers: vec![crate::config::JwtProvider {
+            name: "warm".to_owned(),
+            issuer: "https://issuer.test".to_owned(),
+            audiences: vec!["api".to_owned()],
+            jwks: JwksSource::Inline(jwks.to_string()),
+            from: vec![TokenLocation::Header {
+                name: "authorization".to_owned(),
+                prefix: "Bearer ".to_owned(),
+            }],
+            forward: false,
+            clock_skew: Duration::from_secs(60),
+            claims_to_headers: vec![],
+            payload_in_metadata: "jwt_payload".to_owned(),
+        }],
+    };
+    Authenticator::start(&cfg)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .0
+}
+
+fn b64(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// The warm-up token gets through parsing, issuer, claim types and key selection to
+/// the signature check, for each kind of key, and fails there.
+#[tokio::test]
+async fn the_warm_up_token_fails_at_the_signature_check() {
+    use aws_lc_rs::signature::{self as sig, EcdsaKeyPair, Ed25519KeyPair, KeyPair as _};
+    let ec = |alg: &'static sig::EcdsaSigningAlgorithm, crv: &str, len: usize| {
+        let kp = EcdsaKeyPair::generate(alg).unwrap_or_else(|e| panic!("{e}"));
+        let point = kp.public_key().as_ref().to_vec();
+        let (x, y) = point[1..].split_at(len);
+        json!({"kty": "EC", "crv": crv, "kid": crv, "x": b64(x), "y": b64(y)})
+    };
+    let ed = Ed25519KeyPair::generate().unwrap_or_else(|e| panic!("{e}"));
+    let keys = [
+        ec(&sig::ECDSA_P256_SHA256_FIXED_SIGNING, "P-256", 32),
+        ec(&sig::ECDSA_P384_SHA384_FIXED_SIGNING, "P-384", 48),
+        json!({"kty": "OKP", "crv": "Ed25519", "x": b64(ed.public_key().as_ref())}),
+    ];
+    for key in keys {
+        let a = with_keys(json!({ "keys": [key] })).await;
+        let p = &a.providers[0];
+        let token = p
+            .warm_up_token()
+            .unwrap_or_else(|| panic!("no warm-up token for {key}"));
+        let reason = a
+            .validate(&token, p.locations[0])
+            .await
+            .err()
+            .map(|r| r.reason);
+        assert_eq!(reason, Some("bad_signature"), "{key}");
+        a.warm().await;
+    }
+}
