@@ -451,8 +451,9 @@ impl Warm<'_> {
     ///   ([`crate::policy::PolicySet::warm`]), one made-up token per JWT provider
     ///   checked up to its signature ([`Authenticator::warm`]), and one HTTP/2 and one
     ///   HTTP/1.1 request through the inbound HTTP server ([`crate::proxy::warm`]).
-    ///   Nothing is logged or counted, nothing leaves the process. The identity and policy warm-ups also run
-    ///   when they are installed; here they map their code again.
+    ///   Nothing is logged or counted, nothing leaves the process. The identity and
+    ///   policy warm-ups also run when those are installed; here they map their code
+    ///   again.
     /// - on the network: the mTLS connection to every HTTP route's upstream, so the
     ///   first request through a route does not pay for the handshake, and the probe
     ///   of whether the app speaks HTTP/2 (`app_protocol: auto`). Start-up waits at
@@ -478,6 +479,7 @@ impl Warm<'_> {
         self.connect(cfg, tasks).await;
     }
 
+    /// The network half of [`Warm::up`]: route upstreams and the app's probe.
     async fn connect(&self, cfg: &Config, tasks: &Tasks) {
         let upstreams: Vec<_> = cfg
             .outbound
