@@ -447,7 +447,7 @@ impl Warm<'_> {
     /// run is mapped and was run once:
     ///
     /// - in memory: an mTLS handshake with the current identity
-    ///   ([`crate::identity::tls::warm_up`]), one evaluation of every policy query
+    ///   ([`Identity::warm`]), one evaluation of every policy query
     ///   ([`crate::policy::PolicySet::warm`]), one made-up token per JWT provider
     ///   checked up to its signature ([`Authenticator::warm`]), and one HTTP/2 and one
     ///   HTTP/1.1 request through the inbound HTTP server ([`crate::proxy::warm`]).
@@ -462,13 +462,7 @@ impl Warm<'_> {
     ///   of starting another). An upstream that is down, or an app not up yet, is
     ///   connected or probed on first use, as before.
     async fn up(&self, cfg: &Config, tasks: &Tasks) {
-        if let Some(loaded) = self.identity.current() {
-            crate::identity::tls::warm_up(
-                &loaded.svid,
-                self.identity.provider(),
-                &loaded.tls.server,
-            );
-        }
+        self.identity.warm();
         if let Some(set) = self.policy.current() {
             set.warm();
         }

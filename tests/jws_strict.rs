@@ -10,7 +10,7 @@
 mod jwt_keys;
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{self as sig, EcdsaKeyPair, Ed25519KeyPair, KeyPair as _};
@@ -143,21 +143,18 @@ async fn authenticator(keys: &[Value]) -> Arc<Authenticator> {
 async fn try_authenticator(
     keys: &[Value],
 ) -> Result<Arc<Authenticator>, portcullis::authn::AuthnError> {
+    let mut provider = JwtProvider::new(
+        "strict",
+        ISS,
+        JwksSource::Inline(json!({ "keys": keys }).to_string()),
+    );
+    // The header only: a query parameter would be another way in.
+    provider.from = vec![TokenLocation::Header {
+        name: "authorization".to_owned(),
+        prefix: "Bearer ".to_owned(),
+    }];
     let cfg = JwtConfig {
-        providers: vec![JwtProvider {
-            name: "strict".to_owned(),
-            issuer: ISS.to_owned(),
-            audiences: vec![],
-            jwks: JwksSource::Inline(json!({ "keys": keys }).to_string()),
-            from: vec![TokenLocation::Header {
-                name: "authorization".to_owned(),
-                prefix: "Bearer ".to_owned(),
-            }],
-            forward: false,
-            clock_skew: Duration::from_secs(60),
-            claims_to_headers: vec![],
-            payload_in_metadata: "jwt_payload".to_owned(),
-        }],
+        providers: vec![provider],
     };
     Authenticator::start(&cfg).await.map(|(a, _)| a)
 }

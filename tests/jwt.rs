@@ -44,27 +44,14 @@ allow if input.attributes.metadataContext.filterMetadata["envoy.filters.http.jwt
 "#;
 
 fn provider(name: &str, jwks: JwksSource) -> JwtProvider {
-    JwtProvider {
-        name: name.to_owned(),
-        issuer: ISS.to_owned(),
-        audiences: vec!["orders".to_owned()],
-        jwks,
-        from: vec![
-            TokenLocation::Header {
-                name: "authorization".to_owned(),
-                prefix: "Bearer ".to_owned(),
-            },
-            TokenLocation::Query("access_token".to_owned()),
-            TokenLocation::Cookie("session".to_owned()),
-        ],
-        forward: false,
-        clock_skew: Duration::from_secs(60),
-        claims_to_headers: vec![ClaimToHeader {
-            claim: "sub".to_owned(),
-            header: "x-user".to_owned(),
-        }],
-        payload_in_metadata: "jwt_payload".to_owned(),
-    }
+    let mut p = JwtProvider::new(name, ISS, jwks);
+    p.audiences = vec!["orders".to_owned()];
+    p.from.push(TokenLocation::Cookie("session".to_owned()));
+    p.claims_to_headers = vec![ClaimToHeader {
+        claim: "sub".to_owned(),
+        header: "x-user".to_owned(),
+    }];
+    p
 }
 
 async fn sidecar(pki: &Pki, providers: Vec<JwtProvider>) -> portcullis::run::Running {

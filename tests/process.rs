@@ -284,8 +284,9 @@ async fn run_maps_its_code_a_page_at_a_time_and_drops_start_up_pages() {
 }
 
 /// The series a request through the data path moves.
-const DATA_PATH_SERIES: [&str; 6] = [
+const DATA_PATH_SERIES: [&str; 7] = [
     "portcullis_requests_total",
+    "portcullis_jwt_validations_total",
     "portcullis_request_duration_seconds_count",
     "portcullis_policy_evaluation_duration_seconds_count",
     "portcullis_policy_decision_cache_total",
@@ -293,9 +294,25 @@ const DATA_PATH_SERIES: [&str; 6] = [
     "portcullis_rejected_requests_total",
 ];
 
-/// The warm-ups before readiness (an mTLS handshake, every policy query, an HTTP/2
-/// and an HTTP/1.1 request, all in memory) count nothing and log no decision: the
-/// first client's request is the first one counted and logged (the control).
+/// A JWT provider whose keys are inline: one P-256 key made for the test.
+fn jwt_section() -> String {
+    use aws_lc_rs::signature::{EcdsaKeyPair, KeyPair as _, ECDSA_P256_SHA256_FIXED_SIGNING};
+    use base64::Engine;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    let kp = EcdsaKeyPair::generate(&ECDSA_P256_SHA256_FIXED_SIGNING).unwrap();
+    let point = kp.public_key().as_ref();
+    let jwks = serde_json::json!({"keys": [{"kty": "EC", "crv": "P-256", "kid": "k1",
+        "x": b64(&point[1..33]), "y": b64(&point[33..])}]});
+    format!(
+        "jwt:\n  providers:\n    - name: corp\n      issuer: https://issuer.test\n      \
+         jwks: {{inline: '{jwks}'}}\n"
+    )
+}
+
+/// The warm-ups before readiness (an mTLS handshake, every policy query, a made-up
+/// token per JWT provider, an HTTP/2 and an HTTP/1.1 request, all in memory) count
+/// nothing and log no decision: the first client's request is the first one counted
+/// and logged (the control).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn warm_ups_before_ready_count_and_log_nothing() {
     let pki = Pki::new();
@@ -309,7 +326,7 @@ async fn warm_ups_before_ready_count_and_log_nothing() {
     let text = std::fs::read_to_string(&cfg).unwrap().replace(
         "decisions: false\n",
         &format!("decisions: true\n  decision_file: {}\n", log.display()),
-    );
+    ) + &jwt_section();
     std::fs::write(&cfg, text).unwrap();
     let _child = run_until_ready(&cfg, admin, &[]).await;
     let admin_addr: SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();

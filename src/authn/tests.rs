@@ -87,21 +87,14 @@ fn rejection_header() {
 
 /// An authenticator with one provider whose keys are `jwks` (inline).
 async fn with_keys(jwks: Value) -> Arc<Authenticator> {
+    let mut provider = crate::config::JwtProvider::new(
+        "warm",
+        "https://issuer.test",
+        JwksSource::Inline(jwks.to_string()),
+    );
+    provider.audiences = vec!["api".to_owned()];
     let cfg = JwtConfig {
-        providers: vec![crate::config::JwtProvider {
-            name: "warm".to_owned(),
-            issuer: "https://issuer.test".to_owned(),
-            audiences: vec!["api".to_owned()],
-            jwks: JwksSource::Inline(jwks.to_string()),
-            from: vec![TokenLocation::Header {
-                name: "authorization".to_owned(),
-                prefix: "Bearer ".to_owned(),
-            }],
-            forward: false,
-            clock_skew: Duration::from_secs(60),
-            claims_to_headers: vec![],
-            payload_in_metadata: "jwt_payload".to_owned(),
-        }],
+        providers: vec![provider],
     };
     Authenticator::start(&cfg)
         .await

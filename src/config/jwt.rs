@@ -50,6 +50,24 @@ pub struct JwtProvider {
     pub payload_in_metadata: String,
 }
 
+impl JwtProvider {
+    /// A provider with the defaults a configuration file gets for everything but its
+    /// name, issuer and keys.
+    pub fn new(name: &str, issuer: &str, jwks: JwksSource) -> JwtProvider {
+        JwtProvider {
+            name: name.to_owned(),
+            issuer: issuer.to_owned(),
+            audiences: Vec::new(),
+            jwks,
+            from: default_token_locations(),
+            forward: false,
+            clock_skew: default_clock_skew(),
+            claims_to_headers: Vec::new(),
+            payload_in_metadata: default_payload_key(),
+        }
+    }
+}
+
 pub(super) fn default_token_locations() -> Vec<TokenLocation> {
     vec![
         TokenLocation::Header {

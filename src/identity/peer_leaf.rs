@@ -67,11 +67,13 @@ impl PeerLeaves {
     }
 
     /// How many certificates are remembered.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.lock().len()
     }
 
     /// Whether none is.
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

@@ -64,6 +64,14 @@ impl Identity {
         self.current.load_full()
     }
 
+    /// Runs [`warm_up`] again with the current identity (start-up calls it once its
+    /// code pages were released, so the handshake's code is mapped again).
+    pub fn warm(&self) {
+        if let Some(loaded) = self.current() {
+            warm_up(&loaded.svid, &self.provider, &loaded.tls.server);
+        }
+    }
+
     pub fn provider(&self) -> &Arc<CryptoProvider> {
         &self.provider
     }
