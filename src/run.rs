@@ -479,7 +479,7 @@ impl Warm<'_> {
             .outbound
             .routes
             .iter()
-            .filter(|r| r.protocol == RouteProtocol::Http)
+            // TCP routes too: their connections ride the pooled one as tunnels.
             .map(|r| (r.upstream, r.spiffe_id.clone()))
             .collect();
         // With original destinations the app's ports are known only per connection.

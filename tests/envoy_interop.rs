@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use envoy_proc::*;
-use portcullis::config::{FilesIdentity, IdentityConfig, OutboundMode, Route, RouteProtocol};
+use portcullis::config::{OutboundMode, Route, RouteProtocol};
 use portcullis::identity::SpiffeId;
 use serde_json::{json, Value};
 
@@ -298,12 +298,7 @@ async fn portcullis_outbound_to_envoy_inbound() {
 
     // portcullis A: routes pinned to the right ID, to a wrong ID, and to the picky Envoy.
     let mut cfg = config(&pki, &policies, "127.0.0.1:9".parse().unwrap());
-    cfg.identity = IdentityConfig::Files(FilesIdentity {
-        cert: pki.path("frontend/tls.crt"),
-        key: pki.path("frontend/tls.key"),
-        bundle: pki.path("frontend/ca.crt"),
-        ..FilesIdentity::default()
-    });
+    cfg.identity = pki.files_identity("frontend");
     cfg.outbound.mode = OutboundMode::Routes;
     let route = |upstream: SocketAddr, id: &str| Route {
         listen: "127.0.0.1:0".parse().unwrap(),

@@ -802,7 +802,7 @@ fn module_value_ours(module: &str, query: &str, input: &str) -> Value {
 /// partial rules (`…["allowed"] := …`, `… contains …`), over real mTLS routes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partial_object_decisions_are_served_inbound_and_outbound() {
-    use portcullis::config::{FilesIdentity, IdentityConfig, OutboundMode, Route, RouteProtocol};
+    use portcullis::config::{OutboundMode, Route, RouteProtocol};
     use portcullis::identity::SpiffeId;
     let inbound = r#"package envoy.authz
 import rego.v1
@@ -827,12 +827,7 @@ decision.http_status := 409 if count(reasons) > 0
     b_cfg.policy.inbound_query = "data.envoy.authz.result".to_string();
     let b = start(b_cfg).await;
     let mut a_cfg = config(&pki, &policies, "127.0.0.1:9".parse().unwrap());
-    a_cfg.identity = IdentityConfig::Files(FilesIdentity {
-        cert: pki.path("frontend/tls.crt"),
-        key: pki.path("frontend/tls.key"),
-        bundle: pki.path("frontend/ca.crt"),
-        ..FilesIdentity::default()
-    });
+    a_cfg.identity = pki.files_identity("frontend");
     a_cfg.policy.outbound_query = "data.portcullis.outbound.decision".to_string();
     a_cfg.outbound.mode = OutboundMode::Routes;
     a_cfg.outbound.routes = vec![Route {

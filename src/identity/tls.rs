@@ -118,6 +118,11 @@ pub const ALPN_TCP: &[u8] = b"portcullis-tcp";
 /// (Envoy, curl, gRPC) negotiate `h2` and have every `x-portcullis-*` header stripped.
 pub const ALPN_PEER_H2: &[u8] = b"portcullis-h2";
 
+/// ALPN for [`ALPN_PEER_H2`] that also carries TCP tunnels (`CONNECT` streams, see
+/// `proxy::tunnel`): offered before it, so two sidecars of this version agree on it
+/// and an older peer answers `portcullis-h2`, and gets no tunnels.
+pub const ALPN_PEER_TUNNEL: &[u8] = b"portcullis-h2t";
+
 /// TLS configurations for the current identity. Client configurations depend on the
 /// peer pinned and the ALPN offered; the peer pool builds those once per rotation.
 pub struct TlsConfigs {
@@ -159,8 +164,9 @@ pub fn server_config(
         .with_cert_resolver(Arc::new(SingleCert(svid.certified_key.clone())));
     // The server's cipher suite order decides (see `crypto_provider`).
     config.ignore_client_order = true;
-    // The server's order decides: a peer sidecar offering `portcullis-h2` gets it.
-    config.alpn_protocols = vec![ALPN_PEER_H2.to_vec()];
+    // The server's order decides: a peer sidecar offering `portcullis-h2t` or
+    // `portcullis-h2` gets it.
+    config.alpn_protocols = vec![ALPN_PEER_TUNNEL.to_vec(), ALPN_PEER_H2.to_vec()];
     config
         .alpn_protocols
         .extend(ALPN.iter().map(|p| p.to_vec()));

@@ -75,6 +75,13 @@ impl Activity {
         InFlight(self.clone())
     }
 
+    /// Something other than a request (a tunnel) keeps the connection busy until
+    /// the guard drops.
+    pub fn hold(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlight(self.clone())
+    }
+
     /// Why the request whose head was just parsed must be refused as ambiguous, if
     /// it must (read once per head).
     pub fn take_ambiguous(&self) -> Option<&'static str> {

@@ -20,15 +20,15 @@ use super::handshake::ServerTls;
 use super::app_protocol::{AppProtocols, Caller};
 use super::decide::Decider;
 use super::forward::AppClients;
-use super::listener::{ConnGuard, HttpServer};
+use super::listener::{Busy, ConnGuard, HttpServer};
 use super::reply::{Early, ProxyBody, Refusal};
 use super::sniff::{self, Prefixed, Sniffed};
-use super::{body, headers, tcp, ConnInfo, Prelude};
+use super::{body, headers, tcp, tunnel, ConnInfo, Prelude};
 use crate::authn::{Authenticator, Outcome, Rejection, Verified};
 use crate::config::{BodyConfig, MtlsMode};
 use crate::direction::Direction;
 use crate::identity::peer_leaf::{verified_peer, PeerLeafError};
-use crate::identity::tls::Identity;
+use crate::identity::tls::{self, Identity};
 use crate::identity::SpiffeId;
 use crate::metrics;
 use crate::policy::{HttpFacts, InputFacts};
@@ -97,6 +97,7 @@ impl Inbound {
             app,
             peer_id: None,
             portcullis_peer: false,
+            tunnels: false,
             xfcc: None,
             local_id: self.identity.current().map(|l| l.svid.id.to_string()),
             tls: false,
@@ -156,11 +157,16 @@ impl Inbound {
             app,
             peer_id: Some(accepted.peer_id),
             portcullis_peer: accepted.portcullis_peer,
+            tunnels: accepted.tunnels,
             xfcc: accepted.xfcc,
             local_id: Some(accepted.local_id),
             tls: true,
         });
-        if self.opaque_ports.contains(&app.port()) {
+        if accepted.tunnels {
+            // A peer sidecar's multiplexed connection, to any port: its TCP arrives
+            // in tunnels, each relayed as the port says (`Inbound::tunnel`).
+            self.serve_http(conn, tls).await;
+        } else if self.opaque_ports.contains(&app.port()) {
             tcp::relay(&self.decider, &conn, tls).await;
         } else if accepted.opaque {
             self.serve_opaque_alpn(conn, tls).await;
@@ -218,6 +224,7 @@ impl Inbound {
             Err(PeerLeafError::NotAnSvid) => return None,
         };
         let local_id = loaded.svid.id.to_string();
+        let alpn = session.alpn_protocol();
         let accepted = Accepted {
             xfcc: headers::xfcc_value(&local_id, &leaf.sha256_hex, leaf.id.as_str()),
             peer_id: leaf.id.clone(),
@@ -225,8 +232,9 @@ impl Inbound {
             // A peer sidecar relaying non-HTTP traffic says so with its ALPN; one
             // carrying HTTP negotiates its own ALPN, the only way to be trusted with
             // peer markers.
-            opaque: session.alpn_protocol() == Some(crate::identity::tls::ALPN_TCP),
-            portcullis_peer: session.alpn_protocol() == Some(crate::identity::tls::ALPN_PEER_H2),
+            opaque: alpn == Some(tls::ALPN_TCP),
+            portcullis_peer: alpn == Some(tls::ALPN_PEER_H2) || alpn == Some(tls::ALPN_PEER_TUNNEL),
+            tunnels: alpn == Some(tls::ALPN_PEER_TUNNEL),
         };
         Some((tls, accepted))
     }
@@ -235,11 +243,14 @@ impl Inbound {
     /// Whatever an app could read as HTTP is served as HTTP, so the ALPN cannot skip
     /// per-request decisions and header hygiene. A server-first protocol must be
     /// declared in `inbound.opaque_ports`.
-    async fn serve_opaque_alpn(self: Arc<Self>, conn: Arc<ConnInfo>, mut tls: Box<ServerTls>) {
+    async fn serve_opaque_alpn<I>(self: Arc<Self>, conn: Arc<ConnInfo>, mut io: I)
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         let timeout = self.http.header_timeout;
-        match sniff::sniff(&mut tls, timeout, 64, sniff::classify_inbound).await {
-            Some((Sniffed::Http, seen)) => self.serve_http(conn, Prefixed::new(seen, tls)).await,
-            Some((_, seen)) => tcp::relay(&self.decider, &conn, Prefixed::new(seen, tls)).await,
+        match sniff::sniff(&mut io, timeout, 64, sniff::classify_inbound).await {
+            Some((Sniffed::Http, seen)) => self.serve_http(conn, Prefixed::new(seen, io)).await,
+            Some((_, seen)) => tcp::relay(&self.decider, &conn, Prefixed::new(seen, io)).await,
             None => {
                 tracing::debug!(peer = %conn.peer, "opaque connection sent nothing in time (server-first protocols need inbound.opaque_ports)");
             }
@@ -263,9 +274,42 @@ impl Inbound {
         conn: Arc<ConnInfo>,
         req: Request<Incoming>,
     ) -> Result<Response<ProxyBody>, Infallible> {
+        if conn.tunnels && tunnel::requested(&req) {
+            return Ok(self.tunnel(&conn, req));
+        }
         let started = Instant::now();
         let outcome = self.request(&conn, req, started).await;
         Ok(self.decider.answer(outcome, started))
+    }
+
+    /// A peer sidecar's TCP tunnel: answered at once, then served like an opaque
+    /// connection of its own from the same peer (decided once, or as HTTP if it
+    /// carries HTTP), except that the peer's markers are not honoured inside it:
+    /// its bytes are the calling app's.
+    fn tunnel(self: Arc<Self>, conn: &ConnInfo, req: Request<Incoming>) -> Response<ProxyBody> {
+        let busy = req.extensions().get::<Busy>().map(Busy::hold);
+        let (resp, io) = tunnel::accept(req);
+        let inner = Arc::new(ConnInfo {
+            peer: conn.peer,
+            dest: conn.dest,
+            app: conn.app,
+            peer_id: conn.peer_id.clone(),
+            portcullis_peer: false,
+            tunnels: false,
+            xfcc: conn.xfcc.clone(),
+            local_id: conn.local_id.clone(),
+            tls: conn.tls,
+        });
+        tokio::spawn(async move {
+            let _busy = busy;
+            let Some(io) = io.await else { return };
+            if self.opaque_ports.contains(&inner.app.port()) {
+                tcp::relay(&self.decider, &inner, io).await;
+            } else {
+                self.serve_opaque_alpn(inner, io).await;
+            }
+        });
+        resp
     }
 
     /// One HTTP request, top to bottom.
@@ -430,8 +474,11 @@ struct Accepted {
     xfcc: Option<http::HeaderValue>,
     /// The peer sidecar relays raw bytes (ALPN `portcullis-tcp`).
     opaque: bool,
-    /// The client is a portcullis sidecar carrying HTTP (ALPN `portcullis-h2`).
+    /// The client is a portcullis sidecar carrying HTTP (ALPN `portcullis-h2` or
+    /// `portcullis-h2t`).
     portcullis_peer: bool,
+    /// ... and TCP tunnels (ALPN `portcullis-h2t`).
+    tunnels: bool,
 }
 
 /// The HTTP version the calling app used: a verified portcullis peer says so in

@@ -16,7 +16,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 pub use super::drain::{ConnLimit, Drain, DrainTrigger};
-use super::head_deadline::{Activity, HeadDeadline, Tracked};
+use super::head_deadline::{Activity, HeadDeadline, InFlight, Tracked};
 use super::idle;
 use super::reply::{ProxyBody, Refusal};
 use crate::config::LimitsConfig;
@@ -153,6 +153,8 @@ impl HttpServer {
             .http2()
             .timer(TokioTimer::new())
             .max_concurrent_streams(limits.max_concurrent_streams)
+            .initial_stream_window_size(super::tunnel::STREAM_WINDOW)
+            .initial_connection_window_size(super::tunnel::CONNECTION_WINDOW)
             .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
             .keep_alive_interval(Some(Duration::from_secs(30)));
         HttpServer {
@@ -178,10 +180,14 @@ impl HttpServer {
         let direction = self.direction;
         let restable = idle::Restable::new();
         let saw = restable.clone();
-        let handler = Arc::new(move |req: Request<Incoming>| {
+        let handler = Arc::new(move |mut req: Request<Incoming>| {
             saw.saw(req.version());
             let in_flight = tracker.begin();
             let connect = req.method() == http::Method::CONNECT;
+            if connect {
+                // A tunnel outlives its response: it keeps the connection busy.
+                req.extensions_mut().insert(Busy(tracker.clone()));
+            }
             // gRPC callers get the sidecar's own refusals as gRPC statuses.
             let grpc = super::grpc::is_grpc(req.headers());
             let tracker = tracker.clone();
@@ -291,6 +297,17 @@ impl HttpServer {
                 Refusal::count(self.direction, reason);
             }
         }
+    }
+}
+
+/// Lets a tunnel opened by a `CONNECT` keep its connection counted as busy (not
+/// idle) for as long as it is open.
+#[derive(Clone)]
+pub struct Busy(Arc<Activity>);
+
+impl Busy {
+    pub fn hold(&self) -> InFlight {
+        self.0.hold()
     }
 }
 

@@ -67,6 +67,7 @@ pub mod reply;
 pub mod sniff;
 pub mod tap;
 pub mod tcp;
+pub mod tunnel;
 pub mod warm;
 
 use std::net::SocketAddr;
@@ -89,9 +90,13 @@ pub struct ConnInfo {
     pub app: SocketAddr,
     /// The client's verified SPIFFE ID (mTLS only).
     pub peer_id: Option<SpiffeId>,
-    /// The client is a portcullis sidecar (mTLS with ALPN `portcullis-h2`): the only
+    /// The client is a portcullis sidecar (mTLS with ALPN `portcullis-h2` or
+    /// `portcullis-h2t`): the only
     /// client whose peer markers are honoured.
     pub portcullis_peer: bool,
+    /// The client is a portcullis sidecar that may open TCP tunnels on this
+    /// connection (ALPN `portcullis-h2t`, see [`tunnel`]).
+    pub tunnels: bool,
     /// The `x-forwarded-client-cert` value for this connection's peer (mTLS only):
     /// `By=` own ID, `Hash=` SHA-256 of the peer's leaf, `URI=` peer ID. Built once
     /// per connection.

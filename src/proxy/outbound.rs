@@ -28,7 +28,7 @@ use super::listener::{ConnGuard, HttpServer};
 use super::peer::{Http1Peer, PeerConn, PeerError, PeerLink, PeerPool, ALPN_TCP};
 use super::reply::{text_response, BoxError, Early, ProxyBody, Refusal};
 use super::sniff::{self, Sniffed};
-use super::{headers, Prelude};
+use super::{headers, tunnel, Prelude};
 use crate::config::NonMeshAction;
 use crate::direction::Direction;
 use crate::identity::tls::Identity;
@@ -414,6 +414,19 @@ impl Outbound {
         let started = Instant::now();
         match &conn.target {
             Target::Mesh { addr, pin } => {
+                match self.peers.tunnel_link(*addr, pin.as_ref()).await {
+                    Ok(Some((peer, place))) => {
+                        return self
+                            .relay_tunnel(conn, app, (*addr, pin.as_ref()), (peer, place), started)
+                            .await
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::warn!(peer = %addr, error = %e, "outbound TCP: peer unreachable");
+                        self.decider.finish(Ticket::refused(), 502, started);
+                        return;
+                    }
+                }
                 let (mut tls, peer_id) = match self
                     .peers
                     .connect_tls(*addr, pin.as_ref(), &[ALPN_TCP])
@@ -449,16 +462,70 @@ impl Outbound {
         }
     }
 
-    fn decide_tcp(&self, conn: &OutConn, peer_id: Option<&SpiffeId>, started: Instant) -> bool {
-        let facts = InputFacts {
-            source_address: conn.app,
-            source_principal: conn.own_id.as_deref(),
-            destination_address: conn.target.addr(),
-            destination_principal: peer_id.map(|p| p.as_str()),
-            http: None,
-            jwt: None,
+    /// Non-HTTP to a peer sidecar that takes tunnels: decided, then carried as one
+    /// stream of the pooled connection. A stream the connection refused unsent (the
+    /// peer is closing it) is opened once more on a new connection to the same
+    /// verified SPIFFE ID.
+    async fn relay_tunnel(
+        &self,
+        conn: &OutConn,
+        mut app: TcpStream,
+        (addr, pin): (SocketAddr, Option<&SpiffeId>),
+        (peer, place): (PeerConn, tunnel::Entered),
+        started: Instant,
+    ) {
+        let (verdict, ticket) = self.decider.decide(&tcp_facts(conn, Some(&peer.peer_id)));
+        if !matches!(verdict, Verdict::Allow(_)) {
+            self.decider.finish(ticket, 403, started);
+            return;
+        }
+        let opened = match self.open_tunnel(&peer, place, addr).await {
+            Err(tunnel::OpenError::Http(e)) if unprocessed_by_peer(&e) => {
+                match self.peers.http2_after_failure(addr, pin, &peer).await {
+                    Ok(fresh) if fresh.peer_id == peer.peer_id => match fresh.enter_tunnel() {
+                        Some(place) => self.open_tunnel(&fresh, place, addr).await,
+                        None => Err(tunnel::OpenError::Full),
+                    },
+                    Ok(_) => Err(tunnel::OpenError::IdentityChanged),
+                    Err(e) => {
+                        tracing::warn!(peer = %addr, error = %e, "outbound TCP: peer unreachable");
+                        self.decider.finish(ticket, 502, started);
+                        return;
+                    }
+                }
+            }
+            other => other,
         };
-        let (verdict, ticket) = self.decider.decide(&facts);
+        match opened {
+            Ok(mut tunnel) => {
+                self.decider.finish(ticket, 200, started);
+                copy(&mut app, &mut tunnel).await;
+            }
+            Err(e) => {
+                tracing::warn!(peer = %addr, error = %e, "outbound TCP: tunnel refused");
+                count_upstream_error("connect");
+                self.decider.finish(ticket, 502, started);
+            }
+        }
+    }
+
+    async fn open_tunnel(
+        &self,
+        peer: &PeerConn,
+        place: tunnel::Entered,
+        addr: SocketAddr,
+    ) -> Result<tunnel::Tunnel, tunnel::OpenError> {
+        let mut sender = peer.sender.clone();
+        tokio::time::timeout(
+            self.upstream_timeout,
+            tunnel::open(&mut sender, place, addr),
+        )
+        .await
+        .unwrap_or(Err(tunnel::OpenError::Timeout))
+    }
+
+    fn decide_tcp(&self, conn: &OutConn, peer_id: Option<&SpiffeId>, started: Instant) -> bool {
+        let (verdict, ticket) = self.decider.decide(&tcp_facts(conn, peer_id));
         let allowed = matches!(verdict, Verdict::Allow(_));
         self.decider
             .finish(ticket, if allowed { 200 } else { 403 }, started);
@@ -525,6 +592,18 @@ impl Outbound {
         self.decider
             .finish(Ticket::refused(), resp.status().as_u16(), started);
         resp
+    }
+}
+
+/// The policy input of an opaque outbound connection.
+fn tcp_facts<'a>(conn: &'a OutConn, peer_id: Option<&'a SpiffeId>) -> InputFacts<'a> {
+    InputFacts {
+        source_address: conn.app,
+        source_principal: conn.own_id.as_deref(),
+        destination_address: conn.target.addr(),
+        destination_principal: peer_id.map(|p| p.as_str()),
+        http: None,
+        jwt: None,
     }
 }
 

@@ -15,6 +15,7 @@ use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
 use super::forward::ProxyBody;
+use super::tunnel::Entered;
 use crate::direction::Direction;
 use crate::identity::tls::client_config;
 use crate::identity::tls::{Identity, Loaded};
@@ -23,7 +24,7 @@ use crate::identity::SpiffeId;
 use crate::metrics;
 use rustls::ClientConfig;
 
-pub use crate::identity::tls::{ALPN_PEER_H2, ALPN_TCP};
+pub use crate::identity::tls::{ALPN_PEER_H2, ALPN_PEER_TUNNEL, ALPN_TCP};
 
 /// Why a peer connection could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -63,8 +64,19 @@ pub struct PeerConn {
     /// The peer is a portcullis sidecar (it negotiated `portcullis-h2`): it reads
     /// peer markers. Any other HTTP/2 server (Envoy) gets none.
     pub portcullis: bool,
+    /// The peer takes TCP tunnels on this connection (it negotiated
+    /// `portcullis-h2t`); `None` otherwise.
+    pub tunnels: Option<super::tunnel::Count>,
     /// Which connection of the pool this is (to replace exactly a failed one).
     generation: u64,
+}
+
+impl PeerConn {
+    /// A place for one more tunnel on this connection, if its peer takes them and
+    /// it has room.
+    pub fn enter_tunnel(&self) -> Option<Entered> {
+        self.tunnels.as_ref()?.enter()
+    }
 }
 
 /// An HTTP/1.1 connection to a peer that negotiated no HTTP/2 (ALPN `http/1.1` or
@@ -164,6 +176,23 @@ impl PeerPool {
             Ok(PeerLink::H1(conn)) => self.give_back(addr, Some(pin), conn),
             Ok(PeerLink::H2(_)) => {}
             Err(e) => tracing::debug!(%addr, error = %e, "route upstream not warmed"),
+        }
+    }
+
+    /// The pooled connection to `addr` and a place for one more tunnel on it, if its
+    /// peer takes TCP tunnels and it has room; `None` if the caller needs an mTLS
+    /// connection of its own.
+    pub async fn tunnel_link(
+        &self,
+        addr: SocketAddr,
+        pin: Option<&SpiffeId>,
+    ) -> Result<Option<(PeerConn, Entered)>, PeerError> {
+        match self.link(addr, pin).await? {
+            PeerLink::H2(c) => Ok(c.enter_tunnel().map(|e| (c, e))),
+            PeerLink::H1(c) => {
+                self.give_back(addr, pin, c);
+                Ok(None)
+            }
         }
     }
 
@@ -284,10 +313,16 @@ impl PeerPool {
             }
         }
         let (tls, peer_id) = self
-            .connect_tls(addr, pin, &[ALPN_PEER_H2, b"h2", b"http/1.1"])
+            .connect_tls(
+                addr,
+                pin,
+                &[ALPN_PEER_TUNNEL, ALPN_PEER_H2, b"h2", b"http/1.1"],
+            )
             .await?;
-        let portcullis = match tls.get_ref().1.alpn_protocol() {
-            Some(ALPN_PEER_H2) => true,
+        let alpn = tls.get_ref().1.alpn_protocol();
+        let tunnels = (alpn == Some(ALPN_PEER_TUNNEL)).then(super::tunnel::Count::default);
+        let portcullis = match alpn {
+            Some(ALPN_PEER_TUNNEL | ALPN_PEER_H2) => true,
             Some(b"h2") => false,
             // No ALPN: a server that reads the HTTP/2 preface anyway (Envoy's
             // automatic codec) is asked once on a connection of its own, so gRPC,
@@ -310,6 +345,8 @@ impl PeerPool {
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .keep_alive_interval(Some(Duration::from_secs(30)))
+            .initial_stream_window_size(super::tunnel::STREAM_WINDOW)
+            .initial_connection_window_size(super::tunnel::CONNECTION_WINDOW)
             .handshake(TokioIo::new(tls))
             .await
             .map_err(|source| PeerError::Http2 { addr, source })?;
@@ -322,6 +359,7 @@ impl PeerPool {
             sender,
             peer_id,
             portcullis,
+            tunnels,
             generation: NEXT_GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         };
         *guard = Some(conn.clone());

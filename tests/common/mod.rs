@@ -5,6 +5,8 @@
 // Test fixtures may unwrap: a failure here is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod mesh;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -64,12 +66,11 @@ impl Pki {
         (out, svid.not_after)
     }
 
-    /// A rustls client config presenting `<name>`'s SVID and verifying the server as an SVID.
-    pub fn client(&self, name: &str, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+    /// `<name>`'s SVID, loaded.
+    pub fn svid(&self, name: &str) -> portcullis::identity::svid::Svid {
         let dir = self.path(name);
         let read = |f: &str| std::fs::read(dir.join(f)).unwrap();
-        let provider = crypto_provider();
-        let svid = portcullis::identity::svid::Svid::from_pem(
+        portcullis::identity::svid::Svid::from_pem(
             &portcullis::identity::svid::SvidPem {
                 cert: &read("tls.crt"),
                 key: &read("tls.key"),
@@ -77,9 +78,25 @@ impl Pki {
                 federated: &[],
             },
             &TrustDomain::parse(TD).unwrap(),
-            &provider,
+            &crypto_provider(),
         )
-        .unwrap();
+        .unwrap()
+    }
+
+    /// `<name>`'s files as a sidecar's identity source.
+    pub fn files_identity(&self, name: &str) -> IdentityConfig {
+        IdentityConfig::Files(FilesIdentity {
+            cert: self.path(&format!("{name}/tls.crt")),
+            key: self.path(&format!("{name}/tls.key")),
+            bundle: self.path(&format!("{name}/ca.crt")),
+            ..FilesIdentity::default()
+        })
+    }
+
+    /// A rustls client config presenting `<name>`'s SVID and verifying the server as an SVID.
+    pub fn client(&self, name: &str, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+        let provider = crypto_provider();
+        let svid = self.svid(name);
         let cfg = portcullis::identity::tls::client_config(
             &svid,
             &provider,
@@ -104,12 +121,7 @@ pub fn policy_dir(pki: &Pki, files: &[(&str, &str)]) -> PathBuf {
 /// A configuration serving `app` with the PKI's server identity, on ephemeral ports.
 pub fn config(pki: &Pki, policies: &Path, app: SocketAddr) -> Config {
     let mut cfg = Config {
-        identity: IdentityConfig::Files(FilesIdentity {
-            cert: pki.path("server/tls.crt"),
-            key: pki.path("server/tls.key"),
-            bundle: pki.path("server/ca.crt"),
-            ..FilesIdentity::default()
-        }),
+        identity: pki.files_identity("server"),
         ..Config::default()
     };
     cfg.inbound.listen = "127.0.0.1:0".parse().unwrap();
