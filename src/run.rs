@@ -479,8 +479,7 @@ impl Warm<'_> {
             .outbound
             .routes
             .iter()
-            // TCP routes too: their connections ride the pooled one as tunnels.
-            .map(|r| (r.upstream, r.spiffe_id.clone()))
+            .map(|r| (r.upstream, r.spiffe_id.clone(), r.protocol))
             .collect();
         // With original destinations the app's ports are known only per connection.
         let app = (!cfg.inbound.original_destination).then_some(cfg.inbound.app);
@@ -488,11 +487,17 @@ impl Warm<'_> {
         let outbound = self.outbound.clone();
         let inbound = self.inbound.clone();
         tasks.spawn("warm-up", async move {
-            let routes = futures_util::future::join_all(
-                upstreams
-                    .iter()
-                    .map(|(addr, id)| outbound.peers.warm(*addr, id)),
-            );
+            let routes =
+                futures_util::future::join_all(upstreams.iter().map(|(addr, id, protocol)| {
+                    let outbound = &outbound;
+                    async move {
+                        match protocol {
+                            RouteProtocol::Http => outbound.peers.warm(*addr, id).await,
+                            // Its connections ride the pooled one as tunnels.
+                            RouteProtocol::Tcp => outbound.peers.warm_tcp(*addr, id).await,
+                        }
+                    }
+                }));
             let app = async {
                 if let Some(app) = app {
                     inbound.protocols.warm(app).await;

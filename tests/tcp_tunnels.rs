@@ -265,10 +265,13 @@ async fn tunnel_markers_from_anyone_but_a_tunnelling_peer_open_nothing() {
     }
 }
 
-/// A peer sidecar of the version before tunnels, as far as A can tell: it offers
-/// `portcullis-h2` and `portcullis-tcp` only, answers every HTTP/2 request 200 and
-/// echoes `portcullis-tcp` connections with `old:` before each chunk.
-async fn peer_without_tunnels(pki: &Pki) -> SocketAddr {
+/// A peer sidecar of the version before tunnels in front of an opaque port, as far
+/// as A can tell: it offers `portcullis-h2` and `portcullis-tcp` and relays every
+/// connection raw, whatever its ALPN, to an app that echoes each chunk after
+/// `old:`. Counts the connections whose first bytes were the HTTP/2 preface.
+async fn old_peer_on_an_opaque_port(
+    pki: &Pki,
+) -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
     let provider = portcullis::identity::tls::crypto_provider();
     let svid = pki.svid("server");
     let mut cfg = portcullis::identity::tls::server_config(
@@ -282,45 +285,48 @@ async fn peer_without_tunnels(pki: &Pki) -> SocketAddr {
     let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(cfg));
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
+    let prefaces = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = prefaces.clone();
     tokio::spawn(async move {
         while let Ok((s, _)) = l.accept().await {
             let acceptor = acceptor.clone();
+            let seen = seen.clone();
             tokio::spawn(async move {
                 let Ok(mut tls) = acceptor.accept(s).await else {
                     return;
                 };
-                if tls.get_ref().1.alpn_protocol() == Some(b"portcullis-tcp") {
-                    let mut buf = [0u8; 1024];
-                    while let Ok(n) = tls.read(&mut buf).await {
-                        if n == 0 || tls.write_all(&[b"old:", &buf[..n]].concat()).await.is_err() {
-                            break;
-                        }
+                let mut buf = [0u8; 1024];
+                let mut first = true;
+                while let Ok(n) = tls.read(&mut buf).await {
+                    if n == 0 {
+                        break;
                     }
-                    return;
+                    if first && buf[..n].starts_with(b"PRI * HTTP/2.0") {
+                        seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }
+                    first = false;
+                    if tls.write_all(&[b"old:", &buf[..n]].concat()).await.is_err() {
+                        break;
+                    }
                 }
-                let svc = hyper::service::service_fn(|_req| async {
-                    Ok::<_, std::convert::Infallible>(http::Response::new(
-                        http_body_util::Full::new(bytes::Bytes::new()),
-                    ))
-                });
-                let _ =
-                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-                        .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
-                        .await;
             });
         }
     });
-    addr
+    (addr, prefaces)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_without_tunnels_gets_a_connection_per_tcp_connection() {
     // Handshakes are counted process-wide: one mesh at a time.
     let _serial = METRICS_SERIAL.lock().await;
-    let app = tcp_echo(b"").await;
-    let (pki, _a, b) = mesh(app, vec![]).await;
-    let old = peer_without_tunnels(&pki).await;
-    let mut cfg = config(&pki, &pki.path("policies"), "127.0.0.1:9".parse().unwrap());
+    let pki = Pki::new();
+    pki.issue("frontend", FRONTEND);
+    let policies = policy_dir(
+        &pki,
+        &[("authz.rego", POLICIES), ("outbound.rego", OUTBOUND)],
+    );
+    let (old, prefaces) = old_peer_on_an_opaque_port(&pki).await;
+    let mut cfg = config(&pki, &policies, "127.0.0.1:9".parse().unwrap());
     cfg.identity = pki.files_identity("frontend");
     cfg.outbound.mode = OutboundMode::Routes;
     cfg.outbound.routes = vec![Route {
@@ -330,7 +336,6 @@ async fn a_peer_without_tunnels_gets_a_connection_per_tcp_connection() {
         protocol: RouteProtocol::Tcp,
     }];
     let a = start(cfg).await;
-    drop(b);
     for i in 0..3u8 {
         let mut s = tokio::net::TcpStream::connect(a.route_addrs[0])
             .await
@@ -343,6 +348,30 @@ async fn a_peer_without_tunnels_gets_a_connection_per_tcp_connection() {
             .unwrap();
         assert_eq!(&buf, &[b'o', b'l', b'd', b':', 0, i]);
     }
+    // Its app never saw HTTP/2 on the route's behalf (no pooled connection tried).
+    assert_eq!(prefaces.load(std::sync::atomic::Ordering::SeqCst), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tunnels_beyond_the_peers_limit_get_connections_of_their_own() {
+    // Handshakes are counted process-wide: one mesh at a time.
+    let _serial = METRICS_SERIAL.lock().await;
+    // B allows 8 streams per connection, so 4 tunnels; the next ones it refuses
+    // (503) and A gives them mTLS connections of their own.
+    let app = tcp_echo(b"").await;
+    let (_pki, a, _b) = mesh_with(app, vec![(RouteProtocol::Tcp, SERVER_ID)], |cfg| {
+        cfg.limits.max_concurrent_streams = 8;
+    })
+    .await;
+    let route = a.route_addrs[0];
+    drop(echo_through(route, b"\x00first").await);
+    let before = outbound_handshakes(&portcullis::metrics::global().render());
+    let mut open = Vec::new();
+    for i in 0..6u8 {
+        open.push(echo_through(route, &[0, 5, i]).await);
+    }
+    let after = outbound_handshakes(&portcullis::metrics::global().render());
+    assert_eq!(after - before, 2.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -362,10 +391,21 @@ async fn a_server_first_protocol_speaks_first_through_a_tunnel() {
             });
         }
     });
-    let (_pki, a, _b) = mesh_with(app, vec![(RouteProtocol::Tcp, SERVER_ID)], |cfg| {
-        cfg.inbound.opaque_ports = vec![app.port()];
-    })
+    let (_pki, a, _b) = mesh_with(
+        app,
+        vec![
+            (RouteProtocol::Tcp, SERVER_ID),
+            (RouteProtocol::Http, SERVER_ID),
+        ],
+        |cfg| {
+            cfg.inbound.opaque_ports = vec![app.port()];
+        },
+    )
     .await;
+    // HTTP to the opaque port on the same pooled connection: refused, not parsed
+    // for the app.
+    let (status, body) = plain_get(a.route_addrs[1], "/").await;
+    assert_eq!(status, 421, "{body}");
     for _ in 0..2 {
         let mut s = tokio::net::TcpStream::connect(a.route_addrs[0])
             .await

@@ -21,7 +21,7 @@ use super::app_protocol::{AppProtocols, Caller};
 use super::decide::Decider;
 use super::forward::AppClients;
 use super::listener::{Busy, ConnGuard, HttpServer};
-use super::reply::{Early, ProxyBody, Refusal};
+use super::reply::{text_response, Early, ProxyBody, Refusal};
 use super::sniff::{self, Prefixed, Sniffed};
 use super::{body, headers, tcp, tunnel, ConnInfo, Prelude};
 use crate::authn::{Authenticator, Outcome, Rejection, Verified};
@@ -97,7 +97,7 @@ impl Inbound {
             app,
             peer_id: None,
             portcullis_peer: false,
-            tunnels: false,
+            tunnels: None,
             xfcc: None,
             local_id: self.identity.current().map(|l| l.svid.id.to_string()),
             tls: false,
@@ -157,7 +157,7 @@ impl Inbound {
             app,
             peer_id: Some(accepted.peer_id),
             portcullis_peer: accepted.portcullis_peer,
-            tunnels: accepted.tunnels,
+            tunnels: accepted.tunnels.then(tunnel::Count::default),
             xfcc: accepted.xfcc,
             local_id: Some(accepted.local_id),
             tls: true,
@@ -165,7 +165,10 @@ impl Inbound {
         if accepted.tunnels {
             // A peer sidecar's multiplexed connection, to any port: its TCP arrives
             // in tunnels, each relayed as the port says (`Inbound::tunnel`).
-            self.serve_http(conn, tls).await;
+            let this = self.clone();
+            self.http
+                .serve_peer(tls, move |req| this.clone().handle(conn.clone(), req))
+                .await;
         } else if self.opaque_ports.contains(&app.port()) {
             tcp::relay(&self.decider, &conn, tls).await;
         } else if accepted.opaque {
@@ -274,8 +277,19 @@ impl Inbound {
         conn: Arc<ConnInfo>,
         req: Request<Incoming>,
     ) -> Result<Response<ProxyBody>, Infallible> {
-        if conn.tunnels && tunnel::requested(&req) {
-            return Ok(self.tunnel(&conn, req));
+        if let Some(open) = &conn.tunnels {
+            if tunnel::requested(&req) {
+                return Ok(self.tunnel(&conn, open, req));
+            }
+            if self.opaque_ports.contains(&conn.app.port()) {
+                // Only tunnels reach an opaque port; HTTP is not parsed for it.
+                let refusal = Refusal::new(
+                    StatusCode::MISDIRECTED_REQUEST,
+                    "opaque_port",
+                    "this port takes TCP only\n",
+                );
+                return Ok(self.decider.refuse(refusal, Instant::now()));
+            }
         }
         let started = Instant::now();
         let outcome = self.request(&conn, req, started).await;
@@ -286,22 +300,30 @@ impl Inbound {
     /// connection of its own from the same peer (decided once, or as HTTP if it
     /// carries HTTP), except that the peer's markers are not honoured inside it:
     /// its bytes are the calling app's.
-    fn tunnel(self: Arc<Self>, conn: &ConnInfo, req: Request<Incoming>) -> Response<ProxyBody> {
+    fn tunnel(
+        self: Arc<Self>,
+        conn: &ConnInfo,
+        open: &tunnel::Count,
+        req: Request<Incoming>,
+    ) -> Response<ProxyBody> {
+        let Some(place) = open.enter(self.http.max_tunnels) else {
+            // The peer opens a connection of its own instead.
+            return text_response(StatusCode::SERVICE_UNAVAILABLE, "tunnel limit reached\n");
+        };
         let busy = req.extensions().get::<Busy>().map(Busy::hold);
-        let (resp, io) = tunnel::accept(req);
+        let (resp, io) = tunnel::accept(req, (Some(place), busy));
         let inner = Arc::new(ConnInfo {
             peer: conn.peer,
             dest: conn.dest,
             app: conn.app,
             peer_id: conn.peer_id.clone(),
             portcullis_peer: false,
-            tunnels: false,
+            tunnels: None,
             xfcc: conn.xfcc.clone(),
             local_id: conn.local_id.clone(),
             tls: conn.tls,
         });
         tokio::spawn(async move {
-            let _busy = busy;
             let Some(io) = io.await else { return };
             if self.opaque_ports.contains(&inner.app.port()) {
                 tcp::relay(&self.decider, &inner, io).await;

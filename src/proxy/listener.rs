@@ -131,6 +131,10 @@ too many connections; retry\r\n";
 #[derive(Clone)]
 pub struct HttpServer {
     builder: Arc<auto::Builder<TokioExecutor>>,
+    /// For peer sidecars' connections that carry tunnels (ALPN `portcullis-h2t`).
+    peer_builder: Arc<auto::Builder<TokioExecutor>>,
+    /// Tunnels one such connection may carry at a time.
+    pub max_tunnels: usize,
     pub header_timeout: Duration,
     idle_timeout: Duration,
     drain: Drain,
@@ -153,12 +157,20 @@ impl HttpServer {
             .http2()
             .timer(TokioTimer::new())
             .max_concurrent_streams(limits.max_concurrent_streams)
-            .initial_stream_window_size(super::tunnel::STREAM_WINDOW)
-            .initial_connection_window_size(super::tunnel::CONNECTION_WINDOW)
             .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
             .keep_alive_interval(Some(Duration::from_secs(30)));
+        // A peer sidecar's connection that carries tunnels: windows sized for them.
+        let mut peer_builder = builder.clone();
+        peer_builder
+            .http2()
+            .initial_stream_window_size(super::tunnel::STREAM_WINDOW)
+            .initial_connection_window_size(super::tunnel::CONNECTION_WINDOW);
         HttpServer {
             builder: Arc::new(builder),
+            peer_builder: Arc::new(peer_builder),
+            // Half the streams at most, so HTTP between the sidecars always has room.
+            max_tunnels: (limits.max_concurrent_streams as usize / 2)
+                .min(super::tunnel::MAX_PER_CONNECTION),
             header_timeout: limits.header_timeout,
             idle_timeout: limits.idle_timeout,
             drain,
@@ -168,6 +180,27 @@ impl HttpServer {
 
     /// Serves HTTP/1.1 (with upgrades) or HTTP/2 on `io` until it closes or drains.
     pub async fn serve<I, F, Fut>(&self, io: I, handler: F)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+        Fut:
+            Future<Output = Result<Response<ProxyBody>, std::convert::Infallible>> + Send + 'static,
+    {
+        self.serve_with(&self.builder, io, handler).await;
+    }
+
+    /// [`HttpServer::serve`] for a peer sidecar's connection that carries tunnels.
+    pub async fn serve_peer<I, F, Fut>(&self, io: I, handler: F)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+        Fut:
+            Future<Output = Result<Response<ProxyBody>, std::convert::Infallible>> + Send + 'static,
+    {
+        self.serve_with(&self.peer_builder, io, handler).await;
+    }
+
+    async fn serve_with<I, F, Fut>(&self, builder: &auto::Builder<TokioExecutor>, io: I, handler: F)
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
         F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
@@ -232,7 +265,8 @@ impl HttpServer {
             let (lease, slot) = idle::Lease::new(io, prefix, activity.clone(), restable.clone());
             // Boxed: the hyper connection's state is freed while the connection rests
             // (inline, it would size the connection's task for its whole life).
-            Box::pin(self.serve_round(lease, handler.clone(), &activity, &mut drain)).await;
+            Box::pin(self.serve_round(builder, lease, handler.clone(), &activity, &mut drain))
+                .await;
             io = match idle::take(&slot) {
                 Some(io) => io,
                 None => return,
@@ -262,6 +296,7 @@ impl HttpServer {
     /// Serves one hyper connection on `io` until it ends, drains or idles out.
     async fn serve_round<I, H, Fut>(
         &self,
+        builder: &auto::Builder<TokioExecutor>,
         io: I,
         handler: Arc<H>,
         activity: &Activity,
@@ -274,9 +309,7 @@ impl HttpServer {
             + 'static,
     {
         let service = service_fn(move |req| handler(req));
-        let conn = self
-            .builder
-            .serve_connection_with_upgrades(TokioIo::new(io), service);
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
         tokio::pin!(conn);
         let result = tokio::select! {
             r = conn.as_mut() => r,

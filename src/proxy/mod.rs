@@ -95,8 +95,8 @@ pub struct ConnInfo {
     /// client whose peer markers are honoured.
     pub portcullis_peer: bool,
     /// The client is a portcullis sidecar that may open TCP tunnels on this
-    /// connection (ALPN `portcullis-h2t`, see [`tunnel`]).
-    pub tunnels: bool,
+    /// connection (ALPN `portcullis-h2t`, see [`tunnel`]): those open on it.
+    pub tunnels: Option<tunnel::Count>,
     /// The `x-forwarded-client-cert` value for this connection's peer (mTLS only):
     /// `By=` own ID, `Hash=` SHA-256 of the peer's leaf, `URI=` peer ID. Built once
     /// per connection.

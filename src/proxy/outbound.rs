@@ -25,7 +25,7 @@ use super::forward::AppClients;
 use super::headers::add_headers;
 use super::inbound::ORIG_PROTO;
 use super::listener::{ConnGuard, HttpServer};
-use super::peer::{Http1Peer, PeerConn, PeerError, PeerLink, PeerPool, ALPN_TCP};
+use super::peer::{Http1Peer, PeerConn, PeerError, PeerLink, PeerPool, TcpLink};
 use super::reply::{text_response, BoxError, Early, ProxyBody, Refusal};
 use super::sniff::{self, Sniffed};
 use super::{headers, tunnel, Prelude};
@@ -409,38 +409,45 @@ impl Outbound {
         Response::from_parts(p, b.map_err_boxed())
     }
 
-    /// Non-HTTP: decide once per connection, then relay (over mTLS inside the mesh).
+    /// Non-HTTP: decide once per connection, then relay (inside the mesh, in a tunnel
+    /// on the pooled connection or over an mTLS connection of its own).
     async fn relay_tcp(&self, conn: &OutConn, mut app: TcpStream) {
         let started = Instant::now();
         match &conn.target {
             Target::Mesh { addr, pin } => {
-                match self.peers.tunnel_link(*addr, pin.as_ref()).await {
-                    Ok(Some((peer, place))) => {
-                        return self
-                            .relay_tunnel(conn, app, (*addr, pin.as_ref()), (peer, place), started)
-                            .await
-                    }
-                    Ok(None) => {}
-                    Err(e) => {
-                        tracing::warn!(peer = %addr, error = %e, "outbound TCP: peer unreachable");
-                        self.decider.finish(Ticket::refused(), 502, started);
-                        return;
-                    }
-                }
-                let (mut tls, peer_id) = match self
-                    .peers
-                    .connect_tls(*addr, pin.as_ref(), &[ALPN_TCP])
-                    .await
-                {
-                    Ok(t) => t,
+                let link = match self.peers.tcp_link(*addr, pin.as_ref()).await {
+                    Ok(l) => l,
                     Err(e) => {
                         tracing::warn!(peer = %addr, error = %e, "outbound TCP: peer unreachable");
                         self.decider.finish(Ticket::refused(), 502, started);
                         return;
                     }
                 };
-                if self.decide_tcp(conn, Some(&peer_id), started) {
-                    copy(&mut app, &mut tls).await;
+                let (verdict, ticket) = self.decider.decide(&tcp_facts(conn, Some(link.peer_id())));
+                if !matches!(verdict, Verdict::Allow(_)) {
+                    self.decider.finish(ticket, 403, started);
+                    return;
+                }
+                let opened = match link {
+                    TcpLink::Tunnel(peer, place) => {
+                        self.open_tunnel(*addr, pin.as_ref(), peer, place).await
+                    }
+                    TcpLink::Own(tls, _) => Ok(Opened::Own(tls)),
+                };
+                match opened {
+                    Ok(Opened::Tunnel(mut t)) => {
+                        self.decider.finish(ticket, 200, started);
+                        copy(&mut app, &mut t).await;
+                    }
+                    Ok(Opened::Own(mut tls)) => {
+                        self.decider.finish(ticket, 200, started);
+                        copy(&mut app, &mut tls).await;
+                    }
+                    Err(e) => {
+                        tracing::warn!(peer = %addr, error = %e, "outbound TCP: peer unreachable");
+                        count_upstream_error("connect");
+                        self.decider.finish(ticket, 502, started);
+                    }
                 }
             }
             Target::External { addr } => {
@@ -462,66 +469,50 @@ impl Outbound {
         }
     }
 
-    /// Non-HTTP to a peer sidecar that takes tunnels: decided, then carried as one
-    /// stream of the pooled connection. A stream the connection refused unsent (the
-    /// peer is closing it) is opened once more on a new connection to the same
-    /// verified SPIFFE ID.
-    async fn relay_tunnel(
+    /// A decided opaque connection's tunnel on `peer`'s pooled connection. A stream
+    /// the connection refused unsent (the peer is closing it) is opened once more on
+    /// a new connection; a tunnel the peer does not open (its limit, an earlier
+    /// version behind the same address) becomes an mTLS connection of its own. Both
+    /// only to the SPIFFE ID the policy decided on.
+    async fn open_tunnel(
         &self,
-        conn: &OutConn,
-        mut app: TcpStream,
-        (addr, pin): (SocketAddr, Option<&SpiffeId>),
-        (peer, place): (PeerConn, tunnel::Entered),
-        started: Instant,
-    ) {
-        let (verdict, ticket) = self.decider.decide(&tcp_facts(conn, Some(&peer.peer_id)));
-        if !matches!(verdict, Verdict::Allow(_)) {
-            self.decider.finish(ticket, 403, started);
-            return;
-        }
-        let opened = match self.open_tunnel(&peer, place, addr).await {
+        addr: SocketAddr,
+        pin: Option<&SpiffeId>,
+        peer: PeerConn,
+        place: tunnel::Entered,
+    ) -> Result<Opened, PeerError> {
+        let open = |peer: &PeerConn, place| {
+            let mut sender = peer.sender.clone();
+            async move {
+                tokio::time::timeout(
+                    self.upstream_timeout,
+                    tunnel::open(&mut sender, place, addr),
+                )
+                .await
+                .unwrap_or(Err(tunnel::OpenError::Timeout))
+            }
+        };
+        match open(&peer, place).await {
+            Ok(t) => return Ok(Opened::Tunnel(t)),
             Err(tunnel::OpenError::Http(e)) if unprocessed_by_peer(&e) => {
-                match self.peers.http2_after_failure(addr, pin, &peer).await {
-                    Ok(fresh) if fresh.peer_id == peer.peer_id => match fresh.enter_tunnel() {
-                        Some(place) => self.open_tunnel(&fresh, place, addr).await,
-                        None => Err(tunnel::OpenError::Full),
-                    },
-                    Ok(_) => Err(tunnel::OpenError::IdentityChanged),
-                    Err(e) => {
-                        tracing::warn!(peer = %addr, error = %e, "outbound TCP: peer unreachable");
-                        self.decider.finish(ticket, 502, started);
-                        return;
+                if let Ok(fresh) = self.peers.http2_after_failure(addr, pin, &peer).await {
+                    if let Some(place) = fresh
+                        .enter_tunnel()
+                        .filter(|_| fresh.peer_id == peer.peer_id)
+                    {
+                        if let Ok(t) = open(&fresh, place).await {
+                            return Ok(Opened::Tunnel(t));
+                        }
                     }
                 }
             }
-            other => other,
-        };
-        match opened {
-            Ok(mut tunnel) => {
-                self.decider.finish(ticket, 200, started);
-                copy(&mut app, &mut tunnel).await;
-            }
-            Err(e) => {
-                tracing::warn!(peer = %addr, error = %e, "outbound TCP: tunnel refused");
-                count_upstream_error("connect");
-                self.decider.finish(ticket, 502, started);
-            }
+            Err(e) => tracing::debug!(peer = %addr, error = %e, "tunnel not opened"),
         }
-    }
-
-    async fn open_tunnel(
-        &self,
-        peer: &PeerConn,
-        place: tunnel::Entered,
-        addr: SocketAddr,
-    ) -> Result<tunnel::Tunnel, tunnel::OpenError> {
-        let mut sender = peer.sender.clone();
-        tokio::time::timeout(
-            self.upstream_timeout,
-            tunnel::open(&mut sender, place, addr),
-        )
-        .await
-        .unwrap_or(Err(tunnel::OpenError::Timeout))
+        let (tls, peer_id) = self.peers.own_tcp(addr, pin).await?;
+        if peer_id != peer.peer_id {
+            return Err(PeerError::NoPeerId(addr));
+        }
+        Ok(Opened::Own(tls))
     }
 
     fn decide_tcp(&self, conn: &OutConn, peer_id: Option<&SpiffeId>, started: Instant) -> bool {
@@ -593,6 +584,12 @@ impl Outbound {
             .finish(Ticket::refused(), resp.status().as_u16(), started);
         resp
     }
+}
+
+/// A decided opaque connection's way to the peer.
+enum Opened {
+    Tunnel(tunnel::Tunnel),
+    Own(Box<tokio_rustls::client::TlsStream<TcpStream>>),
 }
 
 /// The policy input of an opaque outbound connection.

@@ -15,7 +15,7 @@ use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
 use super::forward::ProxyBody;
-use super::tunnel::Entered;
+use super::tunnel::{Count, Entered};
 use crate::direction::Direction;
 use crate::identity::tls::client_config;
 use crate::identity::tls::{Identity, Loaded};
@@ -66,7 +66,7 @@ pub struct PeerConn {
     pub portcullis: bool,
     /// The peer takes TCP tunnels on this connection (it negotiated
     /// `portcullis-h2t`); `None` otherwise.
-    pub tunnels: Option<super::tunnel::Count>,
+    pub tunnels: Option<Count>,
     /// Which connection of the pool this is (to replace exactly a failed one).
     generation: u64,
 }
@@ -75,7 +75,9 @@ impl PeerConn {
     /// A place for one more tunnel on this connection, if its peer takes them and
     /// it has room.
     pub fn enter_tunnel(&self) -> Option<Entered> {
-        self.tunnels.as_ref()?.enter()
+        self.tunnels
+            .as_ref()?
+            .enter(super::tunnel::MAX_PER_CONNECTION)
     }
 }
 
@@ -104,6 +106,28 @@ impl PeerLink {
     }
 }
 
+/// How one opaque connection reaches a peer sidecar.
+pub enum TcpLink {
+    /// A place for a tunnel on the pooled connection (ALPN `portcullis-h2t`).
+    Tunnel(PeerConn, Entered),
+    /// An mTLS connection of its own (ALPN `portcullis-tcp`), and the peer's ID.
+    Own(Box<TlsStream<TcpStream>>, SpiffeId),
+}
+
+impl TcpLink {
+    /// The peer's verified SPIFFE ID.
+    pub fn peer_id(&self) -> &SpiffeId {
+        match self {
+            TcpLink::Tunnel(c, _) => &c.peer_id,
+            TcpLink::Own(_, id) => id,
+        }
+    }
+}
+
+/// How long a peer found without tunnels gets connections of their own before
+/// it is asked again.
+const WITHOUT_TUNNELS_FOR: Duration = Duration::from_secs(60);
+
 /// Idle HTTP/1.1 peer connections kept per destination.
 const HTTP1_IDLE_PER_PEER: usize = 32;
 
@@ -123,6 +147,8 @@ pub struct PeerPool {
     http1: Mutex<HashMap<Key, Vec<Http1Peer>>>,
     /// Peers that negotiate no ALPN: whether they answer the HTTP/2 preface.
     no_alpn_h2: Mutex<HashMap<Key, bool>>,
+    /// Peers found not to take tunnels, and since when.
+    without_tunnels: Mutex<HashMap<Key, std::time::Instant>>,
     /// Client configurations per pinned ID and ALPN list, built once per identity
     /// rotation (the identity they were built from is remembered). Reusing them
     /// also lets TLS sessions be resumed between sidecars.
@@ -147,6 +173,7 @@ impl PeerPool {
             slots: Mutex::new(HashMap::new()),
             http1: Mutex::new(HashMap::new()),
             no_alpn_h2: Mutex::new(HashMap::new()),
+            without_tunnels: Mutex::new(HashMap::new()),
             configs: Mutex::new(HashMap::new()),
         }
     }
@@ -179,20 +206,11 @@ impl PeerPool {
         }
     }
 
-    /// The pooled connection to `addr` and a place for one more tunnel on it, if its
-    /// peer takes TCP tunnels and it has room; `None` if the caller needs an mTLS
-    /// connection of its own.
-    pub async fn tunnel_link(
-        &self,
-        addr: SocketAddr,
-        pin: Option<&SpiffeId>,
-    ) -> Result<Option<(PeerConn, Entered)>, PeerError> {
-        match self.link(addr, pin).await? {
-            PeerLink::H2(c) => Ok(c.enter_tunnel().map(|e| (c, e))),
-            PeerLink::H1(c) => {
-                self.give_back(addr, pin, c);
-                Ok(None)
-            }
+    /// [`PeerPool::warm`] for a `tcp` route: the pooled connection if the peer takes
+    /// tunnels; a peer that does not gets one mTLS connection closed at once.
+    pub async fn warm_tcp(&self, addr: SocketAddr, pin: &SpiffeId) {
+        if let Err(e) = self.tcp_link(addr, Some(pin)).await {
+            tracing::debug!(%addr, error = %e, "route upstream not warmed");
         }
     }
 
@@ -298,13 +316,7 @@ impl PeerPool {
         pin: Option<&SpiffeId>,
         replacing: Option<&PeerConn>,
     ) -> Result<PeerLink, PeerError> {
-        let slot = {
-            let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-            slots
-                .entry((addr, pin.cloned()))
-                .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(None)))
-                .clone()
-        };
+        let slot = self.slot(addr, pin);
         let mut guard = slot.lock().await;
         if let Some(conn) = guard.as_ref() {
             let failed = replacing.is_some_and(|f| f.generation == conn.generation);
@@ -320,7 +332,7 @@ impl PeerPool {
             )
             .await?;
         let alpn = tls.get_ref().1.alpn_protocol();
-        let tunnels = (alpn == Some(ALPN_PEER_TUNNEL)).then(super::tunnel::Count::default);
+        let tunnels = (alpn == Some(ALPN_PEER_TUNNEL)).then(Count::default);
         let portcullis = match alpn {
             Some(ALPN_PEER_TUNNEL | ALPN_PEER_H2) => true,
             Some(b"h2") => false,
@@ -342,28 +354,91 @@ impl PeerPool {
             }
             Some(_) => return Err(PeerError::NoH2(addr)),
         };
-        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .keep_alive_interval(Some(Duration::from_secs(30)))
-            .initial_stream_window_size(super::tunnel::STREAM_WINDOW)
-            .initial_connection_window_size(super::tunnel::CONNECTION_WINDOW)
-            .handshake(TokioIo::new(tls))
-            .await
-            .map_err(|source| PeerError::Http2 { addr, source })?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%addr, error = %e, "peer connection ended");
-            }
-        });
-        let conn = PeerConn {
-            sender,
-            peer_id,
-            portcullis,
-            tunnels,
-            generation: NEXT_GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-        };
+        let conn = start_h2(addr, tls, peer_id, portcullis, tunnels).await?;
         *guard = Some(conn.clone());
         Ok(PeerLink::H2(conn))
+    }
+
+    fn slot(&self, addr: SocketAddr, pin: Option<&SpiffeId>) -> Slot {
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        slots
+            .entry((addr, pin.cloned()))
+            .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(None)))
+            .clone()
+    }
+
+    /// How an opaque connection to `addr` reaches the peer: a place on the pooled
+    /// connection if the peer takes tunnels and it has room, else an mTLS connection
+    /// of its own. Without a live pooled connection, one handshake offers both
+    /// (`portcullis-h2t`, `portcullis-tcp`): the peer's answer either starts the pooled
+    /// connection or is the connection, so a peer that cannot tunnel (an earlier
+    /// version, or a port it relays raw) never receives HTTP/2 on a TCP route's
+    /// behalf. A peer found without tunnels is remembered for a minute.
+    pub async fn tcp_link(
+        &self,
+        addr: SocketAddr,
+        pin: Option<&SpiffeId>,
+    ) -> Result<TcpLink, PeerError> {
+        if !self.known_without_tunnels(addr, pin) {
+            let slot = self.slot(addr, pin);
+            let mut guard = slot.lock().await;
+            match guard.as_ref().filter(|c| !c.sender.is_closed()) {
+                Some(conn) => {
+                    if let Some(place) = conn.enter_tunnel() {
+                        return Ok(TcpLink::Tunnel(conn.clone(), place));
+                    }
+                    if conn.tunnels.is_none() {
+                        self.remember_without_tunnels(addr, pin);
+                    }
+                }
+                None => {
+                    let (tls, peer_id) = self
+                        .connect_tls(addr, pin, &[ALPN_PEER_TUNNEL, ALPN_TCP])
+                        .await?;
+                    if tls.get_ref().1.alpn_protocol() != Some(ALPN_PEER_TUNNEL) {
+                        self.remember_without_tunnels(addr, pin);
+                        return Ok(TcpLink::Own(Box::new(tls), peer_id));
+                    }
+                    let conn = start_h2(addr, tls, peer_id, true, Some(Count::default())).await?;
+                    *guard = Some(conn.clone());
+                    let place = conn.enter_tunnel().ok_or(PeerError::NoH2(addr))?;
+                    return Ok(TcpLink::Tunnel(conn, place));
+                }
+            }
+        }
+        let (tls, peer_id) = self.own_tcp(addr, pin).await?;
+        Ok(TcpLink::Own(tls, peer_id))
+    }
+
+    /// An mTLS connection of its own for one opaque connection (ALPN `portcullis-tcp`).
+    pub async fn own_tcp(
+        &self,
+        addr: SocketAddr,
+        pin: Option<&SpiffeId>,
+    ) -> Result<(Box<TlsStream<TcpStream>>, SpiffeId), PeerError> {
+        let (tls, peer_id) = self.connect_tls(addr, pin, &[ALPN_TCP]).await?;
+        Ok((Box::new(tls), peer_id))
+    }
+
+    fn known_without_tunnels(&self, addr: SocketAddr, pin: Option<&SpiffeId>) -> bool {
+        let known = self
+            .without_tunnels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        known
+            .get(&(addr, pin.cloned()))
+            .is_some_and(|at| at.elapsed() < WITHOUT_TUNNELS_FOR)
+    }
+
+    fn remember_without_tunnels(&self, addr: SocketAddr, pin: Option<&SpiffeId>) {
+        let mut known = self
+            .without_tunnels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if known.len() >= 4096 {
+            known.clear();
+        }
+        known.insert((addr, pin.cloned()), std::time::Instant::now());
     }
 
     /// A new mTLS connection offering `alpn`; returns the peer's verified ID.
@@ -416,4 +491,40 @@ impl PeerPool {
         };
         Ok((tls, peer_id))
     }
+}
+
+/// HTTP/2 on a new peer connection, its connection task spawned. A connection that
+/// carries tunnels gets receive windows sized for them (see [`super::tunnel`]).
+async fn start_h2(
+    addr: SocketAddr,
+    tls: TlsStream<TcpStream>,
+    peer_id: SpiffeId,
+    portcullis: bool,
+    tunnels: Option<Count>,
+) -> Result<PeerConn, PeerError> {
+    let mut builder = http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(Duration::from_secs(30)));
+    if tunnels.is_some() {
+        builder
+            .initial_stream_window_size(super::tunnel::STREAM_WINDOW)
+            .initial_connection_window_size(super::tunnel::CONNECTION_WINDOW);
+    }
+    let (sender, conn) = builder
+        .handshake(TokioIo::new(tls))
+        .await
+        .map_err(|source| PeerError::Http2 { addr, source })?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(%addr, error = %e, "peer connection ended");
+        }
+    });
+    Ok(PeerConn {
+        sender,
+        peer_id,
+        portcullis,
+        tunnels,
+        generation: NEXT_GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+    })
 }

@@ -22,6 +22,7 @@ use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use super::head_deadline::InFlight;
 use super::reply::ProxyBody;
 
 /// Marks a `CONNECT` as a tunnel opened by a peer sidecar.
@@ -40,15 +41,15 @@ pub const STREAM_WINDOW: u32 = 256 * 1024;
 pub const CONNECTION_WINDOW: u32 = MAX_PER_CONNECTION as u32 * STREAM_WINDOW + 1024 * 1024;
 
 /// Tunnels open on one pooled connection.
-#[derive(Clone, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Count(Arc<AtomicUsize>);
 
 impl Count {
-    /// Counts one more tunnel, unless the connection is full.
-    pub fn enter(&self) -> Option<Entered> {
+    /// Counts one more tunnel, unless `limit` are open already.
+    pub fn enter(&self, limit: usize) -> Option<Entered> {
         self.0
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < MAX_PER_CONNECTION).then_some(n + 1)
+                (n < limit).then_some(n + 1)
             })
             .ok()?;
         Some(Entered(self.0.clone()))
@@ -91,35 +92,43 @@ pub enum OpenError {
 /// reset for protocol errors (1,024 by default), after which it closes the whole
 /// connection.
 pub struct Tunnel {
-    io: Option<TokioIo<Upgraded>>,
-    _entered: Option<Entered>,
+    /// The stream, and what it holds until it is closed, lingering included: its
+    /// place in its connection's count of tunnels and, inbound, the connection's
+    /// busy mark. `None` once dropped.
+    open: Option<(TokioIo<Upgraded>, Held)>,
 }
+
+/// What a tunnel holds until it is closed.
+type Held = (Option<Entered>, Option<InFlight>);
 
 /// How long a dropped tunnel waits for the peer to end its half.
 pub const LINGER: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Tunnel {
-    fn new(io: Upgraded, entered: Option<Entered>) -> Tunnel {
+    fn new(io: Upgraded, held: Held) -> Tunnel {
         Tunnel {
-            io: Some(TokioIo::new(io)),
-            _entered: entered,
+            open: Some((TokioIo::new(io), held)),
         }
     }
 
     fn io(&mut self) -> io::Result<&mut TokioIo<Upgraded>> {
-        self.io
+        self.open
             .as_mut()
+            .map(|(io, _)| io)
             .ok_or_else(|| io::Error::from(io::ErrorKind::NotConnected))
     }
 }
 
 impl Drop for Tunnel {
     fn drop(&mut self) {
-        let (Some(mut io), Ok(rt)) = (self.io.take(), tokio::runtime::Handle::try_current()) else {
+        let (Some((mut io, held)), Ok(rt)) =
+            (self.open.take(), tokio::runtime::Handle::try_current())
+        else {
             return;
         };
         rt.spawn(async move {
             use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let _held = held;
             let close = async {
                 // An error here: the half was ended already.
                 let _ = io.shutdown().await;
@@ -149,7 +158,7 @@ pub async fn open(
         return Err(OpenError::Refused(resp.status()));
     }
     let io = hyper::upgrade::on(resp).await?;
-    Ok(Tunnel::new(io, Some(entered)))
+    Ok(Tunnel::new(io, (Some(entered), None)))
 }
 
 /// Whether an inbound request opens a tunnel: a `CONNECT` with [`MARKER`] on a
@@ -159,9 +168,10 @@ pub fn requested<B>(req: &Request<B>) -> bool {
 }
 
 /// The inbound side's answer to a tunnel request, and the tunnel once the answer
-/// is sent; `None` if the stream ended first.
+/// is sent; `None` if the stream ended first. `held` stays with the tunnel.
 pub fn accept<B>(
     req: Request<B>,
+    held: Held,
 ) -> (
     http::Response<ProxyBody>,
     impl std::future::Future<Output = Option<Tunnel>>,
@@ -171,7 +181,7 @@ pub fn accept<B>(
     *resp.status_mut() = StatusCode::OK;
     let io = async move {
         match upgrade.await {
-            Ok(io) => Some(Tunnel::new(io, None)),
+            Ok(io) => Some(Tunnel::new(io, held)),
             Err(e) => {
                 tracing::debug!(error = %e, "tunnel ended before it opened");
                 None
