@@ -168,3 +168,62 @@ async fn sidecar_peak_rss_stays_bounded_during_large_transfers() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_tcp_tunnels_to_python_keeps_its_bytes() {
+    // curl → sidecar A's `tcp` route → a tunnel on A's pooled mTLS connection → B →
+    // Python's http.server: 50 MB down and 10 MB up (more than 150 stream windows
+    // each way), then twenty more connections, all on the one pooled connection.
+    let test = "through_tcp_tunnels_to_python_keeps_its_bytes";
+    let (Some(py), Some(_)) = (or_skip(test, python_with(&[])), or_skip(test, tool("curl"))) else {
+        return;
+    };
+    let _serial = METRICS_SERIAL.lock().await;
+    let pki = pki();
+    let (file, sha) = upload_file(&pki);
+    let app = python_app(&py, "http", pki.dir.path()).await;
+    let (_mesh_pki, a, _b) = common::mesh::mesh(
+        app.addr,
+        vec![(portcullis::config::RouteProtocol::Tcp, SERVER_ID)],
+    )
+    .await;
+    let handshakes = || {
+        metric(
+            &portcullis::metrics::global().render(),
+            "portcullis_tls_handshakes_total",
+            &[("direction", "outbound")],
+        )
+    };
+    let url = |path: &str| format!("http://127.0.0.1:{}{path}", a.route_addrs[0].port());
+    let out = pki.path("tunnel-down.bin");
+    let got = curl(&[url(&format!("/bytes?n={DOWN}"))], &out, false).await;
+    let down = sha256_file(&out);
+    assert_eq!(got.map(|c| c.status), Ok(200), "{}", app.log_tail());
+    assert_eq!(down, pattern_sha256(DOWN));
+    let before = handshakes();
+    let args = [
+        "-H".to_owned(),
+        "content-type: application/octet-stream".into(),
+        "--data-binary".into(),
+        format!("@{}", file.display()),
+        url("/upload"),
+    ];
+    let got = curl(&args, &pki.path("tunnel-up.json"), true)
+        .await
+        .unwrap();
+    let answer: serde_json::Value = serde_json::from_slice(&got.body).unwrap_or_default();
+    assert_eq!(
+        (got.status, &answer["sha256"]),
+        (200, &serde_json::json!(sha))
+    );
+    for _ in 0..20 {
+        let got = curl(&[url("/hello")], &pki.path("tunnel-hello"), true)
+            .await
+            .unwrap();
+        assert_eq!(
+            (got.status, String::from_utf8_lossy(&got.body).as_ref()),
+            (200, app.hello)
+        );
+    }
+    assert_eq!(handshakes() - before, 0.0, "every connection rode a tunnel");
+}
