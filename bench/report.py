@@ -122,7 +122,7 @@ def build(raw, crit):
     nc = raw.get("newconns") or []
     nc_med = lambda t: statistics.median([r["conns_per_cpu_s"] for r in nc if r["target"] == t and r["conns_per_cpu_s"]] or [0]) or None  # noqa: E731
     if nc:
-        add("new connections", "mesh: new A→B mTLS connections per A+B CPU-second (tcp route)", nc_med("portcullis"), nc_med("envoy"), target=2, better="higher")
+        add("new connections", "mesh: new connections through A→B per A+B CPU-second (tcp route)", nc_med("portcullis"), nc_med("envoy"), target=2, better="higher")
 
     idle, peak = raw["rss_idle_kb"], raw["rss_peak_kb"]
     for role, name in (("a", "outbound A"), ("b", "inbound B")):
@@ -275,7 +275,7 @@ def scenario_plot(out, raw, s, colors):
         ax.bar([j + i * 0.4 for j in range(2)], vals, 0.4, label=t, color=colors[t])
     ax.set_xticks([j + 0.2 for j in range(2)], ["client → B (handshakes)", "mesh A → B (tcp route)"])
     ax.set_ylabel("new mTLS connections per CPU-second\n(of B; through the mesh, of A and B)")
-    ax.set_title("new connections (sessions resumed)")
+    ax.set_title("new connections through the mesh (tcp route)")
     ax.legend()
     percentile_bars(axes[1][1], raw.get("unpinned"), colors, "unpinned mesh at 1000 rps")
     fig.tight_layout()

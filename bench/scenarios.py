@@ -9,8 +9,9 @@
             generator share both cores, as in a pod
   conns     RSS per idle mTLS keep-alive connection at 1,000 and 10,000 held
   newconns  new connections through the mesh: each client connection to A's tcp
-            route becomes a new mTLS connection from A to B (sessions resumed
-            between the sidecars); connections per CPU-second of A and B
+            route reaches B as portcullis carries it (a tunnel on the pooled
+            connection) or Envoy does (a new, resumed mTLS connection per
+            connection); connections per CPU-second of A and B
 
 Each function takes the harness module `h` (its process list, spawn and oha) and
 its context, and returns plain data for raw.json; `markdown(raw)` renders them.
@@ -203,8 +204,9 @@ def resumed(h, s):
 
 
 def newconns(h, ctx, app_port, duration, reps):
-    """oha without keep-alive through A's tcp route: one mTLS connection A -> B per
-    request. Fresh pairs; the targets alternate over `reps` rounds."""
+    """oha without keep-alive through A's tcp route: a new connection through A per
+    request (portcullis: a tunnel on the pooled A -> B connection; Envoy: an mTLS
+    connection A -> B each). Fresh pairs; the targets alternate over `reps` rounds."""
     rows = []
     pairs = {k: h.start_pair(ctx, k, app_port, route_protocol="tcp") for k in h.PROXIES}
     try:
@@ -313,8 +315,9 @@ def markdown(raw):
                   f"ratio {_fmt(_ratio(p, e), 2)} (target ≤ 0.5)."]
     n = raw.get("newconns")
     if n:
-        L += ["", "### New connections through the mesh (oha without keep-alive → A's tcp route → a new mTLS "
-              "connection A → B per request → app; medians over rounds)", "",
+        L += ["", "### New connections through the mesh (oha without keep-alive → A's tcp route → B → app, a new "
+              "connection per request: portcullis carries each as a tunnel on its pooled A → B connection, Envoy "
+              "opens a resumed mTLS connection A → B each; medians over rounds)", "",
               "| target | connections/s | A+B CPU s per 10k connections | connections per A+B CPU-second | "
               "B handshakes resumed |", "|---|---:|---:|---:|---:|"]
         for t in ("portcullis", "envoy", "direct"):
