@@ -300,16 +300,17 @@ async fn portcullis_outbound_to_envoy_inbound() {
     let mut cfg = config(&pki, &policies, "127.0.0.1:9".parse().unwrap());
     cfg.identity = pki.files_identity("frontend");
     cfg.outbound.mode = OutboundMode::Routes;
-    let route = |upstream: SocketAddr, id: &str| Route {
+    let route = |upstream: SocketAddr, id: &str, protocol| Route {
         listen: "127.0.0.1:0".parse().unwrap(),
         upstream,
         spiffe_id: SpiffeId::parse(id).unwrap(),
-        protocol: RouteProtocol::Http,
+        protocol,
     };
     cfg.outbound.routes = vec![
-        route(envoy_in, SERVER_ID),
-        route(envoy_in, OTHER_ID),
-        route(envoy_picky, SERVER_ID),
+        route(envoy_in, SERVER_ID, RouteProtocol::Http),
+        route(envoy_in, OTHER_ID, RouteProtocol::Http),
+        route(envoy_picky, SERVER_ID, RouteProtocol::Http),
+        route(envoy_in, SERVER_ID, RouteProtocol::Tcp),
     ];
     let a = start(cfg).await;
 
@@ -343,5 +344,15 @@ async fn portcullis_outbound_to_envoy_inbound() {
         "Envoy must refuse an unexpected client ID: {status} {body}"
     );
     assert!(!body.contains("URI="), "must not reach the app: {body}");
+
+    // A `tcp` route to Envoy: Envoy takes no tunnels (it answers neither
+    // `portcullis-h2t` nor `portcullis-tcp`), so each connection is an mTLS connection
+    // of its own carrying the app's bytes, which Envoy reads as HTTP; the second one
+    // goes straight there (the peer is remembered).
+    for _ in 0..2 {
+        let (status, body) = plain_get(a.route_addrs[3], "/api/orders").await;
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains(&format!("URI={FRONTEND}")), "{body}");
+    }
     a.shutdown();
 }

@@ -406,6 +406,7 @@ async fn a_server_first_protocol_speaks_first_through_a_tunnel() {
     // for the app.
     let (status, body) = plain_get(a.route_addrs[1], "/").await;
     assert_eq!(status, 421, "{body}");
+    let before = outbound_handshakes(&portcullis::metrics::global().render());
     for _ in 0..2 {
         let mut s = tokio::net::TcpStream::connect(a.route_addrs[0])
             .await
@@ -424,6 +425,9 @@ async fn a_server_first_protocol_speaks_first_through_a_tunnel() {
         s.read_exact(&mut back).await.unwrap();
         assert_eq!(&back, b"QUIT\r\n");
     }
+    // Both rode the pooled connection as tunnels.
+    let after = outbound_handshakes(&portcullis::metrics::global().render());
+    assert_eq!(after - before, 0.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -23,7 +23,7 @@ use super::forward::AppClients;
 use super::listener::{Busy, ConnGuard, HttpServer};
 use super::reply::{text_response, Early, ProxyBody, Refusal};
 use super::sniff::{self, Prefixed, Sniffed};
-use super::{body, headers, tcp, tunnel, ConnInfo, Prelude};
+use super::{body, headers, tcp, tunnel, ConnInfo, Prelude, Tunnels};
 use crate::authn::{Authenticator, Outcome, Rejection, Verified};
 use crate::config::{BodyConfig, MtlsMode};
 use crate::direction::Direction;
@@ -151,23 +151,31 @@ impl Inbound {
         let Some((tls, accepted)) = self.handshake(stream, peer).await else {
             return;
         };
-        let conn = Arc::new(ConnInfo {
+        let mut conn = ConnInfo {
             peer,
             dest,
             app,
             peer_id: Some(accepted.peer_id),
             portcullis_peer: accepted.portcullis_peer,
-            tunnels: accepted.tunnels.then(tunnel::Count::default),
+            tunnels: None,
             xfcc: accepted.xfcc,
             local_id: Some(accepted.local_id),
             tls: true,
-        });
+        };
+        if accepted.tunnels {
+            conn.tunnels = Some(Tunnels {
+                open: tunnel::Count::default(),
+                conn: Arc::new(conn.without_markers()),
+            });
+        }
+        let conn = Arc::new(conn);
         if accepted.tunnels {
             // A peer sidecar's multiplexed connection, to any port: its TCP arrives
             // in tunnels, each relayed as the port says (`Inbound::tunnel`).
             let this = self.clone();
             self.http
-                .serve_peer(tls, move |req| this.clone().handle(conn.clone(), req))
+                .for_peer()
+                .serve(tls, move |req| this.clone().handle(conn.clone(), req))
                 .await;
         } else if self.opaque_ports.contains(&app.port()) {
             tcp::relay(&self.decider, &conn, tls).await;
@@ -277,9 +285,9 @@ impl Inbound {
         conn: Arc<ConnInfo>,
         req: Request<Incoming>,
     ) -> Result<Response<ProxyBody>, Infallible> {
-        if let Some(open) = &conn.tunnels {
+        if let Some(tunnels) = &conn.tunnels {
             if tunnel::requested(&req) {
-                return Ok(self.tunnel(&conn, open, req));
+                return Ok(self.tunnel(tunnels, req));
             }
             if self.opaque_ports.contains(&conn.app.port()) {
                 // Only tunnels reach an opaque port; HTTP is not parsed for it.
@@ -300,29 +308,14 @@ impl Inbound {
     /// connection of its own from the same peer (decided once, or as HTTP if it
     /// carries HTTP), except that the peer's markers are not honoured inside it:
     /// its bytes are the calling app's.
-    fn tunnel(
-        self: Arc<Self>,
-        conn: &ConnInfo,
-        open: &tunnel::Count,
-        req: Request<Incoming>,
-    ) -> Response<ProxyBody> {
-        let Some(place) = open.enter(self.http.max_tunnels) else {
+    fn tunnel(self: Arc<Self>, tunnels: &Tunnels, req: Request<Incoming>) -> Response<ProxyBody> {
+        let Some(place) = tunnels.open.enter(self.http.max_tunnels) else {
             // The peer opens a connection of its own instead.
             return text_response(StatusCode::SERVICE_UNAVAILABLE, "tunnel limit reached\n");
         };
         let busy = req.extensions().get::<Busy>().map(Busy::hold);
         let (resp, io) = tunnel::accept(req, (Some(place), busy));
-        let inner = Arc::new(ConnInfo {
-            peer: conn.peer,
-            dest: conn.dest,
-            app: conn.app,
-            peer_id: conn.peer_id.clone(),
-            portcullis_peer: false,
-            tunnels: None,
-            xfcc: conn.xfcc.clone(),
-            local_id: conn.local_id.clone(),
-            tls: conn.tls,
-        });
+        let inner = tunnels.conn.clone();
         tokio::spawn(async move {
             let Some(io) = io.await else { return };
             if self.opaque_ports.contains(&inner.app.port()) {

@@ -178,29 +178,17 @@ impl HttpServer {
         }
     }
 
+    /// The same server for a peer sidecar's connection that carries tunnels (its
+    /// HTTP/2 windows sized for them).
+    pub fn for_peer(&self) -> HttpServer {
+        HttpServer {
+            builder: self.peer_builder.clone(),
+            ..self.clone()
+        }
+    }
+
     /// Serves HTTP/1.1 (with upgrades) or HTTP/2 on `io` until it closes or drains.
     pub async fn serve<I, F, Fut>(&self, io: I, handler: F)
-    where
-        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-        F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
-        Fut:
-            Future<Output = Result<Response<ProxyBody>, std::convert::Infallible>> + Send + 'static,
-    {
-        self.serve_with(&self.builder, io, handler).await;
-    }
-
-    /// [`HttpServer::serve`] for a peer sidecar's connection that carries tunnels.
-    pub async fn serve_peer<I, F, Fut>(&self, io: I, handler: F)
-    where
-        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-        F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
-        Fut:
-            Future<Output = Result<Response<ProxyBody>, std::convert::Infallible>> + Send + 'static,
-    {
-        self.serve_with(&self.peer_builder, io, handler).await;
-    }
-
-    async fn serve_with<I, F, Fut>(&self, builder: &auto::Builder<TokioExecutor>, io: I, handler: F)
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
         F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
@@ -265,8 +253,7 @@ impl HttpServer {
             let (lease, slot) = idle::Lease::new(io, prefix, activity.clone(), restable.clone());
             // Boxed: the hyper connection's state is freed while the connection rests
             // (inline, it would size the connection's task for its whole life).
-            Box::pin(self.serve_round(builder, lease, handler.clone(), &activity, &mut drain))
-                .await;
+            Box::pin(self.serve_round(lease, handler.clone(), &activity, &mut drain)).await;
             io = match idle::take(&slot) {
                 Some(io) => io,
                 None => return,
@@ -296,7 +283,6 @@ impl HttpServer {
     /// Serves one hyper connection on `io` until it ends, drains or idles out.
     async fn serve_round<I, H, Fut>(
         &self,
-        builder: &auto::Builder<TokioExecutor>,
         io: I,
         handler: Arc<H>,
         activity: &Activity,
@@ -309,7 +295,9 @@ impl HttpServer {
             + 'static,
     {
         let service = service_fn(move |req| handler(req));
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+        let conn = self
+            .builder
+            .serve_connection_with_upgrades(TokioIo::new(io), service);
         tokio::pin!(conn);
         let result = tokio::select! {
             r = conn.as_mut() => r,

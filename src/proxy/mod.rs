@@ -95,8 +95,8 @@ pub struct ConnInfo {
     /// client whose peer markers are honoured.
     pub portcullis_peer: bool,
     /// The client is a portcullis sidecar that may open TCP tunnels on this
-    /// connection (ALPN `portcullis-h2t`, see [`tunnel`]): those open on it.
-    pub tunnels: Option<tunnel::Count>,
+    /// connection (ALPN `portcullis-h2t`, see [`tunnel`]).
+    pub tunnels: Option<Tunnels>,
     /// The `x-forwarded-client-cert` value for this connection's peer (mTLS only):
     /// `By=` own ID, `Hash=` SHA-256 of the peer's leaf, `URI=` peer ID. Built once
     /// per connection.
@@ -104,6 +104,33 @@ pub struct ConnInfo {
     /// This sidecar's own SPIFFE ID.
     pub local_id: Option<String>,
     pub tls: bool,
+}
+
+impl ConnInfo {
+    /// The same connection with none of the peer's markers honoured and no tunnels.
+    pub fn without_markers(&self) -> ConnInfo {
+        ConnInfo {
+            peer: self.peer,
+            dest: self.dest,
+            app: self.app,
+            peer_id: self.peer_id.clone(),
+            portcullis_peer: false,
+            tunnels: None,
+            xfcc: self.xfcc.clone(),
+            local_id: self.local_id.clone(),
+            tls: self.tls,
+        }
+    }
+}
+
+/// What the tunnels of one peer connection share.
+#[derive(Debug)]
+pub struct Tunnels {
+    /// Those open now.
+    pub open: tunnel::Count,
+    /// The connection as each tunnel is served: the same peer, but none of its
+    /// markers honoured (a tunnel carries the calling app's bytes). Built once.
+    pub conn: std::sync::Arc<ConnInfo>,
 }
 
 /// What the first steps of every HTTP request produce, in both directions.

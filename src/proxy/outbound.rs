@@ -16,19 +16,18 @@ use http::header::{HeaderValue, HOST};
 use http::{Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use ipnet::IpNet;
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use super::app_protocol::{AppProtocols, Caller};
-use super::decide::{Decider, Ticket, Verdict};
+use super::decide::{Decider, Ticket};
 use super::forward::AppClients;
 use super::headers::add_headers;
 use super::inbound::ORIG_PROTO;
 use super::listener::{ConnGuard, HttpServer};
-use super::peer::{Http1Peer, PeerConn, PeerError, PeerLink, PeerPool, TcpLink};
+use super::peer::{Http1Peer, PeerConn, PeerError, PeerLink, PeerPool};
 use super::reply::{text_response, BoxError, Early, ProxyBody, Refusal};
 use super::sniff::{self, Sniffed};
-use super::{headers, tunnel, Prelude};
+use super::{headers, Prelude};
 use crate::config::NonMeshAction;
 use crate::direction::Direction;
 use crate::identity::tls::Identity;
@@ -38,6 +37,8 @@ use crate::policy::{HttpFacts, InputFacts};
 
 /// The side this module serves, for metrics and logs.
 const DIRECTION: Direction = Direction::Outbound;
+
+mod tcp;
 
 /// Where one outbound connection goes.
 #[derive(Debug, Clone)]
@@ -409,120 +410,6 @@ impl Outbound {
         Response::from_parts(p, b.map_err_boxed())
     }
 
-    /// Non-HTTP: decide once per connection, then relay (inside the mesh, in a tunnel
-    /// on the pooled connection or over an mTLS connection of its own).
-    async fn relay_tcp(&self, conn: &OutConn, mut app: TcpStream) {
-        let started = Instant::now();
-        match &conn.target {
-            Target::Mesh { addr, pin } => {
-                let link = match self.peers.tcp_link(*addr, pin.as_ref()).await {
-                    Ok(l) => l,
-                    Err(e) => {
-                        tracing::warn!(peer = %addr, error = %e, "outbound TCP: peer unreachable");
-                        self.decider.finish(Ticket::refused(), 502, started);
-                        return;
-                    }
-                };
-                let (verdict, ticket) = self.decider.decide(&tcp_facts(conn, Some(link.peer_id())));
-                if !matches!(verdict, Verdict::Allow(_)) {
-                    self.decider.finish(ticket, 403, started);
-                    return;
-                }
-                let opened = match link {
-                    TcpLink::Tunnel(peer, place) => {
-                        self.open_tunnel(*addr, pin.as_ref(), peer, place).await
-                    }
-                    TcpLink::Own(tls, _) => Ok(Opened::Own(tls)),
-                };
-                match opened {
-                    Ok(Opened::Tunnel(mut t)) => {
-                        self.decider.finish(ticket, 200, started);
-                        copy(&mut app, &mut t).await;
-                    }
-                    Ok(Opened::Own(mut tls)) => {
-                        self.decider.finish(ticket, 200, started);
-                        copy(&mut app, &mut tls).await;
-                    }
-                    Err(e) => {
-                        tracing::warn!(peer = %addr, error = %e, "outbound TCP: peer unreachable");
-                        count_upstream_error("connect");
-                        self.decider.finish(ticket, 502, started);
-                    }
-                }
-            }
-            Target::External { addr } => {
-                if self.non_mesh == NonMeshAction::Deny {
-                    self.decider.finish(Ticket::refused(), 403, started);
-                    return;
-                }
-                if !self.decide_tcp(conn, None, started) {
-                    return;
-                }
-                match tokio::time::timeout(self.upstream_timeout, TcpStream::connect(addr)).await {
-                    Ok(Ok(mut up)) => {
-                        let _ = up.set_nodelay(true);
-                        copy(&mut app, &mut up).await;
-                    }
-                    _ => tracing::warn!(%addr, "outbound TCP: destination unreachable"),
-                }
-            }
-        }
-    }
-
-    /// A decided opaque connection's tunnel on `peer`'s pooled connection. A stream
-    /// the connection refused unsent (the peer is closing it) is opened once more on
-    /// a new connection; a tunnel the peer does not open (its limit, an earlier
-    /// version behind the same address) becomes an mTLS connection of its own. Both
-    /// only to the SPIFFE ID the policy decided on.
-    async fn open_tunnel(
-        &self,
-        addr: SocketAddr,
-        pin: Option<&SpiffeId>,
-        peer: PeerConn,
-        place: tunnel::Entered,
-    ) -> Result<Opened, PeerError> {
-        let open = |peer: &PeerConn, place| {
-            let mut sender = peer.sender.clone();
-            async move {
-                tokio::time::timeout(
-                    self.upstream_timeout,
-                    tunnel::open(&mut sender, place, addr),
-                )
-                .await
-                .unwrap_or(Err(tunnel::OpenError::Timeout))
-            }
-        };
-        match open(&peer, place).await {
-            Ok(t) => return Ok(Opened::Tunnel(t)),
-            Err(tunnel::OpenError::Http(e)) if unprocessed_by_peer(&e) => {
-                if let Ok(fresh) = self.peers.http2_after_failure(addr, pin, &peer).await {
-                    if let Some(place) = fresh
-                        .enter_tunnel()
-                        .filter(|_| fresh.peer_id == peer.peer_id)
-                    {
-                        if let Ok(t) = open(&fresh, place).await {
-                            return Ok(Opened::Tunnel(t));
-                        }
-                    }
-                }
-            }
-            Err(e) => tracing::debug!(peer = %addr, error = %e, "tunnel not opened"),
-        }
-        let (tls, peer_id) = self.peers.own_tcp(addr, pin).await?;
-        if peer_id != peer.peer_id {
-            return Err(PeerError::NoPeerId(addr));
-        }
-        Ok(Opened::Own(tls))
-    }
-
-    fn decide_tcp(&self, conn: &OutConn, peer_id: Option<&SpiffeId>, started: Instant) -> bool {
-        let (verdict, ticket) = self.decider.decide(&tcp_facts(conn, peer_id));
-        let allowed = matches!(verdict, Verdict::Allow(_));
-        self.decider
-            .finish(ticket, if allowed { 200 } else { 403 }, started);
-        allowed
-    }
-
     fn peer_error_response(&self, e: PeerError) -> Response<ProxyBody> {
         tracing::warn!(error = %e, "peer connection failed");
         let (status, kind) = match e {
@@ -586,24 +473,6 @@ impl Outbound {
     }
 }
 
-/// A decided opaque connection's way to the peer.
-enum Opened {
-    Tunnel(tunnel::Tunnel),
-    Own(Box<tokio_rustls::client::TlsStream<TcpStream>>),
-}
-
-/// The policy input of an opaque outbound connection.
-fn tcp_facts<'a>(conn: &'a OutConn, peer_id: Option<&'a SpiffeId>) -> InputFacts<'a> {
-    InputFacts {
-        source_address: conn.app,
-        source_principal: conn.own_id.as_deref(),
-        destination_address: conn.target.addr(),
-        destination_principal: peer_id.map(|p| p.as_str()),
-        http: None,
-        jwt: None,
-    }
-}
-
 /// A request the peer failed (`protocol`) or did not answer in time (`timeout`):
 /// counted, answered 502 or 504.
 fn upstream_failed(kind: &'static str) -> Response<ProxyBody> {
@@ -654,16 +523,6 @@ fn to_peer_h2(
         .build()
         .map_err(|_| Refusal::new(StatusCode::BAD_REQUEST, "bad_host", "bad host\n"))?;
     Ok(Request::from_parts(parts, body.map_err_boxed()))
-}
-
-async fn copy<A, B>(a: &mut A, b: &mut B)
-where
-    A: AsyncRead + AsyncWrite + Unpin,
-    B: AsyncRead + AsyncWrite + Unpin,
-{
-    if let Err(e) = tokio::io::copy_bidirectional(a, b).await {
-        tracing::debug!(error = %e, "relay ended");
-    }
 }
 
 /// HTTP if the first bytes are the HTTP/2 preface or an HTTP/1 method and a space;
