@@ -545,6 +545,7 @@ def run(args):
     results["newconns"] = scenarios.newconns(this, ctx, app_port, dur["hs"], 1 if q else 3)
     results["unpinned"] = scenarios.unpinned(this, ctx, dur["lat1000"])
     results["connections"] = scenarios.conns(this, ctx, app_port, conn_counts)
+    results["inbound_peak"] = scenarios.inbound_peak(this, ctx, app_port, dur["max"], 1 if q else 2)
     results["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
     return results
 

@@ -278,6 +278,36 @@ def conns(h, ctx, app_port, counts):
     return rows
 
 
+def inbound_peak(h, ctx, app_port, duration, reps):
+    """Issue #17's "inbound only at max load": a fresh inbound sidecar, no mesh role,
+    warmed for 2 s at 500 rps, then two windows of unbounded load over 64 mTLS
+    connections; its VmHWM at the end (the start-up peak included)."""
+    rows = []
+    for rep in range(reps):
+        for kind in h.PROXIES:
+            b = (h.start_portcullis if kind == "portcullis" else h.start_envoy)(ctx, "b", app_port=app_port)
+            wait_ready(h, b)
+            url = h.url_of(b.listen, tls=True)
+            h.oha(ctx, url, duration=2, conns=16, rate=500, tls=True)
+            rps = [h.oha(ctx, url, duration=duration, conns=64, tls=True)["rps"] for _ in range(2)]
+            row = {"target": kind, "rep": rep, "rps": max(rps)}
+            row.update({k: h.status_kb(b.pid, k) for k in ("VmHWM", "VmRSS", "RssAnon", "RssFile")})
+            rows.append(row)
+            h.log(f"inbound peak {kind:>10}: VmHWM {row['VmHWM']} kB at {row['rps']:.0f} rps")
+            h.stop(b.proc)
+    return rows
+
+
+def inbound_peak_mb(rows, target):
+    """The median VmHWM of `target`'s fresh inbound sidecars, in MB."""
+    return _med([r["VmHWM"] / 1024 for r in rows if r["target"] == target])
+
+
+def h_targets(rows):
+    """The targets present in `rows`, portcullis first."""
+    return [t for t in ("portcullis", "envoy") if any(r["target"] == t for r in rows)]
+
+
 def markdown(raw):
     """The tables of the scenarios above, for results.md and BENCHMARKS.md."""
     L = []
@@ -345,6 +375,17 @@ def markdown(raw):
                 continue
             cpu = sum(r["cpu_s"].values()) / r["ok"] * 1e4 if r["cpu_s"] and r["ok"] else None
             L.append(f"| {t} | {_fmt(r['p50_ms'])} | {_fmt(r['p99_ms'])} | {_fmt(r['p999_ms'])} | {_fmt(cpu)} |")
+    ip = raw.get("inbound_peak")
+    if ip:
+        L += ["", "### Peak RSS of a fresh inbound-only sidecar at max load (64 mTLS connections, unbounded rate; "
+              "medians over fresh processes)", "",
+              "| target | VmHWM (MB) | RSS after (MB) | of which anonymous (MB) | of which file (MB) | max rps |",
+              "|---|---:|---:|---:|---:|---:|"]
+        for t in h_targets(ip):
+            rs = [r for r in ip if r["target"] == t]
+            L.append(f"| {t} | {_fmt(inbound_peak_mb(ip, t), 1)} | {_fmt(_med([r['VmRSS'] / 1024 for r in rs]), 1)} | "
+                     f"{_fmt(_med([r['RssAnon'] / 1024 for r in rs]), 1)} | {_fmt(_med([r['RssFile'] / 1024 for r in rs]), 1)} | "
+                     f"{_fmt(_med([r['rps'] for r in rs]), 0)} |")
     k = raw.get("connections")
     if k and any("anon_after_kb" in r for r in k):
         L += ["", "### Memory per idle mTLS keep-alive connection (fresh inbound sidecar per count)", "",
@@ -368,7 +409,7 @@ def main():
 
     ap = argparse.ArgumentParser()
     h.common_args(ap)
-    ap.add_argument("--only", choices=["cold", "storm", "unpinned", "conns", "newconns"], required=True)
+    ap.add_argument("--only", choices=["cold", "storm", "unpinned", "conns", "newconns", "inbound_peak"], required=True)
     ap.add_argument("--counts", default="1000,10000")
     ap.add_argument("--targets", default="portcullis,envoy")
     a = ap.parse_args()
@@ -394,6 +435,8 @@ def main():
             out = {"cold": cold(h, ctx, app_port, int(os.environ.get("COLD_REPS", "5")))}
         elif a.only == "newconns":
             out = {"newconns": newconns(h, ctx, app_port, 5, int(os.environ.get("NEWCONNS_REPS", "2")))}
+        elif a.only == "inbound_peak":
+            out = {"inbound_peak": inbound_peak(h, ctx, app_port, 8, int(os.environ.get("PEAK_REPS", "2")))}
         elif a.only == "unpinned":
             out = {"unpinned": unpinned(h, ctx, 5)}
         else:

@@ -11,11 +11,34 @@ use crate::identity::{SpiffeId, TrustDomain};
 
 pub use crate::demo::DemoArgs;
 
+/// The async runtime: one thread for everything when one worker is asked for
+/// (`TOKIO_WORKER_THREADS=1`, or one CPU available to the process), as a sidecar
+/// limited to one core usually is; otherwise one worker per CPU.
+///
+/// With one worker, the multi-threaded scheduler still runs the main task on a thread
+/// of its own and pays for work stealing it cannot use: every wake-up crosses atomics
+/// and queues meant for several workers.
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
+    let mut builder = if worker_threads() == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    builder
         .enable_all()
         .build()
         .context("starting the async runtime")
+}
+
+/// The worker count the multi-threaded runtime would use: `TOKIO_WORKER_THREADS`
+/// when it is a positive number, else the CPUs available to the process (which
+/// counts a cgroup's CPU quota).
+fn worker_threads() -> usize {
+    std::env::var("TOKIO_WORKER_THREADS")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
 /// `portcullis run [--config FILE] [--check-config]`.

@@ -52,13 +52,30 @@ async fn slow_app(started: Arc<AtomicUsize>) -> SocketAddr {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_in_flight_requests_and_refuses_new_connections() {
+    drains_on_sigterm("2").await;
+}
+
+/// The same with one worker, as in a pod limited to one CPU: the sidecar then runs
+/// on its main thread alone (a different scheduler), and still drains.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_with_one_worker_thread() {
+    drains_on_sigterm("1").await;
+}
+
+async fn drains_on_sigterm(workers: &str) {
     let pki = Pki::new();
     pki.issue("frontend", FRONTEND);
     let policies = policy_dir(&pki, &[("authz.rego", ALLOW_ALL)]);
     let started = Arc::new(AtomicUsize::new(0));
     let app = slow_app(started.clone()).await;
-    let mut sidecar =
-        sidecar_proc::start(&pki, &policies, app, "shutdown:\n  grace_period: 20s\n").await;
+    let mut sidecar = sidecar_proc::start_with_env(
+        &pki,
+        &policies,
+        app,
+        "shutdown:\n  grace_period: 20s\n",
+        &[("TOKIO_WORKER_THREADS", workers)],
+    )
+    .await;
     let client = pki.client("frontend", &[b"http/1.1"]);
 
     // Requests in flight: each on its own mTLS connection, held by the slow app.

@@ -231,6 +231,33 @@ async fn run_until_ready(cfg: &Path, admin: u16, env: &[(&str, &str)]) -> Proc {
     child
 }
 
+/// A sidecar in front of an echo app, with a policy allowing everything and a
+/// `frontend` SVID issued for clients.
+struct Allowing {
+    pki: Pki,
+    policies: std::path::PathBuf,
+    inbound: u16,
+    admin: u16,
+    child: Proc,
+}
+
+async fn allowing_sidecar(env: &[(&str, &str)]) -> Allowing {
+    let pki = Pki::new();
+    pki.issue("frontend", FRONTEND);
+    let policies = allow_all(&pki);
+    let app = echo_app().await;
+    let (inbound, admin) = (free_port(), free_port());
+    let cfg = write_config(pki.dir.path(), &pki, &policies, inbound, admin, app);
+    let child = run_until_ready(&cfg, admin, env).await;
+    Allowing {
+        pki,
+        policies,
+        inbound,
+        admin,
+        child,
+    }
+}
+
 /// The lines of `/proc/PID/maps` that map the binary, and the process's `RssFile` in kB.
 fn own_mappings_and_rss_file(pid: u32) -> (usize, u64) {
     let exe = std::fs::canonicalize(BIN).unwrap();
@@ -367,13 +394,13 @@ async fn warm_ups_before_ready_count_and_log_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upload_of_100_mb_streams_with_bounded_memory_and_metrics_pass_promtool() {
-    let pki = Pki::new();
-    pki.issue("frontend", FRONTEND);
-    let policies = allow_all(&pki);
-    let app = echo_app().await;
-    let (inbound, admin) = (free_port(), free_port());
-    let cfg = write_config(pki.dir.path(), &pki, &policies, inbound, admin, app);
-    let child = run_until_ready(&cfg, admin, &[]).await;
+    let Allowing {
+        pki,
+        inbound,
+        admin,
+        child,
+        ..
+    } = allowing_sidecar(&[]).await;
     let idle_kib = vm_hwm_kib(child.0.id());
 
     // 100 MiB in 64 KiB chunks, streamed.
@@ -447,6 +474,129 @@ async fn upload_of_100_mb_streams_with_bounded_memory_and_metrics_pass_promtool(
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// CPU time (user + system, in clock ticks) of a process (`tid == pid` reads the
+/// main thread alone when `thread` is set).
+fn cpu_ticks(pid: u32, thread: bool) -> u64 {
+    let path = if thread {
+        format!("/proc/{pid}/task/{pid}/stat")
+    } else {
+        format!("/proc/{pid}/stat")
+    };
+    let stat = std::fs::read_to_string(path).unwrap();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+/// `count` GETs from each of `clients` curl processes (one kept-alive mTLS connection
+/// each); returns the status codes seen.
+fn curl_load(cert: &Path, key: &Path, inbound: u16, clients: usize, count: usize) -> Vec<String> {
+    let url = format!("https://127.0.0.1:{inbound}/work");
+    let procs: Vec<_> = (0..clients)
+        .map(|_| {
+            Command::new("curl")
+                .args(["-s", "-k", "-w", "%{http_code}\n"])
+                .arg("--cert")
+                .arg(cert)
+                .arg("--key")
+                .arg(key)
+                // Each URL with its own `-o`: curl pairs them in order.
+                .args((0..count).flat_map(|_| ["-o", "/dev/null", url.as_str()]))
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    procs
+        .into_iter()
+        .flat_map(|p| {
+            let out = p.wait_with_output().unwrap();
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// [`curl_load`] off the test's runtime, which serves the app.
+async fn blocking_curl_load(pki: &Pki, inbound: u16, clients: usize, count: usize) -> Vec<String> {
+    let (cert, key) = (pki.path("frontend/tls.crt"), pki.path("frontend/tls.key"));
+    tokio::task::spawn_blocking(move || curl_load(&cert, &key, inbound, clients, count))
+        .await
+        .unwrap()
+}
+
+/// With one worker (`TOKIO_WORKER_THREADS=1`, or a pod limited to one CPU) the
+/// sidecar runs everything on its main thread: curl's mTLS requests are served there,
+/// and an edited policy (read by the watcher on a blocking thread) still takes
+/// effect. With two workers, the control, the main thread does almost none of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_worker_serves_on_the_main_thread_and_still_reloads() {
+    if !have("curl") {
+        eprintln!("SKIP one_worker_serves_on_the_main_thread_and_still_reloads: curl is not installed (apt-get install curl)");
+        return;
+    }
+    for workers in ["1", "2"] {
+        let Allowing {
+            pki,
+            policies,
+            inbound,
+            child,
+            ..
+        } = allowing_sidecar(&[("TOKIO_WORKER_THREADS", workers)]).await;
+        let pid = child.0.id();
+
+        let (main0, all0) = (cpu_ticks(pid, true), cpu_ticks(pid, false));
+        let seen = blocking_curl_load(&pki, inbound, 4, 300).await;
+        assert_eq!(seen.len(), 1200, "workers={workers}");
+        assert!(
+            seen.iter().all(|c| c == "200"),
+            "workers={workers}: {seen:?}"
+        );
+        let (main, all) = (cpu_ticks(pid, true) - main0, cpu_ticks(pid, false) - all0);
+        eprintln!("workers={workers}: main thread {main} of {all} ticks");
+        assert!(
+            all >= 10,
+            "too little CPU to tell threads apart: {all} ticks"
+        );
+        if workers == "1" {
+            assert!(
+                main * 10 >= all * 8,
+                "workers=1: main thread {main} of {all} ticks"
+            );
+        } else {
+            assert!(
+                main * 10 <= all * 2,
+                "workers=2: main thread {main} of {all} ticks"
+            );
+        }
+
+        // A denying policy takes effect without a restart.
+        std::fs::write(
+            policies.join("authz.rego"),
+            "package envoy.authz\nimport rego.v1\ndefault allow := false\n",
+        )
+        .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let seen = blocking_curl_load(&pki, inbound, 1, 1).await;
+            if seen == ["403"] {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "workers={workers}: still {seen:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
 }
 
 #[test]

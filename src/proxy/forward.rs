@@ -1,9 +1,12 @@
 //! Forwarding an allowed request to an upstream over pooled connections, and
 //! carrying protocol upgrades (WebSocket and others) through.
 
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
@@ -38,6 +41,9 @@ pub struct AppClients {
     http1: Client<HttpConnector, ProxyBody>,
     http2: Client<HttpConnector, ProxyBody>,
     response_timeout: Duration,
+    /// The last upstream's address as a URI authority: a sidecar's app is almost
+    /// always the same address, so it is formatted once, not per request.
+    last: Arc<Mutex<Option<(SocketAddr, Authority)>>>,
 }
 
 impl AppClients {
@@ -61,24 +67,40 @@ impl AppClients {
             http1,
             http2,
             response_timeout,
+            last: Arc::default(),
         }
     }
 
-    /// Sends `req` to `authority` (host:port) and returns the response head with a
+    /// `upstream` as a URI authority (`host:port`).
+    fn authority(&self, upstream: SocketAddr) -> Option<Authority> {
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((addr, authority)) = last.as_ref() {
+            if *addr == upstream {
+                return Some(authority.clone());
+            }
+        }
+        let authority = Authority::try_from(upstream.to_string()).ok()?;
+        *last = Some((upstream, authority.clone()));
+        Some(authority)
+    }
+
+    /// Sends `req` to `upstream` and returns the response head with a
     /// streaming body. Failures become 502 (cannot connect / broken) or 504 (timeout).
     pub async fn send(
         &self,
         direction: Direction,
-        authority: &str,
+        upstream: SocketAddr,
         http2: bool,
         mut req: Request<ProxyBody>,
     ) -> Response<ProxyBody> {
         let upgrade = headers::is_upgrade(req.headers());
+        // The target is rebuilt from parts: the path and query are shared, not copied
+        // and parsed again.
         let pq = req
             .uri()
             .path_and_query()
-            .map(|p| p.as_str().to_owned())
-            .unwrap_or_else(|| "/".to_owned());
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
         // Keep the client's authority for the app: HTTP/2 carries it in :authority only.
         if !req.headers().contains_key(http::header::HOST) {
             if let Some(a) = req.uri().authority() {
@@ -87,9 +109,16 @@ impl AppClients {
                 }
             }
         }
-        let uri: Uri = match format!("http://{authority}{pq}").parse() {
-            Ok(u) => u,
-            Err(_) => return text_response(StatusCode::BAD_REQUEST, "bad request target\n"),
+        let built = self.authority(upstream).map(|authority| {
+            Uri::builder()
+                .scheme(Scheme::HTTP)
+                .authority(authority)
+                .path_and_query(pq)
+                .build()
+        });
+        let uri = match built {
+            Some(Ok(u)) => u,
+            _ => return text_response(StatusCode::BAD_REQUEST, "bad request target\n"),
         };
         *req.uri_mut() = uri;
         headers::remove_hop_by_hop(req.headers_mut(), upgrade);
@@ -117,7 +146,7 @@ impl AppClients {
                     .upstream_errors
                     .with_label_values(&[direction.as_str(), kind])
                     .inc();
-                tracing::warn!(direction = direction.as_str(), upstream = authority, error = %e, "upstream request failed");
+                tracing::warn!(direction = direction.as_str(), %upstream, error = %e, "upstream request failed");
                 return text_response(StatusCode::BAD_GATEWAY, "upstream unavailable\n");
             }
             Err(_) => {

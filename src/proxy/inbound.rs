@@ -406,9 +406,8 @@ impl Inbound {
             .map_err(Early::Answered)?;
         let caller = Caller::of(&parts.headers, caller_version);
         let to_http2 = self.protocols.http2(conn.app, caller).await;
-        let authority = conn.app.to_string();
         let req = Request::from_parts(parts, body);
-        let send = self.clients.send(DIRECTION, &authority, to_http2, req);
+        let send = self.clients.send(DIRECTION, conn.app, to_http2, req);
         let mut resp = Box::pin(send).await;
         if to_http2 && resp.status() == StatusCode::BAD_GATEWAY {
             // Probe again next time: the app may have changed what it speaks.

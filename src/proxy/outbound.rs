@@ -314,8 +314,7 @@ impl Outbound {
     ) -> Response<ProxyBody> {
         let caller = Caller::of(req.headers(), req.version());
         let http2 = self.protocols.http2(upstream, caller).await;
-        let authority = upstream.to_string();
-        let send = self.external.send(DIRECTION, &authority, http2, req);
+        let send = self.external.send(DIRECTION, upstream, http2, req);
         let resp = Box::pin(send).await;
         if http2 && resp.status() == StatusCode::BAD_GATEWAY {
             self.protocols.forget(upstream);
