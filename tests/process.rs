@@ -166,6 +166,9 @@ fn demo_check_mode_passes() {
     assert!(stdout.contains("client app call: 200 OK through its outbound sidecar"));
     // frontend's two reads (direct and through its sidecar) would be denied.
     assert!(stdout.contains("policy replay:  2 allow→deny with policies-next"));
+    // Its sidecars stop at once: no background task had to be aborted.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("did not stop in time"), "{stderr}");
 }
 
 fn write_config(
