@@ -24,7 +24,7 @@ use arc_swap::ArcSwap;
 use base64::Engine as _;
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::server::{ClientHello, ResolvesServerCert};
@@ -306,21 +306,62 @@ fn reply(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Resp
     r
 }
 
+/// How much of an oversized body is read and dropped, and for how long, before the
+/// 413 goes out: a client still sending when the connection closes with its bytes
+/// unread gets a reset instead of the answer.
+const DRAIN_BYTES: usize = 4 * MAX_BODY_BYTES;
+const DRAIN_FOR: Duration = Duration::from_secs(5);
+
+/// The request body, at most [`MAX_BODY_BYTES`]. Past that, the rest is drained
+/// (within [`DRAIN_BYTES`] and [`DRAIN_FOR`]) and the error says why.
+async fn read_body(mut body: Incoming) -> Result<Bytes, String> {
+    let mut kept = bytes::BytesMut::new();
+    loop {
+        match body.frame().await {
+            None => return Ok(kept.freeze()),
+            Some(Err(e)) => return Err(e.to_string()),
+            Some(Ok(frame)) => {
+                let Ok(data) = frame.into_data() else {
+                    continue;
+                };
+                if kept.len() + data.len() > MAX_BODY_BYTES {
+                    break;
+                }
+                kept.extend_from_slice(&data);
+            }
+        }
+    }
+    drop(kept);
+    let mut drained = 0usize;
+    let drain = async {
+        while drained < DRAIN_BYTES {
+            match body.frame().await {
+                Some(Ok(frame)) => drained += frame.data_ref().map_or(0, |d| d.len()),
+                _ => break,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(DRAIN_FOR, drain).await;
+    Err("length limit exceeded".to_owned())
+}
+
 async fn handle(req: Request<Incoming>, opts: &InjectOptions) -> Response<Full<Bytes>> {
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => reply(StatusCode::OK, "text/plain", "ok\n"),
         (&Method::POST, "/mutate") => {
-            let body = match Limited::new(req.into_body(), MAX_BODY_BYTES)
-                .collect()
-                .await
-            {
-                Ok(b) => b.to_bytes(),
+            let body = match read_body(req.into_body()).await {
+                Ok(b) => b,
                 Err(e) => {
-                    return reply(
+                    let mut r = reply(
                         StatusCode::PAYLOAD_TOO_LARGE,
                         "text/plain",
                         format!("cannot read the body (at most {MAX_BODY_BYTES} bytes): {e}\n"),
-                    )
+                    );
+                    r.headers_mut().insert(
+                        http::header::CONNECTION,
+                        http::HeaderValue::from_static("close"),
+                    );
+                    return r;
                 }
             };
             match review(&body, opts) {
