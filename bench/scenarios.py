@@ -303,11 +303,6 @@ def inbound_peak_mb(rows, target):
     return _med([r["VmHWM"] / 1024 for r in rows if r["target"] == target])
 
 
-def h_targets(rows):
-    """The targets present in `rows`, portcullis first."""
-    return [t for t in ("portcullis", "envoy") if any(r["target"] == t for r in rows)]
-
-
 def markdown(raw):
     """The tables of the scenarios above, for results.md and BENCHMARKS.md."""
     L = []
@@ -381,8 +376,10 @@ def markdown(raw):
               "medians over fresh processes)", "",
               "| target | VmHWM (MB) | RSS after (MB) | of which anonymous (MB) | of which file (MB) | max rps |",
               "|---|---:|---:|---:|---:|---:|"]
-        for t in h_targets(ip):
+        for t in ("portcullis", "envoy"):
             rs = [r for r in ip if r["target"] == t]
+            if not rs:
+                continue
             L.append(f"| {t} | {_fmt(inbound_peak_mb(ip, t), 1)} | {_fmt(_med([r['VmRSS'] / 1024 for r in rs]), 1)} | "
                      f"{_fmt(_med([r['RssAnon'] / 1024 for r in rs]), 1)} | {_fmt(_med([r['RssFile'] / 1024 for r in rs]), 1)} | "
                      f"{_fmt(_med([r['rps'] for r in rs]), 0)} |")

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use bytes::Bytes;
+use futures_util::StreamExt as _;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
@@ -37,6 +38,14 @@ struct Client {
 
 impl Client {
     async fn post(&self, method: &str, path: &str, body: Vec<u8>) -> (u16, Vec<u8>) {
+        self.send(method, path, Full::new(Bytes::from(body))).await
+    }
+
+    async fn send<B>(&self, method: &str, path: &str, body: B) -> (u16, Vec<u8>)
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let tcp = TcpStream::connect(("127.0.0.1", self.port)).await.unwrap();
         let tls = tokio_rustls::TlsConnector::from(self.tls.clone())
             .connect(
@@ -54,7 +63,7 @@ impl Client {
             .uri(path)
             .header("host", "portcullis-webhook.portcullis-system.svc")
             .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(body)))
+            .body(body)
             .unwrap();
         let resp = s.send_request(req).await.unwrap();
         let status = resp.status().as_u16();
@@ -254,12 +263,31 @@ async fn admission_reviews_over_tls() {
         assert_eq!(status, 400, "{text}");
         assert!(text.contains(needle), "{needle}: {text}");
     }
-    // Three times the limit: the client is still sending when the answer is ready, and
-    // gets the 413, not a reset.
+    // Over the limit, and the client is still sending when the answer is ready: one
+    // byte past the limit, then, after a pause, 8 MiB more. The webhook reads the
+    // rest before it answers (a close with the upload unread can reach the client as
+    // a reset instead of the 413), so the 413 comes after the last chunk was sent.
+    let sent_all = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = sent_all.clone();
+    let chunks = [4 * 1024 * 1024 + 1, 8 * 1024 * 1024];
+    let frames = futures_util::stream::iter(chunks.into_iter().enumerate()).then(move |(i, n)| {
+        let flag = flag.clone();
+        async move {
+            if i > 0 {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                flag.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+            Ok::<_, std::convert::Infallible>(http_body::Frame::data(Bytes::from(vec![b' '; n])))
+        }
+    });
     let (status, _) = client
-        .post("POST", "/mutate", vec![b' '; 12 * 1024 * 1024])
+        .send("POST", "/mutate", http_body_util::StreamBody::new(frames))
         .await;
     assert_eq!(status, 413);
+    assert!(
+        sent_all.load(std::sync::atomic::Ordering::SeqCst),
+        "answered before the upload ended"
+    );
     assert_eq!(client.post("GET", "/mutate", vec![]).await.0, 405);
     // Still serving.
     assert_eq!(client.post("GET", "/healthz", vec![]).await.0, 200);

@@ -2,7 +2,6 @@
 //! carrying protocol upgrades (WebSocket and others) through.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -35,15 +34,17 @@ pub fn downstream_body(
     (body, failed)
 }
 
+/// `addr` as a URI authority (`host:port`), for [`AppClients::send`].
+pub fn authority(addr: SocketAddr) -> Option<Authority> {
+    Authority::try_from(addr.to_string()).ok()
+}
+
 /// Pooled plaintext clients to a local app: HTTP/1.1 and HTTP/2 prior knowledge.
 #[derive(Clone)]
 pub struct AppClients {
     http1: Client<HttpConnector, ProxyBody>,
     http2: Client<HttpConnector, ProxyBody>,
     response_timeout: Duration,
-    /// The last upstream's address as a URI authority: a sidecar's app is almost
-    /// always the same address, so it is formatted once, not per request.
-    last: Arc<Mutex<Option<(SocketAddr, Authority)>>>,
 }
 
 impl AppClients {
@@ -67,29 +68,15 @@ impl AppClients {
             http1,
             http2,
             response_timeout,
-            last: Arc::default(),
         }
     }
 
-    /// `upstream` as a URI authority (`host:port`).
-    fn authority(&self, upstream: SocketAddr) -> Option<Authority> {
-        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((addr, authority)) = last.as_ref() {
-            if *addr == upstream {
-                return Some(authority.clone());
-            }
-        }
-        let authority = Authority::try_from(upstream.to_string()).ok()?;
-        *last = Some((upstream, authority.clone()));
-        Some(authority)
-    }
-
-    /// Sends `req` to `upstream` and returns the response head with a
+    /// Sends `req` to `upstream` (its [`authority`]) and returns the response head with a
     /// streaming body. Failures become 502 (cannot connect / broken) or 504 (timeout).
     pub async fn send(
         &self,
         direction: Direction,
-        upstream: SocketAddr,
+        upstream: Option<&Authority>,
         http2: bool,
         mut req: Request<ProxyBody>,
     ) -> Response<ProxyBody> {
@@ -109,10 +96,10 @@ impl AppClients {
                 }
             }
         }
-        let built = self.authority(upstream).map(|authority| {
+        let built = upstream.map(|authority| {
             Uri::builder()
                 .scheme(Scheme::HTTP)
-                .authority(authority)
+                .authority(authority.clone())
                 .path_and_query(pq)
                 .build()
         });
@@ -146,7 +133,7 @@ impl AppClients {
                     .upstream_errors
                     .with_label_values(&[direction.as_str(), kind])
                     .inc();
-                tracing::warn!(direction = direction.as_str(), %upstream, error = %e, "upstream request failed");
+                tracing::warn!(direction = direction.as_str(), upstream = upstream.map(Authority::as_str), error = %e, "upstream request failed");
                 return text_response(StatusCode::BAD_GATEWAY, "upstream unavailable\n");
             }
             Err(_) => {

@@ -95,6 +95,7 @@ impl Inbound {
             peer,
             dest,
             app,
+            app_authority: super::forward::authority(app),
             peer_id: None,
             portcullis_peer: false,
             tunnels: None,
@@ -155,6 +156,7 @@ impl Inbound {
             peer,
             dest,
             app,
+            app_authority: super::forward::authority(app),
             peer_id: Some(accepted.peer_id),
             portcullis_peer: accepted.portcullis_peer,
             tunnels: None,
@@ -407,7 +409,9 @@ impl Inbound {
         let caller = Caller::of(&parts.headers, caller_version);
         let to_http2 = self.protocols.http2(conn.app, caller).await;
         let req = Request::from_parts(parts, body);
-        let send = self.clients.send(DIRECTION, conn.app, to_http2, req);
+        let send = self
+            .clients
+            .send(DIRECTION, conn.app_authority.as_ref(), to_http2, req);
         let mut resp = Box::pin(send).await;
         if to_http2 && resp.status() == StatusCode::BAD_GATEWAY {
             // Probe again next time: the app may have changed what it speaks.

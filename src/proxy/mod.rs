@@ -88,6 +88,9 @@ pub struct ConnInfo {
     pub dest: SocketAddr,
     /// Where allowed traffic goes.
     pub app: SocketAddr,
+    /// `app` as a URI authority, for the requests forwarded there: formatted once
+    /// per connection.
+    pub app_authority: Option<http::uri::Authority>,
     /// The client's verified SPIFFE ID (mTLS only).
     pub peer_id: Option<SpiffeId>,
     /// The client is a portcullis sidecar (mTLS with ALPN `portcullis-h2` or
@@ -113,6 +116,7 @@ impl ConnInfo {
             peer: self.peer,
             dest: self.dest,
             app: self.app,
+            app_authority: self.app_authority.clone(),
             peer_id: self.peer_id.clone(),
             portcullis_peer: false,
             tunnels: None,

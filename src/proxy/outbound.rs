@@ -314,7 +314,10 @@ impl Outbound {
     ) -> Response<ProxyBody> {
         let caller = Caller::of(req.headers(), req.version());
         let http2 = self.protocols.http2(upstream, caller).await;
-        let send = self.external.send(DIRECTION, upstream, http2, req);
+        let authority = super::forward::authority(upstream);
+        let send = self
+            .external
+            .send(DIRECTION, authority.as_ref(), http2, req);
         let resp = Box::pin(send).await;
         if http2 && resp.status() == StatusCode::BAD_GATEWAY {
             self.protocols.forget(upstream);
