@@ -1,14 +1,18 @@
-//! The executable's pages out of the resident set unless the sidecar uses them.
+//! The executable's and its shared libraries' pages out of the resident set unless
+//! the sidecar uses them.
 //!
 //! A sidecar runs a lot of code once: command-line and YAML parsing, the Rego
 //! compiler, certificate parsing and checks, the first TLS configuration. The
 //! kernel maps an executable's pages as they are touched, and with each page the
 //! neighbours in its 64 kB block that are in the page cache (fault-around). With the
 //! request path's functions spread over 13.7 MB of machine code, that put 8 MB of
-//! code in the RSS of a sidecar under load, and 14 MB after start-up.
+//! code in the RSS of a sidecar under load, and 14 MB after start-up. The C
+//! library, the loader, `libm` and `libgcc_s` added 2 MB more, mostly by
+//! fault-around: 1.3 MB of `libc.so.6` under load.
 //!
-//! Two measures, both on the executable's clean read-only mappings (code and
-//! constants), both leaving the pages in the page cache:
+//! Two measures, both on the clean read-only mappings (code and constants) of the
+//! executable and of the shared objects the loader mapped, both leaving the pages
+//! in the page cache:
 //!
 //! - [`map_by_page`], first thing at start-up, gives every page a mapping of its own
 //!   (`madvise(MADV_DONTDUMP)` on every other page: a flag that only concerns core
@@ -21,15 +25,53 @@
 //! - [`release_startup_pages`] unmaps those pages from this process
 //!   (`madvise(MADV_DONTNEED)`); the next touch of each maps it again with a minor
 //!   fault. The sidecar does it once the configuration is read, once identity,
-//!   policy and authentication are set up, again before the warm-ups, and
-//!   [`RELEASE_AFTER`] start-up, once traffic has mapped the request path.
+//!   policy and authentication are set up, again before the warm-ups, and a last
+//!   time once traffic has mapped the request path: [`RELEASE_AFTER_TRAFFIC`] after
+//!   the first decision on a request or connection ([`traffic_decided`]), or
+//!   [`RELEASE_AFTER`] start-up if none came.
 //!
 //! `PORTCULLIS_RELEASE_STARTUP_PAGES=off` turns both off.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-/// How long after start-up the start-up pages are released.
+/// How long after start-up the start-up pages are released when no traffic came.
 pub const RELEASE_AFTER: Duration = Duration::from_secs(10);
+
+/// How long after the first decision the start-up pages are released: by then the
+/// request path is mapped, and a sidecar that starts under load does not reach its
+/// peak with start-up's code still resident.
+pub const RELEASE_AFTER_TRAFFIC: Duration = Duration::from_secs(1);
+
+static TRAFFIC: AtomicBool = AtomicBool::new(false);
+static FIRST_TRAFFIC: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
+/// Notes that a request or connection was decided on (one atomic load after the
+/// first call). A port probe does not count: it never reaches a decision.
+pub fn traffic_decided() {
+    if !TRAFFIC.load(Ordering::Relaxed) && !TRAFFIC.swap(true, Ordering::AcqRel) {
+        FIRST_TRAFFIC.notify_one();
+    }
+}
+
+/// Until the first decision ([`traffic_decided`]).
+async fn first_traffic() {
+    if !TRAFFIC.load(Ordering::Acquire) {
+        FIRST_TRAFFIC.notified().await;
+    }
+}
+
+/// When the last release is due: [`RELEASE_AFTER_TRAFFIC`] after the first
+/// decision, or [`RELEASE_AFTER`] after this is first polled, whichever is sooner.
+pub async fn release_due() {
+    tokio::select! {
+        _ = tokio::time::sleep(RELEASE_AFTER) => {}
+        _ = async {
+            first_traffic().await;
+            tokio::time::sleep(RELEASE_AFTER_TRAFFIC).await;
+        } => {}
+    }
+}
 
 /// Whether `PORTCULLIS_RELEASE_STARTUP_PAGES=off` keeps every page as the kernel maps it.
 #[cfg(target_os = "linux")]
@@ -37,8 +79,9 @@ fn turned_off() -> bool {
     std::env::var("PORTCULLIS_RELEASE_STARTUP_PAGES").is_ok_and(|v| v == "off")
 }
 
-/// The executable's clean read-only mappings, read from `/proc/self/smaps` line by
-/// line (with a mapping per page, the file is several MB).
+/// The clean read-only mappings of the executable and its shared objects, read
+/// from `/proc/self/smaps` line by line (with a mapping per page, the file is
+/// several MB).
 #[cfg(target_os = "linux")]
 fn own_clean_mappings() -> Vec<(usize, usize)> {
     use std::io::BufRead;
@@ -52,7 +95,7 @@ fn own_clean_mappings() -> Vec<(usize, usize)> {
     clean_mappings(lines, &exe.to_string_lossy())
 }
 
-/// Splits the executable's clean read-only mappings into one mapping per page, so
+/// Splits the clean read-only mappings ([`own_clean_mappings`]) into one mapping per page, so
 /// that a touch maps that page only (see the module's comment). Returns the number
 /// of pages marked; 0 when turned off or nothing was done.
 #[cfg(target_os = "linux")]
@@ -90,8 +133,8 @@ pub fn map_by_page() -> usize {
     marked
 }
 
-/// Unmaps the executable's read-only and executable file mappings from this
-/// process. Returns the bytes released (their pages stay cached), or 0 when
+/// Unmaps the clean read-only and executable file mappings of the executable and
+/// its shared objects from this process. Returns the bytes released (their pages stay cached), or 0 when
 /// nothing was done.
 #[cfg(target_os = "linux")]
 pub fn release_startup_pages() -> usize {
@@ -114,7 +157,9 @@ pub fn release_startup_pages() -> usize {
 }
 
 /// The address ranges in `smaps` (the lines of `/proc/self/smaps`) that map `exe`
-/// read-only (`r--p` or `r-xp`) and hold no page of their own. A private page that
+/// or a shared object ([`shared_object`]) read-only (`r--p` or `r-xp`) and hold no
+/// page of their own. A file replaced since it was mapped shows as `(deleted)` and
+/// is left alone. A private page that
 /// was written is a copy (counted in `Anonymous`), and dropping it would lose the
 /// write: RELRO pages, written by the dynamic loader (relocations) before being made
 /// read-only, are skipped, and so would be text the loader relocated or a debugger
@@ -156,7 +201,9 @@ fn clean_mappings<S: AsRef<str>>(
             finish(current.take(), copied);
             copied = true;
             let perms = fields.next();
-            let ours = fields.nth(3) == Some(exe) && fields.next().is_none();
+            let path = fields.nth(3);
+            let ours =
+                path.is_some_and(|p| p == exe || shared_object(p)) && fields.next().is_none();
             if ours && matches!(perms, Some("r--p" | "r-xp")) && end > start {
                 current = Some((start, end));
             }
@@ -166,6 +213,20 @@ fn clean_mappings<S: AsRef<str>>(
     }
     finish(current, copied);
     clean
+}
+
+/// Whether `path` names a shared object the loader maps (`libc.so.6`,
+/// `ld-linux-x86-64.so.2`, `libfoo.so`): an absolute path whose file name ends in
+/// `.so` or in `.so.` and a version of digits and dots.
+#[cfg(target_os = "linux")]
+fn shared_object(path: &str) -> bool {
+    let Some(name) = path.strip_prefix('/').and_then(|p| p.rsplit('/').next()) else {
+        return false;
+    };
+    name.ends_with(".so")
+        || name.rsplit_once(".so.").is_some_and(|(_, version)| {
+            !version.is_empty() && version.chars().all(|c| c.is_ascii_digit() || c == '.')
+        })
 }
 
 /// Nothing to release where `/proc/self/smaps` does not exist.
@@ -194,7 +255,7 @@ mod tests {
     }
 
     #[test]
-    fn only_clean_read_only_mappings_of_the_executable_are_candidates() {
+    fn only_clean_read_only_mappings_of_the_executable_and_libraries_are_candidates() {
         let smaps = "\
 55d0c0000000-55d0c0200000 r--p 00000000 fe:00 42 /opt/bin/portcullis
 Private_Dirty:       120 kB
@@ -216,9 +277,19 @@ Private_Dirty:         0 kB
 ";
         assert_eq!(
             clean_mappings(smaps.lines(), "/opt/bin/portcullis"),
-            // Side by side: one range.
-            vec![(0x55d0c0000000, 0x55d0c1000000)]
+            // Side by side: one range; then the C library's code.
+            vec![
+                (0x55d0c0000000, 0x55d0c1000000),
+                (0x55d0c1200000, 0x55d0c1300000)
+            ]
         );
+        assert!(shared_object("/usr/lib/x86_64-linux-gnu/libc.so.6"));
+        assert!(shared_object("/lib64/ld-linux-x86-64.so.2"));
+        assert!(shared_object("/opt/lib/libfoo.so"));
+        assert!(!shared_object("/opt/data/policy.sort"));
+        assert!(!shared_object("/opt/data/notes.so.txt.gz"));
+        assert!(shared_object("/usr/lib/libssl.so.3.0.2"));
+        assert!(!shared_object("[vdso]"));
     }
 
     /// Constants of the test binary: 256 kB of read-only data, not zero (zeroes

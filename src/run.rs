@@ -325,9 +325,9 @@ pub async fn start(cfg: Config, set_log_level: LevelSetter) -> anyhow::Result<Ru
 
     tracing::info!(%inbound_addr, ?outbound_addr, %admin_addr, "portcullis started");
     // Once traffic has mapped the request path, start-up code leaves the resident set.
-    // Its only wait is the sleep: a sidecar stopped before then does not wait for it.
+    // Its only wait is the timer: a sidecar stopped before then does not wait for it.
     tasks.spawn_loop("release-startup-pages", async {
-        tokio::time::sleep(crate::footprint::RELEASE_AFTER).await;
+        crate::footprint::release_due().await;
         let released = crate::footprint::release_startup_pages();
         tracing::debug!(released, "start-up pages released");
     });

@@ -279,7 +279,13 @@ fn own_mappings_and_rss_file(pid: u32) -> (usize, u64) {
     (mappings, rss_file)
 }
 
-/// `portcullis run` maps its code a page at a time and drops start-up's pages before
+/// The lines of `/proc/PID/maps` that map the C library (`libc.so.6`).
+fn libc_mappings(pid: u32) -> usize {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    maps.lines().filter(|l| l.ends_with("/libc.so.6")).count()
+}
+
+/// `portcullis run` maps its code (and its shared libraries') a page at a time and drops start-up's pages before
 /// it reports ready; `PORTCULLIS_RELEASE_STARTUP_PAGES=off` is the control.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_maps_its_code_a_page_at_a_time_and_drops_start_up_pages() {
@@ -296,9 +302,17 @@ async fn run_maps_its_code_a_page_at_a_time_and_drops_start_up_pages() {
             if off { "off" } else { "on" },
         )];
         let child = run_until_ready(&cfg, admin, &env).await;
-        seen.push(own_mappings_and_rss_file(child.0.id()));
+        let (mappings, rss_file) = own_mappings_and_rss_file(child.0.id());
+        seen.push((mappings, rss_file, libc_mappings(child.0.id())));
     }
-    let ((split, rss_split), (whole, rss_whole)) = (seen[0], seen[1]);
+    let ((split, rss_split, libc_split), (whole, rss_whole, libc_whole)) = (seen[0], seen[1]);
+    // The C library's code too, where it is a shared object.
+    if libc_whole > 0 {
+        assert!(
+            libc_split > 50 * libc_whole,
+            "{libc_split} mappings of libc, {libc_whole} with the measures off"
+        );
+    }
     // A few thousand pages of code and constants, each its own mapping; the control
     // has the loader's handful.
     assert!(split > 1000, "{split} mappings of the binary");
@@ -310,6 +324,39 @@ async fn run_maps_its_code_a_page_at_a_time_and_drops_start_up_pages() {
     assert!(
         rss_split * 2 < rss_whole,
         "RssFile {rss_split} kB, {rss_whole} kB with the measures off"
+    );
+}
+
+/// The last release of start-up's pages comes a second after the first decision,
+/// not ten seconds after start: a sidecar that starts under load reaches its peak
+/// without them. A port probe is no decision and releases nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_up_pages_leave_a_second_after_the_first_request() {
+    if !have("curl") {
+        eprintln!("SKIP: curl is not installed (the client of this test)");
+        return;
+    }
+    let s = allowing_sidecar(&[]).await;
+    let pid = s.child.0.id();
+    let rss_file = move || own_mappings_and_rss_file(pid).1;
+    // A port probe (what a TCP readiness check does): connect, close.
+    drop(std::net::TcpStream::connect(("127.0.0.1", s.inbound)).unwrap());
+    let ready = rss_file();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let probed = rss_file();
+    assert!(
+        probed * 10 > ready * 9,
+        "RssFile {ready} -> {probed} kB after a port probe: released without a request"
+    );
+    let codes = blocking_curl_load(&s.pki, s.inbound, 1, 3).await;
+    assert_eq!(codes, ["200"; 3]);
+    let served = rss_file();
+    // Well inside the ten seconds after start that would release them anyway.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let released = rss_file();
+    assert!(
+        released * 3 < served * 2,
+        "RssFile {served} kB after the first requests, {released} kB 2.5 s later"
     );
 }
 

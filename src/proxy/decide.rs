@@ -77,6 +77,7 @@ impl Decider {
     /// Evaluates the policy for `facts`. Never allows by accident: no policy,
     /// undefined, an error, a timeout or a wrongly shaped result is a deny.
     pub fn decide(&self, facts: &InputFacts<'_>) -> (Verdict, Ticket) {
+        crate::footprint::traffic_decided();
         let m = metrics::global();
         let start = Instant::now();
         // The revision is copied into a decision log entry only when one is written.
