@@ -95,9 +95,9 @@ fn own_clean_mappings() -> Vec<(usize, usize)> {
     clean_mappings(lines, &exe.to_string_lossy())
 }
 
-/// Splits the clean read-only mappings ([`own_clean_mappings`]) into one mapping per page, so
-/// that a touch maps that page only (see the module's comment). Returns the number
-/// of pages marked; 0 when turned off or nothing was done.
+/// Splits the clean read-only mappings ([`own_clean_mappings`]) into one mapping
+/// per page, so that a touch maps that page only (see the module's comment).
+/// Returns the number of pages marked; 0 when turned off or nothing was done.
 #[cfg(target_os = "linux")]
 pub fn map_by_page() -> usize {
     if turned_off() {
@@ -134,8 +134,8 @@ pub fn map_by_page() -> usize {
 }
 
 /// Unmaps the clean read-only and executable file mappings of the executable and
-/// its shared objects from this process. Returns the bytes released (their pages stay cached), or 0 when
-/// nothing was done.
+/// its shared objects from this process. Returns the bytes released (their pages
+/// stay cached), or 0 when nothing was done.
 #[cfg(target_os = "linux")]
 pub fn release_startup_pages() -> usize {
     if turned_off() {
@@ -159,11 +159,10 @@ pub fn release_startup_pages() -> usize {
 /// The address ranges in `smaps` (the lines of `/proc/self/smaps`) that map `exe`
 /// or a shared object ([`shared_object`]) read-only (`r--p` or `r-xp`) and hold no
 /// page of their own. A file replaced since it was mapped shows as `(deleted)` and
-/// is left alone. A private page that
-/// was written is a copy (counted in `Anonymous`), and dropping it would lose the
-/// write: RELRO pages, written by the dynamic loader (relocations) before being made
-/// read-only, are skipped, and so would be text the loader relocated or a debugger
-/// patched. (`Private_Dirty` is no guide: a freshly built executable's page-cache
+/// is left alone. A private page that was written is a copy (counted in
+/// `Anonymous`), and dropping it would lose the write: RELRO pages, written by the
+/// dynamic loader (relocations) before being made read-only, are skipped, and so
+/// would be text the loader relocated or a debugger patched. (`Private_Dirty` is no guide: a freshly built executable's page-cache
 /// pages are dirty until written back, and they are the file's own.) Adjacent ranges
 /// (one mapping split by [`map_by_page`]) come back joined.
 #[cfg(target_os = "linux")]
