@@ -36,12 +36,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 /// How long after start-up the start-up pages are released when no traffic came.
-pub const RELEASE_AFTER: Duration = Duration::from_secs(10);
+const RELEASE_AFTER: Duration = Duration::from_secs(10);
 
 /// How long after the first decision the start-up pages are released: by then the
 /// request path is mapped, and a sidecar that starts under load does not reach its
 /// peak with start-up's code still resident.
-pub const RELEASE_AFTER_TRAFFIC: Duration = Duration::from_secs(1);
+const RELEASE_AFTER_TRAFFIC: Duration = Duration::from_secs(1);
 
 static TRAFFIC: AtomicBool = AtomicBool::new(false);
 static FIRST_TRAFFIC: tokio::sync::Notify = tokio::sync::Notify::const_new();

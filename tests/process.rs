@@ -196,12 +196,13 @@ fn write_config(
 }
 
 /// Peak resident memory of a process, in KiB.
-fn vm_hwm_kib(pid: u32) -> u64 {
+/// A kB figure of `/proc/PID/status` (`VmHWM`, `RssFile`).
+fn status_kib(pid: u32, key: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     status
         .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
         .unwrap()
 }
@@ -261,37 +262,22 @@ async fn allowing_sidecar(env: &[(&str, &str)]) -> Allowing {
     }
 }
 
-/// The lines of `/proc/PID/maps` that map the binary, and the process's `RssFile` in kB.
-fn own_mappings_and_rss_file(pid: u32) -> (usize, u64) {
-    let exe = std::fs::canonicalize(BIN).unwrap();
+/// The lines of `/proc/PID/maps` that map a file whose path ends with `suffix`.
+fn mappings_of(pid: u32, suffix: &str) -> usize {
     let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
-    let mappings = maps
-        .lines()
-        .filter(|l| l.split_whitespace().nth(5) == exe.to_str())
-        .count();
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let rss_file = status
-        .lines()
-        .find_map(|l| l.strip_prefix("RssFile:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap();
-    (mappings, rss_file)
+    maps.lines().filter(|l| l.ends_with(suffix)).count()
 }
 
-/// The lines of `/proc/PID/maps` that map the C library (`libc.so.6`).
-fn libc_mappings(pid: u32) -> usize {
-    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
-    maps.lines().filter(|l| l.ends_with("/libc.so.6")).count()
-}
-
-/// `portcullis run` maps its code (and its shared libraries') a page at a time and drops start-up's pages before
-/// it reports ready; `PORTCULLIS_RELEASE_STARTUP_PAGES=off` is the control.
+/// `portcullis run` maps its code (and its shared libraries') a page at a time and
+/// drops start-up's pages before it reports ready; `PORTCULLIS_RELEASE_STARTUP_PAGES=off`
+/// is the control.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_maps_its_code_a_page_at_a_time_and_drops_start_up_pages() {
     let pki = Pki::new();
     let policies = allow_all(&pki);
     let app = echo_app().await;
+    let exe = std::fs::canonicalize(BIN).unwrap();
+    let exe = exe.to_string_lossy();
     let mut seen = Vec::new();
     for off in [false, true] {
         let (inbound, admin) = (free_port(), free_port());
@@ -302,8 +288,12 @@ async fn run_maps_its_code_a_page_at_a_time_and_drops_start_up_pages() {
             if off { "off" } else { "on" },
         )];
         let child = run_until_ready(&cfg, admin, &env).await;
-        let (mappings, rss_file) = own_mappings_and_rss_file(child.0.id());
-        seen.push((mappings, rss_file, libc_mappings(child.0.id())));
+        let pid = child.0.id();
+        seen.push((
+            mappings_of(pid, &exe),
+            status_kib(pid, "RssFile"),
+            mappings_of(pid, "/libc.so.6"),
+        ));
     }
     let ((split, rss_split, libc_split), (whole, rss_whole, libc_whole)) = (seen[0], seen[1]);
     // The C library's code too, where it is a shared object.
@@ -338,7 +328,7 @@ async fn start_up_pages_leave_a_second_after_the_first_request() {
     }
     let s = allowing_sidecar(&[]).await;
     let pid = s.child.0.id();
-    let rss_file = move || own_mappings_and_rss_file(pid).1;
+    let rss_file = move || status_kib(pid, "RssFile");
     // A port probe (what a TCP readiness check does): connect, close.
     drop(std::net::TcpStream::connect(("127.0.0.1", s.inbound)).unwrap());
     let ready = rss_file();
@@ -451,7 +441,7 @@ async fn upload_of_100_mb_streams_with_bounded_memory_and_metrics_pass_promtool(
         child,
         ..
     } = allowing_sidecar(&[]).await;
-    let idle_kib = vm_hwm_kib(child.0.id());
+    let idle_kib = status_kib(child.0.id(), "VmHWM");
 
     // 100 MiB in 64 KiB chunks, streamed.
     const CHUNK: usize = 64 * 1024;
@@ -489,7 +479,7 @@ async fn upload_of_100_mb_streams_with_bounded_memory_and_metrics_pass_promtool(
     let (_, body) = split(resp).await;
     let echoed: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(echoed["body_bytes"], (CHUNK * CHUNKS) as u64);
-    let peak_kib = vm_hwm_kib(child.0.id());
+    let peak_kib = status_kib(child.0.id(), "VmHWM");
     eprintln!("sidecar peak RSS: idle {idle_kib} KiB, after 100 MiB upload {peak_kib} KiB");
     assert!(
         peak_kib < idle_kib + 32 * 1024,
